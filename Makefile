@@ -1,0 +1,55 @@
+# mmbalance: `make test` and `make bench-all` are all a fresh clone needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+SUITE ?= benchmarks/all.yaml
+RESULTS ?= results
+TABLE ?= synthetic-table
+ARGS ?=
+
+.PHONY: setup test test-slow lint format bench-all reproduce leaderboard bench-speed fixtures clean
+
+setup: $(STAMP)
+
+# torch and torchvision first, by exact version (pip takes them from the machine's wheel cache when
+# present); then the project, editable, with its test extras. Reruns only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench-all: setup
+	$(BIN)/mmbalance sweep $(SUITE) --results $(RESULTS)
+	$(BIN)/mmbalance report $(RESULTS) --suite $(SUITE)
+
+reproduce: setup
+	$(BIN)/mmbalance reproduce $(TABLE) --results $(RESULTS)
+
+leaderboard: setup
+	$(BIN)/mmbalance leaderboard build --results $(RESULTS)
+
+bench-speed: setup
+	$(BIN)/python scripts/bench_speed.py $(ARGS)
+
+fixtures: setup
+	$(BIN)/python scripts/make_fixtures.py tests/.fixtures
+
+clean:
+	rm -rf $(RESULTS)/runs $(RESULTS)/bench .pytest_cache

@@ -1,0 +1,3 @@
+"""mmbalance: one runner, one loop, many multimodal balancing methods and datasets."""
+
+__version__ = "0.1.0"

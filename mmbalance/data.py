@@ -1,0 +1,178 @@
+"""The dataset contract: what an adapter in ``datasets/`` provides to the runner.
+
+An adapter is a class registered with ``@DATASETS.register``. It declares its task
+(``TaskInfo``), builds its paper model, and serves its splits as torch datasets whose items
+are ``(inputs: {modality: Tensor}, target: Tensor, id: str)``; ``collate`` turns a list of
+items into a ``Batch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from monai.losses import DiceCELoss
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from mmbalance import metrics
+from mmbalance.models.base import MultimodalModel
+
+TaskKind = Literal["classification", "regression", "segmentation"]
+SPLITS = ("train", "valid", "test")
+DATA_ROOT_ENV = "MMBALANCE_DATA"
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown keys (so typos in a spec are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(StrictModel):
+    pass
+
+
+class DataError(ValueError):
+    """Bad or missing data. The message names the file and what was expected."""
+
+
+class DataMissingError(DataError):
+    """The dataset's files are not where the adapter looks."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    kind: TaskKind
+    modalities: tuple[str, ...]
+    num_classes: int  # classes (classification, segmentation); output size (regression)
+    class_names: tuple[str, ...] = ()
+    # Segmentation only: region name -> label values that make it up (BraTS WT/TC/ET).
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def primary_metric(self) -> str:
+        return metrics.PRIMARY[self.kind][0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return metrics.PRIMARY[self.kind][1]
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, Tensor]
+    target: Tensor
+    ids: list[str]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(
+            {m: x.to(device, non_blocking=non_blocking) for m, x in self.inputs.items()},
+            self.target.to(device, non_blocking=non_blocking),
+            self.ids,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def collate(items: Sequence[tuple[dict[str, Tensor], Tensor, str]]) -> Batch:
+    modalities = items[0][0].keys()
+    return Batch(
+        {m: torch.stack([it[0][m] for it in items]) for m in modalities},
+        torch.stack([torch.as_tensor(it[1]) for it in items]),
+        [it[2] for it in items],
+    )
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get(DATA_ROOT_ENV, "data"))
+
+
+class DatasetAdapter:
+    """Base class of every dataset adapter.
+
+    Subclasses set ``name``, ``description``, ``Params`` (pydantic, validated spec field
+    ``dataset_params``) and ``ModelParams`` (spec field ``model_params``), and implement
+    ``task``, ``split`` and ``build_model``. Real datasets also implement ``expected_files``.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[StrictModel]] = NoParams
+    ModelParams: ClassVar[type[StrictModel]] = NoParams
+    needs_files: ClassVar[bool] = True  # False for generated data
+
+    def __init__(self, params: StrictModel, root: Path | None = None) -> None:
+        self.params = params
+        self.root = Path(root) if root is not None else default_data_root() / self.name
+
+    # --- what the dataset is -------------------------------------------------------------
+    @property
+    def task(self) -> TaskInfo:
+        raise NotImplementedError
+
+    def expected_files(self) -> list[Path]:
+        """Files (relative to ``self.root``) that must exist for this configuration."""
+        return []
+
+    def verify(self) -> None:
+        """Raise ``DataMissingError`` naming every missing file and the expected layout."""
+        missing = [p for p in self.expected_files() if not (self.root / p).exists()]
+        if missing:
+            listing = "\n  ".join(str(self.root / p) for p in missing)
+            raise DataMissingError(
+                f"{self.name}: missing {len(missing)} file(s) under {self.root}:\n  {listing}\n"
+                f"Expected layout: {self.layout_help()} (set --data-root or ${DATA_ROOT_ENV})"
+            )
+
+    def layout_help(self) -> str:
+        return ", ".join(str(p) for p in self.expected_files())
+
+    # --- data ------------------------------------------------------------------------------
+    def split(self, name: str) -> Dataset:
+        """The torch dataset of split ``name`` (one of ``SPLITS``)."""
+        raise NotImplementedError
+
+    def fingerprint(self, name: str) -> str:
+        """SHA-256 of the split's ids and labels: the same file content gives the same value."""
+        h = hashlib.sha256()
+        ds = self.split(name)
+        for i in range(len(ds)):
+            _, target, item_id = ds[i]
+            h.update(item_id.encode())
+            h.update(torch.as_tensor(target).cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    # --- model, loss, metrics --------------------------------------------------------------
+    def build_model(self, model_params: StrictModel, modalities: Sequence[str]) -> MultimodalModel:
+        raise NotImplementedError
+
+    def loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """Task loss ``(pred, target) -> scalar``: CE, L1 (MOSI, as MulT/CGGM) or Dice + CE (MONAI)."""
+        kind = self.task.kind
+        if kind == "classification":
+            return nn.CrossEntropyLoss()
+        if kind == "regression":
+            return nn.L1Loss()
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        return lambda pred, target: dice_ce(pred, target.unsqueeze(1))
+
+    def evaluate(self, pred: Tensor, target: Tensor, ids: list[str]) -> dict[str, float]:
+        """Metrics of a whole split from the concatenated predictions."""
+        kind = self.task.kind
+        if kind == "classification":
+            return metrics.classification_metrics(pred, target)
+        if kind == "regression":
+            return metrics.mosi_metrics(pred, target)
+        return metrics.dice_per_region(pred.argmax(dim=1), target, self.task.regions)
+
+    def describe(self) -> dict[str, Any]:
+        t = self.task
+        return {"name": self.name, "task": t.kind, "modalities": list(t.modalities), "classes": t.num_classes}

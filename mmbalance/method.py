@@ -1,0 +1,121 @@
+"""The method API: a balancing method reacts to the one training loop in ``runner.py``.
+
+The runner owns the loop. Per training step it calls, in order::
+
+    out  = method.forward(model, batch, ctx)            # usually model(batch.inputs)
+    loss = method.loss(out, batch, ctx)                  # task loss + the method's own terms
+    loss.backward()
+    method.after_backward(model, out, batch, ctx)        # gradient modulation, aux optimisers
+    optimizer.step()
+
+plus ``on_epoch_start`` / ``on_epoch_end`` around each epoch. Evaluation calls ``forward`` under
+``torch.no_grad`` with ``ctx.training = False``. Joint training is the method whose hooks do
+nothing. A method never imports a dataset: task knowledge comes from ``ctx.task``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mmbalance.data import Batch, NoParams, StrictModel, TaskInfo
+from mmbalance.models.base import MultimodalModel, Output
+
+ALL_TASKS = frozenset({"classification", "regression", "segmentation"})
+
+
+class MethodNotApplicable(ValueError):
+    """The method cannot run on this task (kind, number of modalities, model shape); says why."""
+
+
+@dataclass
+class RunContext:
+    """What the runner tells a method about the run in progress."""
+
+    task: TaskInfo
+    modalities: list[str]  # the model's modalities, in order
+    task_loss: Callable[[Tensor, Tensor], Tensor]
+    device: torch.device
+    epochs: int
+    steps_per_epoch: int
+    # Deterministic, unshuffled pass over a split (for prototypes, held-out estimates, ...).
+    iterate: Callable[..., Iterator[Batch]] = field(repr=False, default=None)
+    optimizer: torch.optim.Optimizer | None = field(repr=False, default=None)
+    epoch: int = 0  # 0-based
+    step: int = 0  # global step, 0-based
+    step_in_epoch: int = 0
+    training: bool = True
+
+
+class Method:
+    """Base class; subclasses set ``name`` and override the hooks they need.
+
+    Class attributes:
+      ``Params``: pydantic model of the hyper-parameters (spec field ``method_params``), with
+        the official defaults.
+      ``tasks``: task kinds the method supports; ``min_modalities``: fewest modalities it needs.
+      ``reference``: paper and official code, shown by ``mmbalance methods``.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StrictModel]] = NoParams
+    tasks: ClassVar[frozenset[str]] = ALL_TASKS
+    min_modalities: ClassVar[int] = 2
+    reference: ClassVar[str] = ""
+
+    def __init__(self, params: StrictModel | None = None) -> None:
+        self.p = params if params is not None else self.Params()
+
+    @classmethod
+    def variants(cls, params: dict[str, Any], task: TaskInfo) -> list[dict[str, Any]]:
+        """Parameter sets a sweep expands one entry into (the unimodal baseline: one per modality)."""
+        return [params]
+
+    def check(self, task: TaskInfo) -> None:
+        """Raise ``MethodNotApplicable`` if this method cannot run on ``task``."""
+        if task.kind not in self.tasks:
+            raise MethodNotApplicable(
+                f"method {self.name!r} supports {sorted(self.tasks)} tasks, not {task.kind!r}"
+            )
+        if len(task.modalities) < self.min_modalities:
+            raise MethodNotApplicable(
+                f"method {self.name!r} needs at least {self.min_modalities} modalities, got {len(task.modalities)}"
+            )
+
+    def model_modalities(self, modalities: Sequence[str]) -> list[str]:
+        """The modalities the model is built with (all of them, except for unimodal training)."""
+        return list(modalities)
+
+    # --- hooks ----------------------------------------------------------------------------------
+    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+        pass
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        return model(batch.inputs)
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        return ctx.task_loss(out.pred, batch.target)
+
+    def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
+        pass
+
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: RunContext) -> None:
+        pass
+
+    def diagnostics(self) -> dict[str, float]:
+        """Coefficients and other per-step values, logged by the probes as curves."""
+        return {}
+
+    # --- exact resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

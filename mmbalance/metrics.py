@@ -1,0 +1,96 @@
+"""Task metrics: classification, MOSI-style sentiment regression, Dice per region.
+
+Each function takes plain tensors/arrays of a whole split and returns ``{name: float}``.
+Accuracy, F1 and Dice are reported in percent (0-100), as the papers print them; MAE and
+Pearson correlation are reported as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+from sklearn.metrics import accuracy_score, f1_score
+
+__all__ = ["classification_metrics", "mosi_metrics", "dice_per_region", "primary_value", "PRIMARY"]
+
+# The metric that selects the best validation epoch, per task kind, and whether higher is better.
+PRIMARY = {
+    "classification": ("accuracy", True),
+    "regression": ("mae", False),
+    "segmentation": ("dice_mean", True),
+}
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Accuracy, macro F1 and weighted F1 (percent) of ``argmax(logits)`` against integer labels."""
+    pred = logits.argmax(dim=-1).cpu().numpy()
+    y = target.cpu().numpy()
+    return {
+        "accuracy": 100.0 * accuracy_score(y, pred),
+        "f1_macro": 100.0 * f1_score(y, pred, average="macro", zero_division=0),
+        "f1_weighted": 100.0 * f1_score(y, pred, average="weighted", zero_division=0),
+    }
+
+
+def mosi_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """The CMU-MOSI metrics as MMSA's ``__eval_mosi_regression`` computes them.
+
+    - ``mae``: mean absolute error; ``corr``: Pearson correlation.
+    - ``acc7``: both clipped to [-3, 3] and rounded to the nearest integer, then accuracy.
+    - ``acc2_has0`` / ``f1_has0``: positive = value >= 0, over all samples.
+    - ``acc2_non0`` / ``f1_non0``: positive = value > 0, over samples whose truth is not 0
+      (the convention of MulT and most MOSI tables). F1 is weighted, as in MMSA.
+    """
+    p = pred.detach().reshape(-1).cpu().double().numpy()
+    t = truth.detach().reshape(-1).cpu().double().numpy()
+    if p.shape != t.shape:
+        raise ValueError(f"mosi_metrics: prediction shape {p.shape} differs from truth shape {t.shape}")
+    corr = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else 0.0
+    non0 = t != 0
+    out = {
+        "mae": float(np.abs(p - t).mean()),
+        "corr": corr,
+        "acc7": 100.0 * float((np.round(np.clip(p, -3, 3)) == np.round(np.clip(t, -3, 3))).mean()),
+        "acc2_has0": 100.0 * accuracy_score(t >= 0, p >= 0),
+        "f1_has0": 100.0 * f1_score(t >= 0, p >= 0, average="weighted", zero_division=0),
+        "acc2_non0": 100.0 * accuracy_score(t[non0] > 0, p[non0] > 0) if non0.any() else float("nan"),
+        "f1_non0": (
+            100.0 * f1_score(t[non0] > 0, p[non0] > 0, average="weighted", zero_division=0)
+            if non0.any()
+            else float("nan")
+        ),
+    }
+    return out
+
+
+def dice_per_region(
+    pred_labels: torch.Tensor, target_labels: torch.Tensor, regions: dict[str, tuple[int, ...]]
+) -> dict[str, float]:
+    """Dice (percent) of each region, and their mean as ``dice_mean``.
+
+    A region is a set of label values (BraTS: WT = {1, 2, 3}, TC = {1, 3}, ET = {3}).
+    ``pred_labels`` and ``target_labels`` are integer label maps of the same shape ``(B, *spatial)``;
+    Dice is computed per item with MONAI's ``compute_dice`` and averaged over items. An item whose
+    region is empty in both prediction and target scores 1 (MONAI ``ignore_empty=False``).
+    """
+    if pred_labels.shape != target_labels.shape:
+        raise ValueError(f"dice_per_region: prediction shape {tuple(pred_labels.shape)} "
+                         f"differs from target shape {tuple(target_labels.shape)}")
+    out = {}
+    for name, labels in regions.items():
+        values = torch.tensor(labels, device=pred_labels.device)
+        p = torch.isin(pred_labels, values).unsqueeze(1).float()  # (B, 1, *spatial)
+        t = torch.isin(target_labels, values).unsqueeze(1).float()
+        out[f"dice_{name}"] = 100.0 * compute_dice(p, t, include_background=True, ignore_empty=False).mean().item()
+    out["dice_mean"] = float(np.mean([out[f"dice_{n}"] for n in regions]))
+    return out
+
+
+def primary_value(kind: str, pred: torch.Tensor, target: torch.Tensor, regions: dict[str, tuple[int, ...]]) -> float:
+    """The task's primary metric on one batch, cheaply (accuracy %, MAE, or mean Dice %)."""
+    if kind == "classification":
+        return 100.0 * (pred.argmax(dim=-1) == target).float().mean().item()
+    if kind == "regression":
+        return (pred.reshape(-1) - target.reshape(-1)).abs().mean().item()
+    return dice_per_region(pred.argmax(dim=1), target, regions)["dice_mean"]

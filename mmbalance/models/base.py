@@ -1,0 +1,103 @@
+"""The model contract every method relies on.
+
+``MultimodalModel(encoders, fusion, head)``: one encoder per modality, a fusion module that
+maps ``{modality: feature}`` to one fused tensor, and a head that maps it to the prediction.
+``forward`` returns ``Output(pred, features, fused)``.
+
+Methods reach parameters by structure, never by name substrings:
+``model.encoders[m]`` is modality m's encoder, ``model.head`` the head, ``model.out_layer`` the
+last layer of the head. A late-fusion concat model with a linear head also exposes each
+modality's additive share of the logits (``unimodal_logits``), which OGM-GE and others need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Output", "ConcatFusion", "MultimodalModel"]
+
+
+@dataclass
+class Output:
+    pred: Tensor  # (B, C) logits, (B, 1) regression, (B, C, H, W) segmentation logits
+    features: dict[str, Tensor]  # per modality: (B, D) pooled, or (B, D, h, w) for segmentation
+    fused: Tensor  # input of the head
+
+
+class ConcatFusion(nn.Module):
+    """Concatenate the modality features along the channel axis (dim 1), in modality order."""
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat(list(features.values()), dim=1)
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, encoders: Mapping[str, nn.Module], fusion: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        if not encoders:
+            raise ValueError("MultimodalModel needs at least one encoder")
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.head = head
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders.keys())
+
+    def encode(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: enc(inputs[m]) for m, enc in self.encoders.items()}
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Output:
+        features = self.encode(inputs)
+        fused = self.fusion(features)
+        return Output(self.head(fused), features, fused)
+
+    # --- structure, for methods --------------------------------------------------------------
+    def encoder_parameters(self, modality: str) -> list[nn.Parameter]:
+        params = [p for p in self.encoders[modality].parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"encoder of modality {modality!r} has no trainable parameters")
+        return params
+
+    @property
+    def out_layer(self) -> nn.Module:
+        """The last layer of the head (CGGM's ``out_layer``): ``head.out_layer`` or the head itself."""
+        layer = getattr(self.head, "out_layer", self.head)
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"the head's output layer is {type(layer).__name__}, not Linear/Conv2d")
+        return layer
+
+    def feature_dims(self) -> dict[str, int]:
+        """Channel size of each modality's feature: every encoder carries an ``out_dim`` attribute."""
+        return {m: enc.out_dim for m, enc in self.encoders.items()}
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each modality's additive share of the fused logits (late concat fusion, linear head).
+
+        With ``pred = W [f_1; ...; f_M] + b`` the share of modality m is ``W[:, slice_m] f_m + b / M``
+        (OGM-GE's ``out_a = a @ W[:, :512]^T + b/2`` for M = 2). Works for a Linear head on (B, D)
+        features and a 1x1 Conv2d head on (B, D, h, w) features.
+        """
+        if not isinstance(self.fusion, ConcatFusion) or not isinstance(self.head, (nn.Linear, nn.Conv2d)):
+            raise TypeError(
+                "unimodal_logits needs late concat fusion with a linear head; this model has "
+                f"{type(self.fusion).__name__} -> {type(self.head).__name__}"
+            )
+        weight, bias = self.head.weight, self.head.bias
+        shares, start = {}, 0
+        for m, f in features.items():
+            d = f.shape[1]
+            w = weight[:, start : start + d]
+            start += d
+            if isinstance(self.head, nn.Linear):
+                share = f @ w.T
+                b = bias.view(1, -1) if bias is not None else None
+            else:
+                share = nn.functional.conv2d(f, w)
+                b = bias.view(1, -1, 1, 1) if bias is not None else None
+            shares[m] = share + b / len(features) if b is not None else share
+        return shares

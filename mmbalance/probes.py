@@ -1,0 +1,108 @@
+"""Probes: what every run logs about its modalities, whatever the method.
+
+Every ``every`` training steps the runner records, per modality m with encoder parameters θ_m:
+
+- ``grad_norm/m``: ‖∇_θm L‖₂, the L2 norm of the gradient the optimiser applies to encoder m
+  (read after the method's ``after_backward``, so a modulation shows up here).
+- ``grad_cos/m``: cos(g_m^uni, g_m^fused), where g_m^fused = ∇_θm ℓ(ŷ, y) is the gradient of the
+  *task loss of the fused prediction* (no method terms) and g_m^uni = ∇_θm ℓ(P_m(f_m), y) is the
+  gradient of the loss of modality m's linear probe P_m on its own features f_m. Both are
+  flattened over all of θ_m. Cosine 1: the fused objective pushes the encoder the way its own
+  modality would; near 0 or negative: the encoder is trained for the other modalities' benefit.
+- ``probe_acc/m``: the probe's metric on the training batch (before the probe's own update).
+- ``diag/<key>``: the method's ``diagnostics()``.
+
+Linear probes P_m (Linear for pooled features, 1x1 Conv for feature maps) are trained with their
+own Adam on *detached* features, built under a forked RNG and never touch the global RNG or the
+model's gradients, so the trained model is bit-identical with or without probes
+(tested in ``tests/test_probes.py``). At the end of each epoch the probes are evaluated on the
+validation split: the unimodal accuracy curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbalance.data import TaskInfo
+from mmbalance.models.base import MultimodalModel, Output
+
+
+class Probes(nn.Module):
+    def __init__(self, model: MultimodalModel, task: TaskInfo, seed: int, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.task = task
+        out = task.num_classes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 7919)
+            self.heads = nn.ModuleDict(
+                {
+                    m: nn.Conv2d(d, out, 1) if task.kind == "segmentation" else nn.Linear(d, out)
+                    for m, d in model.feature_dims().items()
+                }
+            )
+        device = next(model.parameters()).device
+        self.to(device)
+        self.optimizer = torch.optim.Adam(self.heads.parameters(), lr=lr)
+
+    def predict(self, m: str, feature: Tensor, target_shape: torch.Size) -> Tensor:
+        if self.task.kind == "segmentation":
+            logits = self.heads[m](feature)
+            if logits.shape[-2:] != target_shape[-2:]:
+                logits = F.interpolate(logits, size=target_shape[-2:], mode="bilinear", align_corners=False)
+            return logits
+        return self.heads[m](feature.flatten(1))
+
+    def gradient_cosines(self, model: MultimodalModel, out: Output, target: Tensor,
+                         task_loss: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
+        """cos(g_m^uni, g_m^fused) per modality (see module docstring). Leaves no ``.grad`` behind."""
+        fused_loss = task_loss(out.pred, target)
+        result = {}
+        for m, feature in out.features.items():
+            params = model.encoder_parameters(m)
+            g_fused = torch.autograd.grad(fused_loss, params, retain_graph=True, allow_unused=True)
+            uni_loss = task_loss(self.predict(m, feature, target.shape), target)
+            g_uni = torch.autograd.grad(uni_loss, params, retain_graph=True, allow_unused=True)
+            a = _flat(g_fused, params)
+            b = _flat(g_uni, params)
+            result[f"grad_cos/{m}"] = F.cosine_similarity(a, b, dim=0, eps=1e-12).item()
+        return result
+
+    @staticmethod
+    def grad_norms(model: MultimodalModel) -> dict[str, float]:
+        out = {}
+        for m in model.modalities:
+            grads = [p.grad.detach().pow(2).sum() for p in model.encoder_parameters(m) if p.grad is not None]
+            out[f"grad_norm/{m}"] = torch.stack(grads).sum().sqrt().item() if grads else 0.0
+        return out
+
+    def fit_step(self, features: dict[str, Tensor], target: Tensor,
+                 task_loss: Callable[[Tensor, Tensor], Tensor],
+                 batch_metric: Callable[[Tensor, Tensor], float] | None = None) -> dict[str, float]:
+        """One Adam step of every probe on detached features; returns each probe's batch metric
+        (computed before the update) when ``batch_metric`` is given."""
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics, total = {}, 0.0
+        for m, f in features.items():
+            logits = self.predict(m, f.detach(), target.shape)
+            if batch_metric is not None:
+                metrics[f"probe_acc/{m}"] = batch_metric(logits.detach(), target)
+            total = total + task_loss(logits, target)
+        total.backward()
+        self.optimizer.step()
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        return {"heads": self.heads.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter]) -> Tensor:
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])

@@ -1,0 +1,120 @@
+"""Run records on disk: ``results/runs/<run_id>/``.
+
+Files (all written atomically: temp file in the same folder, then ``os.replace``):
+  spec.yaml      the canonical run spec (plus run_id, data fingerprint)
+  env.json       code version, package versions, device, python, platform
+  metrics.jsonl  one JSON object per finished epoch (train loss, valid/test metrics, probes)
+  curves.csv     probe values per logged step (grad norms, cosines, unimodal acc, diagnostics)
+  final.json     test metrics at the best validation epoch (+ the best validation metrics)
+  checkpoint.pt  everything needed to resume exactly (model, optimiser, scheduler, method, RNG)
+  status         ``running`` / ``done`` / ``failed: <reason>``
+
+Readers (reports, leaderboard) use only this module, never the runner.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_RESULTS = Path("results")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    rows = list(rows)
+    columns: list[str] = []
+    for r in rows:  # union of keys, in first-seen order
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, results: Path, run_id: str) -> RunDir:
+        return cls(Path(results) / "runs" / run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # --- status --------------------------------------------------------------------------------
+    def status(self) -> str:
+        """``pending`` (no record), ``running``, ``done`` or ``failed``."""
+        f = self.file("status")
+        if not f.exists():
+            return "pending"
+        return f.read_text().split(":", 1)[0].strip()
+
+    def failure_reason(self) -> str:
+        text = self.file("status").read_text() if self.file("status").exists() else ""
+        return text.split(":", 1)[1].strip() if ":" in text else ""
+
+    def set_status(self, status: str, reason: str = "") -> None:
+        atomic_write_text(self.file("status"), f"{status}: {reason}\n" if reason else f"{status}\n")
+
+    # --- readers -------------------------------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        return yaml.safe_load(self.file("spec.yaml").read_text())
+
+    def final(self) -> dict[str, Any]:
+        return json.loads(self.file("final.json").read_text())
+
+    def env(self) -> dict[str, Any]:
+        return json.loads(self.file("env.json").read_text())
+
+    def epochs(self) -> list[dict[str, Any]]:
+        f = self.file("metrics.jsonl")
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+
+    def curves_path(self) -> Path:
+        return self.file("curves.csv")
+
+
+def iter_runs(results: Path | str = DEFAULT_RESULTS, status: str | None = None) -> list[RunDir]:
+    """All run directories under ``results/runs`` (optionally only those with ``status``)."""
+    root = Path(results) / "runs"
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "spec.yaml").exists()]
+    return [r for r in runs if status is None or r.status() == status]

@@ -1,0 +1,406 @@
+"""The one training loop, shared by every method and dataset.
+
+``train(spec)`` builds the dataset, model, method, optimiser and probes from a validated
+``RunSpec``, then runs epochs of::
+
+    out  = method.forward(model, batch, ctx)
+    loss = method.loss(out, batch, ctx)          # non-finite -> the run is recorded as failed
+    [probe step: gradient cosines, from the same graph]
+    loss.backward()
+    method.after_backward(model, out, batch, ctx)
+    [probe step: encoder gradient norms]; probes fit on detached features
+    clip (optional); optimizer.step(); per-iteration schedule
+
+and after each epoch evaluates valid and test, writes a checkpoint and the records
+(see ``records.py``). A finished run is skipped; an interrupted one resumes from its last
+epoch checkpoint with the model, optimiser, scheduler, method, probes and RNG states, so it ends
+with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import mmbalance
+from mmbalance import metrics
+from mmbalance.data import Batch, DatasetAdapter, collate
+from mmbalance.method import Method, RunContext
+from mmbalance.probes import Probes
+from mmbalance.records import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, rows_to_csv
+from mmbalance.registry import DATASETS, METHODS
+from mmbalance.spec import RunSpec
+
+PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pandas", "scikit-learn", "monai", "pydantic")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    path: Path
+    status: str  # done / failed / skipped
+    final: dict[str, Any] | None = None
+    reason: str = ""
+
+
+# --- building blocks ----------------------------------------------------------------------------
+def make_adapter(spec: RunSpec, data_root: Path | None = None) -> DatasetAdapter:
+    cls = DATASETS.get(spec.dataset)
+    root = Path(data_root) / spec.dataset if data_root is not None else None
+    return cls(cls.Params.model_validate(spec.dataset_params), root)
+
+
+def make_method(spec: RunSpec) -> Method:
+    cls = METHODS.get(spec.method)
+    return cls(cls.Params.model_validate(spec.method_params))
+
+
+def data_fingerprint(adapter: DatasetAdapter) -> str:
+    return "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in ("train", "valid", "test"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def code_version() -> str:
+    """``<package version>+<git commit>[-dirty]`` when run from a checkout, else the version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{mmbalance.__version__}+{commit}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return mmbalance.__version__
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "code_version": code_version(),
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def make_optimizer(spec: RunSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = spec.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return opt_cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def make_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns ``(scheduler, when)`` with ``when`` in {"epoch", "iteration", "plateau", None}."""
+    s = spec.schedule
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, s.step_size, s.gamma), "epoch"
+    if s.name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=s.gamma, patience=s.patience), "plateau"
+    if s.name == "cosine":  # per iteration, linear warm-up then cosine to min_lr (as CGGM's BraTS code)
+        warmup, total = s.warmup_epochs * steps_per_epoch, spec.epochs * steps_per_epoch
+        floor = s.min_lr / spec.optim.lr
+
+        def factor(it: int) -> float:
+            if it < warmup:
+                return (it + 1) / warmup
+            progress = (it - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "iteration"
+    return None, None
+
+
+def _batches(loader: DataLoader, device: torch.device):
+    for batch in loader:
+        yield batch.to(device, non_blocking=device.type == "cuda")
+
+
+# --- the loop -------------------------------------------------------------------------------------
+class Trainer:
+    """One run: everything ``train`` needs, held together so the loop reads top to bottom."""
+
+    def __init__(self, spec: RunSpec, adapter: DatasetAdapter, run_dir: RunDir, device: torch.device,
+                 progress: bool) -> None:
+        self.spec, self.adapter, self.rd, self.device, self.progress = spec, adapter, run_dir, device, progress
+        self.task = adapter.task
+        seed_everything(spec.seed)
+        self.method = make_method(spec)
+        self.method.check(self.task)
+        self.modalities = self.method.model_modalities(self.task.modalities)
+        model_params = type(adapter).ModelParams.model_validate(spec.model_params)
+        self.model = adapter.build_model(model_params, self.modalities).to(device)
+        self.datasets = {s: adapter.split(s) for s in ("train", "valid", "test")}
+        if len(self.datasets["train"]) == 0:
+            raise ValueError(f"{spec.dataset}: the train split is empty")
+        self.steps_per_epoch = math.ceil(len(self.datasets["train"]) / spec.batch_size)
+        self.optimizer = make_optimizer(spec, self.model)
+        self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
+        self.task_loss = adapter.loss_fn()
+        self.ctx = RunContext(
+            task=self.task, modalities=self.modalities, task_loss=self.task_loss, device=device,
+            epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, iterate=self.iterate,
+            optimizer=self.optimizer,
+        )  # fmt: skip
+        self.method.setup(self.model, self.task, self.ctx)
+        self.probes = Probes(self.model, self.task, seed=spec.seed) if spec.probe_every > 0 else None
+        self.history: list[dict[str, Any]] = []  # one row per epoch (metrics.jsonl)
+        self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
+        self.start_epoch = 0
+
+    def loader(self, split: str, shuffle: bool, epoch: int = 0) -> DataLoader:
+        # The shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
+        g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch)
+        return DataLoader(self.datasets[split], batch_size=self.spec.batch_size, shuffle=shuffle, generator=g,
+                          collate_fn=collate, pin_memory=self.device.type == "cuda")
+
+    def iterate(self, split: str, max_batches: int | None = None):
+        """Unshuffled pass over a split, for methods (prototypes, held-out estimates)."""
+        for i, batch in enumerate(_batches(self.loader(split, shuffle=False), self.device)):
+            if max_batches is not None and i >= max_batches:
+                return
+            yield batch
+
+    # --- checkpoint ---------------------------------------------------------------------------
+    def save_checkpoint(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "method": self.method.state_dict(),
+            "probes": self.probes.state() if self.probes is not None else None,
+            "rng": rng_state(),
+            "history": self.history,
+            "curves": self.curves,
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.rd.file("checkpoint.pt"), buf.getvalue())
+
+    def try_resume(self) -> None:
+        f = self.rd.file("checkpoint.pt")
+        if not f.exists():
+            return
+        state = torch.load(f, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        if self.probes is not None:
+            self.probes.load(state["probes"])
+        set_rng_state(state["rng"])
+        self.history, self.curves = state["history"], state["curves"]
+        self.start_epoch = state["epoch"] + 1
+
+    # --- one step, one epoch --------------------------------------------------------------------
+    def train_step(self, batch: Batch) -> float:
+        ctx, model, method = self.ctx, self.model, self.method
+        log_now = self.probes is not None and ctx.step % self.spec.probe_every == 0
+        out = method.forward(model, batch, ctx)
+        loss = method.loss(out, batch, ctx)
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss is {loss.item()} at epoch {ctx.epoch}, step {ctx.step_in_epoch}")
+        row: dict[str, Any] = {}
+        if log_now:
+            row = self.probes.gradient_cosines(model, out, batch.target, self.task_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        method.after_backward(model, out, batch, ctx)
+        if self.probes is not None:
+            if log_now:
+                row.update(self.probes.grad_norms(model))
+            metric = self._batch_metric if log_now else None
+            row.update(self.probes.fit_step(out.features, batch.target, self.task_loss, metric))
+        if self.spec.optim.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.optim.clip_grad_norm)
+        self.optimizer.step()
+        if self.schedule_when == "iteration":
+            self.scheduler.step()
+        if log_now:
+            diag = {f"diag/{k}": float(v) for k, v in method.diagnostics().items()}
+            self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss.item(), **row, **diag})
+        return loss.item()
+
+    def _batch_metric(self, pred: torch.Tensor, target: torch.Tensor) -> float:
+        return metrics.primary_value(self.task.kind, pred, target, self.task.regions)
+
+    def train_epoch(self, epoch: int, bar) -> float:
+        self.model.train()
+        self.ctx.training, self.ctx.epoch = True, epoch
+        self.method.on_epoch_start(self.ctx)
+        total, n = 0.0, 0
+        for i, batch in enumerate(_batches(self.loader("train", shuffle=True, epoch=epoch), self.device)):
+            self.ctx.step_in_epoch, self.ctx.step = i, epoch * self.steps_per_epoch + i
+            total += self.train_step(batch) * len(batch)
+            n += len(batch)
+            bar.update(1)
+        self.method.on_epoch_end(self.ctx)
+        return total / n
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, Any]:
+        self.model.eval()
+        self.ctx.training = False
+        preds, targets, ids, loss_sum = [], [], [], 0.0
+        probe_preds: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
+        for batch in _batches(self.loader(split, shuffle=False), self.device):
+            out = self.method.forward(self.model, batch, self.ctx)
+            loss_sum += self.task_loss(out.pred, batch.target).item() * len(batch)
+            preds.append(out.pred.cpu())
+            targets.append(batch.target.cpu())
+            ids += batch.ids
+            if self.probes is not None:
+                for m, f in out.features.items():
+                    probe_preds[m].append(self.probes.predict(m, f, batch.target.shape).cpu())
+        self.ctx.training = True
+        pred, target = torch.cat(preds), torch.cat(targets)
+        result: dict[str, Any] = {"loss": loss_sum / len(ids), **self.adapter.evaluate(pred, target, ids)}
+        if self.probes is not None:
+            key = self.task.primary_metric
+            result["probe"] = {m: self.adapter.evaluate(torch.cat(p), target, ids)[key] for m, p in probe_preds.items()}
+        return result
+
+    # --- records ------------------------------------------------------------------------------------
+    def best_epoch(self) -> dict[str, Any]:
+        key, higher = self.task.primary_metric, self.task.higher_is_better
+        sign = 1 if higher else -1
+        # Earliest epoch wins ties, so the choice is stable.
+        return max(self.history, key=lambda r: (sign * r["valid"][key], -r["epoch"]))
+
+    def write_records(self) -> None:
+        atomic_write_text(self.rd.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
+        atomic_write_text(self.rd.file("curves.csv"), rows_to_csv(self.curves))
+
+    def final_record(self) -> dict[str, Any]:
+        best = self.best_epoch()
+        key, higher = self.task.primary_metric, self.task.higher_is_better
+        pick = max if higher else min
+        return {
+            "protocol": f"test metrics at the best validation epoch (by valid {key})",
+            "best_epoch": best["epoch"],
+            "selection_metric": key,
+            "test": best["test"],
+            "valid": best["valid"],
+            # The CGGM code's protocol: best validation score over epochs, no test split.
+            "best_valid_over_epochs": {k: pick(r["valid"][k] for r in self.history)
+                                       for k in best["valid"] if k not in ("probe", "loss")},
+            "task": self.task.kind,
+            "modalities": self.modalities,
+            "epochs": len(self.history),
+        }
+
+    def run(self) -> dict[str, Any]:
+        self.try_resume()
+        total = (self.spec.epochs - self.start_epoch) * self.steps_per_epoch
+        desc = f"{self.spec.dataset}/{self.spec.method} seed {self.spec.seed}"
+        with tqdm(total=total, desc=desc, unit="step", disable=not self.progress, leave=False) as bar:
+            for epoch in range(self.start_epoch, self.spec.epochs):
+                t0 = time.perf_counter()
+                train_loss = self.train_epoch(epoch, bar)
+                valid, test = self.evaluate("valid"), self.evaluate("test")
+                if self.schedule_when == "epoch":
+                    self.scheduler.step()
+                elif self.schedule_when == "plateau":
+                    self.scheduler.step(valid["loss"])
+                self.history.append({
+                    "epoch": epoch, "train_loss": train_loss, "valid": valid, "test": test,
+                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                })  # fmt: skip
+                self.save_checkpoint(epoch)
+                self.write_records()
+                bar.set_postfix({f"valid {self.task.primary_metric}": f"{valid[self.task.primary_metric]:.3f}"})
+        return self.final_record()
+
+
+def prepare(spec: RunSpec, results: Path | str = "results", data_root: Path | None = None):
+    """Adapter, run id and run directory of a spec (verifies the data is present)."""
+    adapter = make_adapter(spec, data_root)
+    adapter.verify()
+    fingerprint = data_fingerprint(adapter)
+    run_id = spec.run_id(fingerprint)
+    return adapter, fingerprint, RunDir.of(Path(results), run_id)
+
+
+def train(spec: RunSpec, results: Path | str = "results", data_root: Path | None = None,
+          device: str = "auto", progress: bool = True) -> RunResult:
+    """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``."""
+    adapter, fingerprint, rd = prepare(spec, results, data_root)
+    if rd.status() == "done":
+        return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+    dev = resolve_device(device)
+    spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
+    atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
+    atomic_write_json(rd.file("env.json"), environment(dev))
+    rd.set_status("running")
+    try:
+        trainer = Trainer(spec, adapter, rd, dev, progress)
+        final = trainer.run()
+    except Diverged as e:
+        rd.set_status("failed", f"diverged: {e}")
+        return RunResult(rd.run_id, rd.path, "failed", reason=f"diverged: {e}")
+    except KeyboardInterrupt:
+        raise  # stays "running"; the next call resumes from the checkpoint
+    except Exception as e:
+        rd.set_status("failed", f"{type(e).__name__}: {e}")
+        raise
+    final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
+    atomic_write_json(rd.file("final.json"), final)
+    rd.set_status("done")
+    return RunResult(rd.run_id, rd.path, "done", final)

@@ -1,0 +1,151 @@
+"""Run specification: one pydantic model, validated before anything runs.
+
+Unknown keys, wrong types and unknown method/dataset names are errors that name the field
+(and list the valid choices). ``method_params``, ``dataset_params`` and ``model_params`` are
+validated by the method's / adapter's own ``Params`` models and stored with defaults filled in,
+so that the canonical form (and hence ``run_id``) does not depend on how a spec was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PositiveInt, ValidationError, model_validator
+
+import mmbalance
+from mmbalance.data import StrictModel
+from mmbalance.registry import DATASETS, METHODS, UnknownNameError
+
+
+class SpecError(ValueError):
+    """An invalid run spec or suite file; the message names the field."""
+
+
+class OptimSpec(StrictModel):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(1e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: float = Field(1e-4, ge=0)
+    clip_grad_norm: float | None = Field(None, gt=0)  # CGGM clips at 0.8
+
+
+class ScheduleSpec(StrictModel):
+    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: PositiveInt = 30  # step: decay every step_size epochs
+    gamma: float = Field(0.1, gt=0, le=1)  # step decay / plateau factor
+    patience: PositiveInt = 10  # plateau (on the validation loss, as the CGGM code)
+    warmup_epochs: int = Field(0, ge=0)  # cosine: linear warm-up
+    min_lr: float = Field(0.0, ge=0)  # cosine: final lr
+
+
+class RunSpec(StrictModel):
+    dataset: str = "synthetic"
+    dataset_params: dict[str, Any] = {}
+    model_params: dict[str, Any] = {}
+    method: str = "joint"
+    method_params: dict[str, Any] = {}
+    optim: OptimSpec = OptimSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    seed: int = Field(0, ge=0)
+    probe_every: int = Field(10, ge=0)  # log probes every k training steps; 0 turns probes off
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> RunSpec:
+        # Normalise nested params through their owners' pydantic models (fills in defaults).
+        method_cls = METHODS.get(self.method)
+        dataset_cls = DATASETS.get(self.dataset)
+        for fld, model in (
+            ("method_params", method_cls.Params),
+            ("dataset_params", dataset_cls.Params),
+            ("model_params", dataset_cls.ModelParams),
+        ):
+            try:
+                normalised = model.model_validate(getattr(self, fld)).model_dump(mode="json")
+            except ValidationError as e:
+                raise ValueError(_format_validation(e, prefix=fld)) from None
+            object.__setattr__(self, fld, normalised)
+        return self
+
+    def canonical(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def run_id(self, data_fingerprint: str = "") -> str:
+        """Hash of the canonical spec, the data fingerprint and the suite version."""
+        blob = json.dumps(
+            {"spec": self.canonical(), "data": data_fingerprint, "version": mmbalance.__version__}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_validation(e: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        inp = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(inp, dict) else f" (got {inp!r})"
+        lines.append(f"  {loc or '<spec>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate_spec(data: dict[str, Any]) -> RunSpec:
+    """Build a ``RunSpec`` or raise ``SpecError`` with one line per bad field."""
+    try:
+        return RunSpec.model_validate(data)
+    except UnknownNameError as e:
+        raise SpecError(f"invalid run spec:\n  {e}") from None
+    except ValidationError as e:
+        body = _format_validation(e)
+        for err in e.errors():  # errors raised inside our validator carry their own formatted lines
+            if err["type"] == "value_error" and not err["loc"]:
+                body = str(err["ctx"]["error"])
+        raise SpecError(f"invalid run spec:\n{body}") from None
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """``["optim.lr=0.1", "method_params.alpha=0.5"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for a in assignments:
+        key, sep, raw = a.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {a!r}: expected KEY=VALUE (e.g. optim.lr=0.01)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise SpecError(f"--set {a!r}: value is not valid YAML: {e}") from None
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {a!r}: {part!r} is set both as a value and as a section")
+        node[leaf] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
