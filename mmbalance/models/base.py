@@ -13,7 +13,7 @@ modality's additive share of the logits (``unimodal_logits``), which OGM-GE and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ class Output:
     pred: Tensor  # (B, C) logits, (B, 1) regression, (B, C, H, W) segmentation logits
     features: dict[str, Tensor]  # per modality: (B, D) pooled, or (B, D, h, w) for segmentation
     fused: Tensor  # input of the head
+    aux: dict[str, Tensor] = field(default_factory=dict)  # model-specific extras, e.g. full encoder sequences
 
 
 class ConcatFusion(nn.Module):
@@ -75,6 +76,21 @@ class MultimodalModel(nn.Module):
         """Channel size of each modality's feature: every encoder carries an ``out_dim`` attribute."""
         return {m: enc.out_dim for m, enc in self.encoders.items()}
 
+    def classifier_input(self, out: Output, modality: str) -> Tensor:
+        """What a per-modality classifier (CGGM, unimodal heads) reads: modality m's features.
+        Paper models may override it (the CGGM code's classifiers read the whole encoder sequence)."""
+        return out.features[modality]
+
+    def unimodal_classifier(self, modality: str, num_outputs: int) -> nn.Module:
+        """A fresh classifier on ``classifier_input`` of one modality, with an ``out_layer`` attribute.
+
+        Default: two layers (Linear-ReLU-Linear on (B, D) features, 1x1 Conv-ReLU-1x1 Conv on
+        (B, D, h, w) maps; a map classifier's logits may be smaller than the target and are
+        upsampled by the caller). Paper models override this with the paper's classifier.
+        """
+        d = self.encoders[modality].out_dim
+        return TwoLayerClassifier(d, num_outputs, spatial=isinstance(self.out_layer, nn.Conv2d))
+
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's additive share of the fused logits (late concat fusion, linear head).
 
@@ -101,3 +117,14 @@ class MultimodalModel(nn.Module):
                 b = bias.view(1, -1, 1, 1) if bias is not None else None
             shares[m] = share + b / len(features) if b is not None else share
         return shares
+
+
+class TwoLayerClassifier(nn.Module):
+    def __init__(self, in_dim: int, num_outputs: int, spatial: bool = False) -> None:
+        super().__init__()
+        layer = (lambda i, o: nn.Conv2d(i, o, 1)) if spatial else nn.Linear
+        self.hidden = layer(in_dim, in_dim)
+        self.out_layer = layer(in_dim, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_layer(torch.relu(self.hidden(x)))
