@@ -90,6 +90,11 @@ class Method:
         """The modalities the model is built with (all of them, except for unimodal training)."""
         return list(modalities)
 
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
+        """Optimiser parameter groups (a method with per-modality learning rates splits them here;
+        a group may carry its own ``lr``, else the spec's ``optim.lr`` applies)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
     # --- hooks ----------------------------------------------------------------------------------
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         pass

@@ -136,9 +136,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def make_optimizer(spec: RunSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(spec: RunSpec, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
     o = spec.optim
-    params = [p for p in model.parameters() if p.requires_grad]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
@@ -189,7 +188,7 @@ class Trainer:
         if len(self.datasets["train"]) == 0:
             raise ValueError(f"{spec.dataset}: the train split is empty")
         self.steps_per_epoch = math.ceil(len(self.datasets["train"]) / spec.batch_size)
-        self.optimizer = make_optimizer(spec, self.model)
+        self.optimizer = make_optimizer(spec, self.method.param_groups(self.model))
         self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
         self.task_loss = adapter.loss_fn()
         self.ctx = RunContext(
@@ -384,6 +383,7 @@ def train(spec: RunSpec, results: Path | str = "results", data_root: Path | None
     adapter, fingerprint, rd = prepare(spec, results, data_root)
     if rd.status() == "done":
         return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+    make_method(spec).check(adapter.task)  # refuse before anything is written
     dev = resolve_device(device)
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))

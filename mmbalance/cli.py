@@ -1,0 +1,142 @@
+"""``mmbalance``: the command line, a thin face over the library.
+
+Each subcommand is a ``cmd_<name>(args) -> int`` plus its parser in ``build_parser``. Expected
+errors (bad spec, unknown name, missing data, a method that does not apply) print one clear
+message and exit with code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mmbalance.data import DataError, default_data_root
+from mmbalance.method import MethodNotApplicable
+from mmbalance.registry import DATASETS, METHODS, UnknownNameError
+from mmbalance.spec import SpecError, deep_merge, load_yaml, parse_set, validate_spec
+
+console = Console()
+USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError)
+
+
+def _table(title: str, rows: list[dict[str, str]]) -> Table:
+    table = Table(title=title)
+    for col in rows[0] if rows else []:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    return table
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding one sub-folder per dataset (default: $MMBALANCE_DATA or ./data)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --- run ----------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from mmbalance.runner import train
+
+    doc = load_yaml(args.spec) if args.spec else {}
+    cli = {k: v for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed)) if v is not None}
+    spec = validate_spec(deep_merge(deep_merge(doc, cli), parse_set(args.set)))
+    result = train(spec, args.results, args.data_root, device=args.device, progress=not args.quiet)
+    if result.status == "failed":
+        console.print(f"[red]run {result.run_id} failed[/red]: {result.reason}")
+        return 1
+    key = result.final["selection_metric"]
+    verb = "reused finished run" if result.status == "skipped" else "done"
+    console.print(f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
+                  f"(best epoch {result.final['best_epoch']}) -> {result.path}")
+    return 0
+
+
+# --- sweep --------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mmbalance.sweep import load_suite, plan, run_local, summary_rows
+
+    suite = load_suite(args.suite)
+    planned = plan(suite, args.data_root)
+    skipped = [p for p in planned if p.spec is None]
+    for p in skipped:
+        console.print(f"skip {p.label}: {p.skip_reason}")
+    outcomes = run_local(planned, args.results, args.data_root, device=args.device, progress=not args.quiet)
+    rows = summary_rows(outcomes, skipped)
+    if rows:
+        console.print(_table(f"sweep {suite.name}", rows))
+    failed = [r for _, r in outcomes if r.status == "failed"]
+    console.print(f"{len(outcomes) - len(failed)} runs done or reused, {len(failed)} failed, {len(skipped)} skipped")
+    return 1 if failed else 0
+
+
+# --- listings -----------------------------------------------------------------------------------
+def cmd_methods(args: argparse.Namespace) -> int:
+    rows = [{"method": name, "tasks": ", ".join(sorted(cls.tasks)), "modalities": f">= {cls.min_modalities}",
+             "reference": cls.reference} for name, cls in METHODS.items()]  # fmt: skip
+    console.print(_table("methods", rows))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    root = args.data_root or default_data_root()
+    rows = []
+    for name, cls in DATASETS.items():
+        adapter = cls(cls.Params(), root / name)
+        try:
+            adapter.verify()
+            found = "generated" if not cls.needs_files else "found"
+        except DataError as e:
+            found = "missing: " + "; ".join(line.strip() for line in str(e).splitlines()[1:3])
+        t = adapter.task
+        rows.append({"dataset": name, "task": t.kind, "modalities": ", ".join(t.modalities),
+                     "looks in": "-" if not cls.needs_files else str(adapter.root), "status": found})  # fmt: skip
+    console.print(_table("datasets", rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmbalance", description="Benchmark suite for multimodal balancing methods")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train one run (skipped if finished, resumed if interrupted)")
+    p.add_argument("--dataset", help="dataset name (see `mmbalance datasets`)")
+    p.add_argument("--method", help="method name (see `mmbalance methods`)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--spec", type=Path, help="YAML run spec; --dataset/--method/--seed/--set override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
+    p.add_argument("suite", type=Path)
+    _common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("datasets", help="list the datasets, where they are looked for and whether they are found")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

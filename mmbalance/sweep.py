@@ -1,0 +1,139 @@
+"""Suites: a YAML file that expands into many run specs (datasets x methods x seeds).
+
+```yaml
+name: all
+seeds: [0, 1, 2]
+base: {epochs: 15, batch_size: 64}            # spec fields shared by every run
+datasets:                                      # each: spec fields for that dataset, optional preset
+  - {dataset: synthetic, dataset_params: {task: classification}}
+  - {dataset: mosi, preset: mosi}              # merges benchmarks/presets/mosi.yaml
+methods:                                       # each: spec fields for that method
+  - {method: joint}
+  - {method: unimodal}                         # expands to one run per modality
+  - {method: ogm_ge, method_params: {alpha: 0.8}}
+```
+
+A preset file is a spec fragment; its optional ``method_overrides: {method_name: {spec fields}}`` applies
+only to runs of that method (e.g. CGGM's rho and lambda per dataset). Merge order:
+base < preset < dataset entry < preset method_overrides < method entry, then the seed.
+A method that does not apply to a dataset's task is skipped with its reason; a dataset whose files
+are missing is skipped with one line. Runs are content-addressed, so finished runs are reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mmbalance.data import DataMissingError, StrictModel
+from mmbalance.method import MethodNotApplicable
+from mmbalance.registry import DATASETS, METHODS
+from mmbalance.spec import RunSpec, SpecError, _format_validation, deep_merge, load_yaml, validate_spec
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
+
+
+class Suite(StrictModel):
+    name: str
+    description: str = ""
+    seeds: list[int] = [0, 1, 2]
+    base: dict[str, Any] = {}
+    datasets: list[dict[str, Any]]
+    methods: list[dict[str, Any]]
+    executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
+
+
+@dataclass
+class Planned:
+    spec: RunSpec | None
+    label: str  # dataset/method(params) seed, for progress and summaries
+    skip_reason: str = ""
+
+
+def load_suite(path: str | Path) -> Suite:
+    data = load_yaml(path)
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{path}: invalid suite:\n{_format_validation(e)}") from None
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise SpecError(f"unknown preset {name!r} ({path} does not exist); known presets: {', '.join(known)}")
+    return load_yaml(path)
+
+
+def _label(spec: RunSpec) -> str:
+    task = spec.dataset_params.get("task")
+    params = ",".join(f"{k}={v}" for k, v in sorted(spec.method_params.items()) if v is not None)
+    return f"{spec.dataset}{'/' + task if task else ''} {spec.method}{'(' + params + ')' if params else ''} seed {spec.seed}"
+
+
+def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
+    """Expand a suite into run specs; entries that cannot run carry a skip reason instead."""
+    planned: list[Planned] = []
+    for entry in suite.datasets:
+        entry = dict(entry)
+        preset = load_preset(entry.pop("preset")) if "preset" in entry else {}
+        overrides = preset.pop("method_overrides", {})
+        dataset_doc = deep_merge(deep_merge(suite.base, preset), entry)
+        probe = validate_spec(dataset_doc)  # validates dataset fields before expanding methods
+        adapter_cls = DATASETS.get(probe.dataset)
+        root = Path(data_root) / probe.dataset if data_root is not None else None
+        adapter = adapter_cls(adapter_cls.Params.model_validate(probe.dataset_params), root)
+        try:
+            adapter.verify()
+        except DataMissingError as e:
+            first = str(e).splitlines()[0]
+            planned.append(Planned(None, f"{probe.dataset} (all methods)", f"data missing: {first}"))
+            continue
+        for method_entry in suite.methods:
+            method_name = method_entry.get("method", "joint")
+            doc = deep_merge(deep_merge(dataset_doc, overrides.get(method_name, {})), method_entry)
+            method_cls = METHODS.get(method_name)
+            for params in method_cls.variants(doc.get("method_params", {}), adapter.task):
+                for seed in suite.seeds:
+                    spec = validate_spec({**doc, "method_params": params, "seed": seed})
+                    try:
+                        method_cls(method_cls.Params.model_validate(spec.method_params)).check(adapter.task)
+                    except MethodNotApplicable as e:
+                        planned.append(Planned(None, _label(spec), f"not applicable: {e}"))
+                        continue
+                    planned.append(Planned(spec, _label(spec)))
+    return planned
+
+
+def run_local(planned: list[Planned], results: Path, data_root: Path | None = None, device: str = "auto",
+              progress: bool = True) -> list[tuple[Planned, Any]]:
+    """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
+    from tqdm.auto import tqdm
+
+    from mmbalance.runner import RunResult, train
+
+    outcomes = []
+    runnable = [p for p in planned if p.spec is not None]
+    for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
+        try:
+            outcome = train(p.spec, results, data_root, device=device, progress=progress)
+        except Exception as e:  # recorded as failed by train(); keep going with the next run
+            outcome = RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
+        outcomes.append((p, outcome))
+    return outcomes
+
+
+def summary_rows(outcomes: list[tuple[Planned, Any]], skipped: list[Planned]) -> list[dict[str, str]]:
+    rows = []
+    for p, r in outcomes:
+        value = ""
+        if r.final is not None:
+            key = r.final["selection_metric"]
+            value = f"{key} {r.final['test'][key]:.3f}"
+        rows.append({"run": p.label, "status": r.status, "test": value or r.reason[:80], "id": r.run_id})
+    rows += [{"run": p.label, "status": "skipped", "test": p.skip_reason[:100], "id": ""} for p in skipped]
+    return rows
