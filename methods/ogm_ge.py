@@ -1,0 +1,157 @@
+"""OGM / OGM-GE: on-the-fly gradient modulation with generalisation enhancement.
+
+Reference: X. Peng, Y. Wei, A. Deng, D. Wang, D. Hu, "Balanced Multimodal Learning via On-the-fly
+Gradient Modulation", CVPR 2022. Official code: GeWu-Lab/OGM-GE_CVPR2022, ``main.py::train_epoch``.
+
+Per training step, after the fused loss has been back-propagated (the released code, HEAD)::
+
+    s_m     = sum_i softmax(W_m f_m + b / M)[i, y_i]        # modality m's share of the concat head
+    ratio_m = s_m / mean_{k != m} s_k                        # M = 2: s_v / s_a and s_a / s_v
+    coeff_m = 1 - tanh(alpha * relu(ratio_m))  if ratio_m > 1 else 1
+    in the modulation window (epochs ``modulation_starts..modulation_ends``, both inclusive):
+        g <- g * coeff_m + N(0, std(g))                      # OGM-GE, std of the *unscaled* gradient
+        g <- g * coeff_m                                     # OGM (``ge: false``)
+
+for every selected gradient g of encoder m; the noise is added to every modality's encoder,
+also where ``coeff_m = 1``, as in the released code. ``coefficient: ratio_minus_one`` is the
+original (March 2022) form ``1 - tanh(alpha * relu(ratio_m - 1))``, continuous at ratio 1.
+
+Where this file generalises the released code:
+
+- **M modalities.** The ratio is taken against the mean score of the other modalities; for
+  M = 2 it is the official pairwise ratio, so only the dominant modality is damped. One
+  difference at an exact tie s_a = s_v: the official ``else`` branch damps audio by
+  ``1 - tanh(alpha)``, here nobody is damped.
+- **Which gradients.** The official code scales only the 4-D conv kernels of the encoders
+  (no biases, no norm layers, no linear layers). Our synthetic encoders are MLPs, which have no
+  conv kernel, so the default ``params: weights`` takes every encoder weight tensor with
+  ``dim >= 2`` (conv kernels and linear weights, still no biases or norm affines): the
+  official rule with "kernel" read as "weight matrix". ``params: conv`` is the official rule
+  exactly (and refuses a model whose encoders have no conv kernel); ``params: all`` scales
+  every encoder parameter.
+- **Segmentation.** With a 1x1-conv head the shares are per-pixel logits; the score sums the
+  true-class probability over pixels and samples (only the ratio is used, so the
+  normalisation does not matter). **Regression** is refused: the score is the probability of
+  the true class and a regression output has no classes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["OGMGEParams", "OGMGE", "true_class_score", "ogm_coefficients", "selected_parameters"]
+
+
+class OGMGEParams(StrictModel):
+    alpha: float = Field(0.1, gt=0)  # README default setting (VGGSound); the README tip uses 0.8 on CREMA-D
+    modulation_starts: int = Field(0, ge=0)  # first modulated epoch (0-based, inclusive)
+    modulation_ends: int = Field(50, ge=0)  # last modulated epoch (inclusive), official default
+    ge: bool = True  # add the Gaussian generalisation-enhancement noise (OGM-GE); False: plain OGM
+    coefficient: Literal["ratio", "ratio_minus_one"] = "ratio"  # released tanh(a*relu(r)) / original
+    params: Literal["weights", "conv", "all"] = "weights"  # which encoder gradients (see module docstring)
+
+    @model_validator(mode="after")
+    def _window(self) -> OGMGEParams:
+        if self.modulation_ends < self.modulation_starts:
+            raise ValueError(
+                f"modulation_ends ({self.modulation_ends}) < modulation_starts ({self.modulation_starts})"
+            )
+        return self
+
+
+def true_class_score(logits: Tensor, target: Tensor) -> Tensor:
+    """``sum_i softmax(logits)[i, y_i]``: (B, C) logits and (B,) labels, or (B, C, H, W) and (B, H, W)."""
+    return logits.softmax(dim=1).gather(1, target.unsqueeze(1)).sum()
+
+
+def ogm_coefficients(scores: Tensor, alpha: float, minus_one: bool = False) -> tuple[Tensor, Tensor]:
+    """Ratio and gradient coefficient per modality from the (M,) scores, as ``(ratio, coeff)``.
+
+    ``ratio_m = s_m / mean_{k != m} s_k``; ``coeff_m = 1 - tanh(alpha * relu(ratio_m [- 1]))``
+    where ``ratio_m > 1``, else 1. Tensors throughout, so no host synchronisation on a GPU.
+    """
+    m = scores.numel()
+    ratio = scores * (m - 1) / (scores.sum() - scores)
+    damped = 1 - torch.tanh(alpha * torch.relu(ratio - 1 if minus_one else ratio))
+    return ratio, torch.where(ratio > 1, damped, torch.ones_like(ratio))
+
+
+def selected_parameters(model: MultimodalModel, modality: str, rule: str) -> list[nn.Parameter]:
+    """The encoder parameters of ``modality`` whose gradients OGM-GE modulates (``rule``: see Params)."""
+    params = model.encoder_parameters(modality)
+    if rule == "weights":
+        return [p for p in params if p.dim() >= 2]
+    if rule == "conv":
+        return [p for p in params if p.dim() == 4]
+    return params
+
+
+def _std(g: Tensor) -> Tensor:
+    return g.std() if g.numel() > 1 else g.new_zeros(())
+
+
+@METHODS.register
+class OGMGE(Method):
+    name = "ogm_ge"
+    Params = OGMGEParams
+    tasks = frozenset({"classification", "segmentation"})
+    reference = "Peng et al., CVPR 2022 (OGM-GE); GeWu-Lab/OGM-GE_CVPR2022 main.py"
+
+    def check(self, task: TaskInfo) -> None:
+        if task.kind == "regression":
+            raise MethodNotApplicable(
+                "ogm_ge scores each modality by the softmax probability of the true class; "
+                "a regression task has no classes (use cggm, which handles regression)"
+            )
+        super().check(task)
+
+    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+        self.selected: dict[str, list[nn.Parameter]] = {}
+        for m in ctx.modalities:
+            self.selected[m] = selected_parameters(model, m, self.p.params)
+            if not self.selected[m]:
+                raise MethodNotApplicable(
+                    f"ogm_ge: params={self.p.params!r} selects no parameter of the {m!r} encoder "
+                    f"({type(model.encoders[m]).__name__}); use params: weights or all"
+                )
+        self.ratio = self.coeff = torch.ones(len(ctx.modalities))
+
+    def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
+        with torch.no_grad():
+            try:
+                shares = model.unimodal_logits({m: f.detach() for m, f in out.features.items()})
+            except TypeError as e:
+                raise MethodNotApplicable(
+                    f"ogm_ge needs each modality's additive share of the logits: {e}"
+                ) from None
+            scores = torch.stack([true_class_score(shares[m], batch.target) for m in ctx.modalities])
+            self.ratio, self.coeff = ogm_coefficients(
+                scores, self.p.alpha, self.p.coefficient == "ratio_minus_one"
+            )
+            if not self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
+                return
+            for i, m in enumerate(ctx.modalities):
+                grads = [p.grad for p in self.selected[m] if p.grad is not None]
+                if not grads:
+                    continue
+                stds = [_std(g) for g in grads] if self.p.ge else []  # before scaling, as the released code
+                torch._foreach_mul_(grads, self.coeff[i])
+                if self.p.ge:
+                    noise = [torch.randn_like(g) for g in grads]
+                    torch._foreach_mul_(noise, stds)
+                    torch._foreach_add_(grads, noise)
+
+    def diagnostics(self) -> dict[str, float]:
+        if not hasattr(self, "selected"):  # before setup
+            return {}
+        out = {f"ratio/{m}": r for m, r in zip(self.selected, self.ratio.tolist(), strict=True)}
+        return out | {f"coeff/{m}": c for m, c in zip(self.selected, self.coeff.tolist(), strict=True)}
