@@ -1,0 +1,177 @@
+"""PMR: prototypical modal rebalance.
+
+Reference: Y. Fan, W. Xu, H. Wang, J. Wang, S. Guo, "PMR: Prototypical Modal Rebalance for
+Multimodal Learning", CVPR 2023. Official code: fanyunfeng-bit/Modal-Imbalance-PMR,
+``main_Prototype_grad.py`` (``calculate_prototype``, ``train_epoch``, ``EU_dist``).
+
+Prototypes (fixed during an epoch): before the first epoch and after every epoch, with the model
+in eval mode, ``P_m[c]`` = mean encoder feature of modality m over the samples of class c in the
+first ``proto_fraction`` of the training batches; from the second computation on
+``P_m <- (1 - momentum) * P_m + momentum * P_m_old``. Per training step (released code)::
+
+    sim_m   = -||f_m - P_m[c]||_2                  # (B, C) prototypical logits, no temperature
+    L_m     = CE(sim_m, y)                         # prototypical cross-entropy
+    s_m     = sum_i softmax(sim_m)[i, y_i]         # no gradient
+    ratio_m = s_m / mean_{k != m} s_k             # M = 2: rho_a = s_a / s_v
+    coeff_m = alpha if ratio_m < 1 else 0          # a hard switch: only the weaker modality
+    loss    = task_loss + sum_m coeff_m * L_m      # epochs modulation_starts..modulation_ends (inclusive)
+
+The prototypes are constants, so ``L_m`` only pulls the weak encoder's features toward its
+class means; the fusion head is untouched.
+
+Where this file differs from or generalises the released code:
+
+- **M modalities**: the ratio against the mean of the other modalities; for M = 2 this is the
+  official switch (``rho_a > 1``: visual gets ``alpha``; ``< 1``: audio; ``= 1``: neither).
+- **Momentum** defaults to 0.0: the argparse default is 0.2, but every PMR run in the
+  repository's ``bash.sh`` passes ``--momentum_coef 0.0``.
+- **Prototype batches**: the official loop takes the first 10% of the *shuffled* train loader;
+  here the first ``proto_fraction`` of the unshuffled one (deterministic, so a resumed run
+  computes the same prototypes). ``proto_split: valid`` with ``proto_fraction: 1`` is the
+  official AVE setting. A class absent from those batches keeps its previous prototype (zero
+  before the first); the official code divides by zero there.
+- **Not implemented: the paper's prototypical entropy regularisation** (PER, early epochs only).
+  It is absent from the released code (``bash.sh`` calls ``main_Proto_PER.py``, which the
+  repository does not contain) and we could not verify its exact form from a stored copy of
+  the paper, so we do not guess it. The paper's smooth, ratio-dependent coefficient is
+  likewise replaced by the code's hard switch.
+- **Task kinds**: classification only. Prototypes are per-class means of per-sample features;
+  regression has no classes and segmentation would need per-pixel prototypes, a new design.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["PMRParams", "PMR", "class_prototypes", "prototype_logits", "pmr_coefficients"]
+
+
+class PMRParams(StrictModel):
+    alpha: float = Field(1.0, gt=0)  # argparse default; bash.sh: 2.0 on CREMA-D / AVE, 1.0 on CG-MNIST
+    modulation_starts: int = Field(0, ge=0)  # first epoch with the prototype loss (0-based, inclusive)
+    modulation_ends: int = Field(100, ge=0)  # last one (inclusive), argparse default
+    momentum: float = Field(0.0, ge=0, lt=1)  # EMA of prototypes; 0.0 as every released run
+    proto_split: Literal["train", "valid"] = "train"  # valid: the official AVE setting
+    proto_fraction: float = Field(0.1, gt=0, le=1)  # share of that split's batches (official: 10%)
+
+    @model_validator(mode="after")
+    def _window(self) -> PMRParams:
+        if self.modulation_ends < self.modulation_starts:
+            raise ValueError(
+                f"modulation_ends ({self.modulation_ends}) < modulation_starts ({self.modulation_starts})"
+            )
+        return self
+
+
+def class_prototypes(
+    features: Tensor, labels: Tensor, num_classes: int, previous: Tensor | None = None
+) -> Tensor:
+    """Per-class mean of (N, D) ``features`` -> (C, D). A class without samples keeps its row of
+    ``previous`` (zeros when there is none)."""
+    sums = features.new_zeros(num_classes, features.shape[1]).index_add_(0, labels, features)
+    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype).unsqueeze(1)
+    fallback = previous if previous is not None else torch.zeros_like(sums)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), fallback)
+
+
+def prototype_logits(features: Tensor, prototypes: Tensor) -> Tensor:
+    """``-||f_i - P_c||_2``: (B, D) features, (C, D) prototypes -> (B, C); the official ``-EU_dist``."""
+    return -torch.cdist(features, prototypes)
+
+
+def pmr_coefficients(scores: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """``(ratio, coeff)`` from the (M,) prototype scores: ``coeff_m = alpha`` if ``ratio_m < 1``, else 0."""
+    m = scores.numel()
+    ratio = scores * (m - 1) / (scores.sum() - scores)
+    return ratio, torch.where(ratio < 1, torch.full_like(ratio, alpha), torch.zeros_like(ratio))
+
+
+@METHODS.register
+class PMR(Method):
+    name = "pmr"
+    Params = PMRParams
+    tasks = frozenset({"classification"})
+    reference = "Fan et al., CVPR 2023 (PMR); fanyunfeng-bit/Modal-Imbalance-PMR main_Prototype_grad.py"
+
+    def check(self, task: TaskInfo) -> None:
+        if task.kind != "classification":
+            raise MethodNotApplicable(
+                f"pmr builds class prototypes (per-class mean features of each sample); a {task.kind} task "
+                "has no per-sample class label (use cggm, which handles regression and segmentation)"
+            )
+        super().check(task)
+
+    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+        self.model, self.modalities, self.num_classes = model, list(ctx.modalities), task.num_classes
+        self.prototypes: dict[str, Tensor] | None = None  # built in on_epoch_start of the first epoch
+        self.ratio = self.coeff = self.proto_loss = torch.zeros(len(self.modalities))
+        # The official loop stops after len(loader) // 10 batches (at least one).
+        n_split = (
+            ctx.steps_per_epoch if self.p.proto_split == "train" else sum(1 for _ in ctx.iterate("valid"))
+        )
+        self.proto_batches = max(1, int(n_split * self.p.proto_fraction))
+
+    @torch.no_grad()
+    def update_prototypes(self, ctx: RunContext) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        feats: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        labels = []
+        for batch in ctx.iterate(self.p.proto_split, max_batches=self.proto_batches):
+            out = self.model(batch.inputs)
+            for m in self.modalities:
+                feats[m].append(out.features[m].flatten(1))
+            labels.append(batch.target)
+        self.model.train(was_training)
+        y = torch.cat(labels)
+        old = self.prototypes
+        new = {
+            m: class_prototypes(torch.cat(feats[m]), y, self.num_classes, old[m] if old else None)
+            for m in self.modalities
+        }
+        if old is not None and self.p.momentum > 0:
+            new = {m: torch.lerp(new[m], old[m], self.p.momentum) for m in self.modalities}
+        self.prototypes = new
+
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        if self.prototypes is None:  # the official code builds them once on the initial model
+            self.update_prototypes(ctx)
+
+    def on_epoch_end(self, ctx: RunContext) -> None:
+        self.update_prototypes(ctx)
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        task_loss = ctx.task_loss(out.pred, batch.target)
+        sims = [prototype_logits(out.features[m].flatten(1), self.prototypes[m]) for m in self.modalities]
+        losses = torch.stack([F.cross_entropy(s, batch.target) for s in sims])
+        with torch.no_grad():
+            scores = torch.stack([s.softmax(1).gather(1, batch.target.unsqueeze(1)).sum() for s in sims])
+            self.ratio, self.coeff = pmr_coefficients(scores, self.p.alpha)
+        self.proto_loss = losses.detach()
+        if not self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
+            return task_loss
+        return task_loss + (self.coeff * losses).sum()
+
+    def diagnostics(self) -> dict[str, float]:
+        if not hasattr(self, "modalities"):
+            return {}
+        values = {"ratio": self.ratio, "coeff": self.coeff, "proto_loss": self.proto_loss}
+        return {
+            f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v.tolist(), strict=True)
+        }
+
+    def state_dict(self) -> dict[str, object]:
+        return {"prototypes": self.prototypes}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.prototypes = state["prototypes"]
