@@ -1,0 +1,249 @@
+"""CGGM: classifier-guided gradient modulation.
+
+Reference: Z. Guo, T. Jin, J. Chen, Z. Zhao, "Classifier-guided Gradient Modulation for Enhanced
+Multimodal Learning", NeurIPS 2024. Official code: zrguo/CGGM, the ``modulation == 'cggm'`` block of
+``src/msatrain.py`` (MOSI, IEMOCAP), ``src/foodtrain.py`` and ``src/segtrain.py`` (BraTS).
+
+One classifier per modality reads that modality's *detached* features, so its loss never reaches
+an encoder; it has its own optimiser and learning rate and is dropped at inference (it lives in
+the method, not in the model). Per training step, as the released code::
+
+    loss  = task_loss + lam * l_gm                      # l_gm from the previous step (none at first)
+    loss.backward()
+    train every classifier one step on its detached features (sum of the task losses)
+    a_m     = batch score of classifier m                # accuracy / sign accuracy / mean Dice
+    d_m     = a_m - a_m(previous step)                   # the previous score starts at 0
+    coeff_m = (S - d_m) / S,  S = sum_k d_k + 1e-8        # the balancing term B_m, logged as coeff/m
+    cos_m   = cos(W_m, W_fusion)                          # output-layer weights (see ``direction``)
+    l_gm    = (sum_m |coeff_m| - sum_m coeff_m cos_m) / M # kept for the next step's loss
+    grad(encoder m) *= coeff_m * rho
+    then the runner clips (optional) and steps the model's optimiser
+
+The batch score is the one the official code uses per task: argmax accuracy (classification,
+IEMOCAP / Food), accuracy of the sign ``pred > 0`` vs ``y > 0`` (regression, MOSI's
+``train_eval_senti``), and the mean over the task's regions of the per-sample Dice
+``2 (|P n T| + 1e-3) / (|P| + |T| + 2e-3)`` of the argmax labels (segmentation, BraTS).
+
+``direction``:
+- ``weights`` (default, the released code): ``cos_m`` is the cosine of the flattened output-layer
+  *weights*. In the released code ``l_gm`` keeps its autograd graph into the fusion ``out_layer``
+  until the next step's backward, so that step's gradient of ``l_gm`` is evaluated at the previous
+  step's weights; we rebuild exactly that from stored tensors (``W_prev + (W - W.detach())``), so
+  that a resumed run needs no graph. The classifiers' share of that gradient is discarded, as the
+  released code zeroes the classifier gradients right after.
+- ``gradients`` (the paper's wording): ``cos_m`` is the cosine between classifier m's output-layer
+  gradient (previous step) and the fusion output layer's gradient of the *current* task loss,
+  taken with ``create_graph`` so that ``l_gm`` is differentiable; this costs a double backward
+  through the network.
+
+Where this file generalises the released code:
+
+- **Any number of modalities** (the released copies hard-code 2, 3 or 4 terms).
+- **Output layers of different shapes.** The released models give every classifier an output
+  layer of the fusion head's shape. With late concat fusion (the synthetic models) the fusion
+  output layer reads ``[f_1; ...; f_M]``; classifier m is then compared with modality m's block of
+  columns, the part of the fusion layer that reads the same features. Any other mismatch is refused.
+- **BraTS.** The released ``segtrain.py`` scales parameters named ``vision_encoder`` / ``text_encoder``,
+  which its segmentation model does not have, so only ``l_gm`` acts there. We scale every encoder
+  (parameters chosen by structure), as the MOSI/IEMOCAP code does.
+- **Segmentation classifiers** whose logits are smaller than the target are upsampled (bilinear).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_score"]
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class CGGMParams(StrictModel):
+    rho: float = Field(1.3, gt=0)  # --rou: MOSI / IEMOCAP / Food 1.3, BraTS 1.0
+    lam: float = Field(0.2, ge=0)  # --lamda, weight of l_gm: MOSI / IEMOCAP 0.2, Food 0.05, BraTS 0.1
+    cls_lr: float = Field(5e-4, gt=0)  # classifiers' learning rate: 5e-4 (BraTS 6e-3)
+    cls_optimizer: Literal["same", "sgd", "adam", "adamw"] = "same"  # same: the model's optimiser type
+    cls_weight_decay: float = Field(0.0, ge=0)  # MOSI / IEMOCAP 0, Food 3e-3, BraTS 3e-4
+    direction: Literal["weights", "gradients"] = "weights"  # released code / paper (see docstring)
+
+
+def cggm_coefficients(score: Tensor, previous: Tensor) -> Tensor:
+    """Balancing term per modality from the (M,) batch scores now and at the previous step:
+    ``coeff_m = (S - d_m) / S`` with ``d = score - previous``, ``S = sum(d) + 1e-8``."""
+    diff = score - previous
+    total = diff.sum() + 1e-8
+    return (total - diff) / total
+
+
+def direction_loss(coeff: Tensor, cos: Tensor) -> Tensor:
+    """``l_gm = (sum_m |coeff_m| - sum_m coeff_m cos_m) / M`` for (M,) tensors."""
+    return (coeff.abs().sum() - (coeff * cos).sum()) / coeff.numel()
+
+
+def batch_score(kind: str, logits: Tensor, target: Tensor, region_masks: Tensor | None = None) -> Tensor:
+    """The official per-task training signal of one classifier on one batch, in [0, 1].
+
+    ``region_masks``: (R, C) booleans, region r = the labels where row r is true (segmentation).
+    """
+    if kind == "classification":
+        return (logits.argmax(dim=1) == target).float().mean()
+    if kind == "regression":
+        return ((logits.reshape(-1) > 0) == (target.reshape(-1) > 0)).float().mean()
+    pred = region_masks[:, logits.argmax(dim=1)].float()  # (R, B, H, W)
+    true = region_masks[:, target].float()
+    inter = (pred * true).sum(dim=(2, 3)) + 1e-3
+    union = pred.sum(dim=(2, 3)) + true.sum(dim=(2, 3)) + 2e-3
+    return (2 * inter / union).mean()
+
+
+def _column_blocks(model: MultimodalModel, classifiers: nn.ModuleDict) -> dict[str, slice]:
+    """Which columns of the fusion output layer each classifier's output layer is compared with."""
+    fusion = model.out_layer.weight
+    dims, blocks, start = model.feature_dims(), {}, 0
+    for m, clf in classifiers.items():
+        w = clf.out_layer.weight
+        if w.shape == fusion.shape:
+            blocks[m] = slice(None)
+        elif (
+            w.shape[0] == fusion.shape[0] and w.shape[1] == dims[m] and fusion.shape[1] == sum(dims.values())
+        ):
+            blocks[m] = slice(start, start + dims[m])
+        else:
+            raise MethodNotApplicable(
+                f"cggm: classifier {m!r} output layer {tuple(w.shape)} matches neither the fusion output "
+                f"layer {tuple(fusion.shape)} nor its block for modality {m!r} (late concat fusion)"
+            )
+        start += dims[m]
+    return blocks
+
+
+@METHODS.register
+class CGGM(Method):
+    name = "cggm"
+    Params = CGGMParams
+    reference = "Guo et al., NeurIPS 2024 (CGGM); zrguo/CGGM src/msatrain.py, foodtrain.py, segtrain.py"
+
+    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+        self.model, self.kind, self.modalities = model, task.kind, list(ctx.modalities)
+        # Built under a forked RNG: the main model sees the same random stream as joint training.
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            self.classifiers = nn.ModuleDict(
+                {m: model.unimodal_classifier(m, task.num_classes) for m in self.modalities}
+            )
+        self.classifiers.to(ctx.device)
+        self.blocks = _column_blocks(model, self.classifiers)
+        self.encoder_params = {m: model.encoder_parameters(m) for m in self.modalities}
+        name = (
+            self.p.cls_optimizer if self.p.cls_optimizer != "same" else type(ctx.optimizer).__name__.lower()
+        )
+        if name not in OPTIMIZERS:
+            raise MethodNotApplicable(
+                f"cggm: cls_optimizer 'same' needs sgd/adam/adamw, the model uses {name!r}"
+            )
+        kwargs = {"lr": self.p.cls_lr, "weight_decay": self.p.cls_weight_decay}
+        if name == "sgd":
+            kwargs["momentum"] = ctx.optimizer.param_groups[0].get("momentum", 0.0)
+        self.cls_optimizer = OPTIMIZERS[name](self.classifiers.parameters(), **kwargs)
+        self.region_masks = None
+        if task.kind == "segmentation":
+            masks = torch.zeros(len(task.regions), task.num_classes, dtype=torch.bool, device=ctx.device)
+            for r, labels in enumerate(task.regions.values()):
+                masks[r, list(labels)] = True
+            self.region_masks = masks
+        m = len(self.modalities)
+        self.prev_score = torch.zeros(m, device=ctx.device)  # acc1 in the released code
+        self.prev: dict[str, Any] | None = None  # what the next step's l_gm is built from
+        self.coeff, self.cos, self.l_gm = torch.ones(m), torch.zeros(m), torch.zeros(())
+
+    # --- the direction term ---------------------------------------------------------------------
+    def _fusion_view(self, weight: Tensor, m: str) -> Tensor:
+        return weight[:, self.blocks[m]].flatten()
+
+    def _cosines(self, directions: dict[str, Tensor], fusion: Tensor) -> Tensor:
+        return torch.stack(
+            [
+                F.cosine_similarity(d.flatten(), self._fusion_view(fusion, m), dim=0)
+                for m, d in directions.items()
+            ]
+        )
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        task_loss = ctx.task_loss(out.pred, batch.target)
+        if self.prev is None or self.p.lam == 0:
+            return task_loss
+        weight = self.model.out_layer.weight
+        if self.p.direction == "weights":
+            fusion = self.prev["fusion"] + (weight - weight.detach())  # previous value, gradient into W
+        else:
+            (fusion,) = torch.autograd.grad(task_loss, weight, create_graph=True)
+        l_gm = direction_loss(self.prev["coeff"], self._cosines(self.prev["classifiers"], fusion))
+        self.l_gm = l_gm.detach()
+        return task_loss + self.p.lam * l_gm
+
+    # --- classifiers, balancing term, magnitude modulation ---------------------------------------
+    def _classify(self, m: str, out: Output, target: Tensor) -> Tensor:
+        logits = self.classifiers[m](self.model.classifier_input(out, m).detach())
+        if self.kind == "segmentation" and logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
+        self.cls_optimizer.zero_grad(set_to_none=True)
+        logits = {m: self._classify(m, out, batch.target) for m in self.modalities}
+        sum(ctx.task_loss(x, batch.target) for x in logits.values()).backward()
+        with torch.no_grad():
+            score = torch.stack(
+                [batch_score(self.kind, x, batch.target, self.region_masks) for x in logits.values()]
+            )
+            self.coeff = cggm_coefficients(score, self.prev_score)
+            self.prev_score = score
+            weight = model.out_layer.weight
+            if self.p.direction == "weights":
+                mine = {m: c.out_layer.weight.detach().clone() for m, c in self.classifiers.items()}
+                self.prev = {"coeff": self.coeff, "classifiers": mine, "fusion": weight.detach().clone()}
+                self.cos = self._cosines(mine, weight)
+            else:
+                mine = {m: c.out_layer.weight.grad.detach().clone() for m, c in self.classifiers.items()}
+                self.prev = {"coeff": self.coeff, "classifiers": mine}
+                self.cos = (
+                    self._cosines(mine, weight.grad) if weight.grad is not None else torch.zeros_like(score)
+                )
+            scale = self.coeff * self.p.rho
+            for i, m in enumerate(self.modalities):
+                grads = [p.grad for p in self.encoder_params[m] if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, scale[i])
+        self.cls_optimizer.step()
+
+    def diagnostics(self) -> dict[str, float]:
+        if not hasattr(self, "modalities"):
+            return {}
+        values = {"coeff": self.coeff, "score": self.prev_score, "cos": self.cos}
+        out = {
+            f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v.tolist(), strict=True)
+        }
+        return out | {"l_gm": float(self.l_gm)}
+
+    # --- exact resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "classifiers": self.classifiers.state_dict(),
+            "cls_optimizer": self.cls_optimizer.state_dict(),
+            "prev_score": self.prev_score,
+            "prev": self.prev,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.classifiers.load_state_dict(state["classifiers"])
+        self.cls_optimizer.load_state_dict(state["cls_optimizer"])
+        self.prev_score, self.prev = state["prev_score"], state["prev"]
