@@ -92,7 +92,8 @@ class Method:
 
     def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
         """Optimiser parameter groups (a method with per-modality learning rates splits them here;
-        a group may carry its own ``lr``, else the spec's ``optim.lr`` applies)."""
+        a group may carry its own ``lr``, or ``lr_scale`` (a multiple of ``optim.lr``), else the
+        spec's ``optim.lr`` applies)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     # --- hooks ----------------------------------------------------------------------------------

@@ -138,6 +138,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def make_optimizer(spec: RunSpec, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
     o = spec.optim
+    # A group may carry ``lr_scale``: its lr is that multiple of optim.lr (MSLR's per-modality rates).
+    params = [{**g, "lr": o.lr * g["lr_scale"]} if "lr_scale" in g else g for g in params]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW

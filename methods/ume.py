@@ -1,0 +1,63 @@
+"""UME: uni-modal ensemble. Each modality is trained alone; the prediction averages their outputs.
+
+Reference: C. Du, J. Teng, T. Li, Y. Liu, T. Yuan, Y. Wang, Y. Yuan, H. Zhao, "On Uni-Modal Feature
+Learning in Supervised Multi-Modal Learning", ICML 2023 (UME and UMT). No official code was found in
+the stored sources; BalanceBenchmark has no UME trainer. Following the paper: uni-modal models are
+trained independently, each with its own loss, and at test time their outputs are averaged::
+
+    logits_m = head_m(encoder_m(x_m))                  # one classifier per modality (UnimodalHeads)
+    loss     = sum_m task_loss(logits_m, y)            # no fused term: encoders never interact
+    pred     = mean_m logits_m
+
+One run trains all M uni-modal models at once: the loss is a sum of terms that share no parameter,
+so each encoder and head gets exactly the gradient its own uni-modal run would get (with SGD, Adam
+and weight decay alike, which act per parameter). The model's own fusion head gets no gradient and
+is unused. Task-agnostic: classification, regression (mean of the scalar outputs) and segmentation
+(mean of the per-pixel logits); any number of modalities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmbalance.data import Batch
+from mmbalance.method import Method, RunContext
+from mmbalance.method_parts import UnimodalHeads
+from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["UME"]
+
+
+@METHODS.register
+class UME(Method):
+    name = "ume"
+    reference = "Du et al., ICML 2023 (Uni-Modal Ensemble); no official code found"
+
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
+        self.heads = UnimodalHeads(model)  # built here: the optimiser is made before setup
+        return [
+            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
+        ]
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        out = model(batch.inputs)
+        logits = self.heads(model, out)
+        pred = torch.stack(list(logits.values())).mean(dim=0)
+        return Output(pred, out.features, out.fused, aux={f"logits/{m}": z for m, z in logits.items()})
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        self.losses = {m: ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities}
+        return sum(self.losses.values())
+
+    def diagnostics(self) -> dict[str, float]:
+        return {f"loss/{m}": v.item() for m, v in getattr(self, "losses", {}).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
