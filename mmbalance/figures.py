@@ -1,0 +1,271 @@
+"""Figures from run records, in the style of the CGGM paper's analysis figures (matplotlib, Agg).
+
+Every figure is one file, written as PNG and PDF with a stable name, from records alone:
+
+- ``training_curves``: per-modality curves over training, one panel per method side by side (joint
+  first, so "with and without a method" read left to right), mean over seeds with a ±1 std band:
+  ``probe_acc`` (validation metric of each modality's linear probe, per epoch, from ``metrics.jsonl``),
+  ``grad_norm`` (L2 norm of each encoder's gradient) and ``grad_cos`` (cosine between the fused and the
+  unimodal gradient of each encoder), per logged step from ``curves.csv``; see ``probes.py``.
+- ``balancing_terms``: a method's ``diag/<term>/<modality>`` curves, one panel per term.
+- ``param_bars``: final metric of a method for each value of one parameter (the rho / lambda
+  ablations), with joint training as a dashed line and band.
+- ``tsne_gradients``: t-SNE of gradient samples from the optional ``grads.npz`` record that
+  ``scripts/grad_samples.py`` writes next to a finished run (the records hold no gradients otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mmbalance.records import RunDir  # noqa: E402
+from mmbalance.report import config_labels, metric_label  # noqa: E402
+
+__all__ = ["training_curves", "balancing_terms", "param_bars", "tsne_gradients", "suite_figures", "CURVE_KINDS"]
+
+CURVE_KINDS = {
+    "probe_acc": "validation {metric} of a linear probe per modality",
+    "grad_norm": "encoder gradient norm ‖∇θ_m L‖₂",
+    "grad_cos": "cos(unimodal gradient, fused gradient)",
+}
+SMOOTH = 5  # rolling mean over this many logged steps (the raw per-batch values are noisy)
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 110, "savefig.bbox": "tight"})
+
+
+def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150 if p.suffix == ".png" else None)
+    plt.close(fig)
+    return paths
+
+
+def _colors(modalities: Sequence[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(modalities)}
+
+
+def _band(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, color, label: str) -> None:
+    """Mean over seeds (rows sharing ``x``) with a ±1 std band."""
+    stats = frame.groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
+    ax.plot(stats.index, stats["mean"], color=color, label=label, lw=1.6)
+    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.2)
+
+
+def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:
+    """Long frame ``x, modality, value, seed`` of one curve kind over the given runs."""
+    parts = []
+    for rd in runs:
+        seed = rd.spec()["seed"]
+        if kind == "probe_acc":
+            rows = [{"x": e["epoch"] + 1, "modality": m, "value": v, "seed": seed}
+                    for e in rd.epochs() for m, v in e["valid"].get("probe", {}).items()]  # fmt: skip
+            parts.append(pd.DataFrame(rows))
+            continue
+        if not rd.curves_path().exists() or rd.curves_path().stat().st_size == 0:
+            continue
+        curves = pd.read_csv(rd.curves_path())
+        for col in (c for c in curves.columns if c.startswith(f"{kind}/")):
+            smooth = curves[col].rolling(SMOOTH, min_periods=1).mean()
+            parts.append(pd.DataFrame({"x": curves["step"], "modality": col.split("/", 1)[1], "value": smooth,
+                                       "seed": seed}))  # fmt: skip
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["x", "modality", "value", "seed"])
+
+
+def training_curves(panels: dict[str, Sequence[RunDir]], kind: str, stem: Path, title: str = "") -> list[Path]:
+    """One figure: a panel per label (method), a line per modality, shared y axis."""
+    if kind not in CURVE_KINDS:
+        raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+    frames = {label: curve_frame(runs, kind) for label, runs in panels.items()}
+    frames = {k: v for k, v in frames.items() if not v.empty}
+    if not frames:
+        return []
+    metric = next(iter(panels.values()))[0].final()["selection_metric"]
+    modalities = list(dict.fromkeys(m for f in frames.values() for m in f["modality"]))
+    colors = _colors(modalities)
+    fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.4), sharey=True, squeeze=False)
+    for ax, (label, frame) in zip(axes[0], frames.items()):
+        for m in modalities:
+            sub = frame[frame["modality"] == m]
+            if not sub.empty:
+                _band(ax, sub, "x", "value", colors[m], m)
+        n = frame["seed"].nunique()
+        ax.set_title(f"{label} (n={n} seed{'s' if n > 1 else ''})")
+        ax.set_xlabel("epoch" if kind == "probe_acc" else "training step")
+        ax.grid(alpha=0.3)
+        if kind == "grad_cos":
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ylabel = {"probe_acc": f"probe {metric_label(metric)}" + (" (%)" if metric != "mae" else ""),
+              "grad_norm": "gradient L2 norm", "grad_cos": "cosine similarity"}[kind]  # fmt: skip
+    axes[0][0].set_ylabel(ylabel)
+    if kind == "grad_norm":
+        axes[0][0].set_yscale("log")
+    axes[0][-1].legend(title="modality", loc="best", fontsize=9)
+    fig.suptitle(f"{title}: {CURVE_KINDS[kind].format(metric=metric_label(metric))}" if title else
+                 CURVE_KINDS[kind].format(metric=metric_label(metric)), y=1.02)  # fmt: skip
+    return _save(fig, stem)
+
+
+def balancing_terms(runs: Sequence[RunDir], stem: Path, title: str = "") -> list[Path]:
+    """A method's ``diag/`` curves: keys ``<term>/<modality>`` give one panel per term, a line per
+    modality; other keys (scalars such as ``l_gm``) share one panel."""
+    frames = []
+    for rd in runs:
+        if rd.curves_path().exists() and rd.curves_path().stat().st_size > 0:
+            c = pd.read_csv(rd.curves_path())
+            frames.append(c.assign(seed=rd.spec()["seed"]))
+    if not frames:
+        return []
+    curves = pd.concat(frames, ignore_index=True)
+    modalities = runs[0].final()["modalities"]
+    groups: dict[str, dict[str, str]] = {}  # term -> {line label: column}
+    for col in (c for c in curves.columns if c.startswith("diag/")):
+        key = col.removeprefix("diag/")
+        term, _, last = key.rpartition("/")
+        if term and last in modalities:
+            groups.setdefault(term, {})[last] = col
+        else:
+            groups.setdefault("other", {})[key] = col
+    if not groups:
+        return []
+    colors = _colors(list(modalities) + [k for k in groups.get("other", {})])
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+    for ax, (term, lines) in zip(axes[0], groups.items()):
+        for name, col in lines.items():
+            sub = curves[["step", col, "seed"]].dropna().copy()
+            sub[col] = sub.groupby("seed")[col].transform(lambda s: s.rolling(SMOOTH, min_periods=1).mean())
+            _band(ax, sub, "step", col, colors[name], name)
+        ax.set_title(term if term != "other" else "scalar terms")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("value")
+        ax.grid(alpha=0.3)
+        ax.legend(title="modality" if term != "other" else None, fontsize=9)
+    fig.suptitle(title or "balancing terms per modality", y=1.02)
+    return _save(fig, stem)
+
+
+def param_bars(runs: pd.DataFrame, method: str, param: str, metric: str, stem: Path, baseline: str = "joint",
+               title: str = "") -> list[Path]:
+    """Bars: mean ± std of ``metric`` for each value of ``method_params.<param>``; baseline as a band.
+
+    ``runs`` is a ``report.load_runs`` frame of one dataset (the other method params held fixed)."""
+    own = runs[runs["method"] == method]
+    values = own["spec"].map(lambda s: s["method_params"].get(param))
+    if own.empty or values.isna().all():
+        return []
+    stats = own.assign(value=values).groupby("value")[metric].agg(["mean", "std", "count"]).sort_index()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(stats), 3.4))
+    xs = np.arange(len(stats))
+    ax.bar(xs, stats["mean"], yerr=stats["std"].fillna(0), capsize=4, color="tab:blue", alpha=0.85, label=method)
+    base = runs[runs["method"] == baseline][metric]
+    if not base.empty:
+        mu, sd = base.mean(), base.std() if len(base) > 1 else 0.0
+        ax.axhline(mu, color="tab:red", ls="--", lw=1.4, label=f"{baseline} ({mu:.2f})")
+        ax.axhspan(mu - sd, mu + sd, color="tab:red", alpha=0.12)
+    ax.set_xticks(xs, [f"{v:g}" if isinstance(v, float) else str(v) for v in stats.index])
+    ax.set_xlabel(f"{param}")
+    ax.set_ylabel(metric_label(metric) + ("" if metric in ("mae", "corr") else " (%)"))
+    lo = min(stats["mean"].min(), base.mean() if not base.empty else np.inf)
+    hi = max(stats["mean"].max(), base.mean() if not base.empty else -np.inf)
+    pad = max(1e-3, 0.5 * (hi - lo) + stats["std"].fillna(0).max())
+    ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
+    ax.set_title(title or f"{method}: {param} ablation")
+    return _save(fig, stem)
+
+
+def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> list[Path]:
+    """t-SNE of gradient samples: arrays ``<kind>/<modality>`` of shape (K, D) in ``grads.npz``
+    (kinds such as ``classifier`` and ``fused``); colour = modality, marker = kind."""
+    from sklearn.manifold import TSNE
+
+    data = np.load(npz)
+    keys = sorted(data.files)
+    if not keys:
+        return []
+    x = np.concatenate([data[k] for k in keys])
+    tags = [k for k in keys for _ in range(len(data[k]))]
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # directions, not magnitudes
+    emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca",
+               random_state=seed).fit_transform(x)  # fmt: skip
+    kinds = list(dict.fromkeys(k.split("/")[0] for k in keys))
+    modalities = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
+    colors, markers = _colors(modalities), dict(zip(kinds, "o^sDv"))
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    for k in keys:
+        kind, m = k.split("/", 1)
+        sel = np.array([t == k for t in tags])
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=18, alpha=0.75, color=colors[m], marker=markers[kind],
+                   label=f"{m}: {kind} gradient", edgecolors="none")  # fmt: skip
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(title or "t-SNE of encoder gradients (unit-normalised)")
+    return _save(fig, stem)
+
+
+# --- everything for a set of runs ------------------------------------------------------------------------------
+def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    """All figures of a ``report.load_runs`` frame, per dataset and task kind, named
+    ``<name>-<dataset>-<task>-<figure>.{png,pdf}``."""
+    paths: list[Path] = []
+    for (dataset, task), sub in runs.groupby(["dataset", "task"], sort=True):
+        prefix = f"{name}-{dataset}-{task}"
+        full = max(len(m) for m in sub["modalities"])
+        multi = sub[sub["modalities"].map(len) == full]
+        labels = config_labels(sub)
+        # One panel per method: its most-seeded configuration, joint first.
+        panels: dict[str, list[RunDir]] = {}
+        methods = sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
+        for method in methods:
+            own = multi[multi["method"] == method]
+            config = own.groupby("config", sort=False).size().idxmax()
+            rows = own[own["config"] == config]
+            panels[labels[config]] = [RunDir(_run_path(r)) for _, r in rows.iterrows()]
+        for kind in CURVE_KINDS:
+            paths += training_curves(panels, kind, out_dir / f"{prefix}-{kind}", title=f"{dataset} ({task})")
+        for label, rds in panels.items():
+            method = label.split("(")[0]
+            paths += balancing_terms(rds, out_dir / f"{prefix}-balancing-{method}",
+                                     title=f"{label} on {dataset} ({task}): balancing terms")  # fmt: skip
+        metric = sub["selection_metric"].iloc[0]
+        for method in methods:
+            own = multi[multi["method"] == method]
+            for param in _varying_params(own):
+                # Hold the method's other params at their most frequent combination.
+                others = own["spec"].map(lambda s, p=param: json.dumps(
+                    {k: v for k, v in s["method_params"].items() if k != p}, sort_keys=True))  # fmt: skip
+                held = pd.concat([multi[multi["method"] != method], own[others == others.mode()[0]]])
+                paths += param_bars(held, method, param, metric, out_dir / f"{prefix}-ablation-{method}-{param}",
+                                    title=f"{method} on {dataset} ({task}): {param}")  # fmt: skip
+        for _, r in sub.iterrows():
+            npz = Path(_run_path(r)) / "grads.npz"
+            if npz.exists():
+                paths += tsne_gradients(npz, out_dir / f"{prefix}-tsne-{r['method']}-seed{r['seed']}",
+                                        title=f"{labels[r['config']]} seed {r['seed']}: gradient t-SNE")  # fmt: skip
+    return paths
+
+
+def _run_path(row: pd.Series) -> Path:
+    return Path(row["path"])
+
+
+def _varying_params(own: pd.DataFrame) -> list[str]:
+    """Method params that take more than one value among these runs (each gets an ablation figure)."""
+    params = own["spec"].map(lambda s: s["method_params"])
+    keys = sorted({k for p in params for k in p})
+    return [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]

@@ -1,0 +1,225 @@
+"""Paper tables: a YAML spec of one published table, rendered from run records beside its numbers.
+
+A spec (``benchmarks/paper/<name>.yaml``) names the runs that make up the table (an embedded suite,
+or a path to one), its columns (a record metric plus the spec fields of the runs it reads, e.g. the
+dataset) and its rows (the spec fields of a method, and the published numbers we have, each with its
+source). A cell's runs are the finished runs whose spec contains the row's and the column's ``match``
+fields; a missing published number stays empty and is shown as "n/a", never estimated::
+
+    name: food101-table
+    title: "UPMC-Food 101: accuracy and F1"
+    source: "Guo et al., NeurIPS 2024 (arXiv 2411.01409)"
+    suite: {name: paper-food101, seeds: [0, 1, 2], datasets: [{preset: food101}], methods: [...]}
+    columns:
+      - {key: acc, label: Acc, metric: accuracy}
+      - {key: f1, label: F1, metric: f1_macro}
+    rows:
+      - {label: Joint, match: {method: joint}}
+      - {label: CGGM, match: {method: cggm}, published: {acc: 92.94}, source: "[secondary] wizwand.com"}
+
+``render`` works from records alone; ``reproduce`` (the ``mmbalance reproduce`` command) first runs the
+table's missing runs through the sweep, which reuses finished runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError, model_validator
+
+from mmbalance.data import StrictModel
+from mmbalance.report import PROTOCOLS, Cell, Table, higher_is_better, is_subset, load_runs, rank_marks, write_tables
+from mmbalance.spec import SpecError, _format_validation, load_yaml
+
+__all__ = ["PaperTable", "load_table", "resolve_table", "render", "reproduce", "PAPER_DIR"]
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
+
+
+class CellSource(StrictModel):
+    match: dict[str, Any] = {}  # spec fields added to the row's for this column
+    metric: str | None = None  # replaces the column's metric
+
+
+class ColumnSpec(StrictModel):
+    key: str  # what ``published`` and per-row overrides refer to
+    label: str
+    metric: str  # a key of final.json's metrics (``accuracy``, ``mae``, ``dice_WT``) or ``probe/<modality>``
+    match: dict[str, Any] = {}  # spec fields of this column's runs (e.g. ``{dataset: mosi}``)
+    decimals: int = 2
+
+
+class RowSpec(StrictModel):
+    label: str
+    match: dict[str, Any] = {}  # spec fields of this row's runs (``{method: cggm, method_params: {rho: 1.0}}``)
+    columns: dict[str, CellSource] = {}  # per-column overrides (e.g. unimodal rows: one modality per column)
+    published: dict[str, float | None] = {}  # column key -> the paper's number; absent or null: "n/a"
+    source: str = ""  # where the published numbers come from (required when there are any)
+    ranked: bool = True  # take part in best / second-best marks
+    note: str = ""  # e.g. why this row cannot be run
+
+
+class PaperTable(StrictModel):
+    name: str
+    title: str
+    source: str  # the paper (and table) this reproduces
+    protocol: str = "best-valid-test"  # the protocol our numbers are shown under by default
+    suite: dict[str, Any] | str | None = None  # embedded suite, or a path relative to this file
+    columns: list[ColumnSpec]
+    rows: list[RowSpec]
+    notes: list[str] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PaperTable:
+        keys = [c.key for c in self.columns]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"columns: duplicate keys in {keys}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol: {self.protocol!r} is not one of {list(PROTOCOLS)}")
+        for r in self.rows:
+            unknown = sorted((set(r.published) | set(r.columns)) - set(keys))
+            if unknown:
+                raise ValueError(f"row {r.label!r}: unknown column key(s) {unknown}; columns are {keys}")
+            if any(v is not None for v in r.published.values()) and not r.source:
+                raise ValueError(f"row {r.label!r}: published numbers need a `source`")
+        return self
+
+
+def resolve_table(name_or_path: str | Path) -> Path:
+    """A table spec path, or the name of one in ``benchmarks/paper/``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = PAPER_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in PAPER_DIR.glob("*.yaml"))
+    raise SpecError(f"unknown table {str(name_or_path)!r}: not a file, and not one of {', '.join(known)}")
+
+
+def load_table(name_or_path: str | Path) -> tuple[PaperTable, Path]:
+    path = resolve_table(name_or_path)
+    try:
+        return PaperTable.model_validate(load_yaml(path)), path
+    except ValidationError as e:
+        raise SpecError(f"{path}: invalid table spec:\n{_format_validation(e)}") from None
+
+
+def table_suite(table: PaperTable, path: Path):
+    """The table's suite (validated), embedded or referenced."""
+    from mmbalance.sweep import Suite, load_suite
+
+    if table.suite is None:
+        raise SpecError(f"{path}: the table has no `suite`, so there is nothing to run")
+    if isinstance(table.suite, str):
+        return load_suite(path.parent / table.suite)
+    try:
+        return Suite.model_validate(table.suite)
+    except ValidationError as e:
+        raise SpecError(f"{path}: invalid suite:\n{_format_validation(e, prefix='suite')}") from None
+
+
+# --- cells -----------------------------------------------------------------------------------------------
+@dataclass
+class Ours:
+    cell: Cell
+    note: str = ""  # ambiguity or why it is empty
+
+
+def our_cell(runs: pd.DataFrame, match: dict[str, Any], metric: str, decimals: int) -> Ours:
+    """Mean ± std of ``metric`` over the seeds of the runs whose spec contains ``match``."""
+    empty = Cell(decimals=decimals)
+    if runs.empty:
+        return Ours(empty)
+    hit = runs[runs["spec"].map(lambda s: is_subset(match, s))]
+    if hit.empty or metric not in hit or hit[metric].isna().all():
+        return Ours(empty)
+    sizes = hit.groupby("config", sort=False).size()
+    note = ""
+    if len(sizes) > 1:  # several configurations match: never average across them
+        note = f"{len(sizes)} configurations match {match}; shown: the one with most seeds ({sizes.max()})"
+    cell = Cell.of(hit[hit["config"] == sizes.idxmax()][metric], metric)
+    cell.decimals = decimals
+    return Ours(cell, note)
+
+
+def render(table: PaperTable, runs: pd.DataFrame, protocol: str | None = None,
+           missing: list[str] | None = None) -> tuple[Table, pd.DataFrame]:
+    """The side-by-side table (published | ours mean ± std | Δ per column) and its CSV rows."""
+    protocol = protocol or table.protocol
+    ours: dict[tuple[int, str], Ours] = {}
+    for i, row in enumerate(table.rows):
+        for col in table.columns:
+            override = row.columns.get(col.key, CellSource())
+            match = {**col.match, **row.match, **override.match}
+            ours[i, col.key] = our_cell(runs, match, override.metric or col.metric, col.decimals)
+    for col in table.columns:
+        rank_marks([ours[i, col.key].cell for i in range(len(table.rows))], higher_is_better(col.metric),
+                   [r.ranked for r in table.rows])  # fmt: skip
+
+    header, body, csv = ["Method"], [], []
+    for col in table.columns:
+        header += [f"{col.label} paper", f"{col.label} ours", f"{col.label} Δ"]
+    for i, row in enumerate(table.rows):
+        cells: list[str | Cell] = [row.label]
+        for col in table.columns:
+            value = row.published.get(col.key)
+            pub = Cell(value, decimals=col.decimals) if value is not None else Cell(decimals=col.decimals)
+            o = ours[i, col.key].cell
+            delta = Cell(o.mean - pub.mean, decimals=col.decimals, signed=True) if not (o.empty or pub.empty) else Cell()
+            delta.decimals = col.decimals
+            cells += [pub, o, delta]
+            csv.append({"table": table.name, "row": row.label, "column": col.label, "metric": col.metric,
+                        "published": pub.mean, "ours_mean": o.mean, "ours_std": o.std, "n": o.n,
+                        "delta": delta.mean, "mark": o.mark, "protocol": protocol, "source": row.source})  # fmt: skip
+        body.append(cells)
+
+    notes = [f"Paper: {table.source}.", f"Ours: {PROTOCOLS[protocol]}; mean ± std (ddof=1) over seeds; "
+             "Δ = ours − paper. Best ours in bold, second best in italics (underlined in LaTeX).",
+             "n/a: the paper's number is not on file (never estimated), or we have no finished run."]  # fmt: skip
+    notes += [f"{r.label}: published numbers from {r.source}." for r in table.rows if r.source]
+    notes += [f"{r.label}: {r.note}" for r in table.rows if r.note]
+    notes += [f"{table.rows[i].label} / {k}: {o.note}" for (i, k), o in ours.items() if o.note]
+    notes += table.notes
+    notes += [f"Not run: {m}" for m in missing or []]
+    return Table(table.title, header, body, notes), pd.DataFrame(csv)
+
+
+def render_from_records(name_or_path: str | Path, results: Path | str, out: Path | str | None = None,
+                        protocol: str | None = None, missing: list[str] | None = None,
+                        run_ids: set[str] | None = None) -> list[Path]:
+    """Write ``<out>/tables/<table name>.{md,tex,csv}`` from the records under ``results``."""
+    table, _ = load_table(name_or_path)
+    protocol = protocol or table.protocol
+    runs = load_runs(results, protocol)
+    if run_ids is not None and not runs.empty:
+        runs = runs[runs["run_id"].isin(run_ids)]
+    rendered = render(table, runs, protocol, missing)
+    out = Path(out) if out is not None else Path(results)
+    return write_tables([rendered], out / "tables", table.name, table.title)
+
+
+def reproduce(name_or_path: str | Path, results: Path | str = "results", data_root: Path | None = None,
+              out: Path | str | None = None, protocol: str | None = None, device: str = "auto",
+              progress: bool = True, figures: bool = True) -> tuple[list[Path], list[str]]:
+    """Run the table's missing runs (finished ones are reused), then write the table beside the paper's
+    numbers. Returns the written files and one line per entry that could not run (missing data, ...)."""
+    from mmbalance.sweep import plan, run_local
+
+    table, path = load_table(name_or_path)
+    planned = plan(table_suite(table, path), data_root)
+    missing = [f"{p.label}: {p.skip_reason}" for p in planned if p.spec is None]
+    outcomes = run_local(planned, Path(results), data_root, device=device, progress=progress)
+    missing += [f"{p.label}: failed ({r.reason})" for p, r in outcomes if r.status == "failed"]
+    run_ids = {r.run_id for _, r in outcomes if r.status != "failed"}
+    paths = render_from_records(path, results, out, protocol, missing, run_ids)
+    if figures and run_ids:
+        from mmbalance.figures import suite_figures
+
+        runs = load_runs(results, protocol or table.protocol)
+        runs = runs[runs["run_id"].isin(run_ids)]
+        paths += suite_figures(runs, (Path(out) if out is not None else Path(results)) / "figures", table.name)
+    return paths, missing
