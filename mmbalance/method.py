@@ -49,6 +49,9 @@ class RunContext:
     step: int = 0  # global step, 0-based
     step_in_epoch: int = 0
     training: bool = True
+    # Which of ``Method.turns`` this optimiser step is (MLA: a modality); None for one-step methods.
+    turn: str | None = None
+    last_turn: bool = True
 
 
 class Method:
@@ -95,6 +98,12 @@ class Method:
         a group may carry its own ``lr``, or ``lr_scale`` (a multiple of ``optim.lr``), else the
         spec's ``optim.lr`` applies)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def turns(self, ctx: RunContext) -> Sequence[str | None]:
+        """The optimiser steps the runner takes on each batch, one ``forward``/``loss``/``backward``/
+        ``after_backward``/``step`` round each, with ``ctx.turn`` set (MLA: one turn per modality).
+        Default: one step."""
+        return (None,)
 
     # --- hooks ----------------------------------------------------------------------------------
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

@@ -253,7 +253,8 @@ class Trainer:
     # --- one step, one epoch --------------------------------------------------------------------
     def train_step(self, batch: Batch) -> float:
         ctx, model, method = self.ctx, self.model, self.method
-        log_now = self.probes is not None and ctx.step % self.spec.probe_every == 0
+        # With several turns per batch (MLA), the curves log the batch's last turn only.
+        log_now = self.probes is not None and ctx.step % self.spec.probe_every == 0 and ctx.last_turn
         out = method.forward(model, batch, ctx)
         loss = method.loss(out, batch, ctx)
         if not torch.isfinite(loss):
@@ -272,7 +273,7 @@ class Trainer:
         if self.spec.optim.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.optim.clip_grad_norm)
         self.optimizer.step()
-        if self.schedule_when == "iteration":
+        if self.schedule_when == "iteration" and ctx.last_turn:  # the schedule counts batches, not turns
             self.scheduler.step()
         if log_now:
             diag = {f"diag/{k}": float(v) for k, v in method.diagnostics().items()}
@@ -289,7 +290,13 @@ class Trainer:
         total, n = 0.0, 0
         for i, batch in enumerate(_batches(self.loader("train", shuffle=True, epoch=epoch), self.device)):
             self.ctx.step_in_epoch, self.ctx.step = i, epoch * self.steps_per_epoch + i
-            total += self.train_step(batch) * len(batch)
+            turns = self.method.turns(self.ctx)
+            batch_loss = 0.0
+            for k, turn in enumerate(turns):  # one optimiser step per turn; one turn for most methods
+                self.ctx.turn, self.ctx.last_turn = turn, k == len(turns) - 1
+                batch_loss += self.train_step(batch)
+            self.ctx.turn, self.ctx.last_turn = None, True
+            total += batch_loss / len(turns) * len(batch)
             n += len(batch)
             bar.update(1)
         self.method.on_epoch_end(self.ctx)
