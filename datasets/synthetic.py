@@ -3,10 +3,12 @@
 N modalities (default 3: ``m0``, ``m1``, ``m2``). Each modality m carries the label through its own
 *signal* of strength ``strength[m]`` plus Gaussian noise ``noise[m]``, and is *informative* on a
 fraction ``informative[m]`` of the samples (elsewhere its signal points to a random other class).
-The defaults make ``m0`` strong but unreliable (it is easy to fit and right on 70% of samples),
-and ``m2`` weak but always informative: joint training fits ``m0`` first and leaves ``m2``'s encoder
-under-trained, although ``m2`` alone reaches a clearly higher accuracy than it shows inside the
-joint model. This is the imbalance the balancing methods exist to fix.
+The defaults make ``m0`` strong (large signal, little noise, right on 90% of samples) and ``m2``
+weak but always informative: joint training fits ``m0`` first and leaves ``m2``'s encoder
+under-trained. With the suite's settings (20 epochs, SGD lr 0.05) a linear probe on ``m2``'s
+features inside the joint model reaches about 32% test accuracy, while ``m2`` trained alone
+reaches about 66%, and joint training is no better than ``m0`` alone (about 92%). This is the
+imbalance the balancing methods exist to fix.
 
 Vector modalities (classification, regression): the signal lives in a random ``signal_dim``-dim
 subspace of a ``dim``-dim input (random orthogonal basis per modality); the other directions are
@@ -46,15 +48,15 @@ CONTRASTS = ((0.0, 1.0, 1.0), (0.0, 0.0, 1.0), (0.0, 1.0, -1.0))
 class SyntheticParams(StrictModel):
     task: str = Field("classification", pattern="^(classification|regression|segmentation)$")
     modalities: int = Field(3, ge=1, le=8)
-    strength: list[float] = [3.0, 1.5, 1.0]  # signal scale per modality
+    strength: list[float] = [4.0, 1.5, 1.5]  # signal scale per modality
     noise: list[float] = [0.5, 1.0, 1.0]  # Gaussian noise std per modality
-    informative: list[float] = [0.7, 0.9, 1.0]  # fraction of samples where the signal is right
+    informative: list[float] = [0.9, 0.9, 1.0]  # fraction of samples where the signal is right
     weights: list[float] = [1.2, 0.8, 0.8]  # regression: y = sum_m w_m u_m
     num_classes: int = Field(4, ge=2)  # classification (segmentation always has 3 labels)
     dim: int = Field(64, ge=2)
     signal_dim: int = Field(4, ge=1)
     size: int = Field(16, ge=8)  # segmentation image side
-    n_train: int = Field(2000, ge=8)
+    n_train: int = Field(1000, ge=8)
     n_valid: int = Field(500, ge=4)
     n_test: int = Field(500, ge=4)
     data_seed: int = Field(0, ge=0)

@@ -33,7 +33,7 @@ from mmbalance.models.base import MultimodalModel, Output
 
 
 class Probes(nn.Module):
-    def __init__(self, model: MultimodalModel, task: TaskInfo, seed: int, lr: float = 1e-3) -> None:
+    def __init__(self, model: MultimodalModel, task: TaskInfo, seed: int, lr: float = 1e-2) -> None:
         super().__init__()
         self.task = task
         out = task.num_classes
