@@ -1,0 +1,128 @@
+"""MILES: Modality-Informed Learning ratE Scheduler.
+
+Reference: A. Guerra-Manzanares, F. E. Shamout, "MILES: Modality-Informed Learning Rate Scheduler for
+Balancing Multimodal Learning", IJCNN 2025 (arXiv 2510.17394). No official code was found; the
+algorithm below follows the paper's Algorithm 1 as restated in a third-party reimplementation
+(an ASGML project's ``scripts/train.py::miles_adjust_learning_rates``), not checked against the paper.
+
+Training loss (Eq. 3): ``L = task_loss(pred, y) + gamma * sum_m task_loss(h_m(f_m), y)`` with one
+unimodal head h_m per modality. At the end of every epoch, from that epoch's training accuracies
+``A`` (fused) and ``A_m`` (head m)::
+
+    u_m   = (A - mean_{k != m} A_k) / A          # conditional utilisation; M = 2: (A_AB - A_B) / A_AB
+    delta = max_m u_m - min_m u_m                 # M = 2: |u_A - u_B|
+    if delta > tau and not all u_m < 0:  lr(encoder d) = mu * lr,  d = argmax_m u_m; others: lr
+    else:                                 every encoder at lr
+
+where ``lr`` is the current learning rate of the non-encoder group (heads and fusion), so the
+runner's schedule still applies on top. Deviations: for M > 2 the other modalities' accuracy is their
+mean (the code's choice); [UNCERTAIN] the defaults ``tau = 0.2`` and ``mu = 0.5`` are the
+reimplementation's example values, not verified from the paper. Classification only (utilisation
+rates are ratios of accuracies).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from torch import Tensor
+
+from mmbalance.data import Batch, StrictModel
+from mmbalance.method import Method, RunContext
+from mmbalance.method_parts import UnimodalHeads
+from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["MILESParams", "MILES", "utilisation", "lr_scales"]
+
+
+class MILESParams(StrictModel):
+    threshold: float = Field(0.2, ge=0)  # tau: utilisation gap that triggers the slow-down
+    reduction: float = Field(0.5, gt=0, le=1)  # mu: learning-rate factor of the dominant encoder
+    gamma: float = Field(1.0, ge=0)  # weight of the unimodal heads' losses
+
+
+def utilisation(acc: float, acc_m: dict[str, float]) -> dict[str, float]:
+    """``u_m = (A - mean_{k != m} A_k) / A`` (0 when A = 0)."""
+    out = {}
+    for m in acc_m:
+        others = [a for k, a in acc_m.items() if k != m]
+        out[m] = (acc - sum(others) / len(others)) / acc if acc > 0 else 0.0
+    return out
+
+
+def lr_scales(u: dict[str, float], threshold: float, reduction: float) -> dict[str, float]:
+    """Learning-rate factor per encoder: ``reduction`` for the most utilised one when the gap exceeds
+    ``threshold`` (and not every u is negative), else 1."""
+    delta = max(u.values()) - min(u.values())
+    if delta <= threshold or all(v < 0 for v in u.values()):
+        return {m: 1.0 for m in u}
+    dominant = max(u, key=u.get)
+    return {m: reduction if m == dominant else 1.0 for m in u}
+
+
+@METHODS.register
+class MILES(Method):
+    name = "miles"
+    Params = MILESParams
+    tasks = frozenset({"classification"})
+    reference = "Guerra-Manzanares & Shamout, MILES: Modality-Informed Learning Rate Scheduler, IJCNN 2025"
+
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
+        self.heads = UnimodalHeads(model)
+        self.modalities = model.modalities
+        self.scale = {m: 1.0 for m in self.modalities}
+        self.u: dict[str, float] = {}
+        self._reset_counts()
+        encoder_ids = {id(p) for m in self.modalities for p in model.encoder_parameters(m)}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        # One group per encoder (in modality order), then the rest: heads, fusion, the method's heads.
+        groups = [{"params": model.encoder_parameters(m)} for m in self.modalities]
+        return groups + [{"params": rest + list(self.heads.parameters())}]
+
+    def _reset_counts(self) -> None:
+        self.correct = {"fused": 0.0, **{m: 0.0 for m in self.modalities}}
+        self.seen = 0
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        out = model(batch.inputs)
+        out.aux.update(self.heads(model, out))
+        return out
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        y = batch.target
+        loss = ctx.task_loss(out.pred, y) + self.p.gamma * sum(
+            ctx.task_loss(out.aux[m], y) for m in self.modalities
+        )
+        self.correct["fused"] += float((out.pred.argmax(1) == y).sum())
+        for m in self.modalities:
+            self.correct[m] += float((out.aux[m].argmax(1) == y).sum())
+        self.seen += len(y)
+        return loss
+
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        base = ctx.optimizer.param_groups[-1]["lr"]  # the scheduled rate of the non-encoder group
+        for group, m in zip(ctx.optimizer.param_groups, self.modalities, strict=False):
+            group["lr"] = base * self.scale[m]
+        self._reset_counts()
+
+    def on_epoch_end(self, ctx: RunContext) -> None:
+        if self.seen == 0:
+            return
+        acc = {k: v / self.seen for k, v in self.correct.items()}
+        self.u = utilisation(acc.pop("fused"), acc)
+        self.scale = lr_scales(self.u, self.p.threshold, self.p.reduction)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {
+            **{f"lr_scale/{m}": s for m, s in self.scale.items()},
+            **{f"utilisation/{m}": u for m, u in self.u.items()},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads.state_dict(), "scale": dict(self.scale), "u": dict(self.u)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.scale, self.u = dict(state["scale"]), dict(state["u"])
