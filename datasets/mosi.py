@@ -1,0 +1,250 @@
+"""CMU-MOSI sentiment regression from the MulT or the MMSA pickle (CGGM's MOSI task).
+
+Files under the dataset root (``$MMBALANCE_DATA/mosi`` or ``--data-root``), one of:
+
+- MulT (yaohungt/Multimodal-Transformer, read by CGGM): ``mosi_data.pkl`` (aligned) or
+  ``mosi_data_noalign.pkl``; per split ``text`` (N, T, 300) GloVe, ``audio`` (N, T, 5) COVAREP,
+  ``vision`` (N, T, 20) FACET, ``labels`` (N, 1, 1) and optionally ``id`` (N, 3) bytes.
+- MMSA (thuiar/MMSA): ``aligned_50.pkl`` or ``unaligned_50.pkl``; per split ``text`` (N, T, 768) BERT
+  features or ``text_bert`` (N, 3, L) word ids / mask / segment ids, ``audio``, ``vision``,
+  ``regression_labels`` (N,), ``id`` ("video$_$clip"), ``audio_lengths``/``vision_lengths``, ...
+
+Both are ``{'train', 'valid', 'test'}`` dicts; the format is detected from the keys (``labels`` vs
+``regression_labels``). Audio ``-inf`` is set to 0 as both loaders do. Sequence lengths and feature
+sizes are read from the file (unaligned audio/vision lengths differ between sources). The full MMSA
+release (1284 training samples) is checked against the SHA-256 in MMSA's README.
+Task: regression of the sentiment score in [-3, 3], L1 loss, the MOSI metrics (MAE, Corr, Acc-7,
+Acc-2, F1). Modalities in CGGM's order: text, audio, vision. Pickles are read with the restricted
+unpickler (``mmbalance.safe_pickle``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
+from mmbalance.registry import DATASETS
+from mmbalance.safe_pickle import load_pickle
+
+__all__ = ["Mosi", "MosiParams", "ArraySplit", "read_split_arrays"]
+
+MODALITIES = ("text", "audio", "vision")
+FILES = {  # (source, aligned) -> file name
+    ("mult", True): "mosi_data.pkl",
+    ("mult", False): "mosi_data_noalign.pkl",
+    ("mmsa", True): "aligned_50.pkl",
+    ("mmsa", False): "unaligned_50.pkl",
+}
+# thuiar/MMSA README ("SHA-256 for feature files", commit a94e65d) for MOSI/Processed/*.pkl.
+MMSA_SHA256 = {
+    "aligned_50.pkl": "d3994fd25681f9c7ad6e9c6596a6fe9b4beb85ff7d478ba978b124139002e5f9",
+    "unaligned_50.pkl": "78e0f8b5ef8ff71558e7307848fc1fa929ecb078203f565ab22b9daab2e02524",
+}
+MMSA_TRAIN_SAMPLES = 1284  # MMSA config_regression.json; a file this size is taken as the full release
+
+
+class MosiParams(StrictModel):
+    source: Literal["auto", "mult", "mmsa"] = (
+        "auto"  # auto: the MulT file (CGGM's input) if present, else MMSA
+    )
+    aligned: bool = True  # word-aligned sequences (mosi_data.pkl / aligned_50.pkl)
+    text: Literal["text", "text_bert"] = "text"  # MMSA only: BERT features, or BERT word ids (needs a BERT)
+    file: str | None = None  # a file name under the root instead of the standard ones (format from keys)
+    check_sha256: bool = True  # the full MMSA release must match MMSA's published hash
+
+
+class ArraySplit(Dataset):
+    """In-memory split: items ``({modality: (T, D)}, target, id)``; tensors are shared, not copied."""
+
+    def __init__(self, inputs: dict[str, Tensor], target: Tensor, ids: list[str]) -> None:
+        self.inputs, self.target, self.ids = inputs, target, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
+        return {m: x[i] for m, x in self.inputs.items()}, self.target[i], self.ids[i]
+
+
+def _id_string(entry: Any) -> str:
+    """MulT ids are rows of bytes (video, start, end); MMSA ids are str."""
+    if isinstance(entry, (np.ndarray, list, tuple)):
+        return "_".join(_id_string(e) for e in entry)
+    return entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
+
+
+def read_split_arrays(
+    data: Any, split: str, keys: dict[str, str], label_key: str, source: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Check one split of a CMU-style pickle and return ``(features, labels, ids)``, features float32.
+
+    ``keys`` maps modality -> pickle key. Every feature must be 3-D (N, T, D) with the labels' N;
+    audio ``-inf`` becomes 0 (MulT, MMSA, CGGM do the same); any other non-finite value is an error
+    naming the file, split and key. Shared by the MOSI and IEMOCAP adapters.
+    """
+    if not isinstance(data, dict) or split not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(
+            f"{source}: expected a dict with splits {list(SPLITS)}, split {split!r} missing (found {found})"
+        )
+    part = data[split]
+    missing = [k for k in (*keys.values(), label_key) if not isinstance(part, dict) or k not in part]
+    if missing:
+        found = sorted(part) if isinstance(part, dict) else type(part).__name__
+        raise DataError(f"{source}: split {split!r} lacks key(s) {missing} (found {found})")
+    labels = np.asarray(part[label_key])
+    n = len(labels)
+    features = {}
+    for m, key in keys.items():
+        x = part[key]
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[0] != n:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise DataError(f"{source}: {split}/{key} must be an array of shape (N={n}, T, D) "
+                            f"(N from {label_key}), got {shape}")  # fmt: skip
+        x = x.astype(np.float32)
+        if m == "audio":
+            x[x == -np.inf] = 0
+        if not np.isfinite(x).all():
+            raise DataError(f"{source}: {split}/{key} has {int((~np.isfinite(x)).sum())} NaN/inf values")
+        features[m] = x
+    ids = [_id_string(e) for e in part["id"]] if "id" in part else [f"{split}-{i:05d}" for i in range(n)]
+    if len(ids) != n:
+        raise DataError(f"{source}: {split}/id has {len(ids)} entries for {n} labels")
+    return features, labels, ids
+
+
+@DATASETS.register
+class Mosi(DatasetAdapter):
+    name = "mosi"
+    description = "CMU-MOSI sentiment regression (text, audio, vision) from the MulT or MMSA pickle"
+    Params = MosiParams
+    ModelParams = MSAModelParams
+
+    # --- files --------------------------------------------------------------------------------
+    def candidates(self) -> list[str]:
+        p = self.params
+        if p.file is not None:
+            return [p.file]
+        sources = ("mult", "mmsa") if p.source == "auto" else (p.source,)
+        return [FILES[s, p.aligned] for s in sources]
+
+    @property
+    def path(self) -> Path:
+        """The file this configuration reads: the first candidate that exists."""
+        names = self.candidates()
+        return next((self.root / n for n in names if (self.root / n).is_file()), self.root / names[0])
+
+    def expected_files(self) -> list[Path]:
+        return [self.path.relative_to(self.root)]
+
+    def layout_help(self) -> str:
+        return " or ".join(self.candidates()) + " (MulT: mosi_data[_noalign].pkl; MMSA: [un]aligned_50.pkl)"
+
+    def verify(self) -> None:
+        if not self.path.is_file():
+            raise DataMissingError(
+                f"mosi: none of {', '.join(self.candidates())} found under {self.root}. Expected layout: "
+                f"{self.layout_help()} (set --data-root or $MMBALANCE_DATA)"
+            )
+
+    # --- loading ------------------------------------------------------------------------------
+    @cached_property
+    def _splits(self) -> dict[str, ArraySplit]:
+        self.verify()
+        path = self.path
+        data = load_pickle(path)
+        train = data.get("train") if isinstance(data, dict) else None
+        if not isinstance(train, dict):
+            raise DataError(f"{path}: expected a dict with splits {list(SPLITS)} of dicts")
+        if "regression_labels" in train:
+            fmt, label_key, text_key = "mmsa", "regression_labels", self.params.text
+        elif "labels" in train:
+            fmt, label_key, text_key = "mult", "labels", "text"
+            if self.params.text != "text":
+                raise DataError(f"{path}: text={self.params.text!r} needs an MMSA file; this is a MulT file")
+        else:
+            found = sorted(train)
+            raise DataError(
+                f"{path}: neither 'labels' (MulT) nor 'regression_labels' (MMSA) in split 'train' ({found=})"
+            )
+        if fmt == "mmsa":
+            self._check_release(path, len(train[label_key]))
+        keys = {"text": text_key, "audio": "audio", "vision": "vision"}
+        splits = {}
+        for split in SPLITS:
+            features, labels, ids = read_split_arrays(data, split, keys, label_key, str(path))
+            if labels.size != len(labels):
+                raise DataError(
+                    f"{path}: {split}/{label_key} must hold one score per sample, got shape {labels.shape}"
+                )
+            if text_key == "text_bert" and features["text"].shape[1] != 3:
+                raise DataError(f"{path}: {split}/text_bert must be (N, 3, L) (ids, mask, segments), "
+                                f"got {features['text'].shape}")  # fmt: skip
+            inputs = {m: torch.from_numpy(x) for m, x in features.items()}
+            if text_key == "text_bert":  # (N, 3, L) word ids -> (N, L, 3) int64, time first like the rest
+                inputs["text"] = inputs["text"].transpose(1, 2).round().long().contiguous()
+            splits[split] = ArraySplit(
+                inputs, torch.from_numpy(labels.astype(np.float32).reshape(-1, 1)), ids
+            )
+        self._check_dims(path, splits)
+        return splits
+
+    def _check_release(self, path: Path, n_train: int) -> None:
+        expected = MMSA_SHA256.get(path.name)
+        if not self.params.check_sha256 or expected is None or n_train != MMSA_TRAIN_SAMPLES:
+            return  # not the full release (a subset or a fixture): nothing published to compare with
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != expected:
+            raise DataError(
+                f"{path}: SHA-256 {h.hexdigest()} differs from MMSA's published {expected}; the file is "
+                "corrupt or not MMSA's release (dataset_params.check_sha256=false uses it anyway)"
+            )
+
+    @staticmethod
+    def _check_dims(path: Path, splits: dict[str, ArraySplit]) -> None:
+        for m in MODALITIES:
+            dims = {s: tuple(ds.inputs[m].shape[2:]) for s, ds in splits.items()}
+            if len(set(dims.values())) > 1:
+                raise DataError(f"{path}: {m} feature size differs between splits: {dims}")
+
+    # --- contract -----------------------------------------------------------------------------
+    @property
+    def task(self) -> TaskInfo:
+        return TaskInfo("regression", MODALITIES, 1)
+
+    def split(self, name: str) -> ArraySplit:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
+        return self._splits[name]
+
+    def fingerprint(self, name: str) -> str:
+        """SHA-256 of the split's ids and labels, straight from the arrays (no per-item loop)."""
+        ds = self.split(name)
+        h = hashlib.sha256("\n".join(ds.ids).encode())
+        h.update(ds.target.numpy().tobytes())
+        return h.hexdigest()
+
+    def input_dims(self) -> dict[str, int]:
+        return {m: x.shape[-1] for m, x in self.split("train").inputs.items()}
+
+    def build_model(self, model_params: MSAModelParams, modalities: Sequence[str]) -> MSAModel:
+        if "text" in modalities and self.params.text == "text_bert":
+            raise DataError(
+                "mosi: text='text_bert' serves BERT word ids (L, 3), which the MSA model cannot read; "
+                "use text='text' (MMSA's per-token BERT features)"
+            )
+        dims = self.input_dims()
+        return build_msa_model({m: dims[m] for m in modalities}, 1, model_params)
