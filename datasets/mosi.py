@@ -24,19 +24,18 @@ import hashlib
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
+from mmbalance.datasets._cmu import ArraySplit, ids_labels_fingerprint, read_split_arrays
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
 from mmbalance.safe_pickle import load_pickle
 
-__all__ = ["Mosi", "MosiParams", "ArraySplit", "read_split_arrays"]
+__all__ = ["Mosi", "MosiParams"]
 
 MODALITIES = ("text", "audio", "vision")
 FILES = {  # (source, aligned) -> file name
@@ -61,66 +60,6 @@ class MosiParams(StrictModel):
     text: Literal["text", "text_bert"] = "text"  # MMSA only: BERT features, or BERT word ids (needs a BERT)
     file: str | None = None  # a file name under the root instead of the standard ones (format from keys)
     check_sha256: bool = True  # the full MMSA release must match MMSA's published hash
-
-
-class ArraySplit(Dataset):
-    """In-memory split: items ``({modality: (T, D)}, target, id)``; tensors are shared, not copied."""
-
-    def __init__(self, inputs: dict[str, Tensor], target: Tensor, ids: list[str]) -> None:
-        self.inputs, self.target, self.ids = inputs, target, ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
-        return {m: x[i] for m, x in self.inputs.items()}, self.target[i], self.ids[i]
-
-
-def _id_string(entry: Any) -> str:
-    """MulT ids are rows of bytes (video, start, end); MMSA ids are str."""
-    if isinstance(entry, (np.ndarray, list, tuple)):
-        return "_".join(_id_string(e) for e in entry)
-    return entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
-
-
-def read_split_arrays(
-    data: Any, split: str, keys: dict[str, str], label_key: str, source: str
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Check one split of a CMU-style pickle and return ``(features, labels, ids)``, features float32.
-
-    ``keys`` maps modality -> pickle key. Every feature must be 3-D (N, T, D) with the labels' N;
-    audio ``-inf`` becomes 0 (MulT, MMSA, CGGM do the same); any other non-finite value is an error
-    naming the file, split and key. Shared by the MOSI and IEMOCAP adapters.
-    """
-    if not isinstance(data, dict) or split not in data:
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DataError(
-            f"{source}: expected a dict with splits {list(SPLITS)}, split {split!r} missing (found {found})"
-        )
-    part = data[split]
-    missing = [k for k in (*keys.values(), label_key) if not isinstance(part, dict) or k not in part]
-    if missing:
-        found = sorted(part) if isinstance(part, dict) else type(part).__name__
-        raise DataError(f"{source}: split {split!r} lacks key(s) {missing} (found {found})")
-    labels = np.asarray(part[label_key])
-    n = len(labels)
-    features = {}
-    for m, key in keys.items():
-        x = part[key]
-        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[0] != n:
-            shape = getattr(x, "shape", type(x).__name__)
-            raise DataError(f"{source}: {split}/{key} must be an array of shape (N={n}, T, D) "
-                            f"(N from {label_key}), got {shape}")  # fmt: skip
-        x = x.astype(np.float32)
-        if m == "audio":
-            x[x == -np.inf] = 0
-        if not np.isfinite(x).all():
-            raise DataError(f"{source}: {split}/{key} has {int((~np.isfinite(x)).sum())} NaN/inf values")
-        features[m] = x
-    ids = [_id_string(e) for e in part["id"]] if "id" in part else [f"{split}-{i:05d}" for i in range(n)]
-    if len(ids) != n:
-        raise DataError(f"{source}: {split}/id has {len(ids)} entries for {n} labels")
-    return features, labels, ids
 
 
 @DATASETS.register
@@ -233,9 +172,7 @@ class Mosi(DatasetAdapter):
     def fingerprint(self, name: str) -> str:
         """SHA-256 of the split's ids and labels, straight from the arrays (no per-item loop)."""
         ds = self.split(name)
-        h = hashlib.sha256("\n".join(ds.ids).encode())
-        h.update(ds.target.numpy().tobytes())
-        return h.hexdigest()
+        return ids_labels_fingerprint(ds.ids, ds.target)
 
     def input_dims(self) -> dict[str, int]:
         return {m: x.shape[-1] for m, x in self.split("train").inputs.items()}

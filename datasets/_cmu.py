@@ -1,0 +1,82 @@
+"""Helpers shared by the CMU-style pickle adapters (MOSI, IEMOCAP's MulT file): in-memory splits and
+the checked reading of one split's arrays. Private module: the registry does not import ``_`` files."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmbalance.data import SPLITS, DataError
+
+__all__ = ["ArraySplit", "read_split_arrays", "ids_labels_fingerprint"]
+
+
+class ArraySplit(Dataset):
+    """In-memory split: items ``({modality: (T, D)}, target, id)``; tensors are shared, not copied."""
+
+    def __init__(self, inputs: dict[str, Tensor], target: Tensor, ids: list[str]) -> None:
+        self.inputs, self.target, self.ids = inputs, target, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
+        return {m: x[i] for m, x in self.inputs.items()}, self.target[i], self.ids[i]
+
+
+def _id_string(entry: Any) -> str:
+    """MulT ids are rows of bytes (video, start, end); MMSA ids are str."""
+    if isinstance(entry, (np.ndarray, list, tuple)):
+        return "_".join(_id_string(e) for e in entry)
+    return entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
+
+
+def read_split_arrays(
+    data: Any, split: str, keys: dict[str, str], label_key: str, source: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Check one split of a CMU-style pickle and return ``(features, labels, ids)``, features float32.
+
+    ``keys`` maps modality -> pickle key. Every feature must be 3-D (N, T, D) with the labels' N;
+    audio ``-inf`` becomes 0 (MulT, MMSA, CGGM do the same); any other non-finite value is an error
+    naming the file, split and key. Shared by the MOSI and IEMOCAP adapters.
+    """
+    if not isinstance(data, dict) or split not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(
+            f"{source}: expected a dict with splits {list(SPLITS)}, split {split!r} missing (found {found})"
+        )
+    part = data[split]
+    missing = [k for k in (*keys.values(), label_key) if not isinstance(part, dict) or k not in part]
+    if missing:
+        found = sorted(part) if isinstance(part, dict) else type(part).__name__
+        raise DataError(f"{source}: split {split!r} lacks key(s) {missing} (found {found})")
+    labels = np.asarray(part[label_key])
+    n = len(labels)
+    features = {}
+    for m, key in keys.items():
+        x = part[key]
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[0] != n:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise DataError(f"{source}: {split}/{key} must be an array of shape (N={n}, T, D) "
+                            f"(N from {label_key}), got {shape}")  # fmt: skip
+        x = x.astype(np.float32)
+        if m == "audio":
+            x[x == -np.inf] = 0
+        if not np.isfinite(x).all():
+            raise DataError(f"{source}: {split}/{key} has {int((~np.isfinite(x)).sum())} NaN/inf values")
+        features[m] = x
+    ids = [_id_string(e) for e in part["id"]] if "id" in part else [f"{split}-{i:05d}" for i in range(n)]
+    if len(ids) != n:
+        raise DataError(f"{source}: {split}/id has {len(ids)} entries for {n} labels")
+    return features, labels, ids
+
+
+def ids_labels_fingerprint(ids: list[str], target: Tensor) -> str:
+    """SHA-256 of a split's ids and labels, from the arrays (features are never read)."""
+    h = hashlib.sha256("\n".join(ids).encode())
+    h.update(target.cpu().numpy().tobytes())
+    return h.hexdigest()
