@@ -76,6 +76,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --- leaderboard --------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mmbalance.leaderboard import EntryError, LeaderboardError, submit
+
+    try:
+        entry = submit(args.run_dirs, args.name, args.out, url=args.url)
+    except (EntryError, LeaderboardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    key, n = entry.primary(), len(entry.seeds)
+    console.print(f"wrote {args.out}: {entry.method} on {entry.dataset}, {n} seeds, test {key} = "
+                  f"{entry.summary[key].mean:.4g} ± {entry.summary[key].std:.2g}")  # fmt: skip
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from mmbalance.leaderboard import EntryError, LeaderboardError, build, check
+
+    try:
+        if args.action == "check":
+            if args.file is None:
+                print("error: leaderboard check needs the entry FILE", file=sys.stderr)
+                return 2
+            entry = check(args.file, results=args.results, fingerprints=args.fingerprints)
+            console.print(f"{args.file}: valid ({entry.method} on {entry.dataset}, {len(entry.seeds)} seeds)")
+        else:
+            built = build(args.results, fingerprints=args.fingerprints)
+            console.print(f"{len(built.entries)} entries -> {built.markdown}, {built.html}")
+    except (EntryError, LeaderboardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # --- listings -----------------------------------------------------------------------------------
 def cmd_methods(args: argparse.Namespace) -> int:
     rows = [{"method": name, "tasks": ", ".join(sorted(cls.tasks)), "modalities": f">= {cls.min_modalities}",
@@ -119,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", type=Path)
     _common(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("submit", help="pack finished runs (one spec, >= 3 seeds) into a leaderboard entry")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results/runs/<run_id> folders")
+    p.add_argument("--name", required=True, help="submitter name shown on the leaderboard")
+    p.add_argument("--out", required=True, type=Path, help="entry JSON (results/leaderboard/entries/X.json)")
+    p.add_argument("--url", default=None, help="paper or code URL (http/https)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("leaderboard", help="`build` validates every entry and renders the page; `check FILE`")
+    p.add_argument("action", choices=("build", "check"))
+    p.add_argument("file", nargs="?", type=Path, help="check: the entry JSON to validate")
+    p.add_argument("--results", type=Path, default=Path("results"), help="has leaderboard/entries/")
+    p.add_argument("--fingerprints", type=Path, default=None, help="default: benchmarks/fingerprints.yaml")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=cmd_methods)

@@ -1,0 +1,581 @@
+"""The leaderboard: pack finished runs into an entry, validate every entry, render the page.
+
+An *entry* is one JSON file in ``results/leaderboard/entries/``: one method with its hyper-parameters
+on one dataset configuration, over >= 3 seeds of the same run spec, with the test metrics of every seed
+(at its best validation epoch, as ``final.json`` records them) and their mean and std.
+
+Trust model (see shared/notes/leaderboards.md, section 6): an entry is made by ``submit`` from run
+records, never typed by hand, and ``check`` refuses anything that the records could not have produced:
+
+- schema: required fields, types, lengths (pydantic, unknown keys refused); a size limit per file;
+- the split fingerprint must equal the suite's known one for that dataset configuration
+  (``benchmarks/fingerprints.yaml``), so every number on a table was measured on the same data;
+- hashes are recomputed: dataset params, spec, and each seed's ``run_id`` (the runner's formula);
+- metric names must be the task's, values in range, the same metrics in every seed;
+- mean and std are recomputed from the per-seed values. **std is the sample std (ddof=1)**;
+- >= 3 distinct seeds; no duplicate of another entry (same spec and seeds, or a shared run).
+
+``build`` renders the page (``leaderboard_page.py``: one table per dataset configuration) only when
+every entry passes; otherwise it raises with the list of all bad entries.
+This module reads run records through ``records.py`` only: it imports no runner, method or adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from mmbalance.records import RunDir, atomic_write_text
+
+__all__ = [
+    "Entry",
+    "EntryError",
+    "LeaderboardError",
+    "KnownSplit",
+    "submit",
+    "check",
+    "build",
+    "validate_entry",
+    "load_fingerprints",
+    "params_hash",
+    "spec_hash",
+    "METRICS",
+]
+
+SCHEMA_VERSION = 1
+MIN_SEEDS = 3
+MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~5 KiB; the limit keeps a forged blob off the page
+STD_DDOF = 1  # sample std over seeds, as every paper table prints "mean ± std" of a few seeds
+FINGERPRINTS = Path(__file__).resolve().parent.parent / "benchmarks" / "fingerprints.yaml"
+ENTRIES = Path("leaderboard") / "entries"  # under the results folder
+
+TaskKind = Literal["classification", "regression", "segmentation"]
+# Test metrics a task may report (segmentation adds dice_<region> for its own regions), as
+# ``mmbalance.metrics`` names them; the first is the task's primary (selection) metric.
+METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "f1_weighted"),
+    "regression": ("mae", "corr", "acc7", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0"),
+    "segmentation": ("dice_mean",),
+}
+LOWER_IS_BETTER = frozenset({"mae"})
+DICE = re.compile(r"^dice_[a-z0-9_]{1,32}$")
+RANGES = {"mae": (0.0, math.inf), "corr": (-1.0, 1.0)}  # everything else is a percentage
+PERCENT = (0.0, 100.0)
+
+Name = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+]  # as the registries spell names
+Hex16 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+SplitFingerprint = Annotated[
+    str, StringConstraints(pattern=r"^train:[0-9a-f]{16}\|valid:[0-9a-f]{16}\|test:[0-9a-f]{16}$")
+]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+CodeVersion = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z._-]{1,32}(\+[0-9A-Za-z._-]{1,64})?$")]
+
+
+class EntryError(ValueError):
+    """A rejected entry; ``problems`` holds one ``field: rule`` line each."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source, self.problems = source, list(problems)
+        super().__init__(f"{source}: rejected:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class LeaderboardError(ValueError):
+    """Runs that cannot be packed into an entry, or a build with bad entries (all listed)."""
+
+
+# --- schema ------------------------------------------------------------------------------------------
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class SeedRun(Schema):
+    seed: int = Field(ge=0)
+    run_id: Hex16
+    best_epoch: int = Field(ge=0)  # the validation-selected epoch the metrics come from
+    epochs: int = Field(ge=1)  # epochs trained (a finished run trained spec.epochs)
+    code_version: CodeVersion  # <package version>+<commit>[-dirty] of the checkout that ran this seed
+    metrics: dict[Annotated[str, StringConstraints(max_length=40)], float] = Field(
+        min_length=1, max_length=32
+    )
+
+
+class Stat(Schema):
+    mean: float
+    std: float = Field(ge=0)
+
+
+class Hardware(Schema):
+    device: Text
+    device_name: str = Field("", max_length=200)
+    platform: str = Field("", max_length=200)
+    python: str = Field("", max_length=20)
+
+
+class Entry(Schema):
+    schema_version: Literal[1]
+    method: Name
+    method_params: dict[str, Any]
+    dataset: Name
+    dataset_params: dict[str, Any]
+    dataset_params_hash: Hex16
+    task: TaskKind
+    data_fingerprint: SplitFingerprint
+    spec: dict[str, Any]  # the run spec shared by every seed (seed removed)
+    spec_hash: Hex16
+    selection: Text  # how each seed's numbers were chosen (final.json "protocol")
+    seeds: list[SeedRun] = Field(min_length=1, max_length=100)
+    summary: dict[str, Stat]  # per metric: mean and sample std (ddof=1) over seeds
+    std_ddof: Literal[1] = STD_DDOF
+    code_version: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z._-]{1,32}$")]  # package version
+    packages: dict[Annotated[str, StringConstraints(max_length=64)], str | None] = Field(max_length=64)
+    hardware: list[Hardware] = Field(min_length=1, max_length=16)
+    date: AwareDatetime
+    submitter: Text
+    url: str | None = Field(None, max_length=500)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"only http(s) URLs with a host are allowed (got scheme {parts.scheme!r})")
+        if any(c.isspace() or ord(c) < 32 for c in url):
+            raise ValueError("URL contains whitespace or control characters")
+        return url
+
+    @field_validator("date")
+    @classmethod
+    def _not_in_future(cls, date: datetime) -> datetime:
+        if date > datetime.now(UTC) + timedelta(days=1):
+            raise ValueError(f"date {date.isoformat()} is in the future")
+        return date
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.seeds[0].metrics)
+
+    def primary(self) -> str:
+        return METRICS[self.task][0]
+
+
+class KnownSplit(Schema):
+    dataset: Name
+    config: Text  # what this configuration is, for people (e.g. "synthetic classification defaults")
+    params_hash: Hex16
+    task: TaskKind
+    fingerprint: SplitFingerprint
+
+
+class FingerprintFile(Schema):
+    version: Literal[1]
+    splits: list[KnownSplit]
+
+
+# --- hashes (must match the runner's; tests compare them with RunSpec.run_id) -------------------------
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def params_hash(dataset_params: dict[str, Any]) -> str:
+    """16-hex hash of a dataset's canonical params: the key of ``benchmarks/fingerprints.yaml``."""
+    return hashlib.sha256(_canonical(dataset_params).encode()).hexdigest()[:16]
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """16-hex hash of the run spec shared by an entry's seeds (no ``seed`` in it)."""
+    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
+
+
+def expected_run_id(spec: dict[str, Any], seed: int, data_fingerprint: str, version: str) -> str:
+    # RunSpec.run_id: hash of the canonical spec, the data fingerprint and the package version.
+    # Restated here so that checking an entry needs no registry (a test compares the two).
+    blob = {"spec": {**spec, "seed": seed}, "data": data_fingerprint, "version": version}
+    return hashlib.sha256(_canonical(blob).encode()).hexdigest()[:16]
+
+
+# --- validation ----------------------------------------------------------------------------------------
+def _format(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "<entry>"
+        msg = "required field is missing" if err["type"] == "missing" else err["msg"]
+        msg = "unknown field" if err["type"] == "extra_forbidden" else msg
+        inp = err.get("input")
+        shown = f" (got {inp!r:.60})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            inp, dict | list) else ""  # fmt: skip
+        out.append(f"{loc}: {msg}{shown}")
+    return out
+
+
+def load_fingerprints(path: Path | str | None = None) -> dict[tuple[str, str], KnownSplit]:
+    """Known split fingerprints by ``(dataset, params_hash)`` (default: ``benchmarks/fingerprints.yaml``)."""
+    path = Path(path or FINGERPRINTS)
+    if not path.is_file():
+        raise LeaderboardError(f"{path}: fingerprint registry not found")
+    try:
+        doc = FingerprintFile.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as e:
+        raise LeaderboardError(f"{path}: invalid fingerprint registry: {e}") from None
+    return {(s.dataset, s.params_hash): s for s in doc.splits}
+
+
+def metric_problems(task: str, name: str, value: float) -> list[str]:
+    """Why ``name = value`` cannot be a test metric of ``task`` (empty when it can)."""
+    if name not in METRICS[task] and not (task == "segmentation" and DICE.match(name)):
+        return [f"unknown metric {name!r} for a {task} task (known: {', '.join(METRICS[task])}"
+                + (", dice_<region>)" if task == "segmentation" else ")")]  # fmt: skip
+    lo, hi = RANGES.get(name, PERCENT)
+    if not lo <= value <= hi:
+        return [f"{name} = {value!r} is outside [{lo:g}, {hi:g}]"]
+    return []
+
+
+def _rules(e: Entry, known: dict[tuple[str, str], KnownSplit]) -> list[str]:
+    """The checks a schema cannot express, each as a ``field: rule`` line."""
+    bad: list[str] = []
+    # Hashes and the spec agree with the fields shown on the page.
+    if params_hash(e.dataset_params) != e.dataset_params_hash:
+        bad.append(f"dataset_params_hash: {e.dataset_params_hash} is not the hash of dataset_params "
+                   f"({params_hash(e.dataset_params)})")  # fmt: skip
+    for field in ("method", "method_params", "dataset", "dataset_params"):
+        if e.spec.get(field) != getattr(e, field):
+            bad.append(
+                f"spec.{field}: {e.spec.get(field)!r:.80} differs from {field} {getattr(e, field)!r:.80}"
+            )
+    if "seed" in e.spec:
+        bad.append("spec.seed: the shared spec must not hold a seed (each seed is in seeds[])")
+    if spec_hash(e.spec) != e.spec_hash:
+        bad.append(f"spec_hash: {e.spec_hash} is not the hash of spec ({spec_hash(e.spec)})")
+    # The data: the suite's known split for this dataset configuration.
+    split = known.get((e.dataset, e.dataset_params_hash))
+    if split is None:
+        bad.append(
+            f"data_fingerprint: no known split for dataset {e.dataset!r} with dataset_params_hash "
+            f"{e.dataset_params_hash} (the suite's configurations are in benchmarks/fingerprints.yaml)"
+        )
+    elif split.fingerprint != e.data_fingerprint:
+        bad.append(
+            f"data_fingerprint: {e.data_fingerprint} differs from the suite's known fingerprint "
+            f"{split.fingerprint} for {split.config}"
+        )
+    elif split.task != e.task:
+        bad.append(f"task: {e.task!r} but {split.config} is a {split.task} task")
+    # Seeds: enough, distinct, finished, and produced by this spec.
+    seeds = [s.seed for s in e.seeds]
+    if len(set(seeds)) < MIN_SEEDS:
+        bad.append(
+            f"seeds: {len(set(seeds))} distinct seed(s) {sorted(set(seeds))}, need at least {MIN_SEEDS}"
+        )
+    if len(seeds) != len(set(seeds)):
+        bad.append(f"seeds: a seed appears more than once ({seeds})")
+    for i, s in enumerate(e.seeds):
+        if e.spec.get("epochs") is not None and s.epochs != e.spec["epochs"]:
+            bad.append(
+                f"seeds[{i}].epochs: {s.epochs} but the spec trains {e.spec['epochs']} (unfinished run?)"
+            )
+        if s.best_epoch >= s.epochs:
+            bad.append(f"seeds[{i}].best_epoch: {s.best_epoch} is not below epochs ({s.epochs})")
+        if s.code_version.split("+")[0] != e.code_version:
+            bad.append(
+                f"seeds[{i}].code_version: {s.code_version} is not of package version {e.code_version}"
+            )
+        rid = expected_run_id(e.spec, s.seed, e.data_fingerprint, e.code_version)
+        if s.run_id != rid:
+            bad.append(f"seeds[{i}].run_id: {s.run_id} is not the run id of this spec, seed {s.seed}, "
+                       f"data and code version ({rid})")  # fmt: skip
+    # Metrics: the task's names, in range, the same in every seed.
+    names = set(e.metric_names)
+    if e.primary() not in names:
+        bad.append(f"seeds[0].metrics: the task's primary metric {e.primary()!r} is missing")
+    for i, s in enumerate(e.seeds):
+        if set(s.metrics) != names:
+            bad.append(
+                f"seeds[{i}].metrics: metric names {sorted(s.metrics)} differ from seeds[0] {sorted(names)}"
+            )
+        bad += [
+            f"seeds[{i}].metrics.{k}: {p}"
+            for k, v in s.metrics.items()
+            for p in metric_problems(e.task, k, v)
+        ]
+    percents = [v for s in e.seeds for k, v in s.metrics.items() if k not in RANGES]
+    if percents and max(percents) <= 1.0:
+        bad.append(
+            "seeds[].metrics: every percentage is <= 1; the suite records percent (0-100), not fractions"
+        )
+    # Summary: recomputed from the seeds.
+    if set(e.summary) != names:
+        bad.append(f"summary: metrics {sorted(e.summary)} differ from the seeds' {sorted(names)}")
+    for k in sorted(names & set(e.summary)):
+        values = [s.metrics[k] for s in e.seeds if k in s.metrics]
+        want = summarize(values)
+        for stat in ("mean", "std"):
+            got, ref = getattr(e.summary[k], stat), getattr(want, stat)
+            if not math.isclose(got, ref, rel_tol=1e-9, abs_tol=1e-9):
+                bad.append(f"summary.{k}.{stat}: {got!r} but the seeds give {ref!r}"
+                           + (" (sample std, ddof=1)" if stat == "std" else ""))  # fmt: skip
+    return bad
+
+
+def summarize(values: Sequence[float]) -> Stat:
+    """Mean and sample std (ddof=1; 0 for a single value) of per-seed values."""
+    return Stat(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def validate_entry(data: Any, known: dict[tuple[str, str], KnownSplit], source: str = "<entry>") -> Entry:
+    """Schema and rules; raises ``EntryError`` listing every problem."""
+    if not isinstance(data, dict):
+        raise EntryError(source, [f"<entry>: expected a JSON object, got {type(data).__name__}"])
+    try:
+        entry = Entry.model_validate(data)
+    except ValidationError as err:
+        raise EntryError(source, _format(err)) from None
+    problems = _rules(entry, known)
+    if problems:
+        raise EntryError(source, problems)
+    return entry
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number in JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate key(s) {dup}")  # a second "mean" must not silently win
+    return dict(pairs)
+
+
+def read_entry(path: Path | str) -> Any:
+    """The JSON of an entry file, after the size limit; ``EntryError`` on anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise EntryError(str(path), ["<file>: no such file"])
+    size = path.stat().st_size
+    if size > MAX_ENTRY_BYTES:
+        raise EntryError(
+            str(path), [f"<file>: {size} bytes exceeds the size limit of {MAX_ENTRY_BYTES} bytes"]
+        )
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant,
+                          object_pairs_hook=_unique_keys)  # fmt: skip
+    except UnicodeDecodeError as e:
+        raise EntryError(str(path), [f"<file>: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except json.JSONDecodeError as e:
+        raise EntryError(
+            str(path), [f"<file>: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"]
+        ) from None
+    except ValueError as e:
+        raise EntryError(str(path), [f"<file>: not valid JSON: {e}"]) from None
+
+
+def duplicate_problems(entry: Entry, others: dict[str, Entry]) -> list[str]:
+    """Why ``entry`` repeats one of ``others`` (same spec and seeds on the same data, or a shared run)."""
+    bad = []
+    key = (entry.spec_hash, entry.data_fingerprint, frozenset(s.seed for s in entry.seeds))
+    runs = {s.run_id for s in entry.seeds}
+    for name, other in others.items():
+        if key == (other.spec_hash, other.data_fingerprint, frozenset(s.seed for s in other.seeds)):
+            bad.append(f"<entry>: duplicate of {name} (same spec_hash, data and seeds)")
+        elif shared := sorted(runs & {s.run_id for s in other.seeds}):
+            bad.append(f"seeds[].run_id: run(s) {', '.join(shared)} already in {name}")
+    return bad
+
+
+def _load_dir(entries: Path, known: dict[tuple[str, str], KnownSplit]) -> tuple[dict[str, Entry], list[str]]:
+    """Every entry under ``entries`` that validates on its own, and the errors of the others."""
+    good: dict[str, Entry] = {}
+    errors: list[str] = []
+    for path in sorted(entries.glob("*.json")) if entries.is_dir() else []:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.json", path.name):
+            errors.append(
+                str(EntryError(str(path), ["<file>: name must be letters, digits, '.', '_' or '-'"]))
+            )
+            continue
+        try:
+            entry = validate_entry(read_entry(path), known, str(path))
+        except EntryError as e:
+            errors.append(str(e))
+            continue
+        if dup := duplicate_problems(entry, good):
+            errors.append(str(EntryError(str(path), dup)))
+            continue
+        good[path.name] = entry
+    return good, errors
+
+
+def check(
+    path: Path | str, results: Path | str | None = None, fingerprints: Path | str | None = None
+) -> Entry:
+    """Validate one entry file (for a pull request): schema, rules, and no duplicate of the
+    entries already under ``results/leaderboard/entries`` (the file itself excluded)."""
+    path = Path(path)
+    known = load_fingerprints(fingerprints)
+    entry = validate_entry(read_entry(path), known, str(path))
+    if results is not None:
+        others, _ = _load_dir(Path(results) / ENTRIES, known)
+        others = {
+            n: e for n, e in others.items() if (Path(results) / ENTRIES / n).resolve() != path.resolve()
+        }
+        if dup := duplicate_problems(entry, others):
+            raise EntryError(str(path), dup)
+    return entry
+
+
+# --- submit --------------------------------------------------------------------------------------------
+SHARED_SKIP = ("seed", "run_id", "data_fingerprint")  # spec.yaml keys that are not the shared spec
+
+
+def _runs_problems(runs: list[RunDir]) -> list[str]:
+    bad = []
+    for r in runs:
+        if not r.file("spec.yaml").is_file():
+            bad.append(f"{r.path}: not a run directory (no spec.yaml)")
+        elif r.status() != "done":
+            bad.append(f"{r.path}: status is {r.status()!r}; only finished runs can be submitted")
+        elif not r.file("final.json").is_file() or not r.file("env.json").is_file():
+            bad.append(f"{r.path}: final.json or env.json is missing")
+    return bad
+
+
+def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[str]) -> list[str]:
+    bad = []
+    for k in keys:
+        values = [_canonical(d.get(k)) for d in docs]
+        if len(set(values)) > 1:
+            groups: dict[str, list[str]] = {}
+            for v, r in zip(values, runs, strict=True):
+                groups.setdefault(v, []).append(r.run_id)
+            listed = "; ".join(f"{v[:60]} in {', '.join(ids)}" for v, ids in groups.items())
+            bad.append(f"runs differ in {k}: {listed}")
+    return bad
+
+
+def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None,
+               date: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """The entry (as a JSON-ready dict) of finished runs of one spec that differ only in the seed."""
+    runs = [RunDir(Path(p)) for p in run_dirs]
+    if not runs:
+        raise LeaderboardError("submit: no run directories given")
+    if bad := _runs_problems(runs):
+        raise LeaderboardError("cannot submit:\n" + "\n".join(f"  {b}" for b in bad))
+    specs, finals, envs = [r.spec() for r in runs], [r.final() for r in runs], [r.env() for r in runs]
+    # Method and dataset first: they are the usual mistake and deserve their own line.
+    keys = ["method", "dataset"] + sorted({k for s in specs for k in s} - {"method", "dataset", *SHARED_SKIP})
+    bad = _differences(specs, runs, keys + ["data_fingerprint"])
+    bad += _differences(
+        [{"version": e["code_version"].split("+")[0], **e} for e in envs], runs, ["version", "packages"]
+    )  # the commit may differ between seeds; it is kept per seed
+    bad += _differences(finals, runs, ["protocol", "task"])
+    seeds = [s["seed"] for s in specs]
+    if len(set(seeds)) != len(seeds):
+        bad.append(f"two runs share a seed: {seeds}")
+    if len(set(seeds)) < MIN_SEEDS:
+        bad.append(
+            f"{len(set(seeds))} distinct seed(s) {sorted(set(seeds))}; an entry needs at least {MIN_SEEDS}"
+        )
+    if bad:
+        raise LeaderboardError("cannot submit:\n" + "\n".join(f"  {b}" for b in bad))
+
+    shared = {k: v for k, v in specs[0].items() if k not in SHARED_SKIP}
+    task = finals[0]["task"]
+    seed_runs = []
+    for s, f, env in sorted(zip(specs, finals, envs, strict=True), key=lambda t: t[0]["seed"]):
+        metrics = {k: float(v) for k, v in f["test"].items() if k in METRICS[task] or DICE.match(k)}
+        seed_runs.append({"seed": s["seed"], "run_id": s["run_id"], "best_epoch": f["best_epoch"],
+                          "epochs": f["epochs"], "code_version": env["code_version"],
+                          "metrics": metrics})  # fmt: skip
+    names = seed_runs[0]["metrics"]
+    summary = {k: summarize([sr["metrics"][k] for sr in seed_runs]).model_dump() for k in names}
+    hardware = []
+    for env in envs:
+        hw = {k: str(env.get(k) or "") for k in ("device", "device_name", "platform", "python")}
+        if hw not in hardware:
+            hardware.append(hw)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "method": shared["method"],
+        "method_params": shared["method_params"],
+        "dataset": shared["dataset"],
+        "dataset_params": shared["dataset_params"],
+        "dataset_params_hash": params_hash(shared["dataset_params"]),
+        "task": task,
+        "data_fingerprint": specs[0]["data_fingerprint"],
+        "spec": shared,
+        "spec_hash": spec_hash(shared),
+        "selection": finals[0]["protocol"],
+        "seeds": seed_runs,
+        "summary": summary,
+        "std_ddof": STD_DDOF,
+        "code_version": envs[0]["code_version"].split("+")[0],
+        "packages": envs[0]["packages"],
+        "hardware": hardware,
+        "date": (date or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "submitter": name,
+        "url": url,
+    }
+
+
+def submit(run_dirs: Sequence[Path | str], name: str, out: Path | str, url: str | None = None,
+           fingerprints: Path | str | None = None, date: datetime | None = None) -> Entry:  # fmt: skip
+    """Pack finished runs into an entry, validate it exactly as ``check`` would, and write ``out``."""
+    data = make_entry(run_dirs, name, url, date)
+    entry = validate_entry(data, load_fingerprints(fingerprints), source=str(out))
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    if len(text.encode()) > MAX_ENTRY_BYTES:
+        raise EntryError(str(out), [f"<file>: {len(text.encode())} bytes exceeds the size limit"])
+    atomic_write_text(Path(out), text)
+    return entry
+
+
+# --- build ---------------------------------------------------------------------------------------------
+@dataclass
+class Built:
+    entries: dict[str, Entry]
+    markdown: Path
+    html: Path
+
+
+def build(results: Path | str = "results", fingerprints: Path | str | None = None) -> Built:
+    """Validate every entry under ``results/leaderboard/entries`` and render README.md and index.html.
+
+    Raises ``LeaderboardError`` listing every bad entry; nothing is written then.
+    """
+    from mmbalance.leaderboard_page import render_html, render_markdown
+
+    root = Path(results) / "leaderboard"
+    known = load_fingerprints(fingerprints)
+    good, errors = _load_dir(root / "entries", known)
+    if errors:
+        raise LeaderboardError(f"{len(errors)} bad leaderboard entr{'y' if len(errors) == 1 else 'ies'}:\n"
+                               + "\n".join(errors))  # fmt: skip
+    md, html = root / "README.md", root / "index.html"
+    by_fingerprint = {k.fingerprint: k for k in known.values()}
+    atomic_write_text(md, render_markdown(good, by_fingerprint))
+    atomic_write_text(html, render_html(good, by_fingerprint))
+    return Built(good, md, html)
