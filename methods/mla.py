@@ -133,9 +133,11 @@ class MLA(Method):
         return {f"fusion_weight/{m}": w for m, w in self.coeff.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(), "P": self.P.clone(), "steps_taken": self.steps_taken}
+        # coeff: the fusion weights of the last evaluated batch, logged by the next training steps
+        return {"head": self.head.state_dict(), "P": self.P.clone(), "steps_taken": self.steps_taken,
+                "coeff": dict(self.coeff)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict(state["head"])
         self.P = state["P"].to(self.P.device)
-        self.steps_taken = state["steps_taken"]
+        self.steps_taken, self.coeff = state["steps_taken"], dict(state["coeff"])
