@@ -1,0 +1,124 @@
+"""OPM: on-the-fly prediction modulation. Drop the dominant modality's features in the forward pass.
+
+Reference: Y. Wei, D. Hu, H. Du, J.-R. Wen, "On-the-fly Modulation for Balanced Multimodal Learning",
+IEEE TPAMI 2024 (the journal extension of OGM-GE; its other strategy, OGM, is ``ogm_ge``). Official
+code: GeWu-Lab/BML_TPAMI2024 @ 8db168f, ``code/models/Classifier.py`` (``calcu_q``, ``Modality_drop``),
+``code/main.py::train``, ``code/scripts/train_opm.sh`` (``--q_base 0.5 --lam 0.5 --p_exe 0.7``).
+
+Per training step, after the warm-up epochs::
+
+    s_m   = sum_i softmax(W_m f_m + b / M)[i, y_i]           # share of the concat head, weights detached
+    q_m   = clip(q_base (1 + lam tanh(relu(rho_m - 1))), 0, 1) if rho_m > 1 else 0,  rho_m = s_m / s_other
+    with probability p_exe:                                  # else the batch is not modulated
+        mask[i, m] ~ Bernoulli(1 - q_m)                      # per sample and modality
+        f_m  <- f_m * mask[:, m] / (1 - theta),  theta = sum_m d_m q_m / sum_m d_m   (d_m: feature size)
+        the loss is the fused task loss over the samples that kept at least one modality
+
+So only the dominant modality is dropped, harder the more it leads, and the fused head must learn
+to predict from the others. Evaluation uses every feature. Follows the official code; generalised to
+**M modalities** with ``rho_m = s_m / mean_{k != m} s_k`` (the official pairwise ratio for M = 2) and
+to **segmentation** (feature maps dropped per sample; scores summed over pixels). A batch whose
+samples all lost every modality (the code skips it) is left unmodulated here instead, since the loop
+takes one step per batch. **Regression is refused** (the score is the true-class probability).
+The model needs late concat fusion and a linear head (the code's single ``fxy`` layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method_parts import true_class_score
+from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["OPMParams", "OPM", "drop_probabilities", "drop_features"]
+
+
+class OPMParams(StrictModel):
+    q_base: float = Field(0.5, ge=0, le=1)  # base drop probability of the dominant modality (train_opm.sh)
+    lam: float = Field(0.5, ge=0)  # growth of q with the discrepancy (train_opm.sh)
+    p_exe: float = Field(0.7, ge=0, le=1)  # probability that a batch is modulated at all (train_opm.sh)
+    warmup_epochs: int = Field(6, ge=0)  # no dropping in epochs 0..5 (main.py: warm_up = epoch <= 5)
+
+
+def drop_probabilities(scores: Tensor, q_base: float, lam: float) -> Tensor:
+    """(M,) drop probabilities q_m from the (M,) scores (``calcu_q``; ratio to the others' mean)."""
+    m = scores.numel()
+    ratio = scores * (m - 1) / (scores.sum() - scores)
+    r = torch.tanh(torch.relu(ratio - 1))
+    return torch.where(r > 0, q_base * (1 + lam * r), torch.zeros_like(r)).clamp(0.0, 1.0)
+
+
+def drop_features(features: dict[str, Tensor], q: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Masked, rescaled features and the (B,) samples that kept a modality (``Modality_drop``).
+    ``mask``: (B, M) of 0/1; the rescaling 1 / (1 - theta) uses the feature-size-weighted mean of q."""
+    dims = torch.tensor([f.shape[1] for f in features.values()], dtype=q.dtype, device=q.device)
+    theta = (dims * q).sum() / dims.sum()
+    out = {}
+    for i, (m, f) in enumerate(features.items()):
+        keep = mask[:, i].view(-1, *([1] * (f.dim() - 1))).to(f.dtype)
+        out[m] = f * keep / (1 - theta)
+    return out, mask.sum(dim=1) > 0
+
+
+@METHODS.register
+class OPM(Method):
+    name = "opm"
+    Params = OPMParams
+    tasks = frozenset({"classification", "segmentation"})
+    reference = "Wei et al., TPAMI 2024 (OPM); GeWu-Lab/BML_TPAMI2024 code/models/Classifier.py"
+
+    def check(self, task: TaskInfo) -> None:
+        if task.kind == "regression":
+            raise MethodNotApplicable(
+                "opm sets drop probabilities from the softmax probability of the true class; "
+                "a regression task has no classes"
+            )
+        super().check(task)
+
+    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+        if not isinstance(model.fusion, ConcatFusion) or not isinstance(model.head, (nn.Linear, nn.Conv2d)):
+            raise MethodNotApplicable(
+                "opm needs each modality's additive share of the logits (late concat fusion, linear head); "
+                f"this model has {type(model.fusion).__name__} -> {type(model.head).__name__}"
+            )
+        self.names = list(ctx.modalities)
+        self.q = torch.zeros(len(ctx.modalities))
+        self.executed = False
+        self.keep: Tensor | None = None
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        if not ctx.training or ctx.epoch < self.p.warmup_epochs:
+            self.keep = None
+            return model(batch.inputs)
+        features = model.encode(batch.inputs)
+        with torch.no_grad():
+            shares = model.unimodal_logits({m: f.detach() for m, f in features.items()})
+            scores = torch.stack([true_class_score(shares[m], batch.target) for m in features])
+            self.q = drop_probabilities(scores, self.p.q_base, self.p.lam)
+            self.executed = torch.rand(()).item() < self.p.p_exe
+            mask = torch.bernoulli((1 - self.q).expand(len(batch), -1)).to(scores.device)
+        self.keep = None
+        dropped = features
+        if self.executed:
+            dropped, keep = drop_features(features, self.q, mask)
+            if keep.any():
+                self.keep = keep
+            else:
+                dropped = features
+        fused = model.fusion(dropped)
+        return Output(model.head(fused), features, fused)
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        if self.keep is None:
+            return ctx.task_loss(out.pred, batch.target)
+        return ctx.task_loss(out.pred[self.keep], batch.target[self.keep])  # samples that kept a modality
+
+    def diagnostics(self) -> dict[str, float]:
+        out = {f"q/{m}": q for m, q in zip(getattr(self, "names", []), self.q.tolist(), strict=True)}
+        out["dropped"] = float(self.keep is not None)
+        return out
