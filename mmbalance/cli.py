@@ -110,6 +110,38 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report, reproduce ----------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmbalance.paper import render_from_records
+    from mmbalance.report import report
+
+    if args.table:
+        paths = render_from_records(args.table, args.results_dir, args.out, args.protocol)
+    else:
+        protocol = args.protocol or "best-valid-test"
+        paths = report(args.results_dir, args.suite, args.out, protocol, figures=not args.no_figures)
+    console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mmbalance.paper import load_table, missing_data, reproduce, table_suite
+
+    table, path = load_table(args.table)
+    if table.suite is not None:
+        for problem in missing_data(table_suite(table, path), args.data_root):
+            console.print(f"[yellow]data missing[/yellow], those rows stay n/a:\n{problem}", highlight=False)
+    paths, missing = reproduce(args.table, args.results, args.data_root, args.out, args.protocol,
+                               device=args.device, progress=not args.quiet)  # fmt: skip
+    for m in missing:
+        console.print(f"not run: {m}", highlight=False)
+    md = next((p for p in paths if p.suffix == ".md"), None)
+    if md is not None:
+        print(md.read_text())  # plain: rich would wrap the Markdown table
+    console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
+    return 0
+
+
 # --- listings -----------------------------------------------------------------------------------
 def cmd_methods(args: argparse.Namespace) -> int:
     rows = [{"method": name, "tasks": ", ".join(sorted(cls.tasks)), "modalities": f">= {cls.min_modalities}",
@@ -167,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("results"), help="has leaderboard/entries/")
     p.add_argument("--fingerprints", type=Path, default=None, help="default: benchmarks/fingerprints.yaml")
     p.set_defaults(func=cmd_leaderboard)
+
+    protocols = ["best-valid-test", "best-valid"]
+    p = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV) and figures of runs, from records")
+    p.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    p.add_argument("--suite", type=Path, help="only the runs of this suite YAML (outputs named after it)")
+    p.add_argument("--table", help="render this paper table spec (name or path) instead, from the records")
+    p.add_argument("--out", type=Path, help="folder for tables/ and figures/ (default: RESULTS_DIR)")
+    p.add_argument("--protocol", choices=protocols, default=None,
+                   help="best-valid-test (default): test at the best validation epoch; best-valid: best "
+                        "validation score over epochs, as the CGGM code reports")  # fmt: skip
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="run a paper table's missing runs, then write it beside the paper")
+    p.add_argument("table", help="a name in benchmarks/paper/ (e.g. synthetic-table) or a table spec path")
+    p.add_argument("--out", type=Path, help="folder for tables/ and figures/ (default: --results)")
+    p.add_argument("--protocol", choices=protocols, default=None, help="default: the table's own")
+    _common(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=cmd_methods)

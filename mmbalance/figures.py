@@ -30,7 +30,14 @@ import pandas as pd  # noqa: E402
 from mmbalance.records import RunDir  # noqa: E402
 from mmbalance.report import config_labels, metric_label  # noqa: E402
 
-__all__ = ["training_curves", "balancing_terms", "param_bars", "tsne_gradients", "suite_figures", "CURVE_KINDS"]
+__all__ = [
+    "training_curves",
+    "balancing_terms",
+    "param_bars",
+    "tsne_gradients",
+    "suite_figures",
+    "CURVE_KINDS",
+]
 
 CURVE_KINDS = {
     "probe_acc": "validation {metric} of a linear probe per modality",
@@ -59,7 +66,9 @@ def _band(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, color, label: str) 
     """Mean over seeds (rows sharing ``x``) with a ±1 std band."""
     stats = frame.groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
     ax.plot(stats.index, stats["mean"], color=color, label=label, lw=1.6)
-    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.2)
+    ax.fill_between(
+        stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.2
+    )
 
 
 def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:
@@ -68,8 +77,11 @@ def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:
     for rd in runs:
         seed = rd.spec()["seed"]
         if kind == "probe_acc":
-            rows = [{"x": e["epoch"] + 1, "modality": m, "value": v, "seed": seed}
-                    for e in rd.epochs() for m, v in e["valid"].get("probe", {}).items()]  # fmt: skip
+            rows = [
+                {"x": e["epoch"] + 1, "modality": m, "value": v, "seed": seed}
+                for e in rd.epochs()
+                for m, v in e["valid"].get("probe", {}).items()
+            ]
             parts.append(pd.DataFrame(rows))
             continue
         if not rd.curves_path().exists() or rd.curves_path().stat().st_size == 0:
@@ -77,13 +89,22 @@ def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:
         curves = pd.read_csv(rd.curves_path())
         for col in (c for c in curves.columns if c.startswith(f"{kind}/")):
             smooth = curves[col].rolling(SMOOTH, min_periods=1).mean()
-            parts.append(pd.DataFrame({"x": curves["step"], "modality": col.split("/", 1)[1], "value": smooth,
-                                       "seed": seed}))  # fmt: skip
+            parts.append(
+                pd.DataFrame(
+                    {"x": curves["step"], "modality": col.split("/", 1)[1], "value": smooth, "seed": seed}
+                )
+            )
     parts = [p for p in parts if not p.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["x", "modality", "value", "seed"])
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["x", "modality", "value", "seed"])
+    )
 
 
-def training_curves(panels: dict[str, Sequence[RunDir]], kind: str, stem: Path, title: str = "") -> list[Path]:
+def training_curves(
+    panels: dict[str, Sequence[RunDir]], kind: str, stem: Path, title: str = ""
+) -> list[Path]:
     """One figure: a panel per label (method), a line per modality, shared y axis."""
     if kind not in CURVE_KINDS:
         raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
@@ -94,8 +115,10 @@ def training_curves(panels: dict[str, Sequence[RunDir]], kind: str, stem: Path, 
     metric = next(iter(panels.values()))[0].final()["selection_metric"]
     modalities = list(dict.fromkeys(m for f in frames.values() for m in f["modality"]))
     colors = _colors(modalities)
-    fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.4), sharey=True, squeeze=False)
-    for ax, (label, frame) in zip(axes[0], frames.items()):
+    fig, axes = plt.subplots(
+        1, len(frames), figsize=(4.2 * len(frames), 3.6), sharey=True, squeeze=False, layout="constrained"
+    )
+    for ax, (label, frame) in zip(axes[0], frames.items(), strict=True):
         for m in modalities:
             sub = frame[frame["modality"] == m]
             if not sub.empty:
@@ -106,14 +129,17 @@ def training_curves(panels: dict[str, Sequence[RunDir]], kind: str, stem: Path, 
         ax.grid(alpha=0.3)
         if kind == "grad_cos":
             ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-    ylabel = {"probe_acc": f"probe {metric_label(metric)}" + (" (%)" if metric != "mae" else ""),
-              "grad_norm": "gradient L2 norm", "grad_cos": "cosine similarity"}[kind]  # fmt: skip
+    ylabel = {
+        "probe_acc": f"probe {metric_label(metric)}" + (" (%)" if metric != "mae" else ""),
+        "grad_norm": "gradient L2 norm",
+        "grad_cos": "cosine similarity",
+    }[kind]
     axes[0][0].set_ylabel(ylabel)
     if kind == "grad_norm":
         axes[0][0].set_yscale("log")
     axes[0][-1].legend(title="modality", loc="best", fontsize=9)
-    fig.suptitle(f"{title}: {CURVE_KINDS[kind].format(metric=metric_label(metric))}" if title else
-                 CURVE_KINDS[kind].format(metric=metric_label(metric)), y=1.02)  # fmt: skip
+    what = CURVE_KINDS[kind].format(metric=metric_label(metric))
+    fig.suptitle(f"{title}: {what}" if title else what)
     return _save(fig, stem)
 
 
@@ -140,23 +166,33 @@ def balancing_terms(runs: Sequence[RunDir], stem: Path, title: str = "") -> list
     if not groups:
         return []
     colors = _colors(list(modalities) + [k for k in groups.get("other", {})])
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
-    for ax, (term, lines) in zip(axes[0], groups.items()):
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False, layout="constrained"
+    )
+    for ax, (term, lines) in zip(axes[0], groups.items(), strict=True):
         for name, col in lines.items():
             sub = curves[["step", col, "seed"]].dropna().copy()
             sub[col] = sub.groupby("seed")[col].transform(lambda s: s.rolling(SMOOTH, min_periods=1).mean())
             _band(ax, sub, "step", col, colors[name], name)
         ax.set_title(term if term != "other" else "scalar terms")
         ax.set_xlabel("training step")
-        ax.set_ylabel("value")
         ax.grid(alpha=0.3)
-        ax.legend(title="modality" if term != "other" else None, fontsize=9)
-    fig.suptitle(title or "balancing terms per modality", y=1.02)
+        if term == "other" or ax is axes[0][-1] or "other" in groups and ax is axes[0][-2]:
+            ax.legend(title="modality" if term != "other" else None, fontsize=9)
+    axes[0][0].set_ylabel("value (mean over seeds)")
+    fig.suptitle(title or "balancing terms per modality")
     return _save(fig, stem)
 
 
-def param_bars(runs: pd.DataFrame, method: str, param: str, metric: str, stem: Path, baseline: str = "joint",
-               title: str = "") -> list[Path]:
+def param_bars(
+    runs: pd.DataFrame,
+    method: str,
+    param: str,
+    metric: str,
+    stem: Path,
+    baseline: str = "joint",
+    title: str = "",
+) -> list[Path]:
     """Bars: mean ± std of ``metric`` for each value of ``method_params.<param>``; baseline as a band.
 
     ``runs`` is a ``report.load_runs`` frame of one dataset (the other method params held fixed)."""
@@ -165,9 +201,11 @@ def param_bars(runs: pd.DataFrame, method: str, param: str, metric: str, stem: P
     if own.empty or values.isna().all():
         return []
     stats = own.assign(value=values).groupby("value")[metric].agg(["mean", "std", "count"]).sort_index()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(stats), 3.4))
+    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * len(stats), 3.6), layout="constrained")
     xs = np.arange(len(stats))
-    ax.bar(xs, stats["mean"], yerr=stats["std"].fillna(0), capsize=4, color="tab:blue", alpha=0.85, label=method)
+    ax.bar(
+        xs, stats["mean"], yerr=stats["std"].fillna(0), capsize=4, color="tab:blue", alpha=0.85, label=method
+    )
     base = runs[runs["method"] == baseline][metric]
     if not base.empty:
         mu, sd = base.mean(), base.std() if len(base) > 1 else 0.0
@@ -198,17 +236,26 @@ def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> lis
     x = np.concatenate([data[k] for k in keys])
     tags = [k for k in keys for _ in range(len(data[k]))]
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # directions, not magnitudes
-    emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca",
-               random_state=seed).fit_transform(x)  # fmt: skip
+    emb = TSNE(
+        n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca", random_state=seed
+    ).fit_transform(x)
     kinds = list(dict.fromkeys(k.split("/")[0] for k in keys))
     modalities = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
-    colors, markers = _colors(modalities), dict(zip(kinds, "o^sDv"))
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    colors, markers = _colors(modalities), dict(zip(kinds, "o^sDv", strict=False))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for k in keys:
         kind, m = k.split("/", 1)
         sel = np.array([t == k for t in tags])
-        ax.scatter(emb[sel, 0], emb[sel, 1], s=18, alpha=0.75, color=colors[m], marker=markers[kind],
-                   label=f"{m}: {kind} gradient", edgecolors="none")  # fmt: skip
+        ax.scatter(
+            emb[sel, 0],
+            emb[sel, 1],
+            s=18,
+            alpha=0.75,
+            color=colors[m],
+            marker=markers[kind],
+            label=f"{m}: {kind} gradient",
+            edgecolors="none",
+        )
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_xticks([])
@@ -218,7 +265,7 @@ def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> lis
     return _save(fig, stem)
 
 
-# --- everything for a set of runs ------------------------------------------------------------------------------
+# --- everything for a set of runs -------------------------------------------------------------------
 def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """All figures of a ``report.load_runs`` frame, per dataset and task kind, named
     ``<name>-<dataset>-<task>-<figure>.{png,pdf}``."""
@@ -240,23 +287,38 @@ def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
             paths += training_curves(panels, kind, out_dir / f"{prefix}-{kind}", title=f"{dataset} ({task})")
         for label, rds in panels.items():
             method = label.split("(")[0]
-            paths += balancing_terms(rds, out_dir / f"{prefix}-balancing-{method}",
-                                     title=f"{label} on {dataset} ({task}): balancing terms")  # fmt: skip
+            paths += balancing_terms(
+                rds,
+                out_dir / f"{prefix}-balancing-{method}",
+                title=f"{label} on {dataset} ({task}): balancing terms",
+            )
         metric = sub["selection_metric"].iloc[0]
         for method in methods:
             own = multi[multi["method"] == method]
             for param in _varying_params(own):
                 # Hold the method's other params at their most frequent combination.
-                others = own["spec"].map(lambda s, p=param: json.dumps(
-                    {k: v for k, v in s["method_params"].items() if k != p}, sort_keys=True))  # fmt: skip
+                others = own["spec"].map(
+                    lambda s, p=param: json.dumps(
+                        {k: v for k, v in s["method_params"].items() if k != p}, sort_keys=True
+                    )
+                )
                 held = pd.concat([multi[multi["method"] != method], own[others == others.mode()[0]]])
-                paths += param_bars(held, method, param, metric, out_dir / f"{prefix}-ablation-{method}-{param}",
-                                    title=f"{method} on {dataset} ({task}): {param}")  # fmt: skip
+                paths += param_bars(
+                    held,
+                    method,
+                    param,
+                    metric,
+                    out_dir / f"{prefix}-ablation-{method}-{param}",
+                    title=f"{method} on {dataset} ({task}): {param}",
+                )
         for _, r in sub.iterrows():
             npz = Path(_run_path(r)) / "grads.npz"
             if npz.exists():
-                paths += tsne_gradients(npz, out_dir / f"{prefix}-tsne-{r['method']}-seed{r['seed']}",
-                                        title=f"{labels[r['config']]} seed {r['seed']}: gradient t-SNE")  # fmt: skip
+                paths += tsne_gradients(
+                    npz,
+                    out_dir / f"{prefix}-tsne-{r['method']}-seed{r['seed']}",
+                    title=f"{labels[r['config']]} seed {r['seed']}: gradient t-SNE",
+                )
     return paths
 
 

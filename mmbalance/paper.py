@@ -31,7 +31,17 @@ import pandas as pd
 from pydantic import ValidationError, model_validator
 
 from mmbalance.data import StrictModel
-from mmbalance.report import PROTOCOLS, Cell, Table, higher_is_better, is_subset, load_runs, rank_marks, write_tables
+from mmbalance.report import (
+    PROTOCOLS,
+    Cell,
+    Table,
+    dataset_docs,
+    higher_is_better,
+    is_subset,
+    load_runs,
+    rank_marks,
+    write_tables,
+)
 from mmbalance.spec import SpecError, _format_validation, load_yaml
 
 __all__ = ["PaperTable", "load_table", "resolve_table", "render", "reproduce", "PAPER_DIR"]
@@ -54,7 +64,9 @@ class ColumnSpec(StrictModel):
 
 class RowSpec(StrictModel):
     label: str
-    match: dict[str, Any] = {}  # spec fields of this row's runs (``{method: cggm, method_params: {rho: 1.0}}``)
+    match: dict[
+        str, Any
+    ] = {}  # spec fields of this row's runs (``{method: cggm, method_params: {rho: 1.0}}``)
     columns: dict[str, CellSource] = {}  # per-column overrides (e.g. unimodal rows: one modality per column)
     published: dict[str, float | None] = {}  # column key -> the paper's number; absent or null: "n/a"
     source: str = ""  # where the published numbers come from (required when there are any)
@@ -146,8 +158,9 @@ def our_cell(runs: pd.DataFrame, match: dict[str, Any], metric: str, decimals: i
     return Ours(cell, note)
 
 
-def render(table: PaperTable, runs: pd.DataFrame, protocol: str | None = None,
-           missing: list[str] | None = None) -> tuple[Table, pd.DataFrame]:
+def render(
+    table: PaperTable, runs: pd.DataFrame, protocol: str | None = None, missing: list[str] | None = None
+) -> tuple[Table, pd.DataFrame]:
     """The side-by-side table (published | ours mean ± std | Δ per column) and its CSV rows."""
     protocol = protocol or table.protocol
     ours: dict[tuple[int, str], Ours] = {}
@@ -155,11 +168,20 @@ def render(table: PaperTable, runs: pd.DataFrame, protocol: str | None = None,
         for col in table.columns:
             override = row.columns.get(col.key, CellSource())
             match = {**col.match, **row.match, **override.match}
+            if not (row.match or override.match):  # a row without runs of its own (cannot be run)
+                ours[i, col.key] = Ours(Cell(decimals=col.decimals))
+                continue
             ours[i, col.key] = our_cell(runs, match, override.metric or col.metric, col.decimals)
     for col in table.columns:
-        rank_marks([ours[i, col.key].cell for i in range(len(table.rows))], higher_is_better(col.metric),
-                   [r.ranked for r in table.rows])  # fmt: skip
+        rank_marks(
+            [ours[i, col.key].cell for i in range(len(table.rows))],
+            higher_is_better(col.metric),
+            [r.ranked for r in table.rows],
+        )
 
+    most = max((o.cell.n for o in ours.values()), default=0)
+    for o in ours.values():
+        o.cell.show_n = 0 < o.cell.n < most
     header, body, csv = ["Method"], [], []
     for col in table.columns:
         header += [f"{col.label} paper", f"{col.label} ours", f"{col.label} Δ"]
@@ -169,17 +191,37 @@ def render(table: PaperTable, runs: pd.DataFrame, protocol: str | None = None,
             value = row.published.get(col.key)
             pub = Cell(value, decimals=col.decimals) if value is not None else Cell(decimals=col.decimals)
             o = ours[i, col.key].cell
-            delta = Cell(o.mean - pub.mean, decimals=col.decimals, signed=True) if not (o.empty or pub.empty) else Cell()
+            delta = (
+                Cell(o.mean - pub.mean, decimals=col.decimals, signed=True)
+                if not (o.empty or pub.empty)
+                else Cell()
+            )
             delta.decimals = col.decimals
             cells += [pub, o, delta]
-            csv.append({"table": table.name, "row": row.label, "column": col.label, "metric": col.metric,
-                        "published": pub.mean, "ours_mean": o.mean, "ours_std": o.std, "n": o.n,
-                        "delta": delta.mean, "mark": o.mark, "protocol": protocol, "source": row.source})  # fmt: skip
+            csv.append(
+                {
+                    "table": table.name,
+                    "row": row.label,
+                    "column": col.label,
+                    "metric": col.metric,
+                    "published": pub.mean,
+                    "ours_mean": o.mean,
+                    "ours_std": o.std,
+                    "n": o.n,
+                    "delta": delta.mean,
+                    "mark": o.mark,
+                    "protocol": protocol,
+                    "source": row.source,
+                }
+            )
         body.append(cells)
 
-    notes = [f"Paper: {table.source}.", f"Ours: {PROTOCOLS[protocol]}; mean ± std (ddof=1) over seeds; "
-             "Δ = ours − paper. Best ours in bold, second best in italics (underlined in LaTeX).",
-             "n/a: the paper's number is not on file (never estimated), or we have no finished run."]  # fmt: skip
+    notes = [
+        f"Paper: {table.source}.",
+        f"Ours: {PROTOCOLS[protocol]}; mean ± std (ddof=1) over seeds; "
+        "Δ = ours − paper. Best ours in bold, second best in italics (underlined in LaTeX).",
+        "n/a: the paper's number is not on file (never estimated), or we have no finished run.",
+    ]
     notes += [f"{r.label}: published numbers from {r.source}." for r in table.rows if r.source]
     notes += [f"{r.label}: {r.note}" for r in table.rows if r.note]
     notes += [f"{table.rows[i].label} / {k}: {o.note}" for (i, k), o in ours.items() if o.note]
@@ -188,9 +230,14 @@ def render(table: PaperTable, runs: pd.DataFrame, protocol: str | None = None,
     return Table(table.title, header, body, notes), pd.DataFrame(csv)
 
 
-def render_from_records(name_or_path: str | Path, results: Path | str, out: Path | str | None = None,
-                        protocol: str | None = None, missing: list[str] | None = None,
-                        run_ids: set[str] | None = None) -> list[Path]:
+def render_from_records(
+    name_or_path: str | Path,
+    results: Path | str,
+    out: Path | str | None = None,
+    protocol: str | None = None,
+    missing: list[str] | None = None,
+    run_ids: set[str] | None = None,
+) -> list[Path]:
     """Write ``<out>/tables/<table name>.{md,tex,csv}`` from the records under ``results``."""
     table, _ = load_table(name_or_path)
     protocol = protocol or table.protocol
@@ -202,15 +249,43 @@ def render_from_records(name_or_path: str | Path, results: Path | str, out: Path
     return write_tables([rendered], out / "tables", table.name, table.title)
 
 
-def reproduce(name_or_path: str | Path, results: Path | str = "results", data_root: Path | None = None,
-              out: Path | str | None = None, protocol: str | None = None, device: str = "auto",
-              progress: bool = True, figures: bool = True) -> tuple[list[Path], list[str]]:
+def missing_data(suite: Any, data_root: Path | None = None) -> list[str]:
+    """The full ``verify`` message (every missing file, the expected layout) of each dataset of ``suite``
+    whose files are not there. CLI-level: it builds dataset adapters."""
+    from mmbalance.data import DataMissingError
+    from mmbalance.runner import make_adapter
+    from mmbalance.spec import validate_spec
+
+    problems = []
+    for doc, _ in dataset_docs(suite):
+        try:
+            make_adapter(validate_spec(doc), data_root).verify()
+        except DataMissingError as e:
+            problems.append(str(e))
+    return problems
+
+
+def reproduce(
+    name_or_path: str | Path,
+    results: Path | str = "results",
+    data_root: Path | None = None,
+    out: Path | str | None = None,
+    protocol: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    figures: bool = True,
+) -> tuple[list[Path], list[str]]:
     """Run the table's missing runs (finished ones are reused), then write the table beside the paper's
     numbers. Returns the written files and one line per entry that could not run (missing data, ...)."""
     from mmbalance.sweep import plan, run_local
 
     table, path = load_table(name_or_path)
-    planned = plan(table_suite(table, path), data_root)
+    if table.suite is None:  # nothing to run (e.g. the memory table): render what the records hold
+        return render_from_records(
+            path, results, out, protocol, ["the table has no suite: nothing to run"]
+        ), []
+    suite = table_suite(table, path)
+    planned = plan(suite, data_root)
     missing = [f"{p.label}: {p.skip_reason}" for p in planned if p.spec is None]
     outcomes = run_local(planned, Path(results), data_root, device=device, progress=progress)
     missing += [f"{p.label}: failed ({r.reason})" for p, r in outcomes if r.status == "failed"]
@@ -221,5 +296,7 @@ def reproduce(name_or_path: str | Path, results: Path | str = "results", data_ro
 
         runs = load_runs(results, protocol or table.protocol)
         runs = runs[runs["run_id"].isin(run_ids)]
-        paths += suite_figures(runs, (Path(out) if out is not None else Path(results)) / "figures", table.name)
+        paths += suite_figures(
+            runs, (Path(out) if out is not None else Path(results)) / "figures", table.name
+        )
     return paths, missing

@@ -30,13 +30,21 @@ import pandas as pd
 from mmbalance.records import atomic_write_text, iter_runs
 
 __all__ = [
-    "PROTOCOLS", "Cell", "Table", "load_runs", "aggregate", "rank_marks", "run_tables", "write_tables",
-    "report", "suite_filter",
-]  # fmt: skip
+    "PROTOCOLS",
+    "Cell",
+    "Table",
+    "load_runs",
+    "aggregate",
+    "rank_marks",
+    "run_tables",
+    "write_tables",
+    "report",
+    "suite_filter",
+]
 
 PROTOCOLS = {
     "best-valid-test": "test metrics at the best validation epoch",
-    "best-valid": "best validation score of each metric over epochs, no test split (the CGGM code's protocol)",
+    "best-valid": "best validation score of each metric over epochs, no test split (CGGM code's protocol)",
 }
 LOWER_IS_BETTER = frozenset({"mae", "loss"})
 DECIMALS = {"mae": 3, "corr": 3, "loss": 3}  # everything else is a percentage: 2 decimals
@@ -46,9 +54,16 @@ TASK_METRICS = {
     "regression": ["acc2_non0", "acc7", "f1_non0", "mae", "corr"],
 }
 METRIC_LABELS = {
-    "accuracy": "Acc", "f1_macro": "F1 (macro)", "f1_weighted": "F1 (weighted)", "acc2_non0": "Acc-2",
-    "acc7": "Acc-7", "f1_non0": "F1", "mae": "MAE", "corr": "Corr", "dice_mean": "Dice avg",
-}  # fmt: skip
+    "accuracy": "Acc",
+    "f1_macro": "F1 (macro)",
+    "f1_weighted": "F1 (weighted)",
+    "acc2_non0": "Acc-2",
+    "acc7": "Acc-7",
+    "f1_non0": "F1",
+    "mae": "MAE",
+    "corr": "Corr",
+    "dice_mean": "Dice avg",
+}
 
 
 def higher_is_better(metric: str) -> bool:
@@ -72,6 +87,7 @@ class Cell:
     decimals: int = 2
     mark: int = 0  # 1 best, 2 second best
     signed: bool = False  # a difference: always show the sign
+    show_n: bool = False  # append "(n=...)": fewer seeds than the rest of the table
 
     @classmethod
     def of(cls, values: Iterable[float], metric: str = "") -> Cell:
@@ -91,7 +107,8 @@ class Cell:
             return "n/a"
         sign = "+" if self.signed else ""
         out = f"{self.mean:{sign}.{self.decimals}f}"
-        return out if self.std is None else f"{out} {pm} {self.std:.{self.decimals}f}"
+        out = out if self.std is None else f"{out} {pm} {self.std:.{self.decimals}f}"
+        return f"{out} (n={self.n})" if self.show_n else out
 
     def rounded(self) -> float | None:
         return None if self.mean is None else round(self.mean, self.decimals)
@@ -128,9 +145,14 @@ class Table:
 
         spec = "l" + "r" * (len(self.columns) - 1)
         lines = [
-            "\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(self.title)}}}", f"\\begin{{tabular}}{{{spec}}}",
-            "\\toprule", " & ".join(latex_escape(c) for c in self.columns) + " \\\\", "\\midrule",
-        ]  # fmt: skip
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{latex_escape(self.title)}}}",
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            " & ".join(latex_escape(c) for c in self.columns) + " \\\\",
+            "\\midrule",
+        ]
         lines += [" & ".join(fmt(c) for c in row) + " \\\\" for row in self.rows]
         lines += ["\\bottomrule", "\\end{tabular}"]
         lines += [f"\\par\\footnotesize {latex_escape(n)}" for n in self.notes]
@@ -139,8 +161,17 @@ class Table:
 
 
 def latex_escape(s: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("#", "\\#"), ("_", "\\_"),
-                 ("{", "\\{"), ("}", "\\}"), ("±", "$\\pm$"), ("Δ", "$\\Delta$")):  # fmt: skip
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("&", "\\&"),
+        ("%", "\\%"),
+        ("#", "\\#"),
+        ("_", "\\_"),
+        ("{", "\\{"),
+        ("}", "\\}"),
+        ("±", "$\\pm$"),
+        ("Δ", "$\\Delta$"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -149,11 +180,15 @@ def rank_marks(cells: Sequence[Cell], higher: bool, eligible: Sequence[bool] | N
     """Set ``mark`` 1 on the best and 2 on the second best cells, comparing values as displayed
     (ties share a mark). Cells that are not ``eligible`` (unimodal rows) are never marked."""
     eligible = eligible if eligible is not None else [True] * len(cells)
-    values = sorted({c.rounded() for c, ok in zip(cells, eligible) if ok and not c.empty}, reverse=higher)
-    for c, ok in zip(cells, eligible):
+    values = sorted(
+        {c.rounded() for c, ok in zip(cells, eligible, strict=True) if ok and not c.empty}, reverse=higher
+    )
+    for c, ok in zip(cells, eligible, strict=True):
         c.mark = 0
         if ok and not c.empty:
-            c.mark = 1 if c.rounded() == values[0] else 2 if len(values) > 1 and c.rounded() == values[1] else 0
+            c.mark = (
+                1 if c.rounded() == values[0] else 2 if len(values) > 1 and c.rounded() == values[1] else 0
+            )
 
 
 # --- loading records --------------------------------------------------------------------------------
@@ -180,11 +215,21 @@ def load_runs(results: Path | str, protocol: str = "best-valid-test") -> pd.Data
     for rd in iter_runs(results, status="done"):
         final = rd.final()
         spec = final["spec"]
-        rows.append({
-            "run_id": rd.run_id, "path": str(rd.path), "dataset": spec["dataset"], "task": final["task"], "method": spec["method"],
-            "seed": spec["seed"], "modalities": tuple(final["modalities"]), "selection_metric": final["selection_metric"],
-            "config": config_key(spec), "spec": spec, **run_values(final, protocol),
-        })  # fmt: skip
+        rows.append(
+            {
+                "run_id": rd.run_id,
+                "path": str(rd.path),
+                "dataset": spec["dataset"],
+                "task": final["task"],
+                "method": spec["method"],
+                "seed": spec["seed"],
+                "modalities": tuple(final["modalities"]),
+                "selection_metric": final["selection_metric"],
+                "config": config_key(spec),
+                "spec": spec,
+                **run_values(final, protocol),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -204,22 +249,34 @@ def is_subset(part: Any, whole: Any) -> bool:
     if isinstance(part, dict):
         return isinstance(whole, dict) and all(k in whole and is_subset(v, whole[k]) for k, v in part.items())
     if isinstance(part, list | tuple):
-        return isinstance(whole, list | tuple) and len(part) == len(whole) and all(map(is_subset, part, whole))
+        return (
+            isinstance(whole, list | tuple) and len(part) == len(whole) and all(map(is_subset, part, whole))
+        )
     return _same(part, whole)
 
 
-def suite_filter(suite: Any) -> list[dict[str, Any]]:
-    """The spec fragments a run of ``suite`` must contain (one per dataset x method entry), as the
-    sweep merges them; a run belongs to the suite when one fragment is a subset of its spec."""
+def dataset_docs(suite: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Per dataset entry of ``suite``: its merged spec fields and its preset's ``method_overrides``,
+    merged in the sweep's order (base < preset < dataset entry)."""
     from mmbalance.spec import deep_merge
     from mmbalance.sweep import load_preset  # reads YAML only; plans nothing
 
-    fragments = []
+    docs = []
     for entry in suite.datasets:
         entry = dict(entry)
         preset = load_preset(entry.pop("preset")) if "preset" in entry else {}
         overrides = preset.pop("method_overrides", {})
-        dataset_doc = deep_merge(deep_merge(suite.base, preset), entry)
+        docs.append((deep_merge(deep_merge(suite.base, preset), entry), overrides))
+    return docs
+
+
+def suite_filter(suite: Any) -> list[dict[str, Any]]:
+    """The spec fragments a run of ``suite`` must contain (one per dataset x method entry); a run
+    belongs to the suite when one fragment is a subset of its spec."""
+    from mmbalance.spec import deep_merge
+
+    fragments = []
+    for dataset_doc, overrides in dataset_docs(suite):
         for m in suite.methods:
             doc = deep_merge(deep_merge(dataset_doc, overrides.get(m.get("method", "joint"), {})), m)
             fragments.append({"method": "joint", **doc})
@@ -246,7 +303,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_labels(runs: pd.DataFrame) -> dict[str, str]:
     """``config -> label``: the method plus the spec fields that differ between rows of the table
     (method parameters only between configurations of the same method)."""
-    specs = {c: _flatten({k: v for k, v in s.items() if k != "seed"}) for c, s in zip(runs["config"], runs["spec"])}
+    specs = {
+        c: _flatten({k: v for k, v in s.items() if k != "seed"})
+        for c, s in zip(runs["config"], runs["spec"], strict=True)
+    }
 
     def varying(configs: list[str], keep) -> list[str]:
         keys = sorted({k for c in configs for k in specs[c] if keep(k)})
@@ -258,8 +318,11 @@ def config_labels(runs: pd.DataFrame) -> dict[str, str]:
         configs = list(dict.fromkeys(group["config"]))
         own = varying(configs, lambda k: k.startswith("method_params."))
         for c in configs:
-            parts = [f"{k.split('.')[-1] if k.startswith('method_params.') else k}={json.loads(specs[c][k])}"
-                     for k in own + shared if k in specs[c]]  # fmt: skip
+            parts = [
+                f"{k.split('.')[-1] if k.startswith('method_params.') else k}={json.loads(specs[c][k])}"
+                for k in own + shared
+                if k in specs[c]
+            ]
             labels[c] = f"{method}({', '.join(parts)})" if parts else str(method)
     return labels
 
@@ -292,7 +355,19 @@ def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:
     present = [c for c in runs.columns if runs[c].notna().any()]
     if task in TASK_METRICS:
         return [m for m in TASK_METRICS[task] if m in present]
-    skip = {"loss", "run_id", "path", "dataset", "task", "method", "seed", "modalities", "selection_metric", "config", "spec"}
+    skip = {
+        "loss",
+        "run_id",
+        "path",
+        "dataset",
+        "task",
+        "method",
+        "seed",
+        "modalities",
+        "selection_metric",
+        "config",
+        "spec",
+    }
     return [c for c in present if c not in skip and not c.startswith("probe/")]
 
 
@@ -320,7 +395,12 @@ def run_tables(
         agg = aggregate(runs_t, cols + probe_cols)
         for m in cols:
             rank_marks([r.cells[m] for r in agg], higher_is_better(m), [r.multimodal for r in agg])
-        header = ["Method"] + [metric_label(m) for m in cols] + [f"{weak} probe (weak)" for _ in probe_cols] + ["n"]
+        header = (
+            ["Method"]
+            + [metric_label(m) for m in cols]
+            + [f"{weak} probe (weak)" for _ in probe_cols]
+            + ["n"]
+        )
         rows = [[r.label, *(r.cells[m] for m in cols + probe_cols), str(r.seeds)] for r in agg]
         notes = [
             f"Protocol: {PROTOCOLS[protocol]}. Mean ± std (sample std, ddof=1) over n seeds.",
@@ -328,31 +408,52 @@ def run_tables(
             + ("; MAE: lower is better." if any(not higher_is_better(m) for m in cols) else "."),
         ]
         if weak:
-            notes.append(f"'{weak} probe': test metric of a linear probe on the weakest modality's encoder features "
-                         f"({weak}: lowest probe score inside the multimodal models).")  # fmt: skip
+            notes.append(
+                f"'{weak} probe': test metric of a linear probe on the weakest modality's encoder features "
+                f"({weak}: lowest probe score inside the multimodal models)."
+            )
         title = f"{dataset} ({task})"
-        csv = pd.DataFrame([
-            {"dataset": dataset, "task": task, "method": r.label, "metric": m, "mean": c.mean, "std": c.std,
-             "n": c.n, "mark": c.mark, "protocol": protocol}
-            for r in agg for m, c in r.cells.items()
-        ])  # fmt: skip
+        csv = pd.DataFrame(
+            [
+                {
+                    "dataset": dataset,
+                    "task": task,
+                    "method": r.label,
+                    "metric": m,
+                    "mean": c.mean,
+                    "std": c.std,
+                    "n": c.n,
+                    "mark": c.mark,
+                    "protocol": protocol,
+                }
+                for r in agg
+                for m, c in r.cells.items()
+            ]
+        )
         out.append((Table(title, header, rows, notes), csv))
     return out
 
 
-def write_tables(tables: Sequence[tuple[Table, pd.DataFrame]], out_dir: Path, name: str, heading: str) -> list[Path]:
+def write_tables(
+    tables: Sequence[tuple[Table, pd.DataFrame]], out_dir: Path, name: str, heading: str
+) -> list[Path]:
     """``<name>.md``, ``<name>.tex`` (booktabs) and ``<name>.csv`` under ``out_dir``."""
     md = f"# {heading}\n\n" + "\n".join(t.markdown() for t, _ in tables)
     tex = "% needs \\usepackage{booktabs}\n" + "\n".join(t.latex() for t, _ in tables)
     csv = pd.concat([c for _, c in tables], ignore_index=True) if tables else pd.DataFrame()
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.tex", out_dir / f"{name}.csv"]
-    for path, text in zip(paths, (md, tex, csv.to_csv(index=False))):
+    for path, text in zip(paths, (md, tex, csv.to_csv(index=False)), strict=True):
         atomic_write_text(path, text)
     return paths
 
 
-def report(results: Path | str, suite: Path | str | None = None, out: Path | str | None = None,
-           protocol: str = "best-valid-test", figures: bool = True) -> list[Path]:
+def report(
+    results: Path | str,
+    suite: Path | str | None = None,
+    out: Path | str | None = None,
+    protocol: str = "best-valid-test",
+    figures: bool = True,
+) -> list[Path]:
     """Tables (and figures) of the finished runs under ``results`` (only the suite's runs if given)."""
     out = Path(out) if out is not None else Path(results)
     runs = load_runs(results, protocol)
@@ -363,7 +464,9 @@ def report(results: Path | str, suite: Path | str | None = None, out: Path | str
         s = load_suite(suite)
         runs, name, heading = select_suite(runs, s), s.name, f"Suite {s.name}"
     if runs.empty:
-        raise FileNotFoundError(f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'}")
+        raise FileNotFoundError(
+            f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'}"
+        )
     paths = write_tables(run_tables(runs, protocol), out / "tables", name, heading)
     if figures:
         from mmbalance.figures import suite_figures
