@@ -205,8 +205,16 @@ def test_model_on_a_batch(root):
     "method", [{"method": "joint"}, {"method": "unimodal", "method_params": {"modality": "text"}}]
 )
 def test_one_epoch_writes_a_run_record(root, tmp_path, method):
-    spec = validate_spec({"dataset": "mosi", "epochs": 1, "batch_size": 8, "probe_every": 1,
-                          "model_params": TINY_MODEL, **method})  # fmt: skip
+    spec = validate_spec(
+        {
+            "dataset": "mosi",
+            "epochs": 1,
+            "batch_size": 8,
+            "probe_every": 1,
+            "model_params": TINY_MODEL,
+            **method,
+        }
+    )
     result = train(spec, results=tmp_path, data_root=root, progress=False)
     assert result.status == "done"
     final = json.loads((result.path / "final.json").read_text())
