@@ -363,6 +363,9 @@ class Brats(DatasetAdapter):
             mp.decoder_channels,
         )
 
+    def compact_prediction(self, pred: Tensor) -> Tensor:
+        return pred.argmax(dim=1).to(torch.uint8)  # (B, H, W): every slice's logits would not fit in memory
+
     def evaluate(self, pred: Tensor, target: Tensor, ids: list[str]) -> dict[str, float]:
         """Dice per region of each volume (its slices stacked), averaged over volumes (percent)."""
         labels = pred.argmax(dim=1) if pred.dim() == target.dim() + 1 else pred

@@ -164,6 +164,11 @@ class DatasetAdapter:
         dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         return lambda pred, target: dice_ce(pred, target.unsqueeze(1))
 
+    def compact_prediction(self, pred: Tensor) -> Tensor:
+        """What evaluation keeps of one batch's prediction until ``evaluate`` sees the whole split.
+        Default: all of it. BraTS keeps the argmax label map (a split's logits would not fit in memory)."""
+        return pred
+
     def evaluate(self, pred: Tensor, target: Tensor, ids: list[str]) -> dict[str, float]:
         """Metrics of a whole split from the concatenated predictions."""
         kind = self.task.kind

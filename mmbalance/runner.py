@@ -311,12 +311,13 @@ class Trainer:
         for batch in _batches(self.loader(split, shuffle=False), self.device):
             out = self.method.forward(self.model, batch, self.ctx)
             loss_sum += self.task_loss(out.pred, batch.target).item() * len(batch)
-            preds.append(out.pred.cpu())
+            preds.append(self.adapter.compact_prediction(out.pred).cpu())
             targets.append(batch.target.cpu())
             ids += batch.ids
             if self.probes is not None:
                 for m, f in out.features.items():
-                    probe_preds[m].append(self.probes.predict(m, f, batch.target.shape).cpu())
+                    probe_pred = self.probes.predict(m, f, batch.target.shape)
+                    probe_preds[m].append(self.adapter.compact_prediction(probe_pred).cpu())
         self.ctx.training = True
         pred, target = torch.cat(preds), torch.cat(targets)
         result: dict[str, Any] = {"loss": loss_sum / len(ids), **self.adapter.evaluate(pred, target, ids)}
