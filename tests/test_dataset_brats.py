@@ -208,3 +208,13 @@ def test_joint_trains_one_epoch(root, tmp_path):
     test = result.final["test"]
     assert set(test) >= {"dice_ET", "dice_TC", "dice_WT", "dice_mean", "loss"}
     assert 0 <= test["dice_mean"] <= 100
+
+
+def test_preset_is_a_valid_spec():
+    from mmbalance.spec import deep_merge
+    from mmbalance.sweep import load_preset
+
+    preset = load_preset("brats")
+    cggm = preset.pop("method_overrides")["cggm"]
+    spec = validate_spec(deep_merge(deep_merge(preset, cggm), {"method": "cggm"}))
+    assert spec.optim.name == "sgd" and spec.schedule.name == "cosine" and spec.method_params["rho"] == 1.0

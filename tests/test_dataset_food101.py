@@ -229,3 +229,13 @@ def test_joint_trains_one_epoch(root, tmp_path, mode):
     assert result.status == "done" and (result.path / "final.json").is_file()
     assert set(result.final["test"]) >= {"accuracy", "f1_macro", "loss"}
     assert set(result.final["test"]["probe"]) == {"image", "text"}
+
+
+def test_preset_is_a_valid_spec():
+    from mmbalance.spec import deep_merge
+    from mmbalance.sweep import load_preset
+
+    preset = load_preset("food101")
+    cggm = preset.pop("method_overrides")["cggm"]
+    spec = validate_spec(deep_merge(deep_merge(preset, cggm), {"method": "cggm"}))
+    assert spec.batch_size == 128 and spec.optim.clip_grad_norm == 0.8 and spec.method_params["lam"] == 0.05
