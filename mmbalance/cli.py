@@ -38,6 +38,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="folder holding one sub-folder per dataset (default: $MMBALANCE_DATA or ./data)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU (default: off)")
+    p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -47,7 +50,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     doc = load_yaml(args.spec) if args.spec else {}
     cli = {k: v for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed)) if v is not None}
     spec = validate_spec(deep_merge(deep_merge(doc, cli), parse_set(args.set)))
-    result = train(spec, args.results, args.data_root, device=args.device, progress=not args.quiet)
+    result = train(spec, args.results, args.data_root, device=args.device, progress=not args.quiet,
+                   amp=bool(args.amp), workers=args.workers or 0)
+    if result.status == "running elsewhere":
+        console.print(f"run {result.run_id} is running elsewhere ({result.reason}); nothing done")
+        return 1
     if result.status == "failed":
         console.print(f"[red]run {result.run_id} failed[/red]: {result.reason}")
         return 1
@@ -60,20 +67,66 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- sweep --------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from mmbalance import executors
     from mmbalance.sweep import load_suite, plan, run_local, summary_rows
 
     suite = load_suite(args.suite)
+    cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
+           "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
+           "sbatch": parse_set(args.sbatch), "amp": args.amp, "workers": args.workers,
+           "threads": args.threads}  # fmt: skip
+    opts = executors.executor_options(suite.executor, cli)
     planned = plan(suite, args.data_root)
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
         console.print(f"skip {p.label}: {p.skip_reason}")
-    outcomes = run_local(planned, args.results, args.data_root, device=args.device, progress=not args.quiet)
+    if args.executor != "local":
+        cluster = "slurm" if args.executor == "slurm" else "local"
+        jobs = executors.submit(planned, args.results, args.data_root, args.device, opts, suite.name, cluster)
+        if jobs:
+            console.print(f"submitted {len(jobs)} runs as job array {jobs[0][1].job_id.split('_')[0]} "
+                          f"(logs in {jobs[0][1].paths.folder.parent}); follow with: "
+                          f"mmbalance status {args.results} --suite {args.suite}")
+        if not args.wait:
+            return 0
+        outcomes = [(p, job.result()) for p, job in jobs]
+    elif opts.jobs > 1:
+        outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
+                                          progress=not args.quiet)
+    else:
+        outcomes = run_local(planned, args.results, args.data_root, device=args.device,
+                             progress=not args.quiet, amp=opts.amp, workers=opts.workers)
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
     failed = [r for _, r in outcomes if r.status == "failed"]
-    console.print(f"{len(outcomes) - len(failed)} runs done or reused, {len(failed)} failed, {len(skipped)} skipped")
+    elsewhere = [r for _, r in outcomes if r.status == "running elsewhere"]
+    done = len(outcomes) - len(failed) - len(elsewhere)
+    console.print(f"{done} runs done or reused, {len(failed)} failed, {len(elsewhere)} running elsewhere, "
+                  f"{len(skipped)} skipped")
     return 1 if failed else 0
+
+
+# --- status -------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from mmbalance.status import sweep_status
+
+    ids = None
+    if args.suite is not None:
+        from mmbalance.sweep import load_suite, plan, run_ids
+
+        ids = run_ids(plan(load_suite(args.suite), args.data_root), args.data_root)
+    report = sweep_status(args.results, ids)
+    counts = report.counts()
+    console.print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({len(report.runs)} runs)")
+    for reason, n in sorted(report.failure_reasons().items(), key=lambda kv: -kv[1]):
+        console.print(f"  failed x{n}: {reason}")
+    if args.verbose:
+        rows = [{"run": r.run_id, "label": r.label, "state": r.state, "detail": r.detail[:100]}
+                for r in report.runs]
+        if rows:
+            console.print(_table(f"runs in {args.results}", rows))
+    return 1 if counts["failed"] else 0
 
 
 # --- leaderboard --------------------------------------------------------------------------------
@@ -184,7 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
     p.add_argument("suite", type=Path)
     _common(p)
+    g = p.add_argument_group("scale-out (defaults from the suite's `executor:` section)")
+    g.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: here (--jobs N: N worker processes); slurm: a job array through submitit; "
+                        "submitit-local: the slurm path run as local subprocesses (for debugging)")
+    g.add_argument("--jobs", type=int, default=None, help="local worker processes (default 1)")
+    g.add_argument("--partition", default=None, help="slurm partition")
+    g.add_argument("--time", type=int, default=None, metavar="MINUTES", help="slurm time limit per run")
+    g.add_argument("--gpus", type=int, default=None, help="GPUs per run (default 1)")
+    g.add_argument("--cpus", type=int, default=None, help="CPU cores per run (default 4)")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory per run")
+    g.add_argument("--array-parallelism", type=int, default=None, help="array tasks at once (default 64)")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch option, e.g. --sbatch account=mylab --sbatch qos=high")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="counts of done / running / failed / pending runs, failure reasons")
+    p.add_argument("results", type=Path)
+    p.add_argument("--suite", type=Path, default=None, help="count the suite's runs (pending ones too)")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--verbose", "-v", action="store_true", help="one line per run")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("submit", help="pack finished runs (one spec, >= 3 seeds) into a leaderboard entry")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results/runs/<run_id> folders")

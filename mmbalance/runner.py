@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 import mmbalance
 from mmbalance import metrics
 from mmbalance.data import Batch, DatasetAdapter, collate
+from mmbalance.locks import RunLock
 from mmbalance.method import Method, RunContext
 from mmbalance.probes import Probes
 from mmbalance.records import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, rows_to_csv
@@ -177,8 +178,13 @@ class Trainer:
     """One run: everything ``train`` needs, held together so the loop reads top to bottom."""
 
     def __init__(self, spec: RunSpec, adapter: DatasetAdapter, run_dir: RunDir, device: torch.device,
-                 progress: bool) -> None:
+                 progress: bool, amp: bool = False, workers: int = 0) -> None:
         self.spec, self.adapter, self.rd, self.device, self.progress = spec, adapter, run_dir, device, progress
+        # Mixed precision: fp16 + loss scaling on CUDA, bf16 (no scaling needed) elsewhere. Off: both are
+        # no-ops, so CPU runs keep their exact numbers.
+        self.amp, self.workers = amp, workers
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp and self.amp_dtype == torch.float16)
         self.task = adapter.task
         seed_everything(spec.seed)
         self.method = make_method(spec)
@@ -207,8 +213,12 @@ class Trainer:
     def loader(self, split: str, shuffle: bool, epoch: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
         g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch)
+        # The sampler (and so the order) lives in this process, so loader workers do not change the batches.
         return DataLoader(self.datasets[split], batch_size=self.spec.batch_size, shuffle=shuffle, generator=g,
-                          collate_fn=collate, pin_memory=self.device.type == "cuda")
+                          collate_fn=collate, pin_memory=self.device.type == "cuda", num_workers=self.workers)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
     def iterate(self, split: str, max_batches: int | None = None):
         """Unshuffled pass over a split, for methods (prototypes, held-out estimates)."""
@@ -227,6 +237,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "probes": self.probes.state() if self.probes is not None else None,
             "rng": rng_state(),
+            "scaler": self.scaler.state_dict(),
             "history": self.history,
             "curves": self.curves,
         }
@@ -247,6 +258,8 @@ class Trainer:
         if self.probes is not None:
             self.probes.load(state["probes"])
         set_rng_state(state["rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.history, self.curves = state["history"], state["curves"]
         self.start_epoch = state["epoch"] + 1
 
@@ -255,24 +268,32 @@ class Trainer:
         ctx, model, method = self.ctx, self.model, self.method
         # With several turns per batch (MLA), the curves log the batch's last turn only.
         log_now = self.probes is not None and ctx.step % self.spec.probe_every == 0 and ctx.last_turn
-        out = method.forward(model, batch, ctx)
-        loss = method.loss(out, batch, ctx)
+        with self.autocast():
+            out = method.forward(model, batch, ctx)
+            loss = method.loss(out, batch, ctx)
         if not torch.isfinite(loss):
             raise Diverged(f"loss is {loss.item()} at epoch {ctx.epoch}, step {ctx.step_in_epoch}")
         row: dict[str, Any] = {}
         if log_now:
-            row = self.probes.gradient_cosines(model, out, batch.target, self.task_loss)
+            with self.autocast():
+                row = self.probes.gradient_cosines(model, out, batch.target, self.task_loss)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        method.after_backward(model, out, batch, ctx)
+        self.scaler.scale(loss).backward()
+        # Methods read and modulate true gradients, so they are unscaled first (no-op without AMP); aux
+        # modules run under the same autocast, so their weights meet the fp16/bf16 features they read.
+        self.scaler.unscale_(self.optimizer)
+        with self.autocast():
+            method.after_backward(model, out, batch, ctx)
         if self.probes is not None:
             if log_now:
                 row.update(self.probes.grad_norms(model))
             metric = self._batch_metric if log_now else None
-            row.update(self.probes.fit_step(out.features, batch.target, self.task_loss, metric))
+            with self.autocast():
+                row.update(self.probes.fit_step(out.features, batch.target, self.task_loss, metric))
         if self.spec.optim.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.optim.clip_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skips the step if AMP overflowed; plain step() otherwise
+        self.scaler.update()
         if self.schedule_when == "iteration" and ctx.last_turn:  # the schedule counts batches, not turns
             self.scheduler.step()
         if log_now:
@@ -309,15 +330,17 @@ class Trainer:
         preds, targets, ids, loss_sum = [], [], [], 0.0
         probe_preds: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         for batch in _batches(self.loader(split, shuffle=False), self.device):
-            out = self.method.forward(self.model, batch, self.ctx)
+            with self.autocast():
+                out = self.method.forward(self.model, batch, self.ctx)
             loss_sum += self.task_loss(out.pred, batch.target).item() * len(batch)
-            preds.append(self.adapter.compact_prediction(out.pred).cpu())
+            preds.append(self.adapter.compact_prediction(out.pred.float()).cpu())  # AMP: metrics read fp32
             targets.append(batch.target.cpu())
             ids += batch.ids
             if self.probes is not None:
-                for m, f in out.features.items():
-                    probe_pred = self.probes.predict(m, f, batch.target.shape)
-                    probe_preds[m].append(self.adapter.compact_prediction(probe_pred).cpu())
+                with self.autocast():
+                    for m, f in out.features.items():
+                        probe_pred = self.probes.predict(m, f, batch.target.shape).float()
+                        probe_preds[m].append(self.adapter.compact_prediction(probe_pred).cpu())
         self.ctx.training = True
         pred, target = torch.cat(preds), torch.cat(targets)
         result: dict[str, Any] = {"loss": loss_sum / len(ids), **self.adapter.evaluate(pred, target, ids)}
@@ -388,19 +411,34 @@ def prepare(spec: RunSpec, results: Path | str = "results", data_root: Path | No
 
 
 def train(spec: RunSpec, results: Path | str = "results", data_root: Path | None = None,
-          device: str = "auto", progress: bool = True) -> RunResult:
-    """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``."""
+          device: str = "auto", progress: bool = True, amp: bool = False, workers: int = 0) -> RunResult:
+    """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
+
+    ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); ``workers``: data-loader
+    processes. Both are execution options like ``device``: not part of the run id, recorded in env.json.
+    A run that another live worker holds the lock of is returned as ``running elsewhere``.
+    """
     adapter, fingerprint, rd = prepare(spec, results, data_root)
     if rd.status() == "done":
         return RunResult(rd.run_id, rd.path, "skipped", rd.final())
     make_method(spec).check(adapter.task)  # refuse before anything is written
-    dev = resolve_device(device)
+    with RunLock(rd.file("lock")) as lock:
+        if not lock.acquired:
+            holder = lock.holder.describe() if lock.holder else "another worker"
+            return RunResult(rd.run_id, rd.path, "running elsewhere", reason=f"locked by {holder}")
+        if rd.status() == "done":  # finished by the lock's previous owner after our first look
+            return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+        return _train_locked(spec, adapter, fingerprint, rd, resolve_device(device), progress, amp, workers)
+
+
+def _train_locked(spec: RunSpec, adapter: DatasetAdapter, fingerprint: str, rd: RunDir, dev: torch.device,
+                  progress: bool, amp: bool, workers: int) -> RunResult:
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
-    atomic_write_json(rd.file("env.json"), environment(dev))
+    atomic_write_json(rd.file("env.json"), {**environment(dev), "amp": amp, "loader_workers": workers})
     rd.set_status("running")
     try:
-        trainer = Trainer(spec, adapter, rd, dev, progress)
+        trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers)
         final = trainer.run()
     except Diverged as e:
         rd.set_status("failed", f"diverged: {e}")

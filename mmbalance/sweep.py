@@ -110,7 +110,7 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
 
 
 def run_local(planned: list[Planned], results: Path, data_root: Path | None = None, device: str = "auto",
-              progress: bool = True) -> list[tuple[Planned, Any]]:
+              progress: bool = True, amp: bool = False, workers: int = 0) -> list[tuple[Planned, Any]]:
     """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
     from tqdm.auto import tqdm
 
@@ -120,11 +120,19 @@ def run_local(planned: list[Planned], results: Path, data_root: Path | None = No
     runnable = [p for p in planned if p.spec is not None]
     for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
         try:
-            outcome = train(p.spec, results, data_root, device=device, progress=progress)
+            outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
+                            workers=workers)
         except Exception as e:  # recorded as failed by train(); keep going with the next run
             outcome = RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
         outcomes.append((p, outcome))
     return outcomes
+
+
+def run_ids(planned: list[Planned], data_root: Path | None = None) -> dict[str, str]:
+    """``{run_id: label}`` of the runnable specs (what ``mmbalance status --suite`` looks for)."""
+    from mmbalance.runner import prepare
+
+    return {prepare(p.spec, Path("."), data_root)[2].run_id: p.label for p in planned if p.spec is not None}
 
 
 def summary_rows(outcomes: list[tuple[Planned, Any]], skipped: list[Planned]) -> list[dict[str, str]]:

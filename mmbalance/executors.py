@@ -1,0 +1,205 @@
+"""Where a sweep's runs execute: N local worker processes, or SLURM jobs through ``submitit``.
+
+Every path ends in ``run_one`` -> ``runner.train``, so the guarantees are the runner's: a finished
+run is skipped, an interrupted one resumes from its checkpoint, and the per-run lock
+(``locks.py``) makes sure two workers never train the same run (the loser reports
+``running elsewhere``). A sweep can therefore be resubmitted at any time, on any executor.
+
+Options come from the suite file's ``executor:`` section, overridden by the command line::
+
+    executor:
+      jobs: 4                  # local: worker processes
+      partition: gpu           # slurm: one array job, one task per run
+      time_min: 240
+      gpus: 1
+      cpus: 8
+      mem_gb: 32
+      array_parallelism: 32
+      sbatch: {account: my_lab, qos: normal}   # any other sbatch option, as --key=value
+      setup: ["module load cuda/12.4"]          # shell lines run before each job
+      amp: true                # mixed precision (see runner.train)
+      workers: 4               # data-loader processes per run
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, ValidationError
+from submitit.helpers import Checkpointable
+
+from mmbalance.data import StrictModel
+from mmbalance.spec import SpecError, _format_validation
+
+__all__ = ["ExecutorOptions", "executor_options", "run_one", "run_parallel", "submit", "slurm_parameters"]
+
+
+class ExecutorOptions(StrictModel):
+    jobs: int = Field(1, ge=1)  # local worker processes (1: in this process)
+    partition: str | None = None  # slurm partition (cluster default if unset)
+    time_min: int = Field(240, ge=1)  # slurm time limit per run, minutes
+    gpus: int = Field(1, ge=0)  # GPUs per run
+    cpus: int = Field(4, ge=1)  # CPU cores per run (also torch's thread count in the job)
+    mem_gb: float | None = Field(None, gt=0)  # memory per run
+    array_parallelism: int = Field(64, ge=1)  # array tasks running at once
+    sbatch: dict[str, Any] = {}  # extra sbatch options, e.g. {account: x, qos: y, constraint: a100}
+    setup: list[str] = []  # shell lines before each job (module load, conda activate)
+    folder: str | None = None  # submitit logs and pickles (default: <results>/submitit)
+    amp: bool = False  # mixed precision
+    workers: int = Field(0, ge=0)  # data-loader worker processes per run
+    # torch threads per run; default: this machine's cores / jobs locally, $SLURM_CPUS_PER_TASK on SLURM.
+    # Pin it (e.g. 1) to compare numbers across machines: float reductions depend on the thread count.
+    threads: int | None = Field(None, ge=1)
+
+
+def executor_options(section: dict[str, Any], overrides: dict[str, Any]) -> ExecutorOptions:
+    """The suite's ``executor:`` section with the command line's (non-None) values on top."""
+    doc = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    if "sbatch" in overrides and overrides["sbatch"]:
+        doc["sbatch"] = {**section.get("sbatch", {}), **overrides["sbatch"]}
+    try:
+        return ExecutorOptions.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(f"invalid executor options:\n{_format_validation(e, prefix='executor')}") from None
+
+
+# --- the unit of work: one run ------------------------------------------------------------------
+def run_one(
+    spec_doc: dict[str, Any],
+    results: str,
+    data_root: str | None,
+    device: str,
+    amp: bool = False,
+    workers: int = 0,
+    threads: int | None = None,
+):
+    """Train one run in this process (a pool worker or a SLURM task); returns its ``RunResult``.
+
+    The spec travels as its canonical dict and is validated here, so the worker fills its own
+    registries. A failure is already recorded on disk by ``train``; it comes back as a result.
+    """
+    from mmbalance.runner import RunResult, train
+    from mmbalance.spec import validate_spec
+
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
+    if threads:
+        torch.set_num_threads(threads)
+    spec = validate_spec(spec_doc)
+    try:
+        return train(spec, results, Path(data_root) if data_root else None, device=device, progress=False,
+                     amp=amp, workers=workers)  # fmt: skip
+    except Exception as e:
+        return RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
+
+
+class RunJob(Checkpointable):
+    """``run_one`` as a submitit job that requeues itself when SLURM times it out or preempts it:
+    submitit signals the job, re-submits this callable with the same arguments, and the next
+    attempt resumes from the run's last epoch checkpoint (the lock is released on the way out)."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return run_one(*args, **kwargs)
+
+
+def _runnable(planned: list) -> list:
+    return [p for p in planned if p.spec is not None]
+
+
+# --- local: a pool of worker processes ----------------------------------------------------------
+def run_parallel(
+    planned: list,
+    results: Path,
+    data_root: Path | None,
+    device: str,
+    opts: ExecutorOptions,
+    progress: bool = True,
+) -> list[tuple[Any, Any]]:
+    """Run the planned specs in ``opts.jobs`` spawned worker processes; outcomes in plan order.
+
+    Each worker gets an equal share of this machine's cores as torch threads (spawn, not fork:
+    a forked child of a process that already ran torch may deadlock in its thread pools). A worker
+    that dies (killed, out of memory) fails its run and the ones still queued, with a reason that
+    says to rerun the sweep: the run's lock is then stale and the rerun resumes it.
+    """
+    from tqdm.auto import tqdm
+
+    from mmbalance.runner import RunResult
+
+    runnable = _runnable(planned)
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.jobs)
+    ctx = multiprocessing.get_context("spawn")
+    outcomes: list[Any] = [None] * len(runnable)
+    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=ctx) as pool:
+        root = str(data_root) if data_root else None
+        futures = {
+            pool.submit(
+                run_one, p.spec.canonical(), str(results), root, device, opts.amp, opts.workers, threads
+            ): i
+            for i, p in enumerate(runnable)
+        }
+        with tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress) as bar:
+            for future, i in futures.items():  # plan order; each waits for its own run
+                try:
+                    outcomes[i] = future.result()
+                except BrokenProcessPool as e:
+                    reason = f"worker process died ({e}); rerun the sweep to resume this run"
+                    outcomes[i] = RunResult("?", Path(), "failed", reason=reason)
+                bar.update(1)
+    return list(zip(runnable, outcomes, strict=True))
+
+
+# --- submitit: SLURM (or its local stand-in) -----------------------------------------------------
+def slurm_parameters(opts: ExecutorOptions, name: str) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` arguments: generic ones, and ``slurm_`` ones for SLURM only."""
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": opts.time_min,
+        "cpus_per_task": opts.cpus,
+        "slurm_array_parallelism": opts.array_parallelism,
+    }
+    if opts.gpus:
+        params["gpus_per_node"] = opts.gpus
+    if opts.mem_gb is not None:
+        params["mem_gb"] = opts.mem_gb
+    if opts.partition:
+        params["slurm_partition"] = opts.partition
+    if opts.sbatch:
+        params["slurm_additional_parameters"] = dict(opts.sbatch)
+    if opts.setup:
+        params["slurm_setup"] = list(opts.setup)
+    return params
+
+
+def submit(
+    planned: list,
+    results: Path,
+    data_root: Path | None,
+    device: str,
+    opts: ExecutorOptions,
+    name: str = "mmbalance",
+    cluster: str = "slurm",
+) -> list[tuple[Any, Any]]:
+    """Submit one job per runnable spec, as a single job array; returns ``(planned, submitit.Job)``.
+
+    ``cluster="local"`` runs the same submission through submitit's local executor (one
+    subprocess per job), which is how the tests exercise this path without a cluster.
+    """
+    import submitit
+
+    runnable = _runnable(planned)
+    if not runnable:
+        return []
+    folder = Path(opts.folder) if opts.folder else Path(results) / "submitit"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    executor.update_parameters(**slurm_parameters(opts, name))
+    root = str(Path(data_root).resolve()) if data_root else None  # jobs may start in another folder
+    with executor.batch():  # one sbatch call: an array of len(runnable) tasks
+        jobs = [executor.submit(RunJob(), p.spec.canonical(), str(Path(results).resolve()), root, device,
+                                opts.amp, opts.workers, opts.threads) for p in runnable]  # fmt: skip
+    return list(zip(runnable, jobs, strict=True))

@@ -1,0 +1,66 @@
+"""Where a sweep stands, read from the run records and their locks alone (no training code).
+
+A run is
+  ``done``         its status file says so (final.json written);
+  ``failed``       its status file says ``failed: <reason>``;
+  ``running``      status ``running`` and a live lock (its holder is named);
+  ``interrupted``  status ``running`` but no lock or a stale one: its worker died; the next sweep
+                   takes the lock over and resumes from the last checkpoint;
+  ``pending``      no record yet (only known when the caller passes the sweep's run ids).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmbalance.locks import is_stale, read_lock
+from mmbalance.records import RunDir, iter_runs
+
+__all__ = ["RunState", "StatusReport", "run_state", "sweep_status"]
+
+STATES = ("done", "running", "interrupted", "failed", "pending")
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    state: str  # one of STATES
+    detail: str = ""  # failure reason, lock holder
+    label: str = ""  # dataset/method seed, when known
+
+
+@dataclass
+class StatusReport:
+    runs: list[RunState] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(r.state for r in self.runs)
+        return {s: c.get(s, 0) for s in STATES}
+
+    def failure_reasons(self) -> dict[str, int]:
+        """Distinct failure reasons and how many runs each."""
+        return dict(Counter(r.detail or "(no reason recorded)" for r in self.runs if r.state == "failed"))
+
+
+def run_state(rd: RunDir, label: str = "") -> RunState:
+    status = rd.status()
+    if status == "running":
+        lock = read_lock(rd.file("lock"))
+        if lock is not None and not is_stale(lock):
+            return RunState(rd.run_id, "running", f"held by {lock.describe()}", label)
+        return RunState(rd.run_id, "interrupted", "resumes from its checkpoint on the next sweep", label)
+    if status == "failed":
+        return RunState(rd.run_id, "failed", rd.failure_reason(), label)
+    if status == "done":
+        return RunState(rd.run_id, "done", "", label)
+    return RunState(rd.run_id, "pending", "", label)
+
+
+def sweep_status(results: Path | str, run_ids: dict[str, str] | None = None) -> StatusReport:
+    """States of the runs under ``results``; with ``run_ids`` ({run_id: label}, a suite's plan) only
+    those runs, and the ones without a record count as pending."""
+    if run_ids is None:
+        return StatusReport([run_state(rd) for rd in iter_runs(results)])
+    return StatusReport([run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()])
