@@ -67,7 +67,7 @@ def test_classifiers_are_absent_from_the_model_and_inference(tmp_path):
 
 
 def test_encoder_gradients_are_scaled_and_never_see_the_classifiers(tmp_path):
-    tr = trainer(tmp_path, "cggm", rho=1.3)
+    tr = trainer(tmp_path, "cggm", rho=1.3, clip_grad_norm=None)
     batch = first_batch(tr)
     before = {n: p.clone() for n, p in tr.method.classifiers.named_parameters()}
     plain = grads_after(tr, batch, hook=False)
@@ -83,8 +83,27 @@ def test_encoder_gradients_are_scaled_and_never_see_the_classifiers(tmp_path):
     assert coeff.sum().item() == pytest.approx(len(coeff) - 1, abs=1e-5)  # sum_m coeff_m = M - 1
 
 
+def test_gradients_are_clipped_after_the_modulation_as_released(tmp_path):
+    tr = trainer(tmp_path, "cggm", clip_grad_norm=0.05)
+    batch = first_batch(tr)
+    plain = grads_after(tr, batch, hook=False)
+    modulated = grads_after(tr, batch)
+    scaled = torch.cat(
+        [
+            (g * tr.method.coeff[tr.ctx.modalities.index(n.split(".")[1])] * 1.3).flatten()
+            if n.startswith("encoders.")
+            else g.flatten()
+            for n, g in plain.items()
+        ]
+    )
+    assert scaled.norm() > 0.05
+    flat = torch.cat([g.flatten() for g in modulated.values()])
+    assert flat.norm().item() == pytest.approx(0.05, rel=1e-4)
+    torch.testing.assert_close(flat, scaled * 0.05 / scaled.norm(), rtol=1e-4, atol=1e-7)
+
+
 def test_l_gm_of_the_released_code_uses_the_previous_step_weights(tmp_path):
-    tr = trainer(tmp_path, "cggm", lam=0.5)
+    tr = trainer(tmp_path, "cggm", lam=0.5, clip_grad_norm=None)
     batch = first_batch(tr)
     grads_after(tr, batch)
     prev = tr.method.prev
