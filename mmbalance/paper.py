@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import ValidationError, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from mmbalance.data import StrictModel
 from mmbalance.report import (
     PROTOCOLS,
     Cell,
@@ -42,11 +42,22 @@ from mmbalance.report import (
     rank_marks,
     write_tables,
 )
-from mmbalance.spec import SpecError, _format_validation, load_yaml
 
 __all__ = ["PaperTable", "load_table", "resolve_table", "render", "reproduce", "PAPER_DIR"]
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
+
+
+class StrictModel(BaseModel):
+    # As mmbalance.data.StrictModel (unknown keys are errors), without importing the data stack:
+    # rendering a table from records stays light.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _spec_error(message: str) -> Exception:
+    from mmbalance.spec import SpecError  # the CLI's user-error type; imported only when raising
+
+    return SpecError(message)
 
 
 class CellSource(StrictModel):
@@ -109,19 +120,24 @@ def resolve_table(name_or_path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(p.stem for p in PAPER_DIR.glob("*.yaml"))
-    raise SpecError(f"unknown table {str(name_or_path)!r}: not a file, and not one of {', '.join(known)}")
+    raise _spec_error(f"unknown table {str(name_or_path)!r}: not a file, and not one of {', '.join(known)}")
 
 
 def load_table(name_or_path: str | Path) -> tuple[PaperTable, Path]:
     path = resolve_table(name_or_path)
     try:
-        return PaperTable.model_validate(load_yaml(path)), path
+        return PaperTable.model_validate(yaml.safe_load(path.read_text())), path
+    except yaml.YAMLError as e:
+        raise _spec_error(f"{path}: not valid YAML: {e}") from None
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid table spec:\n{_format_validation(e)}") from None
+        from mmbalance.spec import _format_validation
+
+        raise _spec_error(f"{path}: invalid table spec:\n{_format_validation(e)}") from None
 
 
 def table_suite(table: PaperTable, path: Path):
     """The table's suite (validated), embedded or referenced."""
+    from mmbalance.spec import SpecError, _format_validation
     from mmbalance.sweep import Suite, load_suite
 
     if table.suite is None:

@@ -107,8 +107,11 @@ class Cell:
             return "n/a"
         sign = "+" if self.signed else ""
         out = f"{self.mean:{sign}.{self.decimals}f}"
-        out = out if self.std is None else f"{out} {pm} {self.std:.{self.decimals}f}"
-        return f"{out} (n={self.n})" if self.show_n else out
+        return out if self.std is None else f"{out} {pm} {self.std:.{self.decimals}f}"
+
+    @property
+    def suffix(self) -> str:
+        return f" (n={self.n})" if self.show_n and self.mean is not None else ""
 
     def rounded(self) -> float | None:
         return None if self.mean is None else round(self.mean, self.decimals)
@@ -128,7 +131,7 @@ class Table:
             if isinstance(c, str):
                 return c
             t = c.text()
-            return f"**{t}**" if c.mark == 1 else f"_{t}_" if c.mark == 2 else t
+            return (f"**{t}**" if c.mark == 1 else f"_{t}_" if c.mark == 2 else t) + c.suffix
 
         lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |"]
         lines.append("|" + "|".join([":---"] + ["---:"] * (len(self.columns) - 1)) + "|")
@@ -141,7 +144,9 @@ class Table:
             if isinstance(c, str):
                 return latex_escape(c)
             t = c.text(pm="$\\pm$")
-            return f"\\textbf{{{t}}}" if c.mark == 1 else f"\\underline{{{t}}}" if c.mark == 2 else t
+            return (
+                f"\\textbf{{{t}}}" if c.mark == 1 else f"\\underline{{{t}}}" if c.mark == 2 else t
+            ) + c.suffix
 
         spec = "l" + "r" * (len(self.columns) - 1)
         lines = [

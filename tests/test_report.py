@@ -1,0 +1,217 @@
+"""Tables from run records: aggregation, best / second-best marks, protocols, paper tables, reproduce."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from _report_records import make_run
+
+from mmbalance.paper import PaperTable, load_table, render, reproduce
+from mmbalance.report import Cell, aggregate, load_runs, rank_marks, report, run_tables
+from mmbalance.spec import SpecError
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
+
+
+def test_aggregate_mean_std_n_by_hand(tmp_path):
+    for seed, acc in enumerate([70.0, 72.0, 77.0]):
+        make_run(tmp_path, "joint", seed, test={"accuracy": acc})
+    make_run(tmp_path, "pmr", 0, test={"accuracy": 60.0})
+    rows = aggregate(load_runs(tmp_path), ["accuracy"])
+    joint = next(r for r in rows if r.method == "joint")
+    # mean 73; sample variance ((-3)^2 + (-1)^2 + 4^2) / (3 - 1) = 13
+    assert joint.cells["accuracy"].mean == pytest.approx(73.0)
+    assert joint.cells["accuracy"].std == pytest.approx(math.sqrt(13.0))
+    assert joint.cells["accuracy"].n == 3 and joint.seeds == 3
+    assert joint.cells["accuracy"].text() == "73.00 ± 3.61"
+    single = next(r for r in rows if r.method == "pmr").cells["accuracy"]
+    assert single.std is None and single.text() == "60.00"  # one seed: no std
+
+
+def test_configurations_are_rows_labelled_by_what_differs(tmp_path):
+    for seed in (0, 1):
+        make_run(
+            tmp_path, "cggm", seed, method_params={"rho": 1.0, "lam": 0.1}, test={"accuracy": 60.0 + seed}
+        )
+        make_run(
+            tmp_path, "cggm", seed, method_params={"rho": 1.5, "lam": 0.1}, test={"accuracy": 70.0 + seed}
+        )
+    rows = aggregate(load_runs(tmp_path), ["accuracy"])
+    labels = {r.label: r.cells["accuracy"].mean for r in rows}
+    assert labels == {"cggm(rho=1.0)": 60.5, "cggm(rho=1.5)": 70.5}  # seeds never mix configurations
+
+
+def test_rank_marks_respect_direction_ties_and_eligibility():
+    cells = [Cell(70.0), Cell(80.0), Cell(75.0), Cell(90.0), Cell(None)]
+    rank_marks(cells, higher=True, eligible=[True, True, True, False, True])
+    assert [c.mark for c in cells] == [0, 1, 2, 0, 0]  # 90 is a unimodal row: not ranked
+    mae = [Cell(0.75, decimals=3), Cell(0.70, decimals=3), Cell(0.80, decimals=3)]
+    rank_marks(mae, higher=False)
+    assert [c.mark for c in mae] == [2, 1, 0]
+    tie = [Cell(80.001), Cell(80.004), Cell(79.0)]  # equal as displayed (80.00): both best
+    rank_marks(tie, higher=True)
+    assert [c.mark for c in tie] == [1, 1, 2]
+
+
+def test_run_tables_mark_best_and_second_in_markdown_and_latex(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path, "joint", seed, test={"accuracy": 70.0, "f1_macro": 60.0})
+        make_run(tmp_path, "ogm_ge", seed, test={"accuracy": 75.0, "f1_macro": 55.0})
+        make_run(tmp_path, "pmr", seed, test={"accuracy": 72.0, "f1_macro": 58.0})
+        make_run(tmp_path, "unimodal", seed, method_params={"modality": "m2"}, modalities=("m2",),
+                 test={"accuracy": 99.0, "f1_macro": 99.0}, probe={"m2": 66.0})  # fmt: skip
+    [(table, csv)] = run_tables(load_runs(tmp_path), "best-valid-test")
+    md, tex = table.markdown(), table.latex()
+    assert "| ogm_ge | **75.00 ± 0.00** | 55.00 ± 0.00 |" in md
+    assert "| pmr | _72.00 ± 0.00_ | _58.00 ± 0.00_ |" in md
+    assert "| joint | 70.00 ± 0.00 | **60.00 ± 0.00** |" in md
+    assert "99.00" in md and "**99.00" not in md  # the unimodal row is shown but not ranked
+    assert "\\textbf{75.00 $\\pm$ 0.00}" in tex and "\\underline{72.00 $\\pm$ 0.00}" in tex
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "Protocol: test metrics at the best validation epoch" in md
+    # the weak modality (lowest probe inside the multimodal models: m0 = 40) gets its column
+    assert "m0 probe (weak)" in md
+    assert set(csv["metric"]) == {"accuracy", "f1_macro", "probe/m0"}
+    best = csv[(csv["metric"] == "accuracy") & (csv["mark"] == 1)]
+    assert list(best["method"]) == ["ogm_ge"]
+
+
+def test_lower_is_better_for_mae(tmp_path):
+    make_run(tmp_path, "joint", 0, task="regression", test={"mae": 0.80, "corr": 0.6})
+    make_run(tmp_path, "cggm", 0, task="regression", test={"mae": 0.75, "corr": 0.5})
+    [(table, _)] = run_tables(load_runs(tmp_path), "best-valid-test")
+    md = table.markdown()
+    assert "**0.750**" in md and "_0.800_" in md  # MAE: lower is better, 3 decimals
+    assert "**0.600**" in md and "_0.500_" in md  # Corr: higher is better
+
+
+def test_protocol_best_valid_reads_best_validation_over_epochs(tmp_path):
+    make_run(
+        tmp_path, "joint", 0, test={"accuracy": 70.0}, valid={"accuracy": 65.0}, best_valid={"accuracy": 68.0}
+    )
+    assert load_runs(tmp_path, "best-valid-test")["accuracy"].item() == 70.0
+    assert load_runs(tmp_path, "best-valid")["accuracy"].item() == 68.0
+    with pytest.raises(ValueError, match="unknown protocol"):
+        load_runs(tmp_path, "test")
+
+
+def test_report_writes_md_tex_csv_of_the_suite_only(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        make_run(results, "joint", seed, test={"accuracy": 70.0 + seed})
+    make_run(results, "joint", 0, epochs=9, test={"accuracy": 10.0})  # not in the suite (epochs differ)
+    suite = tmp_path / "suite.yaml"
+    dataset = {"dataset": "synthetic", "dataset_params": {"task": "classification"}}
+    doc = {
+        "name": "mini",
+        "seeds": [0, 1],
+        "base": {"epochs": 3},
+        "datasets": [dataset],
+        "methods": [{"method": "joint"}],
+    }
+    suite.write_text(yaml.safe_dump(doc))
+    paths = report(results, suite=suite, figures=False)
+    assert [p.name for p in paths] == ["mini.md", "mini.tex", "mini.csv"]
+    md = (results / "tables" / "mini.md").read_text()
+    assert "70.50 ± 0.71" in md and "10.00" not in md
+
+
+def test_report_code_imports_no_runner_method_or_adapter(tmp_path):
+    make_run(tmp_path, "joint", 0, diag=True)
+    code = textwrap.dedent(f"""
+        import sys
+        from mmbalance.report import report
+        from mmbalance.paper import render_from_records
+        report({str(tmp_path)!r})
+        render_from_records({str(PAPER_DIR / "synthetic-table.yaml")!r}, {str(tmp_path)!r})
+        # not even the data contract (and its monai import): a table needs records only
+        bad = [m for m in sys.modules if m in ("mmbalance.runner", "mmbalance.data")
+               or m.startswith(("mmbalance.methods.", "mmbalance.datasets."))]
+        assert not bad, bad
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- paper tables -------------------------------------------------------------------------------------
+TABLE = {
+    "name": "t",
+    "title": "A table",
+    "source": "a paper",
+    "columns": [
+        {"key": "acc", "label": "Acc", "metric": "accuracy"},
+        {"key": "f1", "label": "F1", "metric": "f1_macro"},
+    ],
+    "rows": [
+        {"label": "Joint", "match": {"method": "joint"}},
+        {"label": "CGGM", "match": {"method": "cggm"}, "published": {"acc": 75.0}, "source": "somewhere"},
+        {"label": "Not runnable", "note": "no switch for it"},
+    ],
+}
+
+
+def test_paper_table_published_number_and_na(tmp_path):
+    for seed, acc in enumerate([72.0, 74.0]):
+        make_run(tmp_path, "cggm", seed, test={"accuracy": acc, "f1_macro": 50.0})
+    make_run(tmp_path, "joint", 0, test={"accuracy": 70.0, "f1_macro": 40.0})
+    table, csv = render(PaperTable.model_validate(TABLE), load_runs(tmp_path))
+    md = table.markdown()
+    # published 75 | ours 73 ± 1.41 | Δ -2; F1 not published: n/a, and no Δ
+    assert "| CGGM | 75.00 | **73.00 ± 1.41** | -2.00 | n/a | **50.00 ± 0.00** | n/a |" in md
+    assert "| Joint | n/a | _70.00_ (n=1) | n/a |" in md  # fewer seeds than the rest: n shown
+    assert "| Not runnable | n/a | n/a | n/a | n/a | n/a | n/a |" in md
+    assert "CGGM: published numbers from somewhere." in md and "Not runnable: no switch for it" in md
+    row = csv[(csv["row"] == "CGGM") & (csv["column"] == "Acc")].iloc[0]
+    assert row["published"] == 75.0 and row["delta"] == pytest.approx(-2.0) and row["n"] == 2
+    assert math.isnan(csv[(csv["row"] == "CGGM") & (csv["column"] == "F1")]["published"].item())
+
+
+def test_paper_table_spec_errors_name_the_field():
+    bad = {**TABLE, "rows": [{"label": "X", "published": {"nope": 1.0}, "source": "s"}]}
+    with pytest.raises(ValueError, match=r"row 'X': unknown column key\(s\) \['nope'\]"):
+        PaperTable.model_validate(bad)
+    unsourced = {**TABLE, "rows": [{"label": "X", "published": {"acc": 1.0}}]}
+    with pytest.raises(ValueError, match="need a `source`"):
+        PaperTable.model_validate(unsourced)
+    with pytest.raises(SpecError, match="unknown table 'no-such-table'"):
+        load_table("no-such-table")
+
+
+@pytest.mark.parametrize("path", sorted(PAPER_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_paper_tables_are_valid(path):
+    table, _ = load_table(path)
+    published = [v for r in table.rows for v in r.published.values() if v is not None]
+    assert all(r.source for r in table.rows if r.published)
+    if table.name.startswith(("food101", "brats", "mosi")):
+        assert published  # the numbers on file are there ...
+    assert len(published) <= 7  # ... and only those (notes/cggm-paper-tables.md has 7 cells)
+
+
+def test_reproduce_reuses_finished_runs_and_reports_missing_data(tmp_path):
+    tiny = {"n_train": 64, "n_valid": 32, "n_test": 32}
+    suite = {
+        "name": "mini", "seeds": [0], "base": {"epochs": 1, "batch_size": 32, "probe_every": 2},
+        "datasets": [{"dataset": "synthetic", "dataset_params": tiny}, {"dataset": "mosi"}],
+        "methods": [{"method": "joint"}, {"method": "cggm"}],
+    }  # fmt: skip
+    spec = {**TABLE, "suite": suite}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    results, data = tmp_path / "results", tmp_path / "data"
+    paths, missing = reproduce(path, results, data_root=data, device="cpu", progress=False, figures=False)
+    assert any(line.startswith("mosi") and "data missing" in line for line in missing)
+    runs = sorted((results / "runs").glob("*/final.json"))
+    assert len(runs) == 2
+    mtimes = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()}
+    md = (results / "tables" / "t.md").read_text()
+    paths2, _ = reproduce(path, results, data_root=data, device="cpu", progress=False, figures=False)
+    assert {
+        p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file()
+    } == mtimes  # no retraining
+    assert (results / "tables" / "t.md").read_text() == md
+    assert paths == paths2 and "Not run: mosi" in md
