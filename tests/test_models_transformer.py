@@ -109,3 +109,11 @@ def test_one_modality_model_and_param_validation():
         MSAModelParams(proj_dim=10, num_heads=3)
     with pytest.raises(ValidationError, match="layers"):
         MSAModelParams(layers=1)
+
+
+def test_classifier_reads_a_pooled_feature_as_a_one_step_sequence():
+    model = build_msa_model(DIMS, 3, TINY).eval()
+    clf = model.unimodal_classifier("text", 3).eval()
+    f = torch.randn(4, 8)
+    torch.testing.assert_close(clf(f), clf(f.unsqueeze(1)))
+    assert clf(f).shape == (4, 3)

@@ -11,7 +11,8 @@ Each transformer scales its input by sqrt(d), adds sinusoidal positions, applies
 runs pre-norm layers (self-attention, ReLU MLP of width 4d) and ends with a LayerNorm. The fusion
 transformer has ``layers - 2`` layers. ``Output.features[m]`` is h_m pooled to (B, d) (first step by
 default); ``Output.aux[m]`` is the whole sequence h_m, which CGGM's per-modality classifiers read
-(``classifier_input``): a transformer over the sequence, first step, ``proj1``, ReLU, ``out_layer``.
+(``classifier_input``): a transformer over the sequence, first step, ``proj1``, ReLU, ``out_layer``;
+given a pooled (B, d) feature instead, the classifier reads it as a one-step sequence.
 
 Where this differs from the released code, and why:
 - The 1x1 projection is part of ``encoders[m]`` (the modality's whole path before fusion), so a
@@ -174,6 +175,8 @@ class SequenceClassifier(nn.Module):
         self.out_layer = nn.Linear(d, out_dim)
 
     def forward(self, h: Tensor) -> Tensor:
+        if h.dim() == 2:  # a pooled (B, d) feature (methods that classify ``features``): a one-step sequence
+            h = h.unsqueeze(1)
         x = self.proj1(self.bone(h)[:, 0])
         return self.out_layer(F.relu(self.proj2(x)))
 
