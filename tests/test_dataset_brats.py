@@ -187,9 +187,11 @@ def test_missing_and_bad_h5(root, tmp_path):
 def test_model_shapes_and_cggm_classifier():
     torch.manual_seed(0)
     model = deeplab_multi_input(["flair", "t1ce"], 4, output_stride=8, **TINY).train()
-    out = model({m: torch.randn(2, 1, 32, 32) for m in model.modalities})
+    inputs = {m: torch.randn(2, 1, 32, 32) for m in model.modalities}
+    out = model(inputs)
     assert out.pred.shape == (2, 4, 32, 32)
     assert out.features["flair"].shape == (2, 16, 4, 4)  # ASPP map at output stride 8
+    assert model.encode(inputs)["t1ce"].shape == (2, 16, 4, 4)  # the base contract: encoder(x) -> feature
     assert out.aux["low_level/t1ce"].shape == (2, 256, 8, 8)  # ResNet layer1, stride 4
     classifier = model.unimodal_classifier("t1ce", 4)
     assert classifier(model.classifier_input(out, "t1ce")).shape == (2, 4, 8, 8)

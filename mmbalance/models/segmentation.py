@@ -49,8 +49,8 @@ LOW_LEVEL_PROJ = 48  # DeepLabV3+ squeezes the low-level map to 48 channels (CGG
 
 
 class DeepLabEncoder(nn.Module):
-    """One MRI sequence: ResNet trunk + ASPP. ``(B, C, H, W) -> (aspp (B, out_dim, H/os, W/os),
-    low (B, low_dim, H/4, W/4))``."""
+    """One MRI sequence: ResNet trunk + ASPP, ``(B, C, H, W) -> (B, out_dim, H/os, W/os)``;
+    ``features`` also returns the ResNet ``layer1`` map the DeepLabV3+ decoder needs."""
 
     def __init__(
         self,
@@ -72,25 +72,25 @@ class DeepLabEncoder(nn.Module):
         trunk.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(trunk.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            trunk.layer1,
-            trunk.layer2,
-            trunk.layer3,
-            trunk.layer4,
-        )
+        self.layer1, self.layer2 = trunk.layer1, trunk.layer2
+        self.layer3, self.layer4 = trunk.layer3, trunk.layer4
         self.aspp = ASPP(512 * Bottleneck.expansion, ASPP_RATES[output_stride], aspp_channels)
         self.out_dim = aspp_channels
         self.low_dim = 64 * Bottleneck.expansion
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(ASPP map (B, D, H/os, W/os), low-level map (B, 256, H/4, W/4))."""
         if self.training and x.shape[0] == 1:
             # ASPP's image-pooling branch normalises a 1x1 map over the batch.
             raise ValueError(
                 "DeepLabEncoder got a training batch of 1: BatchNorm in ASPP's pooling branch "
                 "needs at least 2 samples; pick a batch_size that leaves no final batch of 1"
             )
-        low = self.layer1(self.stem(x))  # (B, 256, H/4, W/4)
-        return self.aspp(self.layer4(self.layer3(self.layer2(low)))), low  # (B, D, H/os, W/os)
+        low = self.layer1(self.stem(x))
+        return self.aspp(self.layer4(self.layer3(self.layer2(low)))), low
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)[0]  # the modality's feature: (B, D, H/os, W/os)
 
 
 class DecoderInputFusion(nn.Module):
@@ -138,7 +138,7 @@ class DeepLabMultiInput(MultimodalModel):
     def forward(self, inputs: Mapping[str, Tensor]) -> Output:
         features, low = {}, {}
         for m, enc in self.encoders.items():
-            features[m], low[m] = enc(inputs[m])
+            features[m], low[m] = enc.features(inputs[m])
         fused = self.fusion(features, low)
         logits = self.head(fused)  # (B, C, H/4, W/4)
         size = next(iter(inputs.values())).shape[-2:]
