@@ -225,43 +225,41 @@ def param_bars(
 
 
 def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> list[Path]:
-    """t-SNE of gradient samples: arrays ``<kind>/<modality>`` of shape (K, D) in ``grads.npz``
-    (kinds such as ``classifier`` and ``fused``); colour = modality, marker = kind."""
+    """t-SNE of gradient samples: arrays ``<kind>/<modality>`` of shape (K, D) in ``grads.npz`` (kinds such
+    as ``fused``, ``classifier``, ``unimodal``). One panel per modality, since each modality's gradients
+    live in its own encoder's parameter space; colour = kind. Samples are unit-normalised first, so the
+    embedding compares directions, not magnitudes."""
     from sklearn.manifold import TSNE
 
     data = np.load(npz)
-    keys = sorted(data.files)
-    if not keys:
+    modalities = list(dict.fromkeys(k.split("/", 1)[1] for k in data.files))
+    kinds = list(dict.fromkeys(k.split("/", 1)[0] for k in data.files))
+    if not modalities:
         return []
-    x = np.concatenate([data[k] for k in keys])
-    tags = [k for k in keys for _ in range(len(data[k]))]
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # directions, not magnitudes
-    emb = TSNE(
-        n_components=2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca", random_state=seed
-    ).fit_transform(x)
-    kinds = list(dict.fromkeys(k.split("/")[0] for k in keys))
-    modalities = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
-    colors, markers = _colors(modalities), dict(zip(kinds, "o^sDv", strict=False))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    for k in keys:
-        kind, m = k.split("/", 1)
-        sel = np.array([t == k for t in tags])
-        ax.scatter(
-            emb[sel, 0],
-            emb[sel, 1],
-            s=18,
-            alpha=0.75,
-            color=colors[m],
-            marker=markers[kind],
-            label=f"{m}: {kind} gradient",
-            edgecolors="none",
-        )
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title(title or "t-SNE of encoder gradients (unit-normalised)")
+    colors = dict(zip(kinds, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"), strict=False))
+    fig, axes = plt.subplots(
+        1, len(modalities), figsize=(3.8 * len(modalities), 3.8), squeeze=False, layout="constrained"
+    )
+    for ax, m in zip(axes[0], modalities, strict=True):
+        keys = [f"{k}/{m}" for k in kinds if f"{k}/{m}" in data.files]
+        x = np.concatenate([data[k] for k in keys])
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        perplexity = min(30.0, max(2.0, (len(x) - 1) / 3))
+        emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        start = 0
+        for k in keys:
+            n = len(data[k])
+            kind = k.split("/", 1)[0]
+            label = f"{kind} gradient"
+            ax.scatter(*emb[start : start + n].T, s=16, alpha=0.75, color=colors[kind], label=label, lw=0)
+            start += n
+        ax.set_title(f"encoder {m}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("t-SNE 1")
+    axes[0][0].set_ylabel("t-SNE 2")
+    axes[0][-1].legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title or "t-SNE of encoder gradient directions")
     return _save(fig, stem)
 
 
