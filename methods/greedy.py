@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import UnimodalHeads
+from mmbalance.method_parts import num_outputs
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
@@ -95,7 +95,12 @@ class Greedy(Method):
     def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
         device = next(model.parameters()).device
         self.mmtm = MMTM(model.feature_dims(), self.p.ratio).to(device)
-        self.heads = UnimodalHeads(model)
+        # Each branch ends in its own linear classifier, as the paper's per-modality CNN branches (fc);
+        # a 1x1 conv for feature maps.
+        linear = nn.Conv2d if isinstance(model.out_layer, nn.Conv2d) else nn.Linear
+        n = num_outputs(model)
+        self.heads = nn.ModuleDict({m: linear(d, n, 1) if linear is nn.Conv2d else linear(d, n)
+                                    for m, d in model.feature_dims().items()}).to(device)  # fmt: skip
         self.running = {m: torch.zeros(d, device=device) for m, d in model.feature_dims().items()}
         self.n_forward = 0
         self.m_bypass = {m: 0.0 for m in model.modalities}
@@ -120,7 +125,7 @@ class Greedy(Method):
             m: f * excitation[m].view(*excitation[m].shape, *([1] * (f.dim() - 2)))
             for m, f in features.items()
         }
-        logits = {m: self.heads.heads[m](x) for m, x in excited.items()}
+        logits = {m: self.heads[m](x) for m, x in excited.items()}
         pred = torch.stack(list(logits.values())).mean(0)
         return Output(pred, features, torch.cat(list(excited.values()), dim=1), aux=logits)
 
@@ -131,7 +136,7 @@ class Greedy(Method):
         shared = list(self.mmtm.squeeze.parameters())
         for m in ctx.modalities:
             self.m_bypass[m] += _sq_ratio(list(self.mmtm.excite[m].parameters()) + shared)
-            self.m_main[m] += _sq_ratio(model.encoder_parameters(m) + list(self.heads.heads[m].parameters()))
+            self.m_main[m] += _sq_ratio(model.encoder_parameters(m) + list(self.heads[m].parameters()))
         if self.left > 0:
             self.left -= 1
             return
