@@ -35,8 +35,8 @@ from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import UnimodalHeads
+from mmbalance.method import RunContext
+from mmbalance.method_parts import UnimodalHeadsMethod
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
@@ -67,27 +67,16 @@ def blend_weights(start: dict[str, tuple[float, float]], end: dict[str, tuple[fl
 
 
 @METHODS.register
-class GBlending(Method):
+class GBlending(UnimodalHeadsMethod):
     name = "gblending"
     Params = GBlendingParams
     reference = "Wang, Tran & Feiszli, CVPR 2020 (Gradient-Blending); weights as BalanceBenchmark's trainer"
-
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)  # built here: the optimiser is made before setup
-        return [
-            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
-        ]
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.model = model
         keys = [*ctx.modalities, FUSED]
         self.weights = {k: 1 / len(keys) for k in keys}
         self.start: dict[str, tuple[float, float]] | None = None
-
-    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        out = model(batch.inputs)
-        out.aux.update({f"logits/{m}": z for m, z in self.heads(model, out).items()})
-        return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         logits = {**{m: out.aux[f"logits/{m}"] for m in ctx.modalities}, FUSED: out.pred}
@@ -122,8 +111,8 @@ class GBlending(Method):
         return {f"weight/{k}": w for k, w in getattr(self, "weights", {}).items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict(), "weights": self.weights, "start": self.start}
+        return {**super().state_dict(), "weights": self.weights, "start": self.start}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])
+        super().load_state_dict(state)
         self.weights, self.start = state["weights"], state["start"]

@@ -42,8 +42,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.method_parts import UnimodalHeads, true_class_score
+from mmbalance.method import MethodNotApplicable, RunContext
+from mmbalance.method_parts import UnimodalHeadsMethod, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
@@ -84,7 +84,7 @@ def fisher_layers(encoder: nn.Module) -> list[nn.Parameter]:
 
 
 @METHODS.register
-class InfoReg(Method):
+class InfoReg(UnimodalHeadsMethod):
     name = "inforeg"
     Params = InfoRegParams
     tasks = frozenset({"classification", "segmentation"})
@@ -97,12 +97,6 @@ class InfoReg(Method):
                 "a regression task has no classes"
             )
         super().check(task)
-
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)  # built here: the optimiser is made before setup
-        return [
-            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
-        ]
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.modalities = list(ctx.modalities)
@@ -120,11 +114,6 @@ class InfoReg(Method):
         self.k = torch.tensor(
             [1.0 if first else window_indicator(self.trace[m], self.p.window) for m in self.modalities]
         )
-
-    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        out = model(batch.inputs)
-        out.aux.update({f"logits/{m}": z for m, z in self.heads(model, out).items()})
-        return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         uni = [ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in self.modalities]
@@ -156,8 +145,8 @@ class InfoReg(Method):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict(), "trace": self.trace}
+        return {**super().state_dict(), "trace": self.trace}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])
+        super().load_state_dict(state)
         self.trace = state["trace"]

@@ -25,16 +25,14 @@ heads are the model's ``unimodal_classifier`` (two layers on our models; the cod
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import UnimodalHeads, flat, min_norm_2
+from mmbalance.method import RunContext
+from mmbalance.method_parts import UnimodalHeadsMethod, flat, min_norm_2
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
@@ -64,25 +62,14 @@ def pareto_grad(
 
 
 @METHODS.register
-class MMPareto(Method):
+class MMPareto(UnimodalHeadsMethod):
     name = "mmpareto"
     Params = MMParetoParams
     reference = "Wei & Hu, ICML 2024 (MMPareto); GeWu-Lab/MMPareto_ICML2024 code/MMPareto.py"
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)  # built here: the optimiser is made before setup
-        return [
-            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
-        ]
-
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.params = {m: model.encoder_parameters(m) for m in ctx.modalities}
         self.k: dict[str, tuple[float, float, float]] = {}
-
-    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        out = model(batch.inputs)
-        out.aux.update({f"logits/{m}": z for m, z in self.heads(model, out).items()})
-        return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         loss_mm = ctx.task_loss(out.pred, batch.target)
@@ -110,9 +97,3 @@ class MMPareto(Method):
         for m, (k_mm, _, cos) in self.k.items():
             out[f"k_mm/{m}"], out[f"cos/{m}"] = k_mm, cos
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])

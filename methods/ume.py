@@ -18,14 +18,12 @@ is unused. Task-agnostic: classification, regression (mean of the scalar outputs
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from mmbalance.data import Batch
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import UnimodalHeads
+from mmbalance.method import RunContext
+from mmbalance.method_parts import UnimodalHeadsMethod
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
@@ -33,21 +31,14 @@ __all__ = ["UME"]
 
 
 @METHODS.register
-class UME(Method):
+class UME(UnimodalHeadsMethod):
     name = "ume"
     reference = "Du et al., ICML 2023 (Uni-Modal Ensemble); no official code found"
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)  # built here: the optimiser is made before setup
-        return [
-            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
-        ]
-
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        out = model(batch.inputs)
-        logits = self.heads(model, out)
-        pred = torch.stack(list(logits.values())).mean(dim=0)
-        return Output(pred, out.features, out.fused, aux={f"logits/{m}": z for m, z in logits.items()})
+        out = super().forward(model, batch, ctx)
+        out.pred = torch.stack([out.aux[f"logits/{m}"] for m in ctx.modalities]).mean(dim=0)
+        return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         self.losses = {m: ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities}
@@ -55,9 +46,3 @@ class UME(Method):
 
     def diagnostics(self) -> dict[str, float]:
         return {f"loss/{m}": v.item() for m, v in getattr(self, "losses", {}).items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])

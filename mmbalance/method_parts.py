@@ -2,6 +2,7 @@
 
 - ``true_class_score``: s_m = sum_i softmax(logits_m)[i, y_i] (OGM-GE, InfoReg, OPM, PMR, ...).
 - ``UnimodalHeads``: one classifier per modality, trained with the model (MMPareto, G-Blending, UME, UMT).
+- ``UnimodalHeadsMethod``: base of the methods that train those heads (optimiser groups, forward, state).
 - ``masked_inputs`` / ``shapley_values``: forwards with modalities zeroed and their Shapley split (AGM).
 - ``scale_grad``: identity forward, gradient times a coefficient (AGM's backward hooks).
 - ``min_norm_2``: the min-norm point of the segment between two gradients (MGDA, MMPareto).
@@ -16,16 +17,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmbalance.data import Batch
+from mmbalance.method import Method, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 
 __all__ = [
     "true_class_score",
     "UnimodalHeads",
+    "UnimodalHeadsMethod",
     "masked_inputs",
     "shapley_values",
     "scale_grad",
@@ -148,3 +153,27 @@ def common_feature_dim(model: MultimodalModel, method: str) -> int:
 def accuracy(logits: Tensor, target: Tensor) -> float:
     """Fraction of arg-max predictions equal to the target: (B, C) and (B,), or (B, C, H, W) and (B, H, W)."""
     return (logits.argmax(dim=1) == target).float().mean().item()
+
+
+class UnimodalHeadsMethod(Method):
+    """Base of the methods that train one head per modality with the model (MMPareto, G-Blending,
+    InfoReg, UME): the heads are built when the runner asks for the optimiser's parameter groups
+    (before ``setup``), their logits go to ``out.aux["logits/<m>"]``, and their weights into the
+    method's state for exact resume. Subclasses extend ``state_dict`` with ``super()``."""
+
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
+        self.heads = UnimodalHeads(model)
+        return [
+            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
+        ]
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        out = model(batch.inputs)
+        out.aux.update({f"logits/{m}": z for m, z in self.heads(model, out).items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
