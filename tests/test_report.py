@@ -215,3 +215,26 @@ def test_reproduce_reuses_finished_runs_and_reports_missing_data(tmp_path):
     } == mtimes  # no retraining
     assert (results / "tables" / "t.md").read_text() == md
     assert paths == paths2 and "Not run: mosi" in md
+
+
+@pytest.mark.parametrize("path", sorted(PAPER_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_table_suites_are_valid_run_specs(path):
+    """Every dataset x method entry of a table's suite is a valid run spec (so it plans once the data is
+    there), and every row's method params are fields of that method."""
+    from mmbalance.paper import table_suite
+    from mmbalance.registry import METHODS
+    from mmbalance.report import dataset_docs
+    from mmbalance.spec import deep_merge, validate_spec
+
+    table, _ = load_table(path)
+    if table.suite is None:
+        return
+    suite = table_suite(table, path)
+    for doc, overrides in dataset_docs(suite):
+        for m in suite.methods:
+            validate_spec(deep_merge(deep_merge(doc, overrides.get(m["method"], {})), m))
+    for row in table.rows:
+        for match in [row.match] + [c.match for c in row.columns.values()]:
+            if "method" in match:
+                fields = METHODS.get(match["method"]).Params.model_fields
+                assert set(match.get("method_params", {})) <= set(fields), (row.label, match)
