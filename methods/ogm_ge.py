@@ -37,6 +37,8 @@ Where this file generalises the released code:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -48,7 +50,7 @@ from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
-__all__ = ["OGMGEParams", "OGMGE", "true_class_score", "ogm_coefficients", "selected_parameters"]
+__all__ = ["OGMGEParams", "OGMGE", "true_class_scores", "ogm_coefficients", "selected_parameters"]
 
 
 class OGMGEParams(StrictModel):
@@ -68,21 +70,25 @@ class OGMGEParams(StrictModel):
         return self
 
 
-def true_class_score(logits: Tensor, target: Tensor) -> Tensor:
-    """``sum_i softmax(logits)[i, y_i]``: (B, C) logits and (B,) labels, or (B, C, H, W) and (B, H, W)."""
-    return logits.softmax(dim=1).gather(1, target.unsqueeze(1)).sum()
+def true_class_scores(logits: Tensor, target: Tensor) -> Tensor:
+    """``s_m = sum_i softmax(logits_m)[i, y_i]`` for stacked logits: (M, B, C) with (B,) labels, or
+    (M, B, C, H, W) with (B, H, W) label maps (summed over pixels too) -> (M,)."""
+    index = target.expand(logits.shape[0], *target.shape).unsqueeze(2)
+    return logits.softmax(dim=2).gather(2, index).flatten(1).sum(1)
 
 
-def ogm_coefficients(scores: Tensor, alpha: float, minus_one: bool = False) -> tuple[Tensor, Tensor]:
-    """Ratio and gradient coefficient per modality from the (M,) scores, as ``(ratio, coeff)``.
+def ogm_coefficients(
+    scores: Sequence[float], alpha: float, minus_one: bool = False
+) -> tuple[list[float], list[float]]:
+    """Ratio and gradient coefficient per modality from the M scores, as ``(ratio, coeff)``.
 
-    ``ratio_m = s_m / mean_{k != m} s_k``; ``coeff_m = 1 - tanh(alpha * relu(ratio_m [- 1]))``
-    where ``ratio_m > 1``, else 1. Tensors throughout, so no host synchronisation on a GPU.
+    ``ratio_m = s_m / mean_{k != m} s_k``; ``coeff_m = 1 - tanh(alpha * relu(ratio_m [- 1]))`` where
+    ``ratio_m > 1``, else 1. M numbers, so plain floats: cheaper than M-element tensor ops.
     """
-    m = scores.numel()
-    ratio = scores * (m - 1) / (scores.sum() - scores)
-    damped = 1 - torch.tanh(alpha * torch.relu(ratio - 1 if minus_one else ratio))
-    return ratio, torch.where(ratio > 1, damped, torch.ones_like(ratio))
+    total, m = sum(scores), len(scores)
+    ratio = [s * (m - 1) / (total - s) for s in scores]
+    shift = 1.0 if minus_one else 0.0
+    return ratio, [1 - math.tanh(alpha * max(r - shift, 0.0)) if r > 1 else 1.0 for r in ratio]
 
 
 def selected_parameters(model: MultimodalModel, modality: str, rule: str) -> list[nn.Parameter]:
@@ -123,7 +129,11 @@ class OGMGE(Method):
                     f"ogm_ge: params={self.p.params!r} selects no parameter of the {m!r} encoder "
                     f"({type(model.encoders[m]).__name__}); use params: weights or all"
                 )
-        self.ratio = self.coeff = torch.ones(len(ctx.modalities))
+        self.ratio = self.coeff = [1.0] * len(ctx.modalities)
+        # One flat list over all modalities and each one's modality index: one fused op scales
+        # every selected gradient by its modality's coefficient.
+        self.flat = [p for m in ctx.modalities for p in self.selected[m]]
+        self.owner = [i for i, m in enumerate(ctx.modalities) for _ in self.selected[m]]
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         with torch.no_grad():
@@ -133,25 +143,30 @@ class OGMGE(Method):
                 raise MethodNotApplicable(
                     f"ogm_ge needs each modality's additive share of the logits: {e}"
                 ) from None
-            scores = torch.stack([true_class_score(shares[m], batch.target) for m in ctx.modalities])
+            # One host sync for M numbers (the runner syncs on loss.item() every step anyway).
+            scores = true_class_scores(
+                torch.stack([shares[m] for m in ctx.modalities]), batch.target
+            ).tolist()
             self.ratio, self.coeff = ogm_coefficients(
                 scores, self.p.alpha, self.p.coefficient == "ratio_minus_one"
             )
             if not self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
                 return
-            for i, m in enumerate(ctx.modalities):
-                grads = [p.grad for p in self.selected[m] if p.grad is not None]
-                if not grads:
-                    continue
-                stds = [_std(g) for g in grads] if self.p.ge else []  # before scaling, as the released code
-                torch._foreach_mul_(grads, self.coeff[i])
-                if self.p.ge:
-                    noise = [torch.randn_like(g) for g in grads]
-                    torch._foreach_mul_(noise, stds)
-                    torch._foreach_add_(grads, noise)
+            pairs = [
+                (p.grad, self.coeff[i])
+                for p, i in zip(self.flat, self.owner, strict=True)
+                if p.grad is not None
+            ]
+            grads, scales = [g for g, _ in pairs], [c for _, c in pairs]
+            stds = [_std(g) for g in grads] if self.p.ge else []  # of the unscaled gradient, as released
+            torch._foreach_mul_(grads, scales)
+            if self.p.ge:
+                noise = [torch.randn_like(g) for g in grads]
+                torch._foreach_mul_(noise, stds)
+                torch._foreach_add_(grads, noise)
 
     def diagnostics(self) -> dict[str, float]:
         if not hasattr(self, "selected"):  # before setup
             return {}
-        out = {f"ratio/{m}": r for m, r in zip(self.selected, self.ratio.tolist(), strict=True)}
-        return out | {f"coeff/{m}": c for m, c in zip(self.selected, self.coeff.tolist(), strict=True)}
+        out = {f"ratio/{m}": r for m, r in zip(self.selected, self.ratio, strict=True)}
+        return out | {f"coeff/{m}": c for m, c in zip(self.selected, self.coeff, strict=True)}
