@@ -47,7 +47,7 @@ class Probes(nn.Module):
             )
         device = next(model.parameters()).device
         self.to(device)
-        self.optimizer = torch.optim.Adam(self.heads.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(self.heads.parameters(), lr=lr, foreach=True)
 
     def predict(self, m: str, feature: Tensor, target_shape: torch.Size) -> Tensor:
         if self.task.kind == "segmentation":
@@ -57,18 +57,26 @@ class Probes(nn.Module):
             return logits
         return self.heads[m](feature.flatten(1))
 
-    def gradient_cosines(self, model: MultimodalModel, out: Output, target: Tensor,
-                         task_loss: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
+    def gradient_cosines(
+        self,
+        model: MultimodalModel,
+        out: Output,
+        target: Tensor,
+        task_loss: Callable[[Tensor, Tensor], Tensor],
+    ) -> dict[str, float]:
         """cos(g_m^uni, g_m^fused) per modality (see module docstring). Leaves no ``.grad`` behind."""
         fused_loss = task_loss(out.pred, target)
-        result = {}
+        params = {m: model.encoder_parameters(m) for m in out.features}
+        flat_params = [p for ps in params.values() for p in ps]
+        # One backward pass for the fused gradient of every encoder, one per modality for its probe.
+        g_fused_all = torch.autograd.grad(fused_loss, flat_params, retain_graph=True, allow_unused=True)
+        result, start = {}, 0
         for m, feature in out.features.items():
-            params = model.encoder_parameters(m)
-            g_fused = torch.autograd.grad(fused_loss, params, retain_graph=True, allow_unused=True)
+            g_fused = g_fused_all[start : start + len(params[m])]
+            start += len(params[m])
             uni_loss = task_loss(self.predict(m, feature, target.shape), target)
-            g_uni = torch.autograd.grad(uni_loss, params, retain_graph=True, allow_unused=True)
-            a = _flat(g_fused, params)
-            b = _flat(g_uni, params)
+            g_uni = torch.autograd.grad(uni_loss, params[m], retain_graph=True, allow_unused=True)
+            a, b = _flat(g_fused, params[m]), _flat(g_uni, params[m])
             result[f"grad_cos/{m}"] = F.cosine_similarity(a, b, dim=0, eps=1e-12).item()
         return result
 
@@ -80,9 +88,13 @@ class Probes(nn.Module):
             out[f"grad_norm/{m}"] = torch.stack(grads).sum().sqrt().item() if grads else 0.0
         return out
 
-    def fit_step(self, features: dict[str, Tensor], target: Tensor,
-                 task_loss: Callable[[Tensor, Tensor], Tensor],
-                 batch_metric: Callable[[Tensor, Tensor], float] | None = None) -> dict[str, float]:
+    def fit_step(
+        self,
+        features: dict[str, Tensor],
+        target: Tensor,
+        task_loss: Callable[[Tensor, Tensor], Tensor],
+        batch_metric: Callable[[Tensor, Tensor], float] | None = None,
+    ) -> dict[str, float]:
         """One Adam step of every probe on detached features; returns each probe's batch metric
         (computed before the update) when ``batch_metric`` is given."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -105,4 +117,6 @@ class Probes(nn.Module):
 
 
 def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter]) -> Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+    )
