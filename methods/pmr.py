@@ -41,6 +41,7 @@ Where this file differs from or generalises the released code:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -85,15 +86,23 @@ def class_prototypes(
 
 
 def prototype_logits(features: Tensor, prototypes: Tensor) -> Tensor:
-    """``-||f_i - P_c||_2``: (B, D) features, (C, D) prototypes -> (B, C); the official ``-EU_dist``."""
+    """``-||f_i - P_c||_2``: (..., B, D) features, (..., C, D) prototypes -> (..., B, C); the official
+    ``-EU_dist``."""
     return -torch.cdist(features, prototypes)
 
 
-def pmr_coefficients(scores: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """``(ratio, coeff)`` from the (M,) prototype scores: ``coeff_m = alpha`` if ``ratio_m < 1``, else 0."""
-    m = scores.numel()
-    ratio = scores * (m - 1) / (scores.sum() - scores)
-    return ratio, torch.where(ratio < 1, torch.full_like(ratio, alpha), torch.zeros_like(ratio))
+def pmr_coefficients(scores: Sequence[float], alpha: float) -> tuple[list[float], list[float]]:
+    """``(ratio, coeff)`` from the M prototype scores: ``coeff_m = alpha`` if ``ratio_m < 1``, else 0."""
+    total, m = sum(scores), len(scores)
+    ratio = [s * (m - 1) / (total - s) for s in scores]
+    return ratio, [alpha if r < 1 else 0.0 for r in ratio]
+
+
+def stack_padded(features: Sequence[Tensor]) -> Tensor:
+    """(N, D_m) per modality -> (M, N, max D_m), zero-padded: distances to equally padded
+    prototypes are unchanged, and one batched ``cdist`` serves every modality."""
+    width = max(f.shape[1] for f in features)
+    return torch.stack([f if f.shape[1] == width else F.pad(f, (0, width - f.shape[1])) for f in features])
 
 
 @METHODS.register
@@ -114,7 +123,7 @@ class PMR(Method):
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.model, self.modalities, self.num_classes = model, list(ctx.modalities), task.num_classes
         self.prototypes: dict[str, Tensor] | None = None  # built in on_epoch_start of the first epoch
-        self.ratio = self.coeff = self.proto_loss = torch.zeros(len(self.modalities))
+        self.ratio = self.coeff = self.proto_loss = [0.0] * len(self.modalities)
         # The official loop stops after len(loader) // 10 batches (at least one).
         n_split = (
             ctx.steps_per_epoch if self.p.proto_split == "train" else sum(1 for _ in ctx.iterate("valid"))
@@ -141,7 +150,11 @@ class PMR(Method):
         }
         if old is not None and self.p.momentum > 0:
             new = {m: torch.lerp(new[m], old[m], self.p.momentum) for m in self.modalities}
-        self.prototypes = new
+        self._set(new)
+
+    def _set(self, prototypes: dict[str, Tensor]) -> None:
+        self.prototypes = prototypes
+        self.stacked = stack_padded([prototypes[m] for m in self.modalities])  # (M, C, D)
 
     def on_epoch_start(self, ctx: RunContext) -> None:
         if self.prototypes is None:  # the official code builds them once on the initial model
@@ -152,26 +165,26 @@ class PMR(Method):
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         task_loss = ctx.task_loss(out.pred, batch.target)
-        sims = [prototype_logits(out.features[m].flatten(1), self.prototypes[m]) for m in self.modalities]
-        losses = torch.stack([F.cross_entropy(s, batch.target) for s in sims])
-        with torch.no_grad():
-            scores = torch.stack([s.softmax(1).gather(1, batch.target.unsqueeze(1)).sum() for s in sims])
-            self.ratio, self.coeff = pmr_coefficients(scores, self.p.alpha)
-        self.proto_loss = losses.detach()
+        features = stack_padded([out.features[m].flatten(1) for m in self.modalities])  # (M, B, D)
+        log_p = prototype_logits(features, self.stacked).log_softmax(dim=2)  # (M, B, C)
+        target = batch.target.expand(len(self.modalities), -1).unsqueeze(2)
+        nll = -log_p.gather(2, target).squeeze(2)  # (M, B)
+        losses = nll.mean(dim=1)  # CE(sim_m, y) per modality
+        with torch.no_grad():  # one host sync for 2M numbers (the runner syncs on loss.item() anyway)
+            scores, self.proto_loss = torch.stack([nll.neg().exp().sum(dim=1), losses]).tolist()
+        self.ratio, self.coeff = pmr_coefficients(scores, self.p.alpha)
         if not self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
             return task_loss
-        return task_loss + (self.coeff * losses).sum()
+        return task_loss + sum(c * losses[i] for i, c in enumerate(self.coeff) if c)
 
     def diagnostics(self) -> dict[str, float]:
         if not hasattr(self, "modalities"):
             return {}
         values = {"ratio": self.ratio, "coeff": self.coeff, "proto_loss": self.proto_loss}
-        return {
-            f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v.tolist(), strict=True)
-        }
+        return {f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v, strict=True)}
 
     def state_dict(self) -> dict[str, object]:
         return {"prototypes": self.prototypes}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self.prototypes = state["prototypes"]
+        self._set(state["prototypes"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
-from mmbalance.methods.pmr import class_prototypes, pmr_coefficients, prototype_logits
+from mmbalance.methods.pmr import class_prototypes, pmr_coefficients, prototype_logits, stack_padded
 
 from mmbalance.method import MethodNotApplicable
 
@@ -34,17 +34,25 @@ def test_prototype_logits_are_negative_euclidean_distances():
     torch.testing.assert_close(sim, torch.tensor([[-5.0, -1.0], [-1.0, -5.0]]))
 
 
+def test_padded_batch_of_modalities_keeps_each_modalitys_distances():
+    f = [torch.randn(5, 2), torch.randn(5, 3)]
+    p = [torch.randn(4, 2), torch.randn(4, 3)]
+    batched = prototype_logits(stack_padded(f), stack_padded(p))  # (2, 5, 4)
+    for m in range(2):
+        torch.testing.assert_close(batched[m], prototype_logits(f[m], p[m]))
+
+
 @pytest.mark.parametrize("scores", [(3.0, 6.0), (6.0, 3.0), (4.0, 4.0)])
 def test_two_modalities_equal_the_official_switch(scores):
-    _, coeff = pmr_coefficients(torch.tensor(scores), alpha=2.0)
-    assert tuple(coeff.tolist()) == official_two_modality(*scores, alpha=2.0)
+    _, coeff = pmr_coefficients(scores, alpha=2.0)
+    assert tuple(coeff) == official_two_modality(*scores, alpha=2.0)
 
 
 def test_three_modalities_only_below_the_mean_of_the_others():
     # ratios 3 / 1.5 = 2, 2 / 2 = 1, 1 / 2.5 = 0.4 -> only m2 gets alpha
-    ratio, coeff = pmr_coefficients(torch.tensor([3.0, 2.0, 1.0]), alpha=1.5)
-    assert ratio.tolist() == pytest.approx([2.0, 1.0, 0.4])
-    assert coeff.tolist() == [0.0, 0.0, 1.5]
+    ratio, coeff = pmr_coefficients([3.0, 2.0, 1.0], alpha=1.5)
+    assert ratio == pytest.approx([2.0, 1.0, 0.4])
+    assert coeff == [0.0, 0.0, 1.5]
 
 
 def test_loss_adds_alpha_times_the_prototypical_ce_of_the_weaker_modality(tmp_path):
@@ -64,7 +72,7 @@ def test_loss_adds_alpha_times_the_prototypical_ce_of_the_weaker_modality(tmp_pa
         mean_others = (sum(s) - p) / (len(s) - 1)
         if p < mean_others:
             expected = expected + 2.0 * F.cross_entropy(-dist, batch.target)
-        assert tr.method.coeff[i].item() == (2.0 if p < mean_others else 0.0)
+        assert tr.method.coeff[i] == (2.0 if p < mean_others else 0.0)
     torch.testing.assert_close(loss, expected)
 
 
@@ -74,7 +82,7 @@ def test_only_the_weaker_modality_gets_the_prototype_loss(tmp_path):
     batch = first_batch(tr)
     plain = grads_after(tr, batch, hook=False)
     modulated = grads_after(tr, batch)
-    weak = {m for m, c in zip(tr.ctx.modalities, tr.method.coeff.tolist(), strict=True) if c > 0}
+    weak = {m for m, c in zip(tr.ctx.modalities, tr.method.coeff, strict=True) if c > 0}
     assert weak and len(weak) < len(tr.ctx.modalities)
     for n, g in plain.items():
         enc = n.split(".")[1] if n.startswith("encoders.") else None
