@@ -211,7 +211,7 @@ def param_bars(
         mu, sd = base.mean(), base.std() if len(base) > 1 else 0.0
         ax.axhline(mu, color="tab:red", ls="--", lw=1.4, label=f"{baseline} ({mu:.2f})")
         ax.axhspan(mu - sd, mu + sd, color="tab:red", alpha=0.12)
-    ax.set_xticks(xs, [f"{v:g}" if isinstance(v, float) else str(v) for v in stats.index])
+    ax.set_xticks(xs, [str(v) for v in stats.index])
     ax.set_xlabel(f"{param}")
     ax.set_ylabel(metric_label(metric) + ("" if metric in ("mae", "corr") else " (%)"))
     lo = min(stats["mean"].min(), base.mean() if not base.empty else np.inf)
