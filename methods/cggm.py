@@ -52,6 +52,7 @@ Where this file generalises the released code:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -64,7 +65,7 @@ from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
-__all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_score"]
+__all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_scores"]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -82,33 +83,34 @@ class CGGMParams(StrictModel):
     clip_grad_norm: float | None = Field(0.8, gt=0)
 
 
-def cggm_coefficients(score: Tensor, previous: Tensor) -> Tensor:
-    """Balancing term per modality from the (M,) batch scores now and at the previous step:
+def cggm_coefficients(score: Sequence[float], previous: Sequence[float]) -> list[float]:
+    """Balancing term per modality from the M batch scores now and at the previous step:
     ``coeff_m = (S - d_m) / S`` with ``d = score - previous``, ``S = sum(d) + 1e-8``."""
-    diff = score - previous
-    total = diff.sum() + 1e-8
-    return (total - diff) / total
+    diff = [a - b for a, b in zip(score, previous, strict=True)]
+    total = sum(diff) + 1e-8
+    return [(total - d) / total for d in diff]
 
 
-def direction_loss(coeff: Tensor, cos: Tensor) -> Tensor:
-    """``l_gm = (sum_m |coeff_m| - sum_m coeff_m cos_m) / M`` for (M,) tensors."""
-    return (coeff.abs().sum() - (coeff * cos).sum()) / coeff.numel()
+def direction_loss(coeff: Sequence[float], cos: Tensor) -> Tensor:
+    """``l_gm = (sum_m |coeff_m| - sum_m coeff_m cos_m) / M`` for M coefficients and (M,) cosines."""
+    return (sum(abs(c) for c in coeff) - torch.dot(cos, cos.new_tensor(coeff))) / len(coeff)
 
 
-def batch_score(kind: str, logits: Tensor, target: Tensor, region_masks: Tensor | None = None) -> Tensor:
-    """The official per-task training signal of one classifier on one batch, in [0, 1].
+def batch_scores(kind: str, logits: Tensor, target: Tensor, region_masks: Tensor | None = None) -> Tensor:
+    """The official per-task training signal of M classifiers on one batch, (M,) values in [0, 1].
 
-    ``region_masks``: (R, C) booleans, region r = the labels where row r is true (segmentation).
+    ``logits``: (M, B, C), (M, B, 1) or (M, B, C, H, W), stacked over modalities. ``region_masks``:
+    (R, C) booleans, region r = the labels where row r is true (segmentation).
     """
     if kind == "classification":
-        return (logits.argmax(dim=1) == target).float().mean()
+        return (logits.argmax(dim=2) == target).float().mean(dim=1)
     if kind == "regression":
-        return ((logits.reshape(-1) > 0) == (target.reshape(-1) > 0)).float().mean()
-    pred = region_masks[:, logits.argmax(dim=1)].float()  # (R, B, H, W)
-    true = region_masks[:, target].float()
-    inter = (pred * true).sum(dim=(2, 3)) + 1e-3
-    union = pred.sum(dim=(2, 3)) + true.sum(dim=(2, 3)) + 2e-3
-    return (2 * inter / union).mean()
+        return ((logits.flatten(1) > 0) == (target.reshape(1, -1) > 0)).float().mean(dim=1)
+    pred = region_masks[:, logits.argmax(dim=2)].float()  # (R, M, B, H, W)
+    true = region_masks[:, target].unsqueeze(1).float()  # (R, 1, B, H, W)
+    inter = (pred * true).sum(dim=(3, 4)) + 1e-3
+    union = pred.sum(dim=(3, 4)) + true.sum(dim=(3, 4)) + 2e-3
+    return (2 * inter / union).mean(dim=(0, 2))
 
 
 def _column_blocks(model: MultimodalModel, classifiers: nn.ModuleDict) -> dict[str, slice]:
@@ -147,7 +149,9 @@ class CGGM(Method):
             )
         self.classifiers.to(ctx.device)
         self.blocks = _column_blocks(model, self.classifiers)
-        self.encoder_params = {m: model.encoder_parameters(m) for m in self.modalities}
+        # Every encoder parameter in one list with its modality's index: one fused op scales them all.
+        self.encoder_params = [p for m in self.modalities for p in model.encoder_parameters(m)]
+        self.owner = [i for i, m in enumerate(self.modalities) for _ in model.encoder_parameters(m)]
         name = (
             self.p.cls_optimizer if self.p.cls_optimizer != "same" else type(ctx.optimizer).__name__.lower()
         )
@@ -158,7 +162,7 @@ class CGGM(Method):
         kwargs = {"lr": self.p.cls_lr, "weight_decay": self.p.cls_weight_decay}
         if name == "sgd":
             kwargs["momentum"] = ctx.optimizer.param_groups[0].get("momentum", 0.0)
-        self.cls_optimizer = OPTIMIZERS[name](self.classifiers.parameters(), **kwargs)
+        self.cls_optimizer = OPTIMIZERS[name](self.classifiers.parameters(), foreach=True, **kwargs)
         self.region_masks = None
         if task.kind == "segmentation":
             masks = torch.zeros(len(task.regions), task.num_classes, dtype=torch.bool, device=ctx.device)
@@ -166,9 +170,9 @@ class CGGM(Method):
                 masks[r, list(labels)] = True
             self.region_masks = masks
         m = len(self.modalities)
-        self.prev_score = torch.zeros(m, device=ctx.device)  # acc1 in the released code
+        self.prev_score = [0.0] * m  # acc1 in the released code
         self.prev: dict[str, Any] | None = None  # what the next step's l_gm is built from
-        self.coeff, self.cos, self.l_gm = torch.ones(m), torch.zeros(m), torch.zeros(())
+        self.coeff, self.cos, self.l_gm = [1.0] * m, [0.0] * m, 0.0
 
     # --- the direction term ---------------------------------------------------------------------
     def _fusion_view(self, weight: Tensor, m: str) -> Tensor:
@@ -191,8 +195,9 @@ class CGGM(Method):
             fusion = self.prev["fusion"] + (weight - weight.detach())  # previous value, gradient into W
         else:
             (fusion,) = torch.autograd.grad(task_loss, weight, create_graph=True)
-        l_gm = direction_loss(self.prev["coeff"], self._cosines(self.prev["classifiers"], fusion))
-        self.l_gm = l_gm.detach()
+        cos = self._cosines(self.prev["classifiers"], fusion)
+        l_gm = direction_loss(self.prev["coeff"], cos)
+        self._logged = torch.cat([cos.detach(), l_gm.detach().view(1)])  # read in diagnostics only
         return task_loss + self.p.lam * l_gm
 
     # --- classifiers, balancing term, magnitude modulation ---------------------------------------
@@ -204,30 +209,28 @@ class CGGM(Method):
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         self.cls_optimizer.zero_grad(set_to_none=True)
-        logits = {m: self._classify(m, out, batch.target) for m in self.modalities}
-        sum(ctx.task_loss(x, batch.target) for x in logits.values()).backward()
+        logits = [self._classify(m, out, batch.target) for m in self.modalities]
+        sum(ctx.task_loss(x, batch.target) for x in logits).backward()
         with torch.no_grad():
-            score = torch.stack(
-                [batch_score(self.kind, x, batch.target, self.region_masks) for x in logits.values()]
-            )
-            self.coeff = cggm_coefficients(score, self.prev_score)
-            self.prev_score = score
-            weight = model.out_layer.weight
+            # One host sync for M numbers (the runner syncs on loss.item() every step anyway).
+            score = batch_scores(self.kind, torch.stack(logits), batch.target, self.region_masks).tolist()
+            self.coeff, self.prev_score = cggm_coefficients(score, self.prev_score), score
             if self.p.direction == "weights":
                 mine = {m: c.out_layer.weight.detach().clone() for m, c in self.classifiers.items()}
-                self.prev = {"coeff": self.coeff, "classifiers": mine, "fusion": weight.detach().clone()}
-                self.cos = self._cosines(mine, weight)
+                self.prev = {
+                    "coeff": self.coeff,
+                    "classifiers": mine,
+                    "fusion": model.out_layer.weight.clone(),
+                }
             else:
-                mine = {m: c.out_layer.weight.grad.detach().clone() for m, c in self.classifiers.items()}
+                mine = {m: c.out_layer.weight.grad.clone() for m, c in self.classifiers.items()}
                 self.prev = {"coeff": self.coeff, "classifiers": mine}
-                self.cos = (
-                    self._cosines(mine, weight.grad) if weight.grad is not None else torch.zeros_like(score)
-                )
-            scale = self.coeff * self.p.rho
-            for i, m in enumerate(self.modalities):
-                grads = [p.grad for p in self.encoder_params[m] if p.grad is not None]
-                if grads:
-                    torch._foreach_mul_(grads, scale[i])
+            pairs = [
+                (p.grad, self.coeff[i] * self.p.rho)
+                for p, i in zip(self.encoder_params, self.owner, strict=True)
+                if p.grad is not None
+            ]
+            torch._foreach_mul_([g for g, _ in pairs], [c for _, c in pairs])
         if self.p.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), self.p.clip_grad_norm, foreach=True)
         self.cls_optimizer.step()
@@ -235,11 +238,11 @@ class CGGM(Method):
     def diagnostics(self) -> dict[str, float]:
         if not hasattr(self, "modalities"):
             return {}
+        if hasattr(self, "_logged"):  # cosines inside this step's l_gm (built from the previous step)
+            *self.cos, self.l_gm = self._logged.tolist()
         values = {"coeff": self.coeff, "score": self.prev_score, "cos": self.cos}
-        out = {
-            f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v.tolist(), strict=True)
-        }
-        return out | {"l_gm": float(self.l_gm)}
+        out = {f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v, strict=True)}
+        return out | {"l_gm": self.l_gm}
 
     # --- exact resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
