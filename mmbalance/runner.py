@@ -304,6 +304,16 @@ class Trainer:
     def _batch_metric(self, pred: torch.Tensor, target: torch.Tensor) -> float:
         return metrics.primary_value(self.task.kind, pred, target, self.task.regions)
 
+    def train_batch(self, batch: Batch) -> float:
+        """All optimiser steps of one batch (``ctx.step`` set by the caller); the mean loss of its turns."""
+        turns = self.method.turns(self.ctx)
+        batch_loss = 0.0
+        for k, turn in enumerate(turns):  # one optimiser step per turn; one turn for most methods
+            self.ctx.turn, self.ctx.last_turn = turn, k == len(turns) - 1
+            batch_loss += self.train_step(batch)
+        self.ctx.turn, self.ctx.last_turn = None, True
+        return batch_loss / len(turns)
+
     def train_epoch(self, epoch: int, bar) -> float:
         self.model.train()
         self.ctx.training, self.ctx.epoch = True, epoch
@@ -311,13 +321,7 @@ class Trainer:
         total, n = 0.0, 0
         for i, batch in enumerate(_batches(self.loader("train", shuffle=True, epoch=epoch), self.device)):
             self.ctx.step_in_epoch, self.ctx.step = i, epoch * self.steps_per_epoch + i
-            turns = self.method.turns(self.ctx)
-            batch_loss = 0.0
-            for k, turn in enumerate(turns):  # one optimiser step per turn; one turn for most methods
-                self.ctx.turn, self.ctx.last_turn = turn, k == len(turns) - 1
-                batch_loss += self.train_step(batch)
-            self.ctx.turn, self.ctx.last_turn = None, True
-            total += batch_loss / len(turns) * len(batch)
+            total += self.train_batch(batch) * len(batch)
             n += len(batch)
             bar.update(1)
         self.method.on_epoch_end(self.ctx)

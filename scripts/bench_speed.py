@@ -1,0 +1,410 @@
+"""The suite's speed benchmark: time per training step and peak memory of every method on every
+dataset shape, as ratios against joint training measured in the same process.
+
+    python scripts/bench_speed.py                                  # all shapes x all methods, auto device
+    python scripts/bench_speed.py --datasets mosi food101 --methods joint ogm_ge cggm --repeats 7
+    python scripts/bench_speed.py --size paper --device cuda --amp  # paper batch sizes and models
+
+What is measured is what users run: the model comes from the dataset adapter's ``build_model`` (sized
+from the shapes below, on random tensors: no data files needed), and a step is the runner's own
+``Trainer.train_batch`` (forward, method loss, backward, ``after_backward``, clip, optimiser step; all
+turns of multi-step methods), probes off. Per-epoch hooks (``on_epoch_start``: PMR's prototypes, ...)
+run once before timing and are not in the per-step time.
+
+- time: ``--warmup`` steps per method, then ``--repeats`` rounds; each round runs ``--steps`` steps of
+  every method in turn (interleaved, so drift and other load hit all methods alike); the median over
+  rounds of the mean step time. CUDA is synchronised around each timed block.
+- peak memory, one method at a time after the timing (nothing else alive): CUDA
+  ``torch.cuda.max_memory_allocated`` minus what was allocated before the trainer was built; CPU the
+  growth of the process's peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` after
+  ``malloc_trim``; Linux only). Both cover the model, optimiser state, method modules and activations.
+- method state: bytes of tensors the method holds beyond the model (its modules' parameters and
+  buffers, its optimisers' state, prototypes, ...), and the state of non-model parameters in the main
+  optimiser. For CGGM that is the paper's "additional memory of the classifiers" (8-24 MB).
+
+Results go to ``results/bench/speed-<device>-<size>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mmbalance.data import Batch, DataError, DatasetAdapter, TaskInfo, collate
+from mmbalance.records import RunDir
+from mmbalance.registry import DATASETS, METHODS
+from mmbalance.runner import Trainer, resolve_device
+from mmbalance.spec import validate_spec
+
+MB = 2**20
+
+
+@dataclass
+class Shape:
+    """A dataset's input shapes as the paper code feeds them, and its batch size / model size."""
+
+    inputs: dict[str, tuple[int, ...]]  # per modality, one item
+    target: tuple[int, ...]  # one item's target ((): a class index)
+    batch: int  # the CGGM code's batch size
+    task: TaskInfo | None = None  # only where the adapter reads its task from files (Food101's classes)
+    small_batch: int | None = None  # --size small (CPU): fewer items, same item shapes
+    small_model: dict[str, Any] = field(default_factory=dict)  # --size small: model_params overrides
+    small_inputs: dict[str, tuple[int, ...]] | None = None  # --size small: other item shapes
+    small_target: tuple[int, ...] | None = None
+
+
+BRATS = ("flair", "t1ce", "t1", "t2")
+BRATS_SMALL = {"layers": [1, 1, 1, 1], "width": 16, "aspp_channels": 32, "decoder_channels": 32}
+SHAPES: dict[str, Shape] = {
+    "synthetic": Shape({f"m{i}": (64,) for i in range(3)}, (), 64),
+    # MulT/CGGM aligned MOSI: 50 steps of GloVe 300 / COVAREP 5 / FACET 20; one sentiment score.
+    "mosi": Shape({"text": (50, 300), "audio": (50, 5), "vision": (50, 20)}, (1,), 64, small_batch=32),
+    # CGGM's MMIN IEMOCAP: text 22 x 1024, audio 350 x 130, vision 50 x 342; 4 classes.
+    "iemocap": Shape({"text": (22, 1024), "audio": (350, 130), "vision": (50, 342)}, (), 64, small_batch=16),
+    # UPMC-Food101 cached features: ViT-B/16 197 patches x 768, BERT 50 tokens x 768; 101 classes.
+    "food101": Shape({"image": (197, 768), "text": (50, 768)}, (), 128,
+                     task=TaskInfo("classification", ("image", "text"), 101), small_batch=16),  # fmt: skip
+    # BraTS slices: 4 sequences, one 160 x 160 crop each; labels 0-3. Small: a 1-1-1-1 ResNet, 96 x 96.
+    "brats": Shape({m: (1, 160, 160) for m in BRATS}, (160, 160), 64, small_batch=4, small_model=BRATS_SMALL,
+                   small_inputs={m: (1, 96, 96) for m in BRATS}, small_target=(96, 96)),
+}  # fmt: skip
+
+
+class RandomSplit(Dataset):
+    """``n`` random items of the given shapes (targets drawn for the task kind)."""
+
+    def __init__(self, inputs: dict[str, tuple[int, ...]], target: tuple[int, ...], task: TaskInfo, n: int):
+        g = torch.Generator().manual_seed(0)
+        self.x = {m: torch.randn(n, *s, generator=g) for m, s in inputs.items()}
+        if task.kind == "regression":
+            self.y = torch.randn(n, *target, generator=g)
+        else:
+            self.y = torch.randint(0, task.num_classes, (n, *target), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return {m: x[i] for m, x in self.x.items()}, self.y[i], f"random-{i}"
+
+
+def shaped_adapter(name: str, shape: Shape, inputs: dict[str, tuple[int, ...]], target: tuple[int, ...],
+                   n: int) -> DatasetAdapter:  # fmt: skip
+    """The registered adapter of ``name``, serving random tensors of ``inputs`` instead of its files.
+
+    Its model is still built by its own ``build_model``: models sized from the data read the input
+    sizes through ``input_dims`` / ``feature_dims``, which answer from the shapes here.
+    """
+    cls = DATASETS.get(name)
+
+    class Shaped(cls):
+        def verify(self) -> None:
+            pass
+
+        @property
+        def task(self) -> TaskInfo:
+            try:
+                return super().task
+            except (DataError, OSError):  # classes listed in files (Food101)
+                if shape.task is None:
+                    raise
+                return shape.task
+
+        def split(self, split: str) -> Dataset:
+            if split not in self._random:
+                self._random[split] = RandomSplit(inputs, target, self.task, n)
+            return self._random[split]
+
+        def fingerprint(self, split: str) -> str:
+            return "random"
+
+        def input_dims(self) -> dict[str, int]:
+            return {m: s[-1] for m, s in inputs.items()}
+
+        feature_dims = input_dims
+
+    Shaped.__name__ = f"Shaped{cls.__name__}"
+    adapter = Shaped(cls.Params(), Path(tempfile.gettempdir()) / "bench-no-data")
+    adapter._random = {}
+    return adapter
+
+
+# --- memory ----------------------------------------------------------------------------------------
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def method_state(method, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes the method holds beyond the model: its modules (parameters + buffers), its optimisers'
+    state, other tensors; plus main-optimiser state of parameters that are not the model's."""
+    owned = {t.data_ptr() for t in chain(model.parameters(), model.buffers())}
+    modules, optims, tensors = [], [], []
+
+    def visit(obj: Any, depth: int = 0) -> None:
+        if depth > 4 or obj is model or obj is optimizer:
+            return
+        if isinstance(obj, nn.Module):
+            modules.extend(t for t in chain(obj.parameters(), obj.buffers()) if t.data_ptr() not in owned)
+        elif isinstance(obj, torch.optim.Optimizer):
+            optims.extend(v for s in obj.state.values() for v in s.values())
+        elif isinstance(obj, torch.Tensor):
+            if obj.data_ptr() not in owned:
+                tensors.append(obj)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                visit(v, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                visit(v, depth + 1)
+
+    visit(vars(method))
+    for group in optimizer.param_groups:  # aux parameters trained by the runner's optimiser
+        for p in group["params"]:
+            if p.data_ptr() not in owned:
+                modules.append(p)
+                optims.extend(optimizer.state.get(p, {}).values())
+    return {"modules": tensor_bytes(modules), "optimiser_state": tensor_bytes(optims),
+            "other": tensor_bytes(tensors)}  # fmt: skip
+
+
+class PeakMemory:
+    """Peak memory growth over a ``with`` block (CUDA: allocator; CPU: process peak RSS)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.bytes = device, 0
+
+    @staticmethod
+    def _rss(field_name: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+        raise OSError(f"/proc/self/status has no {field_name}")
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, or the next run reuses it unseen
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.base = self._rss("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.bytes = self._rss("VmHWM") - self.base
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_memory_method() -> str:
+    return "peak RSS growth (VmHWM after clear_refs)"
+
+
+# --- one method on one shape -------------------------------------------------------------------------
+def build_trainer(dataset: str, method: str, adapter: DatasetAdapter, batch: int, model_params: dict,
+                  device: torch.device, amp: bool, tmp: Path) -> Trainer:  # fmt: skip
+    method_cls = METHODS.get(method)
+    params = method_cls.variants({}, adapter.task)[0]  # unimodal: its first modality
+    spec = validate_spec({"dataset": dataset, "method": method, "method_params": params, "batch_size": batch,
+                          "model_params": model_params, "probe_every": 0, "epochs": 1000})  # fmt: skip
+    trainer = Trainer(spec, adapter, RunDir(tmp / method), device, progress=False, amp=amp)
+    trainer.model.train()
+    trainer.ctx.training, trainer.ctx.epoch = True, 0
+    trainer.method.on_epoch_start(trainer.ctx)
+    return trainer
+
+
+def run_steps(trainer: Trainer, batch: Batch, n: int) -> float:
+    """Seconds per step over ``n`` runner steps."""
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trainer.ctx.step_in_epoch = trainer.ctx.step = trainer.ctx.step + 1
+        trainer.train_batch(batch)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch.device) -> list[dict]:
+    small = args.size == "small"
+    inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
+    batch_size = shape.small_batch if small and shape.small_batch else shape.batch
+    model_params = shape.small_model if small else {}
+    target = shape.small_target if small and shape.small_target else shape.target
+    adapter = shaped_adapter(name, shape, inputs, target, n=2 * batch_size)
+    batch = collate([adapter.split("train")[i] for i in range(batch_size)]).to(device)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+
+    trainers: dict[str, Trainer] = {}
+    rows = []
+    for m in methods:
+        try:
+            trainers[m] = build_trainer(name, m, adapter, batch_size, model_params, device, args.amp, tmp)
+            run_steps(trainers[m], batch, args.warmup)
+        except Exception as e:  # a method that does not apply to this model: one line, keep going
+            trainers.pop(m, None)
+            print(f"  {name}: skip {m}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+    times: dict[str, list[float]] = {m: [] for m in trainers}
+    for _ in range(args.repeats):
+        for m, tr in trainers.items():
+            times[m].append(run_steps(tr, batch, args.steps))
+    states = {m: method_state(tr.method, tr.model, tr.optimizer) for m, tr in trainers.items()}
+    order = list(trainers)
+    trainers.clear()
+    gc.collect()
+
+    for m in order:  # memory: one method alive at a time
+        with PeakMemory(device) as peak:
+            tr = build_trainer(name, m, adapter, batch_size, model_params, device, args.amp, tmp)
+            run_steps(tr, batch, min(2, args.steps))  # the first step allocates grads and optimiser state
+            del tr
+        med = statistics.median(times[m])
+        rows.append({"dataset": name, "method": m, "batch": batch_size, "ms_per_step": 1000 * med,
+                     "ms_spread": [1000 * min(times[m]), 1000 * max(times[m])], "peak_mb": peak.bytes / MB,
+                     "method_state_mb": {k: v / MB for k, v in states[m].items()}})  # fmt: skip
+    joint = next((r for r in rows if r["method"] == "joint"), None)
+    for r in rows:
+        r["time_x_joint"] = r["ms_per_step"] / joint["ms_per_step"] if joint else None
+        r["mem_x_joint"] = r["peak_mb"] / joint["peak_mb"] if joint and joint["peak_mb"] > 0 else None
+    return rows
+
+
+def cggm_overhead(name: str, shape: Shape, device: torch.device) -> dict[str, float]:
+    """CGGM's classifier memory with the paper-size model (batch 2: the classifiers do not depend on it)."""
+    adapter = shaped_adapter(name, shape, shape.inputs, shape.target, n=2)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-cggm-{name}-"))
+    tr = build_trainer(name, "cggm", adapter, 2, {}, device, False, tmp)
+    run_steps(tr, collate([adapter.split("train")[i] for i in range(2)]).to(device), 1)  # optimiser state
+    state = method_state(tr.method, tr.model, tr.optimizer)
+    mb = {k: v / MB for k, v in state.items()}
+    return {"classifier_params_mb": mb["modules"], "classifier_optimiser_mb": mb["optimiser_state"],
+            "other_mb": mb["other"], "model_params_mb": tensor_bytes(tr.model.parameters()) / MB}  # fmt: skip
+
+
+# --- report ------------------------------------------------------------------------------------------
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: list[dict], device_name: str) -> str:
+    mem_how = "CUDA max_memory_allocated" if "cuda" in device_name.lower() else cpu_memory_method()
+    lines = [f"| dataset | method | batch | ms/step (min-max) | x joint | peak MB ({mem_how}) | x joint | "
+             "method state MB |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lo, hi = r["ms_spread"]
+        state = sum(r["method_state_mb"].values())
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['batch']} | {r['ms_per_step']:.1f} "
+                     f"({lo:.1f}-{hi:.1f}) | {fmt(r['time_x_joint'], '.2f')} | {r['peak_mb']:.1f} "
+                     f"| {fmt(r['mem_x_joint'], '.2f')} | {state:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="*", default=list(SHAPES), help=f"of {', '.join(SHAPES)}")
+    parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", choices=("paper", "small"), default=None,
+                        help="paper: the CGGM batch sizes and models; small: CPU-sized batches and a smaller "
+                             "BraTS network (default: paper on CUDA, small on CPU)")  # fmt: skip
+    parser.add_argument("--amp", action="store_true", help="mixed precision (as `mmbalance run --amp`)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; the median is reported")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on CPU: 1)")
+    parser.add_argument(
+        "--no-cggm-overhead", action="store_true", help="skip the paper-size CGGM memory check"
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    device = resolve_device(args.device)
+    if (
+        args.threads or device.type == "cpu"
+    ):  # CPU: 1 thread unless asked (no spin-wait thrash on shared cores)
+        torch.set_num_threads(args.threads or 1)
+    args.size = args.size or ("paper" if device.type == "cuda" else "small")
+    methods = args.methods or METHODS.names()
+    if "joint" not in methods:
+        methods = ["joint", *methods]  # the reference of every ratio
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {cpu_name()} ({os.cpu_count()} cores)"
+    )
+    header = (f"device: {device_name} ({device}), torch {torch.__version__}, threads "
+              f"{torch.get_num_threads()}, size {args.size}, amp {args.amp}; warm-up {args.warmup}, "
+              f"{args.repeats} rounds x {args.steps} steps, median")  # fmt: skip
+    print(header, flush=True)
+
+    rows, overhead = [], {}
+    for name in args.datasets:
+        if name not in SHAPES:
+            parser.error(f"unknown dataset shape {name!r}; known: {', '.join(SHAPES)}")
+        if name not in DATASETS.names():
+            print(f"skip {name}: no adapter registered yet (datasets/{name}.py)", flush=True)
+            continue
+        t0 = time.perf_counter()
+        rows += bench_shape(name, SHAPES[name], methods, args, device)
+        print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if not args.no_cggm_overhead and "cggm" in methods:
+            overhead[name] = cggm_overhead(name, SHAPES[name], device)
+
+    text = [header, "", table(rows, device_name)]
+    if overhead:
+        text += ["", "CGGM classifiers, paper-size models (params + optimiser state; paper: 8-24 MB):", "",
+                 "| dataset | classifier params MB | optimiser state MB | total MB | model params MB |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for name, o in overhead.items():
+            total = o["classifier_params_mb"] + o["classifier_optimiser_mb"]
+            text.append(f"| {name} | {o['classifier_params_mb']:.2f} | {o['classifier_optimiser_mb']:.2f} | "
+                        f"{total:.2f} | {o['model_params_mb']:.2f} |")  # fmt: skip
+    report = "\n".join(text)
+    print("\n" + report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"speed-{device.type}-{args.size}{'-amp' if args.amp else ''}"
+    doc = {"header": header, "device": device_name, "size": args.size, "amp": args.amp, "rows": rows,
+           "cggm_classifier_overhead": overhead}  # fmt: skip
+    (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(report + "\n")
+    print(f"\nwritten {args.out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
