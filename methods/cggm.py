@@ -113,6 +113,13 @@ def batch_scores(kind: str, logits: Tensor, target: Tensor, region_masks: Tensor
     return (2 * inter / union).mean(dim=(0, 2))
 
 
+def flat_rows(tensors: Sequence[Tensor]) -> Tensor:
+    """Flatten each tensor into one row of an (M, K) matrix, zero-padded to the longest: padding
+    both sides of a cosine with zeros leaves it unchanged, so one batched cosine serves all."""
+    width = max(t.numel() for t in tensors)
+    return torch.stack([F.pad(t.flatten(), (0, width - t.numel())) for t in tensors])
+
+
 def _column_blocks(model: MultimodalModel, classifiers: nn.ModuleDict) -> dict[str, slice]:
     """Which columns of the fusion output layer each classifier's output layer is compared with."""
     fusion = model.out_layer.weight
@@ -175,16 +182,8 @@ class CGGM(Method):
         self.coeff, self.cos, self.l_gm = [1.0] * m, [0.0] * m, 0.0
 
     # --- the direction term ---------------------------------------------------------------------
-    def _fusion_view(self, weight: Tensor, m: str) -> Tensor:
-        return weight[:, self.blocks[m]].flatten()
-
-    def _cosines(self, directions: dict[str, Tensor], fusion: Tensor) -> Tensor:
-        return torch.stack(
-            [
-                F.cosine_similarity(d.flatten(), self._fusion_view(fusion, m), dim=0)
-                for m, d in directions.items()
-            ]
-        )
+    def _fusion_views(self, weight: Tensor) -> Tensor:
+        return flat_rows([weight[:, self.blocks[m]] for m in self.modalities])
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         task_loss = ctx.task_loss(out.pred, batch.target)
@@ -195,7 +194,7 @@ class CGGM(Method):
             fusion = self.prev["fusion"] + (weight - weight.detach())  # previous value, gradient into W
         else:
             (fusion,) = torch.autograd.grad(task_loss, weight, create_graph=True)
-        cos = self._cosines(self.prev["classifiers"], fusion)
+        cos = F.cosine_similarity(self.prev["classifiers"], self._fusion_views(fusion), dim=1)  # (M,)
         l_gm = direction_loss(self.prev["coeff"], cos)
         self._logged = torch.cat([cos.detach(), l_gm.detach().view(1)])  # read in diagnostics only
         return task_loss + self.p.lam * l_gm
@@ -216,14 +215,14 @@ class CGGM(Method):
             score = batch_scores(self.kind, torch.stack(logits), batch.target, self.region_masks).tolist()
             self.coeff, self.prev_score = cggm_coefficients(score, self.prev_score), score
             if self.p.direction == "weights":
-                mine = {m: c.out_layer.weight.detach().clone() for m, c in self.classifiers.items()}
+                mine = flat_rows([c.out_layer.weight for c in self.classifiers.values()])
                 self.prev = {
                     "coeff": self.coeff,
                     "classifiers": mine,
                     "fusion": model.out_layer.weight.clone(),
                 }
             else:
-                mine = {m: c.out_layer.weight.grad.clone() for m, c in self.classifiers.items()}
+                mine = flat_rows([c.out_layer.weight.grad for c in self.classifiers.values()])
                 self.prev = {"coeff": self.coeff, "classifiers": mine}
             pairs = [
                 (p.grad, self.coeff[i] * self.p.rho)
