@@ -29,7 +29,9 @@ Deviations and generalisations:
   plain ``nn.Linear`` head does not have, so the projection never runs (the previous commit also
   accepted ``"weight"``). We apply it to the shared head's weight, selected as an object, and *replace*
   the gradient as the paper and the earlier commit do (BalanceBenchmark adds it instead). ``gs: false``
-  gives the released behaviour.
+  gives the released behaviour. The denominator is OWM's scalar ``a + r k``; the code (``utils.py``
+  @ 11ae1ee) writes ``alpha + torch.mm(k, r)``, a (D, D) matrix that divides ``k k^T`` element-wise,
+  which we read as a slip for the scalar form.
 - **N modalities** follow the code's ``--modal3`` loop. The model's own fusion head is not used; the
   shared head needs every encoder to give the same feature size (else ``MethodNotApplicable``).
 - **Regression** runs with ``fusion: average`` (the loss and the projection are generic); the entropy
