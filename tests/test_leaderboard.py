@@ -317,6 +317,17 @@ def test_fingerprint_registry_matches_the_adapters():
         assert split.task == task
 
 
+def test_fingerprint_registry_lists_every_suite_configuration(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fingerprints_script", REPO / "scripts" / "fingerprints.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--check"]) == 0, (
+        capsys.readouterr().err
+    )  # "out of date: run scripts/fingerprints.py"
+
+
 def test_metric_names_match_the_metric_functions():
     import torch
 
