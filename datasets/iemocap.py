@@ -43,7 +43,6 @@ from typing import Literal
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmbalance.datasets._cmu import ArraySplit, ids_labels_fingerprint, read_split_arrays
 from pydantic import Field
 from torch import Tensor
@@ -83,9 +82,11 @@ class IemocapModelParams(MSAModelParams):
     out_dropout: float = Field(0.2, ge=0, lt=1)
 
 
-def pad_or_truncate(x: Tensor, length: int) -> Tensor:
-    """(T, D) -> (length, D): zeros appended at the end, or the first ``length`` steps."""
-    return F.pad(x[:length], (0, 0, 0, max(0, length - x.shape[0])))
+def pad_or_truncate(x: np.ndarray, length: int) -> np.ndarray:
+    """(T, D) -> (length, D) float32: zeros appended at the end, or the first ``length`` steps."""
+    out = np.zeros((length, x.shape[1]), dtype=np.float32)
+    out[: len(x)] = x[:length]
+    return out
 
 
 def open_h5(path: Path) -> h5py.File:
@@ -101,7 +102,7 @@ class H5Split(Dataset):
     """One MMIN split: features read from the h5 files per item, padded/truncated to fixed lengths."""
 
     def __init__(self, files: dict[str, Path], ids: list[str], target: Tensor, lengths: dict[str, int],
-                 audio_stats: tuple[Tensor, Tensor] | None, utt_norm: bool) -> None:  # fmt: skip
+                 audio_stats: tuple[np.ndarray, np.ndarray] | None, utt_norm: bool) -> None:  # fmt: skip
         self.files, self.ids, self.target, self.lengths = files, ids, target, lengths
         self.audio_stats, self.utt_norm = audio_stats, utt_norm
         self._handles: dict[str, h5py.File] = {}
@@ -121,17 +122,18 @@ class H5Split(Dataset):
         return {**self.__dict__, "_handles": {}}  # h5 handles do not pickle (spawned workers reopen)
 
     def read(self, m: str, uid: str) -> Tensor:
+        # numpy, not torch, per item: small torch ops cost more than the h5 read on a busy CPU
         try:
-            x = torch.from_numpy(np.asarray(self._h5(m)[uid][()], dtype=np.float32))
+            x = np.asarray(self._h5(m)[uid][()], dtype=np.float32)
         except (OSError, KeyError) as e:
             raise DataError(f"{self.files[m]}: cannot read utterance {uid!r}: {e}") from None
         if m == "audio" and self.audio_stats is not None:
             mean, std = self.audio_stats
             x = (x - mean) / std
         elif m == "audio" and self.utt_norm:  # MMIN's normalize_on_utt (unbiased std; 0 or NaN -> 1)
-            std = x.std(dim=0)
-            x = (x - x.mean(dim=0)) / torch.where(torch.isfinite(std) & (std > 0), std, torch.ones_like(std))
-        return pad_or_truncate(x, self.lengths[m])
+            std = x.std(axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1], np.float32)
+            x = (x - x.mean(axis=0)) / np.where(np.isfinite(std) & (std > 0), std, 1).astype(np.float32)
+        return torch.from_numpy(pad_or_truncate(x, self.lengths[m]))
 
     def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
         uid = self.ids[i]
@@ -232,22 +234,20 @@ class Iemocap(DatasetAdapter):
             warnings.warn(f"{path}: {msg} and are truncated", stacklevel=3)
         return dim
 
-    def _audio_stats(self, dim: int) -> tuple[Tensor, Tensor]:
+    def _audio_stats(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         path, fold = self.root / MMIN_AUDIO_STATS, str(self.params.fold)
         with open_h5(path) as f:
             if fold not in f or "mean" not in f[fold] or "std" not in f[fold]:
                 raise DataError(
                     f"{path}: expected group {fold!r} with datasets 'mean' and 'std' (fold statistics)"
                 )
-            mean, std = (
-                torch.from_numpy(np.asarray(f[fold][k][()], np.float32)).reshape(-1) for k in ("mean", "std")
-            )
+            mean, std = (np.asarray(f[fold][k][()], np.float32).reshape(-1) for k in ("mean", "std"))
         if mean.shape != (dim,) or std.shape != (dim,):
             sizes = f"{tuple(mean.shape)}/{tuple(std.shape)}"
             raise DataError(
                 f"{path}: fold {fold} mean/std have shapes {sizes}; the audio features have {dim}"
             )
-        return mean, torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays 0, not NaN
+        return mean, np.where(std > 0, std, 1).astype(np.float32)  # a constant feature stays 0, not NaN
 
     # --- contract -----------------------------------------------------------------------------
     @property
