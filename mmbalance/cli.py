@@ -169,7 +169,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmbalance.report import report
 
     if args.table:
-        paths = render_from_records(args.table, args.results_dir, args.out, args.protocol)
+        figures = not args.no_figures
+        paths = render_from_records(args.table, args.results_dir, args.out, args.protocol, figures=figures)
     else:
         protocol = args.protocol or "best-valid-test"
         paths = report(args.results_dir, args.suite, args.out, protocol, figures=not args.no_figures)

@@ -246,6 +246,17 @@ def render(
     return Table(table.title, header, body, notes), pd.DataFrame(csv)
 
 
+def cell_matches(table: PaperTable) -> list[dict[str, Any]]:
+    """The spec fields of every cell's runs (rows without runs of their own have none)."""
+    matches = []
+    for row in table.rows:
+        for col in table.columns:
+            override = row.columns.get(col.key, CellSource())
+            if row.match or override.match:
+                matches.append({**col.match, **row.match, **override.match})
+    return matches
+
+
 def render_from_records(
     name_or_path: str | Path,
     results: Path | str,
@@ -253,16 +264,26 @@ def render_from_records(
     protocol: str | None = None,
     missing: list[str] | None = None,
     run_ids: set[str] | None = None,
+    figures: bool = False,
 ) -> list[Path]:
-    """Write ``<out>/tables/<table name>.{md,tex,csv}`` from the records under ``results``."""
+    """Write ``<out>/tables/<table name>.{md,tex,csv}`` from the records under ``results`` (and with
+    ``figures``, the figures of the table's runs under ``<out>/figures``)."""
     table, _ = load_table(name_or_path)
     protocol = protocol or table.protocol
     runs = load_runs(results, protocol)
     if run_ids is not None and not runs.empty:
         runs = runs[runs["run_id"].isin(run_ids)]
-    rendered = render(table, runs, protocol, missing)
     out = Path(out) if out is not None else Path(results)
-    return write_tables([rendered], out / "tables", table.name, table.title)
+    paths = write_tables(
+        [render(table, runs, protocol, missing)], out / "tables", table.name, f"Table {table.name}"
+    )
+    if figures and not runs.empty:
+        from mmbalance.figures import suite_figures
+
+        matches = cell_matches(table)
+        mine = runs[runs["spec"].map(lambda s: any(is_subset(m, s) for m in matches))]
+        paths += suite_figures(mine, out / "figures", table.name) if not mine.empty else []
+    return paths
 
 
 def missing_data(suite: Any, data_root: Path | None = None) -> list[str]:
@@ -306,13 +327,5 @@ def reproduce(
     outcomes = run_local(planned, Path(results), data_root, device=device, progress=progress)
     missing += [f"{p.label}: failed ({r.reason})" for p, r in outcomes if r.status == "failed"]
     run_ids = {r.run_id for _, r in outcomes if r.status != "failed"}
-    paths = render_from_records(path, results, out, protocol, missing, run_ids)
-    if figures and run_ids:
-        from mmbalance.figures import suite_figures
-
-        runs = load_runs(results, protocol or table.protocol)
-        runs = runs[runs["run_id"].isin(run_ids)]
-        paths += suite_figures(
-            runs, (Path(out) if out is not None else Path(results)) / "figures", table.name
-        )
+    paths = render_from_records(path, results, out, protocol, missing, run_ids, figures=figures)
     return paths, missing
