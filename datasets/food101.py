@@ -40,6 +40,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +66,24 @@ LAYOUTS = ("json", "texts_txt", "titles_csv")
 RAW_SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_INGREDIENT_TOKENS = 100  # bmmal preprocess.py
+# The 101 classes (CGGM's CLASS_NAME, alphabetical): the task before any file is there.
+FOOD101_CLASSES = tuple(
+    """
+apple_pie baby_back_ribs baklava beef_carpaccio beef_tartare beet_salad beignets bibimbap
+bread_pudding breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake ceviche
+cheese_plate cheesecake chicken_curry chicken_quesadilla chicken_wings chocolate_cake
+chocolate_mousse churros clam_chowder club_sandwich crab_cakes creme_brulee croque_madame cup_cakes
+deviled_eggs donuts dumplings edamame eggs_benedict escargots falafel filet_mignon fish_and_chips
+foie_gras french_fries french_onion_soup french_toast fried_calamari fried_rice frozen_yogurt
+garlic_bread gnocchi greek_salad grilled_cheese_sandwich grilled_salmon guacamole gyoza hamburger
+hot_and_sour_soup hot_dog huevos_rancheros hummus ice_cream lasagna lobster_bisque
+lobster_roll_sandwich macaroni_and_cheese macarons miso_soup mussels nachos omelette onion_rings
+oysters pad_thai paella pancakes panna_cotta peking_duck pho pizza pork_chop poutine prime_rib
+pulled_pork_sandwich ramen ravioli red_velvet_cake risotto samosa sashimi scallops seaweed_salad
+shrimp_and_grits spaghetti_bolognese spaghetti_carbonara spring_rolls steak strawberry_shortcake
+sushi tacos takoyaki tiramisu tuna_tartare waffles
+""".split()
+)
 
 
 class Food101Params(StrictModel):
@@ -426,9 +445,14 @@ class Food101(DatasetAdapter):
             self._samples[split] = read_samples(self.root, self.layout, split, self.params.txt_text)
         return self._samples[split]
 
-    @property
+    @cached_property
     def class_names(self) -> tuple[str, ...]:
-        if self.layout == "json":
+        """Sorted train classes of the files; the 101 Food101 classes while no file is there."""
+        try:
+            layout = self.layout
+        except DataMissingError:
+            return FOOD101_CLASSES
+        if layout == "json":
             return tuple(sorted({s.label for s in self.raw_samples("train")}))
         return tuple(p.name for p in _class_dirs(self.root, "train"))
 
@@ -471,6 +495,7 @@ class Food101(DatasetAdapter):
             samples, raw = self.split_samples(name)
             p = self.params
             if p.mode == "features":
+                self.check_features()
                 self._splits[name] = FeatureSplit(samples, self.class_names, self.features_path, raw)
             else:
                 tokenizer, processor = load_processors(p.text_model, p.image_model)
@@ -487,6 +512,26 @@ class Food101(DatasetAdapter):
         for s, y in zip(ds.samples, ds.labels.tolist(), strict=True):
             h.update(f"{s.id}\t{y}\n".encode())
         return h.hexdigest()
+
+    def check_features(self) -> None:
+        """The features file must come from this layout, text length and text choice."""
+        want = {
+            "layout": self.layout,
+            "max_text_length": self.params.max_text_length,
+            "txt_text": self.params.txt_text,
+        }
+        with open_features(self.features_path) as f:
+            got = {
+                k: f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k]
+                for k in want
+                if k in f.attrs
+            }
+        wrong = {k: (got[k], v) for k, v in want.items() if k in got and got[k] != v}
+        if wrong:
+            raise DataError(
+                f"{self.features_path}: extracted with other settings (file, params): {wrong}; "
+                "re-run scripts/extract_food101_features.py or change dataset_params"
+            )
 
     def feature_dims(self) -> dict[str, int]:
         with open_features(self.features_path) as f:

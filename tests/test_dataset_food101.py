@@ -239,3 +239,12 @@ def test_preset_is_a_valid_spec():
     cggm = preset.pop("method_overrides")["cggm"]
     spec = validate_spec(deep_merge(deep_merge(preset, cggm), {"method": "cggm"}))
     assert spec.batch_size == 128 and spec.optim.clip_grad_norm == 0.8 and spec.method_params["lam"] == 0.05
+
+
+def test_task_without_files_and_mismatched_features(root, tmp_path):
+    task = adapter(tmp_path / "absent").task
+    assert (
+        task.num_classes == 101 and task.class_names[0] == "apple_pie" and task.class_names[-1] == "waffles"
+    )
+    with pytest.raises(DataError, match=r"features_json.h5: extracted with other settings.*max_text_length"):
+        adapter(root, max_text_length=40).split("train")
