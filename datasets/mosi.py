@@ -12,7 +12,11 @@ Files under the dataset root (``$MMBALANCE_DATA/mosi`` or ``--data-root``), one 
 Both are ``{'train', 'valid', 'test'}`` dicts; the format is detected from the keys (``labels`` vs
 ``regression_labels``). Audio ``-inf`` is set to 0 as both loaders do. Sequence lengths and feature
 sizes are read from the file (unaligned audio/vision lengths differ between sources). The full MMSA
-release (1284 training samples) is checked against the SHA-256 in MMSA's README.
+release (1284 training samples) is checked against the SHA-256 in MMSA's README. ``text: text_bert``
+serves MMSA's word ids as (3, L) int64 per item; the model then runs a local BERT
+(``model_params.bert``, frozen unless ``finetune``) before the text encoder, as MMSA's ``use_bert``.
+MMSA's ``audio_lengths`` / ``vision_lengths`` are not used: like the CGGM code, the model attends over
+the padded steps.
 Task: regression of the sentiment score in [-3, 3], L1 loss, the MOSI metrics (MAE, Corr, Acc-7,
 Acc-2, F1). Modalities in CGGM's order: text, audio, vision. Pickles are read with the restricted
 unpickler (``mmbalance.safe_pickle``).
@@ -31,11 +35,12 @@ import torch
 from mmbalance.datasets._cmu import ArraySplit, ids_labels_fingerprint, read_split_arrays
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.models.food import PretrainedSequenceEncoder, load_pretrained
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
 from mmbalance.safe_pickle import load_pickle
 
-__all__ = ["Mosi", "MosiParams"]
+__all__ = ["Mosi", "MosiParams", "MosiModelParams"]
 
 MODALITIES = ("text", "audio", "vision")
 FILES = {  # (source, aligned) -> file name
@@ -57,9 +62,14 @@ class MosiParams(StrictModel):
         "auto"  # auto: the MulT file (CGGM's input) if present, else MMSA
     )
     aligned: bool = True  # word-aligned sequences (mosi_data.pkl / aligned_50.pkl)
-    text: Literal["text", "text_bert"] = "text"  # MMSA only: BERT features, or BERT word ids (needs a BERT)
+    text: Literal["text", "text_bert"] = "text"  # MMSA only: BERT features, or word ids (model_params.bert)
     file: str | None = None  # a file name under the root instead of the standard ones (format from keys)
     check_sha256: bool = True  # the full MMSA release must match MMSA's published hash
+
+
+class MosiModelParams(MSAModelParams):
+    bert: str | None = None  # text='text_bert': a local BERT folder or hub-cache name (no download)
+    finetune: bool = False  # train that BERT too (MMSA's use_finetune); frozen, it is a feature extractor
 
 
 @DATASETS.register
@@ -67,7 +77,7 @@ class Mosi(DatasetAdapter):
     name = "mosi"
     description = "CMU-MOSI sentiment regression (text, audio, vision) from the MulT or MMSA pickle"
     Params = MosiParams
-    ModelParams = MSAModelParams
+    ModelParams = MosiModelParams
 
     # --- files --------------------------------------------------------------------------------
     def candidates(self) -> list[str]:
@@ -130,8 +140,8 @@ class Mosi(DatasetAdapter):
                 raise DataError(f"{path}: {split}/text_bert must be (N, 3, L) (ids, mask, segments), "
                                 f"got {features['text'].shape}")  # fmt: skip
             inputs = {m: torch.from_numpy(x) for m, x in features.items()}
-            if text_key == "text_bert":  # (N, 3, L) word ids -> (N, L, 3) int64, time first like the rest
-                inputs["text"] = inputs["text"].transpose(1, 2).round().long().contiguous()
+            if text_key == "text_bert":  # (N, 3, L) ids / mask / segments, the layout BERT encoders read
+                inputs["text"] = inputs["text"].round().long()
             splits[split] = ArraySplit(
                 inputs, torch.from_numpy(labels.astype(np.float32).reshape(-1, 1)), ids
             )
@@ -177,11 +187,20 @@ class Mosi(DatasetAdapter):
     def input_dims(self) -> dict[str, int]:
         return {m: x.shape[-1] for m, x in self.split("train").inputs.items()}
 
-    def build_model(self, model_params: MSAModelParams, modalities: Sequence[str]) -> MSAModel:
-        if "text" in modalities and self.params.text == "text_bert":
-            raise DataError(
-                "mosi: text='text_bert' serves BERT word ids (L, 3), which the MSA model cannot read; "
-                "use text='text' (MMSA's per-token BERT features)"
-            )
+    def build_model(self, model_params: MosiModelParams, modalities: Sequence[str]) -> MSAModel:
         dims = self.input_dims()
-        return build_msa_model({m: dims[m] for m in modalities}, 1, model_params)
+        bert = None
+        if "text" in modalities and self.params.text == "text_bert":
+            if model_params.bert is None:
+                raise DataError(
+                    "mosi: text='text_bert' serves BERT word ids (3, L); set model_params.bert to a local "
+                    "BERT folder (MMSA uses bert-base-uncased), or use text='text' (MMSA's BERT features)"
+                )
+            bert = load_pretrained(model_params.bert)
+            dims["text"] = bert.config.hidden_size
+        model = build_msa_model({m: dims[m] for m in modalities}, 1, model_params)
+        if bert is not None:  # BERT's last_hidden_state feeds the text encoder (frozen unless finetune)
+            model.encoders["text"] = PretrainedSequenceEncoder(
+                bert, model.encoders["text"], model_params.finetune
+            )
+        return model

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from mmbalance.datasets import mosi as mosi_mod
-from mmbalance.datasets.mosi import Mosi, MosiParams
+from mmbalance.datasets.mosi import Mosi, MosiModelParams, MosiParams
 
 from mmbalance.data import DataError, DataMissingError, collate
 from mmbalance.fixtures import mosi as fixture
@@ -69,15 +69,26 @@ def test_every_format_loads(root, params, file, lengths, text_dim):
     assert a.task.kind == "regression" and a.task.modalities == ("text", "audio", "vision")
 
 
-def test_text_bert_ids_and_refusal_by_the_model(root):
+def test_text_bert_ids_and_a_local_bert(root, tmp_path):
     a = adapter(root, source="mmsa", text="text_bert")
     x, _, _ = a.split("train")[0]
-    assert x["text"].dtype == torch.int64 and tuple(x["text"].shape) == (6, 3)  # (L, [ids, mask, segments])
-    assert x["text"][0, 0] == 101 and x["text"][:, 1].eq(1).all()
-    with pytest.raises(DataError, match="text_bert"):
-        a.build_model(mosi_mod.MSAModelParams(**TINY_MODEL), ["text", "audio"])
+    assert x["text"].dtype == torch.int64 and tuple(x["text"].shape) == (3, 6)  # ids, mask, segments
+    assert x["text"][0, 0] == 101 and x["text"][1].eq(1).all()
+    with pytest.raises(DataError, match="set model_params.bert"):
+        a.build_model(MosiModelParams(**TINY_MODEL), ["text", "audio"])
     with pytest.raises(DataError, match="needs an MMSA file"):
         adapter(root, text="text_bert").split("train")
+    # a tiny random BERT saved locally stands in for bert-base-uncased (no download)
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    model = a.build_model(MosiModelParams(**TINY_MODEL, bert=str(tmp_path / "bert")), ["text", "audio"])
+    out = model(collate([a.split("train")[i] for i in range(2)]).inputs)
+    assert out.pred.shape == (2, 1) and out.aux["text"].shape == (2, 6, 8)
+    frozen = model.encoders["text"].backbone.embeddings.word_embeddings.weight
+    assert not frozen.requires_grad and all(p is not frozen for p in model.encoder_parameters("text"))
 
 
 def test_format_is_detected_from_keys(root, tmp_path):
@@ -193,7 +204,7 @@ def test_mmsa_release_hash(root, tmp_path, monkeypatch):
 def test_model_on_a_batch(root):
     a = adapter(root, aligned=False)
     batch = collate([a.split("train")[i] for i in range(4)])
-    model = a.build_model(mosi_mod.MSAModelParams(**TINY_MODEL), a.task.modalities)
+    model = a.build_model(MosiModelParams(**TINY_MODEL), a.task.modalities)
     out = model(batch.inputs)
     assert out.pred.shape == (4, 1)
     assert {m: tuple(h.shape) for m, h in out.aux.items()} == {"text": (4, 6, 8), "audio": (4, 9, 8),
