@@ -398,12 +398,16 @@ def run_tables(
         weak = weak_modality(runs_t)
         probe_cols = [f"probe/{weak}"] if weak else []
         agg = aggregate(runs_t, cols + probe_cols)
+        primary = runs_t["selection_metric"].iloc[0]  # the probes report the task's primary metric
+        for r in agg:
+            for m in probe_cols:
+                r.cells[m].decimals = DECIMALS.get(primary, 2)
         for m in cols:
             rank_marks([r.cells[m] for r in agg], higher_is_better(m), [r.multimodal for r in agg])
         header = (
             ["Method"]
             + [metric_label(m) for m in cols]
-            + [f"{weak} probe (weak)" for _ in probe_cols]
+            + [f"{weak} probe {metric_label(primary)} (weak)" for _ in probe_cols]
             + ["n"]
         )
         rows = [[r.label, *(r.cells[m] for m in cols + probe_cols), str(r.seeds)] for r in agg]
@@ -414,8 +418,9 @@ def run_tables(
         ]
         if weak:
             notes.append(
-                f"'{weak} probe': test metric of a linear probe on the weakest modality's encoder features "
-                f"({weak}: lowest probe score inside the multimodal models)."
+                f"'{weak} probe': {'test' if protocol == 'best-valid-test' else 'validation'} "
+                f"{metric_label(primary)} of a linear probe on the weakest modality's encoder features "
+                f"({weak}: worst probe score inside the multimodal models)."
             )
         title = f"{dataset} ({task})"
         csv = pd.DataFrame(

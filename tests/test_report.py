@@ -76,7 +76,7 @@ def test_run_tables_mark_best_and_second_in_markdown_and_latex(tmp_path):
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "Protocol: test metrics at the best validation epoch" in md
     # the weak modality (lowest probe inside the multimodal models: m0 = 40) gets its column
-    assert "m0 probe (weak)" in md
+    assert "m0 probe Acc (weak)" in md
     assert set(csv["metric"]) == {"accuracy", "f1_macro", "probe/m0"}
     best = csv[(csv["metric"] == "accuracy") & (csv["mark"] == 1)]
     assert list(best["method"]) == ["ogm_ge"]
@@ -89,6 +89,7 @@ def test_lower_is_better_for_mae(tmp_path):
     md = table.markdown()
     assert "**0.750**" in md and "_0.800_" in md  # MAE: lower is better, 3 decimals
     assert "**0.600**" in md and "_0.500_" in md  # Corr: higher is better
+    assert "m2 probe MAE (weak)" in md and "| 42.000 |" in md  # the probe metric is the task's (MAE here)
 
 
 def test_protocol_best_valid_reads_best_validation_over_epochs(tmp_path):
