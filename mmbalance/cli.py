@@ -148,12 +148,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from mmbalance.leaderboard import EntryError, LeaderboardError, build, check
 
     try:
-        if args.action == "check":
+        if args.action in ("check", "verify"):
             if args.file is None:
-                print("error: leaderboard check needs the entry FILE", file=sys.stderr)
+                print(f"error: leaderboard {args.action} needs the entry FILE", file=sys.stderr)
                 return 2
             entry = check(args.file, results=args.results, fingerprints=args.fingerprints)
             console.print(f"{args.file}: valid ({entry.method} on {entry.dataset}, {len(entry.seeds)} seeds)")
+            if args.action == "verify":
+                from mmbalance.leaderboard_verify import verify
+
+                bad = verify(entry, args.seeds, args.data_root, device=args.device)
+                for m in bad:
+                    console.print(f"[red]mismatch[/red] {m}", highlight=False)
+                console.print(f"re-run of seed(s) {args.seeds or [entry.seeds[0].seed]}: "
+                              f"{'numbers reproduced' if not bad else f'{len(bad)} metric(s) differ'}")  # fmt: skip
+                return 1 if bad else 0
         else:
             built = build(args.results, fingerprints=args.fingerprints)
             console.print(f"{len(built.entries)} entries -> {built.markdown}, {built.html}")
@@ -270,10 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="`build` validates every entry and renders the page; `check FILE`")
-    p.add_argument("action", choices=("build", "check"))
-    p.add_argument("file", nargs="?", type=Path, help="check: the entry JSON to validate")
+    p.add_argument("action", choices=("build", "check", "verify"), help="verify: check, then re-run seeds")
+    p.add_argument("file", nargs="?", type=Path, help="check/verify: the entry JSON")
     p.add_argument("--results", type=Path, default=Path("results"), help="has leaderboard/entries/")
     p.add_argument("--fingerprints", type=Path, default=None, help="default: benchmarks/fingerprints.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="verify: seeds to re-run (default: first)")
+    p.add_argument("--data-root", type=Path, default=None, help="verify: folder with one sub-folder per dataset")
+    p.add_argument("--device", default="cpu", help="verify: cpu (default), cuda, ...")
     p.set_defaults(func=cmd_leaderboard)
 
     protocols = ["best-valid-test", "best-valid"]

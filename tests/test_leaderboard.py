@@ -285,6 +285,23 @@ def test_duplicates_are_refused_and_build_lists_every_bad_entry(entry, runs, tmp
     lb.check(entries / "a.json", results=tmp_path / "results", fingerprints=runs["fingerprints"])
 
 
+def test_verify_reproduces_real_numbers_and_catches_a_resealed_forgery(entry, runs):
+    from mmbalance.leaderboard_verify import verify
+
+    known = lb.load_fingerprints(runs["fingerprints"])
+    exact = {"percent": 0.0, "mae": 0.0, "corr": 0.0}
+    assert (
+        verify(lb.validate_entry(entry, known), seeds=[1], tolerance=exact) == []
+    )  # same machine: identical
+    forged = copy.deepcopy(entry)
+    forged["seeds"][1]["metrics"]["accuracy"] += 5.0
+    passes_check = lb.validate_entry(reseal(forged), known)  # self-consistent: only re-running can tell
+    (bad,) = verify(passes_check, seeds=[1])
+    assert (bad.seed, bad.metric) == (1, "accuracy") and bad.claimed == pytest.approx(bad.rerun + 5.0)
+    with pytest.raises(lb.LeaderboardError, match=r"seeds \[7\] are not in the entry"):
+        verify(passes_check, seeds=[7])
+
+
 def test_cli_submit_check_and_build(runs, tmp_path, capsys):
     from mmbalance.cli import main
 
