@@ -175,14 +175,18 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 # --- report, reproduce ----------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from mmbalance.paper import render_from_records
-    from mmbalance.report import report
+    from mmbalance.report import RecordError, report
 
-    if args.table:
-        figures = not args.no_figures
-        paths = render_from_records(args.table, args.results_dir, args.out, args.protocol, figures=figures)
-    else:
-        protocol = args.protocol or "best-valid-test"
-        paths = report(args.results_dir, args.suite, args.out, protocol, figures=not args.no_figures)
+    figures, protocol = not args.no_figures, args.protocol
+    try:
+        if args.table:
+            paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
+        else:
+            protocol = protocol or "best-valid-test"
+            paths = report(args.results_dir, args.suite, args.out, protocol, figures=figures)
+    except RecordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
     return 0
 

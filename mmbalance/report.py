@@ -31,6 +31,7 @@ from mmbalance.records import atomic_write_text, iter_runs
 
 __all__ = [
     "PROTOCOLS",
+    "RecordError",
     "Cell",
     "Table",
     "load_runs",
@@ -189,11 +190,7 @@ def rank_marks(cells: Sequence[Cell], higher: bool, eligible: Sequence[bool] | N
         {c.rounded() for c, ok in zip(cells, eligible, strict=True) if ok and not c.empty}, reverse=higher
     )
     for c, ok in zip(cells, eligible, strict=True):
-        c.mark = 0
-        if ok and not c.empty:
-            c.mark = (
-                1 if c.rounded() == values[0] else 2 if len(values) > 1 and c.rounded() == values[1] else 0
-            )
+        c.mark = values.index(c.rounded()) + 1 if ok and not c.empty and c.rounded() in values[:2] else 0
 
 
 # --- loading records --------------------------------------------------------------------------------
@@ -214,12 +211,21 @@ def config_key(spec: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True)
 
 
+class RecordError(ValueError):
+    """A run record that cannot be read; the message names the file."""
+
+
 def load_runs(results: Path | str, protocol: str = "best-valid-test") -> pd.DataFrame:
     """One row per finished run: identity columns, ``spec`` (dict), and one column per metric."""
     rows = []
     for rd in iter_runs(results, status="done"):
-        final = rd.final()
-        spec = final["spec"]
+        try:
+            final = rd.final()
+            spec, values = final["spec"], run_values(final, protocol)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise RecordError(
+                f"{rd.file('final.json')}: unreadable run record ({type(e).__name__}: {e})"
+            ) from None
         rows.append(
             {
                 "run_id": rd.run_id,
@@ -232,7 +238,7 @@ def load_runs(results: Path | str, protocol: str = "best-valid-test") -> pd.Data
                 "selection_metric": final["selection_metric"],
                 "config": config_key(spec),
                 "spec": spec,
-                **run_values(final, protocol),
+                **values,
             }
         )
     return pd.DataFrame(rows)

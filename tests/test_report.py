@@ -13,7 +13,7 @@ import yaml
 from _report_records import make_run
 
 from mmbalance.paper import PaperTable, load_table, render, reproduce
-from mmbalance.report import Cell, aggregate, load_runs, rank_marks, report, run_tables
+from mmbalance.report import Cell, RecordError, aggregate, load_runs, rank_marks, report, run_tables
 from mmbalance.spec import SpecError
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
@@ -100,6 +100,13 @@ def test_protocol_best_valid_reads_best_validation_over_epochs(tmp_path):
     assert load_runs(tmp_path, "best-valid")["accuracy"].item() == 68.0
     with pytest.raises(ValueError, match="unknown protocol"):
         load_runs(tmp_path, "test")
+
+
+def test_unreadable_record_names_the_file(tmp_path):
+    rd = make_run(tmp_path, "joint", 0)
+    rd.file("final.json").write_text("{not json")
+    with pytest.raises(RecordError, match=r"final\.json: unreadable run record"):
+        load_runs(tmp_path)
 
 
 def test_report_writes_md_tex_csv_of_the_suite_only(tmp_path):
