@@ -60,6 +60,7 @@ __all__ = [
     "params_hash",
     "spec_hash",
     "METRICS",
+    "RULES",
 ]
 
 SCHEMA_VERSION = 1
@@ -254,10 +255,13 @@ def metric_problems(task: str, name: str, value: float) -> list[str]:
     return []
 
 
-def _rules(e: Entry, known: dict[tuple[str, str], KnownSplit]) -> list[str]:
-    """The checks a schema cannot express, each as a ``field: rule`` line."""
-    bad: list[str] = []
-    # Hashes and the spec agree with the fields shown on the page.
+# The checks a schema cannot express; each returns ``field: rule`` lines (empty when the entry passes).
+Known = dict[tuple[str, str], KnownSplit]
+
+
+def hashes_rule(e: Entry, known: Known) -> list[str]:
+    """Hashes recomputed; the spec that ran is the one whose method and dataset the page shows."""
+    bad = []
     if params_hash(e.dataset_params) != e.dataset_params_hash:
         bad.append(f"dataset_params_hash: {e.dataset_params_hash} is not the hash of dataset_params "
                    f"({params_hash(e.dataset_params)})")  # fmt: skip
@@ -270,21 +274,30 @@ def _rules(e: Entry, known: dict[tuple[str, str], KnownSplit]) -> list[str]:
         bad.append("spec.seed: the shared spec must not hold a seed (each seed is in seeds[])")
     if spec_hash(e.spec) != e.spec_hash:
         bad.append(f"spec_hash: {e.spec_hash} is not the hash of spec ({spec_hash(e.spec)})")
-    # The data: the suite's known split for this dataset configuration.
+    return bad
+
+
+def data_rule(e: Entry, known: Known) -> list[str]:
+    """The split fingerprint is the suite's known one for this dataset configuration."""
     split = known.get((e.dataset, e.dataset_params_hash))
     if split is None:
-        bad.append(
+        return [
             f"data_fingerprint: no known split for dataset {e.dataset!r} with dataset_params_hash "
             f"{e.dataset_params_hash} (the suite's configurations are in benchmarks/fingerprints.yaml)"
-        )
-    elif split.fingerprint != e.data_fingerprint:
-        bad.append(
+        ]
+    if split.fingerprint != e.data_fingerprint:
+        return [
             f"data_fingerprint: {e.data_fingerprint} differs from the suite's known fingerprint "
             f"{split.fingerprint} for {split.config}"
-        )
-    elif split.task != e.task:
-        bad.append(f"task: {e.task!r} but {split.config} is a {split.task} task")
-    # Seeds: enough, distinct, finished, and produced by this spec.
+        ]
+    if split.task != e.task:
+        return [f"task: {e.task!r} but {split.config} is a {split.task} task"]
+    return []
+
+
+def seeds_rule(e: Entry, known: Known) -> list[str]:
+    """Enough distinct seeds, each a finished run of this very spec (its run id recomputed)."""
+    bad = []
     seeds = [s.seed for s in e.seeds]
     if len(set(seeds)) < MIN_SEEDS:
         bad.append(
@@ -307,7 +320,12 @@ def _rules(e: Entry, known: dict[tuple[str, str], KnownSplit]) -> list[str]:
         if s.run_id != rid:
             bad.append(f"seeds[{i}].run_id: {s.run_id} is not the run id of this spec, seed {s.seed}, "
                        f"data and code version ({rid})")  # fmt: skip
-    # Metrics: the task's names, in range, the same in every seed.
+    return bad
+
+
+def metrics_rule(e: Entry, known: Known) -> list[str]:
+    """The task's metric names, in range, the same in every seed, in percent."""
+    bad = []
     names = set(e.metric_names)
     if e.primary() not in names:
         bad.append(f"seeds[0].metrics: the task's primary metric {e.primary()!r} is missing")
@@ -326,7 +344,12 @@ def _rules(e: Entry, known: dict[tuple[str, str], KnownSplit]) -> list[str]:
         bad.append(
             "seeds[].metrics: every percentage is <= 1; the suite records percent (0-100), not fractions"
         )
-    # Summary: recomputed from the seeds.
+    return bad
+
+
+def summary_rule(e: Entry, known: Known) -> list[str]:
+    """Mean and sample std (ddof=1) recomputed from the per-seed values."""
+    bad, names = [], set(e.metric_names)
     if set(e.summary) != names:
         bad.append(f"summary: metrics {sorted(e.summary)} differ from the seeds' {sorted(names)}")
     for k in sorted(names & set(e.summary)):
@@ -338,6 +361,9 @@ def _rules(e: Entry, known: dict[tuple[str, str], KnownSplit]) -> list[str]:
                 bad.append(f"summary.{k}.{stat}: {got!r} but the seeds give {ref!r}"
                            + (" (sample std, ddof=1)" if stat == "std" else ""))  # fmt: skip
     return bad
+
+
+RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule)
 
 
 def summarize(values: Sequence[float]) -> Stat:
@@ -353,7 +379,7 @@ def validate_entry(data: Any, known: dict[tuple[str, str], KnownSplit], source: 
         entry = Entry.model_validate(data)
     except ValidationError as err:
         raise EntryError(source, _format(err)) from None
-    problems = _rules(entry, known)
+    problems = [p for rule in RULES for p in rule(entry, known)]
     if problems:
         raise EntryError(source, problems)
     return entry
