@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ __all__ = ["Brats", "convert_case", "convert_cases", "read_volume"]
 
 MODALITIES = ("flair", "t1ce", "t1", "t2")  # channel order of ``image`` (the CGGM code unpacks it so)
 RAW_SUFFIXES = ("flair", "t1ce", "t1", "t2", "seg")
+CASE_NAME = re.compile(r"BraTS\d{4}_\d+")  # BraTS2021_00000
 LABEL_VALUES = (0, 1, 2, 3, 4)
 REGIONS = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
 # CGGM's BraTSData: noise with probability 0.1, std ~ U(0, 0.1) ("variance" in its code, used as std).
@@ -108,12 +110,12 @@ def convert_case(case_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return image, label.astype(np.uint8)
 
 
-def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+def _write_h5(path: Path, image: np.ndarray, label: np.ndarray, compression: str | None = "gzip") -> None:
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         # One chunk per axial slice: the loader reads one slice at a time.
-        f.create_dataset("image", data=image, compression="gzip", chunks=(*image.shape[:3], 1))
-        f.create_dataset("label", data=label, compression="gzip", chunks=(*label.shape[:2], 1))
+        f.create_dataset("image", data=image, compression=compression, chunks=(*image.shape[:3], 1))
+        f.create_dataset("label", data=label, compression=compression, chunks=(*label.shape[:2], 1))
     os.replace(tmp, path)
 
 
@@ -138,12 +140,17 @@ def convert_cases(
     test_fraction: float = 0.2,
     seed: int = 0,
     progress: bool = False,
+    compression: str | None = "gzip",
 ) -> dict[str, list[str]]:
     """Convert every ``BraTS2021_*`` case folder under ``raw_root`` to ``out_root/h5/<case>.h5`` and write
-    ``out_root/splits.json``. Files already converted are kept (the conversion resumes)."""
+    ``out_root/splits.json``. Files already converted are kept (the conversion resumes).
+    ``compression``: gzip (as the brats-unet converter; ~12 ms to read a 240 x 240 slice), lzf, or None
+    (about 30x faster slice reads, 143 MB per volume)."""
     from tqdm.auto import tqdm
 
-    cases = sorted(p for p in Path(raw_root).iterdir() if p.is_dir() and p.name.startswith("BraTS"))
+    if not Path(raw_root).is_dir():
+        raise DataMissingError(f"{raw_root}: no such folder (expected BraTS2021_XXXXX case folders)")
+    cases = sorted(p for p in Path(raw_root).iterdir() if p.is_dir() and CASE_NAME.fullmatch(p.name))
     if not cases:
         raise DataMissingError(f"{raw_root}: no BraTS2021_XXXXX case folders")
     h5_dir = Path(out_root) / "h5"
@@ -151,7 +158,7 @@ def convert_cases(
     for case_dir in tqdm(cases, desc="BraTS -> h5", disable=not progress):
         target = h5_dir / f"{case_dir.name}.h5"
         if not target.exists():  # written atomically, so an existing file is complete
-            _write_h5(target, *convert_case(case_dir))
+            _write_h5(target, *convert_case(case_dir), compression=compression)
     splits = split_ids([c.name for c in cases], valid_fraction, test_fraction, seed)
     (Path(out_root) / "splits.json").write_text(json.dumps(splits, indent=1))
     return splits

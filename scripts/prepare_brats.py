@@ -29,10 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic case shuffle")
+    parser.add_argument("--compression", choices=["gzip", "lzf", "none"], default="gzip",
+                        help="h5 compression; none reads slices ~30x faster for 143 MB a volume")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         splits = convert_cases(
-            args.raw_dir, args.out_dir, args.valid_fraction, args.test_fraction, args.seed, progress=True
+            args.raw_dir,
+            args.out_dir,
+            args.valid_fraction,
+            args.test_fraction,
+            args.seed,
+            progress=True,
+            compression=None if args.compression == "none" else args.compression,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

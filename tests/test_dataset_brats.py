@@ -220,3 +220,22 @@ def test_preset_is_a_valid_spec():
     cggm = preset.pop("method_overrides")["cggm"]
     spec = validate_spec(deep_merge(deep_merge(preset, cggm), {"method": "cggm"}))
     assert spec.optim.name == "sgd" and spec.schedule.name == "cosine" and spec.method_params["rho"] == 1.0
+
+
+def test_prepare_script_resumes_and_reports_errors(root, tmp_path, capsys):
+    import runpy
+
+    main = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "prepare_brats.py"))["main"]
+    raw = root / "BraTS2021_Training_Data"
+    assert main([str(raw), str(tmp_path / "brats"), "--compression", "none"]) == 0
+    first = tmp_path / "brats" / "h5" / f"{fixture.CASES[0]}.h5"
+    with h5py.File(first) as f:
+        assert f["image"].compression is None and f["image"].chunks == (4, 40, 40, 1)
+    stamp = first.stat().st_mtime_ns
+    assert main([str(raw), str(tmp_path / "brats")]) == 0  # a second run keeps the converted files
+    assert first.stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "brats" / "splits.json").read_text()) == json.loads(
+        (root / "splits.json").read_text()
+    )
+    assert main([str(root), str(tmp_path / "other")]) == 1  # the parent of the case folders holds no case
+    assert "no BraTS2021_XXXXX case folders" in capsys.readouterr().err
