@@ -1,8 +1,8 @@
 """ReconBoost: boosting-style alternating training of the modality learners.
 
 Reference: C. Hua, Q. Xu, S. Bao, Z. Yang, Q. Huang, "ReconBoost: Boosting Can Achieve Modality
-Reconcilement", ICML 2024. Official code: huacong/ReconBoost @ 14ab57a, ``train.py::main``,
-``models/dynamic_net.py::DynamicNet``.
+Reconcilement", ICML 2024. Official code: huacong/ReconBoost @ 14ab57a (files read at 441eb51),
+``train.py::main``, ``models/dynamic_net.py::DynamicNet``.
 
 Each modality learner is ``g_m = h(f_m(x_m))``: its encoder and ONE head ``h`` shared by all
 learners; the ensemble predicts ``F(x) = beta * sum_m g_m`` with a learnable boost rate ``beta``.
@@ -10,11 +10,13 @@ Training runs in stages; stage s trains the learner of modality ``a = modalities
 
 1. ``epochs_per_stage`` epochs of the boosting loss (only ``f_a`` and ``h`` get gradients)::
 
-       J = beta * sum_{k in ensemble, k != a} g_k(x_k)         # no grad; zeros before any learner
+       J = beta * sum_{k in ensemble, k != a} g_k(x_k)         # no grad; see c0 below
        L = mean_{i,c} [ -w1 T log softmax(g_a) + w2 T softmax(J) log softmax(g_a) ]
          = mean_i -(w1 - w2 softmax(J)[i, y_i]) / C * log softmax(g_a)[i, y_i]
 
-   so the samples the other learners already fit get less weight;
+   so the samples the other learners already fit get less weight. Before any other learner
+   exists the code uses a constant ``c0`` broadcast to shape (B, 1), whose softmax over one column
+   is 1, so the weight is ``w1 - w2`` for every sample; we do the same;
 2. ``correct_epochs`` epochs of joint correction of the whole ensemble: ``L = CE(F(x), y)``
    (all encoders, the head and beta).
 
@@ -112,10 +114,10 @@ class ReconBoost(Method):
                     if k != a:
                         features[k] = model.encoders[k](batch.inputs[k])
                 others = [k for k in self.ensemble(self.epoch) if k != a]
-                join = sum(
-                    (self.beta * self.head(features[k]) for k in others),
-                    torch.zeros_like(self.head(features[a])),
-                )
+                if others:
+                    join = self.beta * sum(self.head(features[k]) for k in others)
+                else:  # the code's constant c0, a (B, 1) tensor: softmax over one column is 1
+                    join = torch.zeros(len(batch.target), 1, device=batch.target.device)
                 prev = self.head(features[self.learner(stage - 1)]) if stage > 0 else None
             logits = self.head(features[a])
             aux = {"join": join} if prev is None else {"join": join, "prev": prev}

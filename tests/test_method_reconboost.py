@@ -71,3 +71,9 @@ def test_refuses_regression(tmp_path):
     with pytest.raises(MethodNotApplicable):
         train(small_spec(method="reconboost", dataset_params={"task": "regression"}), results=tmp_path,
               progress=False)  # fmt: skip
+
+
+def test_first_stage_uses_the_codes_constant_c0():
+    # c0 has shape (B, 1): softmax over one column is 1, so the weight is w1 - w2 = 4 on log p[y] / C
+    loss = boosting_loss(torch.zeros(1, 2), torch.zeros(1, 1), torch.tensor([0]), 5.0, 1.0)
+    assert loss.item() == pytest.approx(4 * math.log(2) / 2, rel=1e-6)
