@@ -183,7 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
         else:
             protocol = protocol or "best-valid-test"
-            paths = report(args.results_dir, args.suite, args.out, protocol, figures=figures)
+            paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
     except RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best-valid-test (default): test at the best validation epoch; best-valid: best "
                         "validation score over epochs, as the CGGM code reports")  # fmt: skip
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--method", action="append", help="only these methods (repeat: --method joint --method cggm)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run a paper table's missing runs, then write it beside the paper")

@@ -469,8 +469,10 @@ def report(
     out: Path | str | None = None,
     protocol: str = "best-valid-test",
     figures: bool = True,
+    methods: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Tables (and figures) of the finished runs under ``results`` (only the suite's runs if given)."""
+    """Tables (and figures) of the finished runs under ``results``: only the suite's runs if given, and
+    only the given ``methods`` (e.g. ``["joint", "cggm"]`` for a with / without figure)."""
     out = Path(out) if out is not None else Path(results)
     runs = load_runs(results, protocol)
     name, heading = "all-runs", f"All finished runs in {results}"
@@ -479,6 +481,9 @@ def report(
 
         s = load_suite(suite)
         runs, name, heading = select_suite(runs, s), s.name, f"Suite {s.name}"
+    if methods and not runs.empty:
+        runs = runs[runs["method"].isin(methods)]
+        name += "-" + "-".join(methods)
     if runs.empty:
         raise FileNotFoundError(
             f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'}"

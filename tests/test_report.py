@@ -128,6 +128,9 @@ def test_report_writes_md_tex_csv_of_the_suite_only(tmp_path):
     assert [p.name for p in paths] == ["mini.md", "mini.tex", "mini.csv"]
     md = (results / "tables" / "mini.md").read_text()
     assert "70.50 ± 0.71" in md and "10.00" not in md
+    make_run(results, "cggm", 0, epochs=3)
+    paths = report(results, figures=False, methods=["cggm"])
+    assert paths[0].name == "all-runs-cggm.md" and "joint" not in paths[0].read_text()
 
 
 def test_report_code_imports_no_runner_method_or_adapter(tmp_path):
