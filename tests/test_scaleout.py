@@ -292,3 +292,50 @@ def test_run_ids_match_training(tmp_path):
     ids = run_ids(planned)
     assert list(ids.values()) == [p.label for p in planned]
     assert train(planned[0].spec, tmp_path, progress=False).run_id == list(ids)[0]
+
+
+# --- GPU path options, exercised on CPU ---------------------------------------------------------------
+def test_amp_on_cpu_trains_in_bf16_and_is_recorded(tmp_path, spec_factory):
+    result = train(spec_factory(), tmp_path, device="cpu", progress=False, amp=True)
+    assert result.status == "done"
+    env = json.loads(RunDir(result.path).file("env.json").read_text())
+    assert env["amp"] is True and env["loader_workers"] == 0
+    assert 0 < result.final["test"]["accuracy"] <= 100
+
+
+def test_methods_see_unscaled_gradients_under_loss_scaling(tmp_path, spec_factory):
+    """With a loss scaler on, ``after_backward`` must see the true gradients (scaled by 2^10 otherwise)."""
+    import torch
+
+    from mmbalance.runner import Trainer
+
+    spec = spec_factory(method="ogm_ge")
+    adapter, _, _ = prepare(spec)
+    seen = {}
+    for scaled in (False, True):
+        trainer = Trainer(spec, adapter, RunDir(tmp_path / str(scaled)), torch.device("cpu"), progress=False)
+        if (
+            scaled
+        ):  # what AMP on CUDA does (fp16 autocast aside): a 2^10 loss scale, unscaled before the method
+            trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        after_backward = trainer.method.after_backward
+
+        def record(model, out, batch, ctx, after_backward=after_backward, scaled=scaled):
+            seen[scaled] = [p.grad.clone() for p in model.encoder_parameters("m0")]
+            after_backward(model, out, batch, ctx)
+
+        trainer.method.after_backward = record
+        batch = next(iter(trainer.loader("train", shuffle=False)))
+        trainer.train_batch(batch)
+        seen[f"weights {scaled}"] = [p.detach().clone() for p in trainer.model.parameters()]
+    for a, b in zip(seen[False], seen[True], strict=True):
+        assert torch.equal(a, b)  # power-of-two scaling is exact
+    for a, b in zip(seen["weights False"], seen["weights True"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_loader_workers_give_the_same_run(tmp_path, spec_factory):
+    spec = spec_factory(epochs=1)
+    plain = train(spec, tmp_path / "plain", device="cpu", progress=False)
+    workers = train(spec, tmp_path / "workers", device="cpu", progress=False, workers=2)
+    assert workers.final == plain.final
