@@ -248,3 +248,29 @@ def test_task_without_files_and_mismatched_features(root, tmp_path):
     )
     with pytest.raises(DataError, match=r"features_json.h5: extracted with other settings.*max_text_length"):
         adapter(root, max_text_length=40).split("train")
+
+
+def test_extract_script(root, tmp_path, capsys, monkeypatch):
+    import runpy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what the script sets; restored after the test
+
+    main = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "extract_food101_features.py"))[
+        "main"
+    ]
+    copy(root, tmp_path, "images", "texts_txt")
+    m = models(root)
+    args = [
+        str(tmp_path),
+        "--text-model",
+        m["text_model"],
+        "--image-model",
+        m["image_model"],
+        "--batch-size",
+        "4",
+    ]
+    assert main(args) == 0
+    with h5py.File(tmp_path / "features_texts_txt.h5") as f:  # layout detected, default name
+        assert f["train"]["text"].shape == (14, 50, 32) and f.attrs["txt_text"] == "ingredients"
+    assert main([str(tmp_path), "--text-model", "no-such/model-anywhere"]) == 1
+    assert "not found locally" in capsys.readouterr().err
