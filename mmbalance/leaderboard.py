@@ -66,6 +66,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MIN_SEEDS = 3
 MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~5 KiB; the limit keeps a forged blob off the page
+SELECTION = "test metrics at the best validation epoch"  # the runner's final.json protocol
 STD_DDOF = 1  # sample std over seeds, as every paper table prints "mean ± std" of a few seeds
 FINGERPRINTS = Path(__file__).resolve().parent.parent / "benchmarks" / "fingerprints.yaml"
 ENTRIES = Path("leaderboard") / "entries"  # under the results folder
@@ -363,7 +364,14 @@ def summary_rule(e: Entry, known: Known) -> list[str]:
     return bad
 
 
-RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule)
+def protocol_rule(e: Entry, known: Known) -> list[str]:
+    """Test numbers at the validation-selected epoch (never the best test or validation score over epochs)."""
+    if not e.selection.startswith(SELECTION):
+        return [f"selection: {e.selection!r} is not the board's protocol ({SELECTION!r}, from final.json)"]
+    return []
+
+
+RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, protocol_rule)
 
 
 def summarize(values: Sequence[float]) -> Stat:

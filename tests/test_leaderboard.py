@@ -216,6 +216,15 @@ def test_tampered_hashes_and_run_ids_are_refused(entry, runs, tmp_path):
     assert "seeds[0].epochs: 1 but the spec trains 2" in problems(bad, runs, tmp_path)
 
 
+def test_other_selection_protocol_is_refused(entry, runs, tmp_path):
+    bad = copy.deepcopy(entry)
+    bad["selection"] = "best validation score over epochs (CGGM code)"
+    assert (
+        "selection: 'best validation score over epochs (CGGM code)' is not the board's protocol"
+        in problems(bad, runs, tmp_path)
+    )
+
+
 def test_missing_field_and_wrong_types_are_refused(entry, runs, tmp_path):
     bad = copy.deepcopy(entry)
     del bad["submitter"]
@@ -317,6 +326,8 @@ def test_cli_submit_check_and_build(runs, tmp_path, capsys):
     assert main(["leaderboard", "check", str(out), "--results", str(results), *fp]) == 0
     assert main(["leaderboard", "build", "--results", str(results), *fp]) == 0
     assert (results / "leaderboard" / "index.html").is_file()
+    assert main(["leaderboard", "verify", str(out), "--results", str(results), *fp, "--seeds", "2"]) == 0
+    assert "numbers reproduced" in capsys.readouterr().out
 
 
 # --- the registry and the metric tables stay in step with the code that produces runs -----------------------
