@@ -197,7 +197,7 @@ def param_bars(
 
     ``runs`` is a ``report.load_runs`` frame of one dataset (the other method params held fixed)."""
     own = runs[runs["method"] == method]
-    values = own["spec"].map(lambda s: s["method_params"].get(param))
+    values = own["spec"].map(lambda s: _hashable(s["method_params"].get(param)))
     if own.empty or values.isna().all():
         return []
     stats = own.assign(value=values).groupby("value")[metric].agg(["mean", "std", "count"]).sort_index()
@@ -329,3 +329,7 @@ def _varying_params(own: pd.DataFrame) -> list[str]:
     params = own["spec"].map(lambda s: s["method_params"])
     keys = sorted({k for p in params for k in p})
     return [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
+
+
+def _hashable(value):
+    return json.dumps(value) if isinstance(value, list | dict) else value
