@@ -203,6 +203,21 @@ def test_shipped_paper_tables_are_valid(path):
     assert len(published) <= 7  # ... and only those (notes/cggm-paper-tables.md has 7 cells)
 
 
+def test_shipped_published_numbers_are_exactly_the_ones_on_file():
+    # ../shared/notes/cggm-paper-tables.md: CGGM Food101 Acc, MOSI MAE, IEMOCAP Acc, BraTS WT / TC / ET / avg
+    on_file = {("food101-table", "CGGM", "acc"): 92.94, ("mosi-iemocap-table", "CGGM", "mosi_mae"): 0.747,
+               ("mosi-iemocap-table", "CGGM", "iemo_acc"): 75.38, ("brats-table", "CGGM", "wt"): 76.94,
+               ("brats-table", "CGGM", "tc"): 72.75, ("brats-table", "CGGM", "et"): 72.14,
+               ("brats-table", "CGGM", "avg"): 73.94}  # fmt: skip
+    shipped = {}
+    for path in PAPER_DIR.glob("*.yaml"):
+        table, _ = load_table(path)
+        shipped |= {
+            (table.name, r.label, k): v for r in table.rows for k, v in r.published.items() if v is not None
+        }
+    assert shipped == on_file
+
+
 def test_reproduce_reuses_finished_runs_and_reports_missing_data(tmp_path):
     tiny = {"n_train": 64, "n_valid": 32, "n_test": 32}
     suite = {
