@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.method_parts import require_additive_shares
+from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
 __all__ = ["CMLParams", "CML", "confidence_penalty"]
@@ -57,11 +58,7 @@ class CML(Method):
         super().check(task)
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        if not isinstance(model.fusion, ConcatFusion) or not isinstance(model.head, (nn.Linear, nn.Conv2d)):
-            raise MethodNotApplicable(
-                "cml removes a modality's additive share of the logits (late concat fusion, linear head); "
-                f"this model has {type(model.fusion).__name__} -> {type(model.head).__name__}"
-            )
+        require_additive_shares(model, "cml")  # removing a modality = subtracting its share
         self.modalities = list(ctx.modalities)
         self.head = model.head
         self.order = list(self.modalities)

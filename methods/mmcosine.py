@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.method_parts import require_additive_shares
+from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
 __all__ = ["MMCosineParams", "MMCosine", "cosine_logits"]
@@ -65,11 +66,7 @@ class MMCosine(Method):
         super().check(task)
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        if not isinstance(model.fusion, ConcatFusion) or not isinstance(model.head, nn.Linear):
-            raise MethodNotApplicable(
-                "mmcosine splits a Linear head over concatenated features; this model has "
-                f"{type(model.fusion).__name__} -> {type(model.head).__name__}"
-            )
+        require_additive_shares(model, "mmcosine", heads=(nn.Linear,))  # splits W over the concat
         self.target_cos: dict[str, Tensor] = {}
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:

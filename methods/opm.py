@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.method_parts import true_class_score
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.method_parts import require_additive_shares, true_class_score
+from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
 __all__ = ["OPMParams", "OPM", "drop_probabilities", "drop_features"]
@@ -81,11 +81,7 @@ class OPM(Method):
         super().check(task)
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        if not isinstance(model.fusion, ConcatFusion) or not isinstance(model.head, (nn.Linear, nn.Conv2d)):
-            raise MethodNotApplicable(
-                "opm needs each modality's additive share of the logits (late concat fusion, linear head); "
-                f"this model has {type(model.fusion).__name__} -> {type(model.head).__name__}"
-            )
+        require_additive_shares(model, "opm")  # the scores come from each modality's share
         self.names = list(ctx.modalities)
         self.q = torch.zeros(len(ctx.modalities))
         self.executed = False

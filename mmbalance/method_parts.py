@@ -3,6 +3,7 @@
 - ``true_class_score``: s_m = sum_i softmax(logits_m)[i, y_i] (OGM-GE, InfoReg, OPM, PMR, ...).
 - ``UnimodalHeads``: one classifier per modality, trained with the model (MMPareto, G-Blending, UME, UMT).
 - ``UnimodalHeadsMethod``: base of the methods that train those heads (optimiser groups, forward, state).
+- ``require_additive_shares``: refuse a model whose logits are not a sum of per-modality shares.
 - ``masked_inputs`` / ``shapley_values``: forwards with modalities zeroed and their Shapley split (AGM).
 - ``scale_grad``: identity forward, gradient times a coefficient (AGM's backward hooks).
 - ``min_norm_2``: the min-norm point of the segment between two gradients (MGDA, MMPareto).
@@ -24,13 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbalance.data import Batch
-from mmbalance.method import Method, RunContext
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
 
 __all__ = [
     "true_class_score",
     "UnimodalHeads",
     "UnimodalHeadsMethod",
+    "require_additive_shares",
     "masked_inputs",
     "shapley_values",
     "scale_grad",
@@ -177,3 +179,16 @@ class UnimodalHeadsMethod(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.heads.load_state_dict(state["heads"])
+
+
+def require_additive_shares(
+    model: MultimodalModel, method: str, heads: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+) -> None:
+    """Raise ``MethodNotApplicable`` unless the logits are a sum of per-modality shares: late concat
+    fusion into a single linear layer (``model.unimodal_logits``; OPM, CML, MMCosine)."""
+    if not isinstance(model.fusion, ConcatFusion) or not isinstance(model.head, heads):
+        raise MethodNotApplicable(
+            f"{method} needs each modality's additive share of the logits (late concat fusion into one "
+            f"{'/'.join(h.__name__ for h in heads)} layer); this model has "
+            f"{type(model.fusion).__name__} -> {type(model.head).__name__}"
+        )
