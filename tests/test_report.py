@@ -264,3 +264,17 @@ def test_shipped_table_suites_are_valid_run_specs(path):
             if "method" in match:
                 fields = METHODS.get(match["method"]).Params.model_fields
                 assert set(match.get("method_params", {})) <= set(fields), (row.label, match)
+
+
+def test_cli_report_and_reproduce(tmp_path, capsys):
+    from mmbalance.cli import main
+
+    make_run(tmp_path, "cggm", 0, dataset="iemocap", test={"accuracy": 70.0})
+    assert main(["report", str(tmp_path), "--no-figures", "--protocol", "best-valid"]) == 0
+    assert "best validation score" in (tmp_path / "tables" / "all-runs.md").read_text()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2  # no runs: one clear line
+    assert "no finished runs" in capsys.readouterr().err
+    # the memory table has no suite: reproduce renders it from the records, every cell n/a
+    assert main(["reproduce", "memory-table", "--results", str(tmp_path), "--quiet"]) == 0
+    md = (tmp_path / "tables" / "memory-table.md").read_text()
+    assert "| IEMOCAP | n/a | n/a | n/a |" in md and "8 MB to 24 MB" in md
