@@ -325,7 +325,8 @@ def reproduce(
     planned = plan(suite, data_root)
     missing = [f"{p.label}: {p.skip_reason}" for p in planned if p.spec is None]
     outcomes = run_local(planned, Path(results), data_root, device=device, progress=progress)
-    missing += [f"{p.label}: failed ({r.reason})" for p, r in outcomes if r.status == "failed"]
-    run_ids = {r.run_id for _, r in outcomes if r.status != "failed"}
+    finished = ("done", "skipped")  # skipped: finished before, reused
+    missing += [f"{p.label}: {r.status} ({r.reason})" for p, r in outcomes if r.status not in finished]
+    run_ids = {r.run_id for _, r in outcomes if r.status in finished}
     paths = render_from_records(path, results, out, protocol, missing, run_ids, figures=figures)
     return paths, missing
