@@ -177,6 +177,7 @@ def latex_escape(s: str) -> str:
         ("}", "\\}"),
         ("±", "$\\pm$"),
         ("Δ", "$\\Delta$"),
+        ("−", "$-$"),
     ):
         s = s.replace(a, b)
     return s
