@@ -24,6 +24,9 @@ IEMOCAP / Food), accuracy of the sign ``pred > 0`` vs ``y > 0`` (regression, MOS
 ``train_eval_senti``), and the mean over the task's regions of the per-sample Dice
 ``2 (|P n T| + 1e-3) / (|P| + |T| + 2e-3)`` of the argmax labels (segmentation, BraTS).
 
+Diagnostics per step: ``coeff/<m>`` (the balancing term of the paper's figure), ``score/<m>``,
+``cos/<m>`` and ``l_gm`` (the cosines and direction loss in this step's loss).
+
 ``direction``:
 - ``weights`` (default, the released code): ``cos_m`` is the cosine of the flattened output-layer
   *weights*. In the released code ``l_gm`` keeps its autograd graph into the fusion ``out_layer``

@@ -15,6 +15,7 @@ Per training step, after the fused loss has been back-propagated (the released c
 for every selected gradient g of encoder m; the noise is added to every modality's encoder,
 also where ``coeff_m = 1``, as in the released code. ``coefficient: ratio_minus_one`` is the
 original (March 2022) form ``1 - tanh(alpha * relu(ratio_m - 1))``, continuous at ratio 1.
+Diagnostics per step: ``ratio/<m>`` and ``coeff/<m>``.
 
 Where this file generalises the released code:
 

@@ -17,7 +17,8 @@ first ``proto_fraction`` of the training batches; from the second computation on
     loss    = task_loss + sum_m coeff_m * L_m      # epochs modulation_starts..modulation_ends (inclusive)
 
 The prototypes are constants, so ``L_m`` only pulls the weak encoder's features toward its
-class means; the fusion head is untouched.
+class means; the fusion head is untouched. Diagnostics per step: ``ratio/<m>``, ``coeff/<m>``
+(alpha or 0) and ``proto_loss/<m>``.
 
 Where this file differs from or generalises the released code:
 
