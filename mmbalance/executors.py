@@ -84,6 +84,7 @@ def run_one(
     The spec travels as its canonical dict and is validated here, so the worker fills its own
     registries. A failure is already recorded on disk by ``train``; it comes back as a result.
     """
+    from mmbalance.method import MethodNotApplicable
     from mmbalance.runner import RunResult, train
     from mmbalance.spec import validate_spec
 
@@ -94,6 +95,8 @@ def run_one(
     try:
         return train(spec, results, Path(data_root) if data_root else None, device=device, progress=False,
                      amp=amp, workers=workers)  # fmt: skip
+    except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
+        return RunResult("-", Path(), "not applicable", reason=str(e))
     except Exception as e:
         return RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
 

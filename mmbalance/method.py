@@ -105,6 +105,11 @@ class Method:
         Default: one step."""
         return (None,)
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether the model after ``epoch`` is this method's model, so best-validation selection
+        may pick it (UMT: not while only its teachers train). Default: every epoch."""
+        return True
+
     # --- hooks ----------------------------------------------------------------------------------
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         pass

@@ -41,7 +41,7 @@ import mmbalance
 from mmbalance import metrics
 from mmbalance.data import Batch, DatasetAdapter, collate
 from mmbalance.locks import RunLock
-from mmbalance.method import Method, RunContext
+from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.probes import Probes
 from mmbalance.records import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, rows_to_csv
 from mmbalance.registry import DATASETS, METHODS
@@ -357,8 +357,9 @@ class Trainer:
     def best_epoch(self) -> dict[str, Any]:
         key, higher = self.task.primary_metric, self.task.higher_is_better
         sign = 1 if higher else -1
-        # Earliest epoch wins ties, so the choice is stable.
-        return max(self.history, key=lambda r: (sign * r["valid"][key], -r["epoch"]))
+        # Earliest epoch wins ties, so the choice is stable. Staged methods exclude their preparation epochs.
+        candidates = [r for r in self.history if self.method.selectable(r["epoch"])] or self.history
+        return max(candidates, key=lambda r: (sign * r["valid"][key], -r["epoch"]))
 
     def write_records(self) -> None:
         atomic_write_text(self.rd.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
@@ -426,24 +427,38 @@ def train(spec: RunSpec, results: Path | str = "results", data_root: Path | None
     if rd.status() == "done":
         return RunResult(rd.run_id, rd.path, "skipped", rd.final())
     make_method(spec).check(adapter.task)  # refuse before anything is written
-    with RunLock(rd.file("lock")) as lock:
-        if not lock.acquired:
-            holder = lock.holder.describe() if lock.holder else "another worker"
-            return RunResult(rd.run_id, rd.path, "running elsewhere", reason=f"locked by {holder}")
-        if rd.status() == "done":  # finished by the lock's previous owner after our first look
-            return RunResult(rd.run_id, rd.path, "skipped", rd.final())
-        return _train_locked(spec, adapter, fingerprint, rd, resolve_device(device), progress, amp, workers)
+    try:
+        with RunLock(rd.file("lock")) as lock:
+            if not lock.acquired:
+                holder = lock.holder.describe() if lock.holder else "another worker"
+                return RunResult(rd.run_id, rd.path, "running elsewhere", reason=f"locked by {holder}")
+            if rd.status() == "done":  # finished by the lock's previous owner after our first look
+                return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+            # Built before any record is written: a method that refuses this model (setup raises
+            # MethodNotApplicable) leaves nothing behind.
+            trainer = Trainer(spec, adapter, rd, resolve_device(device), progress, amp=amp, workers=workers)
+            return _train_locked(trainer, fingerprint, amp, workers)
+    except MethodNotApplicable:
+        if rd.path.is_dir() and not any(rd.path.iterdir()):
+            rd.path.rmdir()  # the lock's folder, left empty
+        raise
 
 
-def _train_locked(spec: RunSpec, adapter: DatasetAdapter, fingerprint: str, rd: RunDir, dev: torch.device,
-                  progress: bool, amp: bool, workers: int) -> RunResult:
+def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -> RunResult:
+    spec, rd = trainer.spec, trainer.rd
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
-    atomic_write_json(rd.file("env.json"), {**environment(dev), "amp": amp, "loader_workers": workers})
+    atomic_write_json(rd.file("env.json"), {**environment(trainer.device), "amp": amp, "loader_workers": workers})
     rd.set_status("running")
     try:
-        trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers)
         final = trainer.run()
+    except MethodNotApplicable:
+        # Refused once it met the model or a batch (e.g. OGM-GE needs late concat fusion): that is not a
+        # failed run but no run at all, so nothing of it stays on disk.
+        for f in rd.path.iterdir():
+            if f.name != "lock":
+                f.unlink()
+        raise
     except Diverged as e:
         rd.set_status("failed", f"diverged: {e}")
         return RunResult(rd.run_id, rd.path, "failed", reason=f"diverged: {e}")

@@ -122,6 +122,8 @@ def run_local(planned: list[Planned], results: Path, data_root: Path | None = No
         try:
             outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
                             workers=workers)
+        except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
+            outcome = RunResult("-", Path(), "not applicable", reason=str(e))
         except Exception as e:  # recorded as failed by train(); keep going with the next run
             outcome = RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
         outcomes.append((p, outcome))
