@@ -15,8 +15,10 @@ Staged in one run (the paper and BalanceBenchmark load teachers trained beforeha
    model restarts from its initial weights with fresh optimiser state, as a student trained from
    scratch; from then on the loss above.
 
-The staging is this suite's; the teacher-student pair and the distillation loss are the paper's.
-Task-agnostic (the distillation is on features, the task loss is the adapter's); any number of modalities.
+Best-validation selection only considers stage-2 epochs (``selectable``), so the reported model is
+always the student. The staging is this suite's; the teacher-student pair and the distillation
+loss are the paper's. Task-agnostic (the distillation is on features, the task loss is the
+adapter's); any number of modalities.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class UMT(UME):
             self.model.load_state_dict(self.initial)
             for p in self.model.parameters():
                 self.optimizer.state.pop(p, None)  # no momentum carried over from the teachers' training
+
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= self.switch_epoch  # the reported model is the student, never stage 1's ensemble
 
     @staticmethod
     def _freeze(encoders: nn.ModuleDict) -> nn.ModuleDict:

@@ -49,10 +49,11 @@ def test_stage_two_loss_is_task_plus_scaled_feature_distillation(tmp_path):
     assert all(p.grad is None for p in tr.method.teachers.parameters())
 
 
-def test_two_epoch_run_is_finite(tmp_path):
+def test_two_epoch_run_is_finite_and_reports_the_student(tmp_path):
     spec = small_spec(method="umt", epochs=2, method_params={"teacher_epochs": 1})
     r = runner.train(spec, results=tmp_path, progress=False)
     assert r.status == "done" and math.isfinite(r.final["test"]["accuracy"])
+    assert r.final["best_epoch"] == 1  # epoch 0 trains the teachers only
 
 
 def test_resume_across_the_stage_switch_is_exact(tmp_path, monkeypatch):
