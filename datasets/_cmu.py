@@ -4,15 +4,16 @@ the checked reading of one split's arrays. Private module: the registry does not
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError
+from mmbalance.data import SPLITS, DataError, DatasetAdapter
 
-__all__ = ["ArraySplit", "read_split_arrays", "ids_labels_fingerprint"]
+__all__ = ["ArraySplit", "PreloadedAdapter", "read_split_arrays", "ids_labels_fingerprint"]
 
 
 class ArraySplit(Dataset):
@@ -80,3 +81,25 @@ def ids_labels_fingerprint(ids: list[str], target: Tensor) -> str:
     h = hashlib.sha256("\n".join(ids).encode())
     h.update(target.cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+class PreloadedAdapter(DatasetAdapter):
+    """An adapter that builds its three splits at once (``load_splits``), each with ``ids`` and ``target``
+    in memory, so ``fingerprint`` hashes them without reading a feature."""
+
+    def load_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    @cached_property
+    def _splits(self) -> dict[str, Dataset]:
+        self.verify()
+        return self.load_splits()
+
+    def split(self, name: str) -> Dataset:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
+        return self._splits[name]
+
+    def fingerprint(self, name: str) -> str:
+        ds = self.split(name)
+        return ids_labels_fingerprint(ds.ids, ds.target)

@@ -36,19 +36,18 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import h5py
 import numpy as np
 import torch
-from mmbalance.datasets._cmu import ArraySplit, ids_labels_fingerprint, read_split_arrays
+from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
 from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
 from mmbalance.safe_pickle import load_npy, load_pickle
@@ -141,7 +140,7 @@ class H5Split(Dataset):
 
 
 @DATASETS.register
-class Iemocap(DatasetAdapter):
+class Iemocap(PreloadedAdapter):
     name = "iemocap"
     description = "IEMOCAP emotions (text, audio, vision): MMIN features (4 classes, 10 folds) or MulT pickle"
     Params = IemocapParams
@@ -161,9 +160,7 @@ class Iemocap(DatasetAdapter):
         ]
 
     # --- loading ------------------------------------------------------------------------------
-    @cached_property
-    def _splits(self) -> dict[str, Dataset]:
-        self.verify()
+    def load_splits(self) -> dict[str, Dataset]:
         return self._load_mult() if self.params.format == "mult" else self._load_mmin()
 
     def _load_mult(self) -> dict[str, ArraySplit]:
@@ -256,15 +253,6 @@ class Iemocap(DatasetAdapter):
             e = self.params.emotion
             return TaskInfo("classification", MODALITIES, 2, (f"{e}:index0", f"{e}:index1"))
         return TaskInfo("classification", MODALITIES, 4, ("class0", "class1", "class2", "class3"))
-
-    def split(self, name: str) -> Dataset:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
-        return self._splits[name]
-
-    def fingerprint(self, name: str) -> str:
-        ds = self.split(name)
-        return ids_labels_fingerprint(ds.ids, ds.target)
 
     def input_dims(self) -> dict[str, int]:
         splits = self._splits

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from mmbalance.datasets._cmu import ArraySplit, ids_labels_fingerprint, read_split_arrays
+from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
 from mmbalance.models.food import PretrainedSequenceEncoder, load_pretrained
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
@@ -73,7 +72,7 @@ class MosiModelParams(MSAModelParams):
 
 
 @DATASETS.register
-class Mosi(DatasetAdapter):
+class Mosi(PreloadedAdapter):
     name = "mosi"
     description = "CMU-MOSI sentiment regression (text, audio, vision) from the MulT or MMSA pickle"
     Params = MosiParams
@@ -107,9 +106,7 @@ class Mosi(DatasetAdapter):
             )
 
     # --- loading ------------------------------------------------------------------------------
-    @cached_property
-    def _splits(self) -> dict[str, ArraySplit]:
-        self.verify()
+    def load_splits(self) -> dict[str, ArraySplit]:
         path = self.path
         data = load_pickle(path)
         train = data.get("train") if isinstance(data, dict) else None
@@ -173,16 +170,6 @@ class Mosi(DatasetAdapter):
     @property
     def task(self) -> TaskInfo:
         return TaskInfo("regression", MODALITIES, 1)
-
-    def split(self, name: str) -> ArraySplit:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
-        return self._splits[name]
-
-    def fingerprint(self, name: str) -> str:
-        """SHA-256 of the split's ids and labels, straight from the arrays (no per-item loop)."""
-        ds = self.split(name)
-        return ids_labels_fingerprint(ds.ids, ds.target)
 
     def input_dims(self) -> dict[str, int]:
         return {m: x.shape[-1] for m, x in self.split("train").inputs.items()}
