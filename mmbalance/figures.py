@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mmbalance.records import RunDir  # noqa: E402
 from mmbalance.report import config_labels, metric_label  # noqa: E402
@@ -126,6 +127,7 @@ def training_curves(
         n = frame["seed"].nunique()
         ax.set_title(f"{label} (n={n} seed{'s' if n > 1 else ''})")
         ax.set_xlabel("epoch" if kind == "probe_acc" else "training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if kind == "grad_cos":
             ax.axhline(0.0, color="grey", lw=0.8, ls=":")
