@@ -247,3 +247,12 @@ def test_one_epoch_writes_a_run_record(root, tmp_path, dataset_params, method):
     assert result.status == "done"
     final = json.loads((result.path / "final.json").read_text())
     assert {"accuracy", "f1_macro", "f1_weighted"} <= set(final["test"])
+
+
+def test_h5_split_pickles_for_dataloader_workers(root):
+    ds = quiet_split(adapter(root, **SHORT), "valid")
+    first = ds[0]  # opens the h5 handles
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker receives
+    assert clone._handles == {}
+    again = clone[0]
+    assert again[2] == first[2] and all(torch.equal(again[0][m], first[0][m]) for m in first[0])
