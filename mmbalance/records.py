@@ -8,6 +8,8 @@ Files (all written atomically: temp file in the same folder, then ``os.replace``
   final.json     test metrics at the best validation epoch (+ the best validation metrics)
   checkpoint.pt  everything needed to resume exactly (model, optimiser, scheduler, method, RNG)
   status         ``running`` / ``done`` / ``failed: <reason>``
+  grads.npz      optional, after the run: gradient samples per modality for the t-SNE figure
+                 (written by ``scripts/grad_samples.py``; see ``figures.tsne_gradients``)
 
 Readers (reports, leaderboard) use only this module, never the runner.
 """
