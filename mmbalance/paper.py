@@ -157,6 +157,15 @@ class Ours:
     note: str = ""  # ambiguity or why it is empty
 
 
+def cell_source(row: RowSpec, col: ColumnSpec) -> tuple[dict[str, Any] | None, str]:
+    """The spec fields a cell's runs contain and the metric it shows; ``None`` for a row without runs
+    of its own (one that cannot be run)."""
+    override = row.columns.get(col.key, CellSource())
+    if not (row.match or override.match):
+        return None, col.metric
+    return {**col.match, **row.match, **override.match}, override.metric or col.metric
+
+
 def our_cell(runs: pd.DataFrame, match: dict[str, Any], metric: str, decimals: int) -> Ours:
     """Mean ± std of ``metric`` over the seeds of the runs whose spec contains ``match``."""
     empty = Cell(decimals=decimals)
@@ -182,12 +191,9 @@ def render(
     ours: dict[tuple[int, str], Ours] = {}
     for i, row in enumerate(table.rows):
         for col in table.columns:
-            override = row.columns.get(col.key, CellSource())
-            match = {**col.match, **row.match, **override.match}
-            if not (row.match or override.match):  # a row without runs of its own (cannot be run)
-                ours[i, col.key] = Ours(Cell(decimals=col.decimals))
-                continue
-            ours[i, col.key] = our_cell(runs, match, override.metric or col.metric, col.decimals)
+            match, metric = cell_source(row, col)
+            empty = Ours(Cell(decimals=col.decimals))
+            ours[i, col.key] = empty if match is None else our_cell(runs, match, metric, col.decimals)
     for col in table.columns:
         rank_marks(
             [ours[i, col.key].cell for i in range(len(table.rows))],
@@ -207,12 +213,9 @@ def render(
             value = row.published.get(col.key)
             pub = Cell(value, decimals=col.decimals) if value is not None else Cell(decimals=col.decimals)
             o = ours[i, col.key].cell
-            delta = (
-                Cell(o.mean - pub.mean, decimals=col.decimals, signed=True)
-                if not (o.empty or pub.empty)
-                else Cell()
+            delta = Cell(
+                None if o.empty or pub.empty else o.mean - pub.mean, decimals=col.decimals, signed=True
             )
-            delta.decimals = col.decimals
             cells += [pub, o, delta]
             csv.append(
                 {
@@ -247,14 +250,9 @@ def render(
 
 
 def cell_matches(table: PaperTable) -> list[dict[str, Any]]:
-    """The spec fields of every cell's runs (rows without runs of their own have none)."""
-    matches = []
-    for row in table.rows:
-        for col in table.columns:
-            override = row.columns.get(col.key, CellSource())
-            if row.match or override.match:
-                matches.append({**col.match, **row.match, **override.match})
-    return matches
+    """The spec fields of every cell's runs."""
+    matches = [cell_source(row, col)[0] for row in table.rows for col in table.columns]
+    return [m for m in matches if m is not None]
 
 
 def render_from_records(
