@@ -69,10 +69,14 @@ def load_preset(name: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
-def _label(spec: RunSpec) -> str:
+def _label(spec: RunSpec, with_seed: bool = True) -> str:
+    """``dataset/task method(non-default params) seed N``."""
     task = spec.dataset_params.get("task")
-    params = ",".join(f"{k}={v}" for k, v in sorted(spec.method_params.items()) if v is not None)
-    return f"{spec.dataset}{'/' + task if task else ''} {spec.method}{'(' + params + ')' if params else ''} seed {spec.seed}"
+    defaults = METHODS.get(spec.method).Params().model_dump(mode="json")
+    changed = {k: v for k, v in spec.method_params.items() if v != defaults.get(k)}
+    params = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+    seed = f" seed {spec.seed}" if with_seed else ""
+    return f"{spec.dataset}{'/' + task if task else ''} {spec.method}{'(' + params + ')' if params else ''}{seed}"
 
 
 def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
@@ -103,7 +107,8 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
                     try:
                         method_cls(method_cls.Params.model_validate(spec.method_params)).check(adapter.task)
                     except MethodNotApplicable as e:
-                        planned.append(Planned(None, _label(spec), f"not applicable: {e}"))
+                        if seed == suite.seeds[0]:  # one line for all seeds
+                            planned.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}"))
                         continue
                     planned.append(Planned(spec, _label(spec)))
     return planned
