@@ -219,18 +219,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     root = args.data_root or default_data_root()
-    rows = []
+    rows, problems = [], []
     for name, cls in DATASETS.items():
         adapter = cls(cls.Params(), root / name)
         try:
             adapter.verify()
-            found = "generated" if not cls.needs_files else "found"
+            found = "found" if cls.needs_files else "generated"
         except DataError as e:
-            found = "missing: " + "; ".join(line.strip() for line in str(e).splitlines()[1:3])
+            found = "missing"
+            problems.append(str(e))
         t = adapter.task
         rows.append({"dataset": name, "task": t.kind, "modalities": ", ".join(t.modalities),
-                     "looks in": "-" if not cls.needs_files else str(adapter.root), "status": found})  # fmt: skip
-    console.print(_table("datasets", rows))
+                     "looks in": str(adapter.root) if cls.needs_files else "-", "status": found})  # fmt: skip
+    console.print(_table(f"datasets (data root: {root}; set --data-root or $MMBALANCE_DATA)", rows))
+    for text in problems:  # in full, so the expected layout is readable
+        print(f"\n{text}")
     return 0
 
 
