@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -126,6 +127,10 @@ class Greedy(Method):
             for m, f in features.items()
         }
         logits = {m: self.heads[m](x) for m, x in excited.items()}
+        size = batch.target.shape[-2:]
+        for m, z in logits.items():  # maps coarser than the label (BraTS encoders): upsample to it
+            if z.dim() == 4 and z.shape[-2:] != size:
+                logits[m] = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
         pred = torch.stack(list(logits.values())).mean(0)
         return Output(pred, features, torch.cat(list(excited.values()), dim=1), aux=logits)
 
