@@ -42,12 +42,12 @@ from typing import Literal
 import h5py
 import numpy as np
 import torch
-from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
 from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
 from mmbalance.safe_pickle import load_npy, load_pickle

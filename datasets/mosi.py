@@ -31,9 +31,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
 from mmbalance.models.food import PretrainedSequenceEncoder, load_pretrained
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS

@@ -65,8 +65,9 @@ class SyntheticParams(StrictModel):
     def _lengths(self) -> SyntheticParams:
         for name in ("strength", "noise", "informative", "weights"):
             if len(getattr(self, name)) < self.modalities:
-                raise ValueError(f"{name} has {len(getattr(self, name))} values, need one per modality "
-                                 f"({self.modalities})")
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} values, need one per modality ({self.modalities})"
+                )
         if self.signal_dim > self.dim:
             raise ValueError(f"signal_dim ({self.signal_dim}) must not exceed dim ({self.dim})")
         return self
@@ -95,7 +96,9 @@ class ArrayDataset(Dataset):
 @DATASETS.register
 class Synthetic(DatasetAdapter):
     name = "synthetic"
-    description = "Generated N-modality data with a controllable imbalance (classification/regression/segmentation)"
+    description = (
+        "Generated N-modality data with a controllable imbalance (classification/regression/segmentation)"
+    )
     Params = SyntheticParams
     ModelParams = SyntheticModelParams
     needs_files = False
@@ -113,19 +116,29 @@ class Synthetic(DatasetAdapter):
         p = self.params
         names = tuple(self.modality_names)
         if p.task == "classification":
-            return TaskInfo("classification", names, p.num_classes, tuple(f"class{c}" for c in range(p.num_classes)))
+            return TaskInfo(
+                "classification", names, p.num_classes, tuple(f"class{c}" for c in range(p.num_classes))
+            )
         if p.task == "regression":
             return TaskInfo("regression", names, 1)
-        return TaskInfo("segmentation", names, 3, ("background", "label1", "label2"),
-                        regions={"label1": (1,), "label2": (2,), "foreground": (1, 2)})
+        return TaskInfo(
+            "segmentation",
+            names,
+            3,
+            ("background", "label1", "label2"),
+            regions={"label1": (1,), "label2": (2,), "foreground": (1, 2)},
+        )
 
     def split(self, name: str) -> ArrayDataset:
         if name not in SPLIT_OFFSET:
             raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLIT_OFFSET)}")
         if name not in self._cache:
             n = getattr(self.params, f"n_{name}")
-            generate = {"classification": self._classification, "regression": self._regression,
-                        "segmentation": self._segmentation}[self.params.task]
+            generate = {
+                "classification": self._classification,
+                "regression": self._regression,
+                "segmentation": self._segmentation,
+            }[self.params.task]
             inputs, target = generate(n, np.random.default_rng([self.params.data_seed, SPLIT_OFFSET[name]]))
             self._cache[name] = ArrayDataset(inputs, target, f"{self.params.task}-{name}")
         return self._cache[name]
@@ -134,7 +147,9 @@ class Synthetic(DatasetAdapter):
     def _bases(self) -> list[np.ndarray]:
         """A fixed random orthogonal basis per modality (shared by all splits)."""
         rng = np.random.default_rng([self.params.data_seed, 99])
-        return [np.linalg.qr(rng.normal(size=(self.params.dim, self.params.dim)))[0] for _ in self.modality_names]
+        return [
+            np.linalg.qr(rng.normal(size=(self.params.dim, self.params.dim)))[0] for _ in self.modality_names
+        ]
 
     def _embed(self, signal: np.ndarray, m: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params
@@ -150,7 +165,7 @@ class Synthetic(DatasetAdapter):
         prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
         y = rng.integers(0, p.num_classes, size=n)
         inputs = {}
-        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases())):
+        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
             wrong = (y + rng.integers(1, p.num_classes, size=n)) % p.num_classes
             shown = np.where(rng.random(n) < p.informative[m], y, wrong)
             inputs[name] = self._embed(prototypes[m, shown], m, basis, rng)
@@ -161,7 +176,7 @@ class Synthetic(DatasetAdapter):
         u = rng.normal(size=(n, p.modalities))
         y = np.clip(u @ np.asarray(p.weights[: p.modalities]), -3, 3)
         inputs = {}
-        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases())):
+        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
             seen = np.where(rng.random(n) < p.informative[m], u[:, m], rng.normal(size=n))
             signal = np.zeros((n, p.signal_dim))
             signal[:, 0] = seen

@@ -34,12 +34,20 @@ def _table(title: str, rows: list[dict[str, str]]) -> Table:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder holding one sub-folder per dataset (default: $MMBALANCE_DATA or ./data)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder holding one sub-folder per dataset (default: $MMBALANCE_DATA or ./data)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU (default: off)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU (default: off)",
+    )
     p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
 
 
@@ -48,10 +56,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mmbalance.runner import train
 
     doc = load_yaml(args.spec) if args.spec else {}
-    cli = {k: v for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed)) if v is not None}
+    cli = {
+        k: v
+        for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
+        if v is not None
+    }
     spec = validate_spec(deep_merge(deep_merge(doc, cli), parse_set(args.set)))
-    result = train(spec, args.results, args.data_root, device=args.device, progress=not args.quiet,
-                   amp=bool(args.amp), workers=args.workers or 0)
+    result = train(
+        spec,
+        args.results,
+        args.data_root,
+        device=args.device,
+        progress=not args.quiet,
+        amp=bool(args.amp),
+        workers=args.workers or 0,
+    )
     if result.status == "running elsewhere":
         console.print(f"run {result.run_id} is running elsewhere ({result.reason}); nothing done")
         return 1
@@ -60,8 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     key = result.final["selection_metric"]
     verb = "reused finished run" if result.status == "skipped" else "done"
-    console.print(f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
-                  f"(best epoch {result.final['best_epoch']}) -> {result.path}")
+    console.print(
+        f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
+        f"(best epoch {result.final['best_epoch']}) -> {result.path}"
+    )
     return 0
 
 
@@ -84,26 +105,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cluster = "slurm" if args.executor == "slurm" else "local"
         jobs = executors.submit(planned, args.results, args.data_root, args.device, opts, suite.name, cluster)
         if jobs:
-            console.print(f"submitted {len(jobs)} runs as job array {jobs[0][1].job_id.split('_')[0]} "
-                          f"(logs in {jobs[0][1].paths.folder.parent}); follow with: "
-                          f"mmbalance status {args.results} --suite {args.suite}")
+            console.print(
+                f"submitted {len(jobs)} runs as job array {jobs[0][1].job_id.split('_')[0]} "
+                f"(logs in {jobs[0][1].paths.folder.parent}); follow with: "
+                f"mmbalance status {args.results} --suite {args.suite}"
+            )
         if not args.wait:
             return 0
         outcomes = [(p, job.result()) for p, job in jobs]
     elif opts.jobs > 1:
-        outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
-                                          progress=not args.quiet)
+        outcomes = executors.run_parallel(
+            planned, args.results, args.data_root, args.device, opts, progress=not args.quiet
+        )
     else:
-        outcomes = run_local(planned, args.results, args.data_root, device=args.device,
-                             progress=not args.quiet, amp=opts.amp, workers=opts.workers)
+        outcomes = run_local(
+            planned,
+            args.results,
+            args.data_root,
+            device=args.device,
+            progress=not args.quiet,
+            amp=opts.amp,
+            workers=opts.workers,
+        )
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
     failed = [r for _, r in outcomes if r.status == "failed"]
     elsewhere = [r for _, r in outcomes if r.status == "running elsewhere"]
     done = len(outcomes) - len(failed) - len(elsewhere)
-    console.print(f"{done} runs done or reused, {len(failed)} failed, {len(elsewhere)} running elsewhere, "
-                  f"{len(skipped)} skipped")
+    console.print(
+        f"{done} runs done or reused, {len(failed)} failed, {len(elsewhere)} running elsewhere, "
+        f"{len(skipped)} skipped"
+    )
     return 1 if failed else 0
 
 
@@ -122,8 +155,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for reason, n in sorted(report.failure_reasons().items(), key=lambda kv: -kv[1]):
         console.print(f"  failed x{n}: {reason}")
     if args.verbose:
-        rows = [{"run": r.run_id, "label": r.label, "state": r.state, "detail": r.detail[:100]}
-                for r in report.runs]
+        rows = [
+            {"run": r.run_id, "label": r.label, "state": r.state, "detail": r.detail[:100]}
+            for r in report.runs
+        ]
         if rows:
             console.print(_table(f"runs in {args.results}", rows))
     return 1 if counts["failed"] else 0
@@ -238,7 +273,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmbalance", description="Benchmark suite for multimodal balancing methods")
+    parser = argparse.ArgumentParser(
+        prog="mmbalance", description="Benchmark suite for multimodal balancing methods"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train one run (skipped if finished, resumed if interrupted)")
@@ -246,8 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `mmbalance methods`)")
     p.add_argument("--seed", type=int)
     p.add_argument("--spec", type=Path, help="YAML run spec; --dataset/--method/--seed/--set override it")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5",
+    )
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -255,9 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", type=Path)
     _common(p)
     g = p.add_argument_group("scale-out (defaults from the suite's `executor:` section)")
-    g.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
-                   help="local: here (--jobs N: N worker processes); slurm: a job array through submitit; "
-                        "submitit-local: the slurm path run as local subprocesses (for debugging)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: here (--jobs N: N worker processes); slurm: a job array through submitit; "
+        "submitit-local: the slurm path run as local subprocesses (for debugging)",
+    )
     g.add_argument("--jobs", type=int, default=None, help="local worker processes (default 1)")
     g.add_argument("--partition", default=None, help="slurm partition")
     g.add_argument("--time", type=int, default=None, metavar="MINUTES", help="slurm time limit per run")
@@ -265,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus", type=int, default=None, help="CPU cores per run (default 4)")
     g.add_argument("--mem-gb", type=float, default=None, help="memory per run")
     g.add_argument("--array-parallelism", type=int, default=None, help="array tasks at once (default 64)")
-    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra sbatch option, e.g. --sbatch account=mylab --sbatch qos=high")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option, e.g. --sbatch account=mylab --sbatch qos=high",
+    )
     g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
     p.set_defaults(func=cmd_sweep)
@@ -290,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, help="check/verify: the entry JSON")
     p.add_argument("--results", type=Path, default=Path("results"), help="has leaderboard/entries/")
     p.add_argument("--fingerprints", type=Path, default=None, help="default: benchmarks/fingerprints.yaml")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="verify: seeds to re-run (default: first)")
-    p.add_argument("--data-root", type=Path, default=None, help="verify: folder with one sub-folder per dataset")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="verify: seeds to re-run (default: first)"
+    )
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="verify: folder with one sub-folder per dataset"
+    )
     p.add_argument("--device", default="cpu", help="verify: cpu (default), cuda, ...")
     p.set_defaults(func=cmd_leaderboard)
 
@@ -305,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best-valid-test (default): test at the best validation epoch; best-valid: best "
                         "validation score over epochs, as the CGGM code reports")  # fmt: skip
     p.add_argument("--no-figures", action="store_true", help="tables only")
-    p.add_argument("--method", action="append", help="only these methods (repeat: --method joint --method cggm)")
+    p.add_argument(
+        "--method", action="append", help="only these methods (repeat: --method joint --method cggm)"
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run a paper table's missing runs, then write it beside the paper")
@@ -318,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("datasets", help="list the datasets, where they are looked for and whether they are found")
+    p = sub.add_parser(
+        "datasets", help="list the datasets, where they are looked for and whether they are found"
+    )
     p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
     p.set_defaults(func=cmd_datasets)
     return parser

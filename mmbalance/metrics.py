@@ -75,19 +75,25 @@ def dice_per_region(
     region is empty in both prediction and target scores 1 (MONAI ``ignore_empty=False``).
     """
     if pred_labels.shape != target_labels.shape:
-        raise ValueError(f"dice_per_region: prediction shape {tuple(pred_labels.shape)} "
-                         f"differs from target shape {tuple(target_labels.shape)}")
+        raise ValueError(
+            f"dice_per_region: prediction shape {tuple(pred_labels.shape)} "
+            f"differs from target shape {tuple(target_labels.shape)}"
+        )
     out = {}
     for name, labels in regions.items():
         values = torch.tensor(labels, device=pred_labels.device)
         p = torch.isin(pred_labels, values).unsqueeze(1).float()  # (B, 1, *spatial)
         t = torch.isin(target_labels, values).unsqueeze(1).float()
-        out[f"dice_{name}"] = 100.0 * compute_dice(p, t, include_background=True, ignore_empty=False).mean().item()
+        out[f"dice_{name}"] = (
+            100.0 * compute_dice(p, t, include_background=True, ignore_empty=False).mean().item()
+        )
     out["dice_mean"] = float(np.mean([out[f"dice_{n}"] for n in regions]))
     return out
 
 
-def primary_value(kind: str, pred: torch.Tensor, target: torch.Tensor, regions: dict[str, tuple[int, ...]]) -> float:
+def primary_value(
+    kind: str, pred: torch.Tensor, target: torch.Tensor, regions: dict[str, tuple[int, ...]]
+) -> float:
     """The task's primary metric on one batch, cheaply (accuracy %, MAE, or mean Dice %)."""
     if kind == "classification":
         return 100.0 * (pred.argmax(dim=-1) == target).float().mean().item()

@@ -118,5 +118,8 @@ class Probes(nn.Module):
 
 def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter]) -> Tensor:
     return torch.cat(
-        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
     )

@@ -32,7 +32,9 @@ class Registry(Generic[T]):
     def register(self, cls: T) -> T:
         name = cls.name
         if name in self._entries and self._entries[name] is not cls:
-            warnings.warn(f"Overwriting {self.kind} {name!r} with {cls.__module__}.{cls.__qualname__}", stacklevel=2)
+            warnings.warn(
+                f"Overwriting {self.kind} {name!r} with {cls.__module__}.{cls.__qualname__}", stacklevel=2
+            )
         self._entries[name] = cls
         return cls
 

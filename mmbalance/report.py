@@ -352,7 +352,8 @@ class Row:
 
 
 def aggregate(runs: pd.DataFrame, metrics: Sequence[str]) -> list[Row]:
-    """mean, std (ddof=1) and n per configuration and metric, configurations in first-seen order."""
+    """mean, std (ddof=1) and n per configuration and metric; rows: joint, the unimodal baselines, then
+    the other methods by name (a stable order, whatever order the run folders are read in)."""
     labels = config_labels(runs)
     full = max(len(m) for m in runs["modalities"])
     rows = []
@@ -360,7 +361,8 @@ def aggregate(runs: pd.DataFrame, metrics: Sequence[str]) -> list[Row]:
         cells = {m: Cell.of(group[m] if m in group else [], m) for m in metrics}
         multimodal = len(group["modalities"].iloc[0]) == full
         rows.append(Row(config, labels[config], group["method"].iloc[0], multimodal, len(group), cells))
-    return rows
+    baselines = {"joint": 0, "unimodal": 1}
+    return sorted(rows, key=lambda r: (baselines.get(r.method, 2), r.label))
 
 
 def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:

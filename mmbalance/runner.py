@@ -110,10 +110,19 @@ def code_version() -> str:
     """``<package version>+<git commit>[-dirty]`` when run from a checkout, else the version."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return f"{mmbalance.__version__}+{commit}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return mmbalance.__version__
@@ -153,7 +162,9 @@ def make_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer, steps_per_ep
     if s.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, s.step_size, s.gamma), "epoch"
     if s.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=s.gamma, patience=s.patience), "plateau"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=s.gamma, patience=s.patience
+        ), "plateau"
     if s.name == "cosine":  # per iteration, linear warm-up then cosine to min_lr (as CGGM's BraTS code)
         warmup, total = s.warmup_epochs * steps_per_epoch, spec.epochs * steps_per_epoch
         floor = s.min_lr / spec.optim.lr
@@ -177,9 +188,23 @@ def _batches(loader: DataLoader, device: torch.device):
 class Trainer:
     """One run: everything ``train`` needs, held together so the loop reads top to bottom."""
 
-    def __init__(self, spec: RunSpec, adapter: DatasetAdapter, run_dir: RunDir, device: torch.device,
-                 progress: bool, amp: bool = False, workers: int = 0) -> None:
-        self.spec, self.adapter, self.rd, self.device, self.progress = spec, adapter, run_dir, device, progress
+    def __init__(
+        self,
+        spec: RunSpec,
+        adapter: DatasetAdapter,
+        run_dir: RunDir,
+        device: torch.device,
+        progress: bool,
+        amp: bool = False,
+        workers: int = 0,
+    ) -> None:
+        self.spec, self.adapter, self.rd, self.device, self.progress = (
+            spec,
+            adapter,
+            run_dir,
+            device,
+            progress,
+        )
         # Mixed precision: fp16 + loss scaling on CUDA, bf16 (no scaling needed) elsewhere. Off: both are
         # no-ops, so CPU runs keep their exact numbers.
         self.amp, self.workers = amp, workers
@@ -214,8 +239,15 @@ class Trainer:
         # The shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
         g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch)
         # The sampler (and so the order) lives in this process, so loader workers do not change the batches.
-        return DataLoader(self.datasets[split], batch_size=self.spec.batch_size, shuffle=shuffle, generator=g,
-                          collate_fn=collate, pin_memory=self.device.type == "cuda", num_workers=self.workers)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.spec.batch_size,
+            shuffle=shuffle,
+            generator=g,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            num_workers=self.workers,
+        )
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -350,7 +382,9 @@ class Trainer:
         result: dict[str, Any] = {"loss": loss_sum / len(ids), **self.adapter.evaluate(pred, target, ids)}
         if self.probes is not None:
             key = self.task.primary_metric
-            result["probe"] = {m: self.adapter.evaluate(torch.cat(p), target, ids)[key] for m, p in probe_preds.items()}
+            result["probe"] = {
+                m: self.adapter.evaluate(torch.cat(p), target, ids)[key] for m, p in probe_preds.items()
+            }
         return result
 
     # --- records ------------------------------------------------------------------------------------
@@ -376,8 +410,11 @@ class Trainer:
             "test": best["test"],
             "valid": best["valid"],
             # The CGGM code's protocol: best validation score over epochs, no test split.
-            "best_valid_over_epochs": {k: pick(r["valid"][k] for r in self.history)
-                                       for k in best["valid"] if k not in ("probe", "loss")},
+            "best_valid_over_epochs": {
+                k: pick(r["valid"][k] for r in self.history)
+                for k in best["valid"]
+                if k not in ("probe", "loss")
+            },
             "task": self.task.kind,
             "modalities": self.modalities,
             "epochs": len(self.history),
@@ -402,7 +439,9 @@ class Trainer:
                 })  # fmt: skip
                 self.save_checkpoint(epoch)
                 self.write_records()
-                bar.set_postfix({f"valid {self.task.primary_metric}": f"{valid[self.task.primary_metric]:.3f}"})
+                bar.set_postfix(
+                    {f"valid {self.task.primary_metric}": f"{valid[self.task.primary_metric]:.3f}"}
+                )
         return self.final_record()
 
 
@@ -415,8 +454,15 @@ def prepare(spec: RunSpec, results: Path | str = "results", data_root: Path | No
     return adapter, fingerprint, RunDir.of(Path(results), run_id)
 
 
-def train(spec: RunSpec, results: Path | str = "results", data_root: Path | None = None,
-          device: str = "auto", progress: bool = True, amp: bool = False, workers: int = 0) -> RunResult:
+def train(
+    spec: RunSpec,
+    results: Path | str = "results",
+    data_root: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    amp: bool = False,
+    workers: int = 0,
+) -> RunResult:
     """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
 
     ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); ``workers``: data-loader
@@ -448,7 +494,9 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
     spec, rd = trainer.spec, trainer.rd
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
-    atomic_write_json(rd.file("env.json"), {**environment(trainer.device), "amp": amp, "loader_workers": workers})
+    atomic_write_json(
+        rd.file("env.json"), {**environment(trainer.device), "amp": amp, "loader_workers": workers}
+    )
     rd.set_status("running")
     try:
         final = trainer.run()

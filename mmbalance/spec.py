@@ -78,7 +78,8 @@ class RunSpec(StrictModel):
     def run_id(self, data_fingerprint: str = "") -> str:
         """Hash of the canonical spec, the data fingerprint and the suite version."""
         blob = json.dumps(
-            {"spec": self.canonical(), "data": data_fingerprint, "version": mmbalance.__version__}, sort_keys=True
+            {"spec": self.canonical(), "data": data_fingerprint, "version": mmbalance.__version__},
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -91,7 +92,11 @@ def _format_validation(e: ValidationError, prefix: str = "") -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         inp = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(inp, dict) else f" (got {inp!r})"
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(inp, dict)
+            else f" (got {inp!r})"
+        )
         lines.append(f"  {loc or '<spec>'}: {msg}{shown}")
     return "\n".join(lines)
 

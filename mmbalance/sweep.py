@@ -108,14 +108,23 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
                         method_cls(method_cls.Params.model_validate(spec.method_params)).check(adapter.task)
                     except MethodNotApplicable as e:
                         if seed == suite.seeds[0]:  # one line for all seeds
-                            planned.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}"))
+                            planned.append(
+                                Planned(None, _label(spec, with_seed=False), f"not applicable: {e}")
+                            )
                         continue
                     planned.append(Planned(spec, _label(spec)))
     return planned
 
 
-def run_local(planned: list[Planned], results: Path, data_root: Path | None = None, device: str = "auto",
-              progress: bool = True, amp: bool = False, workers: int = 0) -> list[tuple[Planned, Any]]:
+def run_local(
+    planned: list[Planned],
+    results: Path,
+    data_root: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    amp: bool = False,
+    workers: int = 0,
+) -> list[tuple[Planned, Any]]:
     """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
     from tqdm.auto import tqdm
 
@@ -125,8 +134,9 @@ def run_local(planned: list[Planned], results: Path, data_root: Path | None = No
     runnable = [p for p in planned if p.spec is not None]
     for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
         try:
-            outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
-                            workers=workers)
+            outcome = train(
+                p.spec, results, data_root, device=device, progress=progress, amp=amp, workers=workers
+            )
         except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
             outcome = RunResult("-", Path(), "not applicable", reason=str(e))
         except Exception as e:  # recorded as failed by train(); keep going with the next run

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmbalance.datasets.brats import Brats, BratsModelParams, BratsParams, _write_h5
 from torch.utils.data import DataLoader
 
 from mmbalance.data import collate
+from mmbalance.datasets.brats import Brats, BratsModelParams, BratsParams, _write_h5
 
 TINY = {"layers": [1, 1, 1, 1], "width": 8, "aspp_channels": 16, "decoder_channels": 32}
 

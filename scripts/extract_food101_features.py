@@ -20,9 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from mmbalance.datasets.food101 import detect_layout, extract_features
-
 from mmbalance.data import DataError
+from mmbalance.datasets.food101 import detect_layout, extract_features
 
 
 def main(argv: list[str] | None = None) -> int:

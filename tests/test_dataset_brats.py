@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from mmbalance.datasets.brats import Brats, BratsParams, augment, convert_case, convert_cases, split_ids
 
 from mmbalance.data import DataError, DataMissingError
+from mmbalance.datasets.brats import Brats, BratsParams, augment, convert_case, convert_cases, split_ids
 from mmbalance.fixtures import brats as fixture
 from mmbalance.models.segmentation import deeplab_multi_input
 from mmbalance.runner import train

@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import h5py
-import mmbalance.datasets.food101 as food
 import numpy as np
 import pytest
 import torch
-from mmbalance.datasets.food101 import Food101, Food101Params, extract_features, ingredients_tokens
 
+import mmbalance.datasets.food101 as food
 from mmbalance.data import DataError, DataMissingError
+from mmbalance.datasets.food101 import Food101, Food101Params, extract_features, ingredients_tokens
 from mmbalance.fixtures import food101 as fixture
 from mmbalance.runner import train
 from mmbalance.spec import validate_spec

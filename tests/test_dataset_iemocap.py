@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from mmbalance.datasets.iemocap import Iemocap, IemocapParams, pad_or_truncate
 
 from mmbalance.data import DataError, DataMissingError, collate
+from mmbalance.datasets.iemocap import Iemocap, IemocapParams, pad_or_truncate
 from mmbalance.fixtures import iemocap as fixture
 from mmbalance.runner import train
 from mmbalance.spec import validate_spec

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmbalance.datasets import mosi as mosi_mod
-from mmbalance.datasets.mosi import Mosi, MosiModelParams, MosiParams
 
 from mmbalance.data import DataError, DataMissingError, collate
+from mmbalance.datasets import mosi as mosi_mod
+from mmbalance.datasets.mosi import Mosi, MosiModelParams, MosiParams
 from mmbalance.fixtures import mosi as fixture
 from mmbalance.runner import train
 from mmbalance.spec import validate_spec

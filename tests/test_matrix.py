@@ -23,14 +23,21 @@ SYNTHETIC = {"n_train": 32, "n_valid": 16, "n_test": 16}
 # dataset config name -> (spec fields, writer of its fixture files or None)
 CONFIGS = {
     "synthetic-classification": ({"dataset": "synthetic", "dataset_params": {**SYNTHETIC}}, None),
-    "synthetic-regression": ({"dataset": "synthetic", "dataset_params": {**SYNTHETIC, "task": "regression"}}, None),
+    "synthetic-regression": (
+        {"dataset": "synthetic", "dataset_params": {**SYNTHETIC, "task": "regression"}},
+        None,
+    ),
     "synthetic-segmentation": (
         {"dataset": "synthetic", "dataset_params": {**SYNTHETIC, "task": "segmentation", "size": 8}},
         None,
     ),
     "mosi": ({"dataset": "mosi", "model_params": MSA_TINY}, mosi.write),
     "iemocap": (
-        {"dataset": "iemocap", "dataset_params": {"audio_len": 40, "vision_len": 24}, "model_params": MSA_TINY},
+        {
+            "dataset": "iemocap",
+            "dataset_params": {"audio_len": 40, "vision_len": 24},
+            "model_params": MSA_TINY,
+        },
         iemocap.write,
     ),
     "food101": ({"dataset": "food101", "model_params": {"layers": 2, "cls_layers": 1}}, food101.write),

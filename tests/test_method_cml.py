@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.cml import confidence_penalty
 
 from mmbalance import runner
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.cml import confidence_penalty
 
 
 def test_confidence_penalty_hand_computed():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.gblending import FUSED, blend_weights
 
 from mmbalance import runner
+from mmbalance.methods.gblending import FUSED, blend_weights
 
 
 def test_blend_weights_hand_computed():

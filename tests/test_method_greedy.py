@@ -6,8 +6,8 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.greedy import MMTM, bdr
 
+from mmbalance.methods.greedy import MMTM, bdr
 from mmbalance.runner import train
 
 

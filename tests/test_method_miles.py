@@ -5,9 +5,9 @@ import math
 import pytest
 from _method_helpers import assert_resume_is_exact, trainer
 from conftest import small_spec
-from mmbalance.methods.miles import lr_scales, utilisation
 
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.miles import lr_scales, utilisation
 from mmbalance.runner import train
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.mla import entropy_weights, gs_update
 
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.mla import entropy_weights, gs_update
 from mmbalance.runner import train
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.mmcosine import cosine_logits
 
 from mmbalance import runner
+from mmbalance.methods.mmcosine import cosine_logits
 
 
 def test_cosine_logits_hand_computed():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.msam import dominance_weights
 
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.msam import dominance_weights
 from mmbalance.runner import train
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
-from mmbalance.methods.reconboost import boosting_loss
 
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.reconboost import boosting_loss
 from mmbalance.runner import train
 
 

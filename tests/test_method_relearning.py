@@ -7,9 +7,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, trainer
 from conftest import small_spec
-from mmbalance.methods.relearning import purity, reinit_weight
 
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.relearning import purity, reinit_weight
 from mmbalance.runner import train
 
 

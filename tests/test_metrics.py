@@ -35,7 +35,9 @@ def test_mosi_metrics_by_hand():
     assert m["acc2_non0"] == pytest.approx(75.0)
     t, p = truth.double(), pred.double()
     tc, pc = t - t.mean(), p - p.mean()
-    assert m["corr"] == pytest.approx((tc * pc).sum().item() / math.sqrt((tc**2).sum() * (pc**2).sum()), rel=1e-6)
+    assert m["corr"] == pytest.approx(
+        (tc * pc).sum().item() / math.sqrt((tc**2).sum() * (pc**2).sum()), rel=1e-6
+    )
     # weighted F1 on non0: class F: 1 sample, P=1, R=0.5... (truth F,T,T,F pred F,T,T,T)
     # class F: tp=1 fp=0 fn=1 -> f1=2/3 (support 2); class T: tp=2 fp=1 fn=0 -> f1=0.8 (support 2)
     assert m["f1_non0"] == pytest.approx(100 * (2 / 3 + 0.8) / 2)

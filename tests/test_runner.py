@@ -69,7 +69,11 @@ def _suite(tmp_path, lrs):
     doc = {
         "name": "t",
         "seeds": [0],
-        "base": {"epochs": 1, "batch_size": 32, "dataset_params": {"n_train": 64, "n_valid": 16, "n_test": 16}},
+        "base": {
+            "epochs": 1,
+            "batch_size": 32,
+            "dataset_params": {"n_train": 64, "n_valid": 16, "n_test": 16},
+        },
         "datasets": [{"dataset": "synthetic"}],
         "methods": [{"method": "joint", "optim": {"lr": lr}} for lr in lrs],
     }
@@ -104,7 +108,9 @@ def test_sweep_reuses_finished_runs_and_expands_unimodal(tmp_path):
 def test_joint_training_shows_the_imbalance(tmp_path):
     """The weak modality m2 reaches far more alone than its probe shows inside the joint model."""
     base = {"epochs": 20, "batch_size": 64, "optim": {"lr": 0.05}, "probe_every": 10}
-    joint = train(small_spec(**base, dataset_params={"n_train": 1000, "n_valid": 500, "n_test": 500}), tmp_path)
+    joint = train(
+        small_spec(**base, dataset_params={"n_train": 1000, "n_valid": 500, "n_test": 500}), tmp_path
+    )
     alone = train(
         small_spec(**base, method="unimodal", method_params={"modality": "m2"},
                    dataset_params={"n_train": 1000, "n_valid": 500, "n_test": 500}),

@@ -58,7 +58,10 @@ def test_parse_set_nests_and_parses_yaml_scalars():
         (["run", "--set", "epochs=abc"], "epochs: Input should be a valid integer"),
         (["run", "--set", "epochs"], "expected KEY=VALUE"),
         (["run", "--set", "optim.name=rmsprop"], "optim.name"),
-        (["run", "--method", "unimodal", "--set", "method_params.modality=m9"], "must be one of ['m0', 'm1', 'm2']"),
+        (
+            ["run", "--method", "unimodal", "--set", "method_params.modality=m9"],
+            "must be one of ['m0', 'm1', 'm2']",
+        ),
         (["sweep", "does-not-exist.yaml"], "does-not-exist.yaml: no such file"),
     ],
 )

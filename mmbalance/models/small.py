@@ -38,12 +38,15 @@ class ConvEncoder(nn.Module):
         return self.net(x)
 
 
-def late_fusion_mlp(in_dims: Mapping[str, int], hidden: int, feature_dim: int, out_dim: int,
-                    dropout: float = 0.0) -> MultimodalModel:
+def late_fusion_mlp(
+    in_dims: Mapping[str, int], hidden: int, feature_dim: int, out_dim: int, dropout: float = 0.0
+) -> MultimodalModel:
     encoders = {m: MLPEncoder(d, hidden, feature_dim, dropout) for m, d in in_dims.items()}
     return MultimodalModel(encoders, ConcatFusion(), nn.Linear(feature_dim * len(encoders), out_dim))
 
 
-def late_fusion_cnn(in_channels: Mapping[str, int], width: int, feature_dim: int, num_classes: int) -> MultimodalModel:
+def late_fusion_cnn(
+    in_channels: Mapping[str, int], width: int, feature_dim: int, num_classes: int
+) -> MultimodalModel:
     encoders = {m: ConvEncoder(c, width, feature_dim) for m, c in in_channels.items()}
     return MultimodalModel(encoders, ConcatFusion(), nn.Conv2d(feature_dim * len(encoders), num_classes, 1))
