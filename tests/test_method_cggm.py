@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
+
 from mmbalance.methods.cggm import batch_scores, cggm_coefficients, direction_loss
 
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
-from mmbalance.methods.ogm_ge import ogm_coefficients, selected_parameters, true_class_scores
 
 from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.ogm_ge import ogm_coefficients, selected_parameters, true_class_scores
 from mmbalance.spec import SpecError, validate_spec
 
 
