@@ -153,3 +153,20 @@ def test_runs_on_every_task_kind(tmp_path, task):
 
 def test_resume_is_exact(tmp_path, monkeypatch):
     assert_resume_is_exact(tmp_path, monkeypatch, "cggm")
+
+
+def test_segmentation_classifier_logits_smaller_than_the_target_are_upsampled(tmp_path):
+    tr = trainer(tmp_path, "cggm", task="segmentation")
+    batch = first_batch(tr)
+    clf = tr.method.classifiers["m0"]
+    tr.method.classifiers["m0"] = torch.nn.Sequential(torch.nn.AvgPool2d(2), clf)  # half-resolution logits
+    out = tr.model(batch.inputs)
+    logits = tr.method._classify("m0", out, batch.target)
+    assert logits.shape[-2:] == batch.target.shape[-2:] and logits.shape[1] == 3
+    expected = F.interpolate(
+        clf(F.avg_pool2d(out.features["m0"].detach(), 2)),
+        size=batch.target.shape[-2:],
+        mode="bilinear",
+        align_corners=False,
+    )
+    torch.testing.assert_close(logits, expected)
