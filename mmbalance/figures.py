@@ -103,6 +103,9 @@ def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:
     )
 
 
+MAX_COLUMNS = 5  # panels per row in multi-method figures
+
+
 def training_curves(
     panels: dict[str, Sequence[RunDir]], kind: str, stem: Path, title: str = ""
 ) -> list[Path]:
@@ -116,10 +119,19 @@ def training_curves(
     metric = next(iter(panels.values()))[0].final()["selection_metric"]
     modalities = list(dict.fromkeys(m for f in frames.values() for m in f["modality"]))
     colors = _colors(modalities)
+    ncols = min(MAX_COLUMNS, len(frames))  # many methods wrap into rows, so the figure stays readable
+    nrows = -(-len(frames) // ncols)
     fig, axes = plt.subplots(
-        1, len(frames), figsize=(4.2 * len(frames), 3.6), sharey=True, squeeze=False, layout="constrained"
+        nrows,
+        ncols,
+        figsize=(4.2 * ncols, 3.3 * nrows + 0.5),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
     )
-    for ax, (label, frame) in zip(axes[0], frames.items(), strict=True):
+    for ax in axes.flat[len(frames) :]:
+        ax.set_visible(False)
+    for ax, (label, frame) in zip(axes.flat, frames.items(), strict=False):
         for m in modalities:
             sub = frame[frame["modality"] == m]
             if not sub.empty:
@@ -136,10 +148,11 @@ def training_curves(
         "grad_norm": "gradient L2 norm",
         "grad_cos": "cosine similarity",
     }[kind]
-    axes[0][0].set_ylabel(ylabel)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
     if kind == "grad_norm":
-        axes[0][0].set_yscale("log")
-    axes[0][-1].legend(title="modality", loc="best", fontsize=9)
+        axes[0][0].set_yscale("log")  # shared y: every panel follows
+    axes[0][ncols - 1].legend(title="modality", loc="best", fontsize=9)
     what = CURVE_KINDS[kind].format(metric=metric_label(metric))
     fig.suptitle(f"{title}: {what}" if title else what)
     return _save(fig, stem)
