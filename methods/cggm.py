@@ -39,6 +39,9 @@ Diagnostics per step: ``coeff/<m>`` (the balancing term of the paper's figure), 
   taken with ``create_graph`` so that ``l_gm`` is differentiable; this costs a double backward
   through the network.
 
+``magnitude: false`` skips ``grad *= coeff_m * rho`` (the paper's "direction only" ablation row;
+the released code has no such switch).
+
 Where this file generalises the released code:
 
 - **Any number of modalities** (the released copies hard-code 2, 3 or 4 terms).
@@ -80,6 +83,8 @@ class CGGMParams(StrictModel):
     cls_optimizer: Literal["same", "sgd", "adam", "adamw"] = "same"  # same: the model's optimiser type
     cls_weight_decay: float = Field(0.0, ge=0)  # MOSI / IEMOCAP 0, Food 3e-3, BraTS 3e-4
     direction: Literal["weights", "gradients"] = "weights"  # released code / paper (see docstring)
+    # False: no gradient magnitude scaling, only the direction term (the paper's "direction only" ablation).
+    magnitude: bool = True
     # The released MOSI / IEMOCAP / Food loops clip the model's gradient norm right after the
     # modulation. It is part of the method: when the score changes cancel (S = 1e-8), coeff_m reaches
     # ~1e6 and an unclipped step diverges. None: leave clipping to the spec's optim.clip_grad_norm.
@@ -227,12 +232,13 @@ class CGGM(Method):
             else:
                 mine = flat_rows([c.out_layer.weight.grad for c in self.classifiers.values()])
                 self.prev = {"coeff": self.coeff, "classifiers": mine}
-            pairs = [
-                (p.grad, self.coeff[i] * self.p.rho)
-                for p, i in zip(self.encoder_params, self.owner, strict=True)
-                if p.grad is not None
-            ]
-            torch._foreach_mul_([g for g, _ in pairs], [c for _, c in pairs])
+            if self.p.magnitude:
+                pairs = [
+                    (p.grad, self.coeff[i] * self.p.rho)
+                    for p, i in zip(self.encoder_params, self.owner, strict=True)
+                    if p.grad is not None
+                ]
+                torch._foreach_mul_([g for g, _ in pairs], [c for _, c in pairs])
         if self.p.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), self.p.clip_grad_norm, foreach=True)
         self.cls_optimizer.step()

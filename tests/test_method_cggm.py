@@ -170,3 +170,15 @@ def test_segmentation_classifier_logits_smaller_than_the_target_are_upsampled(tm
         align_corners=False,
     )
     torch.testing.assert_close(logits, expected)
+
+
+def test_direction_only_leaves_the_encoder_gradients_unscaled(tmp_path):
+    """``magnitude: false`` is the paper's "direction only" ablation: no coeff * rho scaling."""
+    tr = trainer(tmp_path, "cggm", magnitude=False, clip_grad_norm=None)
+    batch = first_batch(tr)
+    plain = grads_after(tr, batch, hook=False)
+    modulated = grads_after(tr, batch)
+    assert any(n.startswith("encoders.") for n in plain)
+    for n, g in plain.items():
+        torch.testing.assert_close(modulated[n], g, rtol=0, atol=0)
+    assert any(c != 1.0 for c in tr.method.coeff)  # the balancing terms are still computed (and logged)
