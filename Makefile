@@ -7,6 +7,7 @@ SUITE ?= benchmarks/all.yaml
 RESULTS ?= results
 TABLE ?= synthetic-table
 ARGS ?=
+JOBS ?= 2  # worker processes for bench-all (results equal a sequential sweep's)
 
 .PHONY: setup test test-slow lint format bench-all reproduce leaderboard bench-speed fixtures clean
 
@@ -36,7 +37,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench-all: setup
-	$(BIN)/mmbalance sweep $(SUITE) --results $(RESULTS)
+	$(BIN)/mmbalance sweep $(SUITE) --results $(RESULTS) --jobs $(JOBS)
 	$(BIN)/mmbalance report $(RESULTS) --suite $(SUITE)
 
 reproduce: setup
