@@ -53,7 +53,9 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in paths:
-        fig.savefig(p, dpi=150 if p.suffix == ".png" else None)
+        # No creation date in the PDF: the same records give byte-identical files.
+        metadata = {"CreationDate": None} if p.suffix == ".pdf" else None
+        fig.savefig(p, dpi=150 if p.suffix == ".png" else None, metadata=metadata)
     plt.close(fig)
     return paths
 
