@@ -103,7 +103,8 @@ def selected_parameters(model: MultimodalModel, modality: str, rule: str) -> lis
 
 
 def _std(g: Tensor) -> Tensor:
-    return g.std() if g.numel() > 1 else g.new_zeros(())
+    """The GE noise scale, ``p.grad.std().item() + 1e-8`` in the released code."""
+    return (g.std() if g.numel() > 1 else g.new_zeros(())) + 1e-8
 
 
 @METHODS.register
