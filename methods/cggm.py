@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.models.base import MultimodalModel, Output, resize_logits
 from mmbalance.registry import METHODS
 
 __all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_scores"]
@@ -210,9 +210,7 @@ class CGGM(Method):
     # --- classifiers, balancing term, magnitude modulation ---------------------------------------
     def _classify(self, m: str, out: Output, target: Tensor) -> Tensor:
         logits = self.classifiers[m](self.model.classifier_input(out, m).detach())
-        if self.kind == "segmentation" and logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
+        return resize_logits(logits, target.shape[-2:]) if self.kind == "segmentation" else logits
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         self.cls_optimizer.zero_grad(set_to_none=True)

@@ -39,14 +39,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import num_outputs
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.models.base import MultimodalModel, Output, resize_logits
 from mmbalance.registry import METHODS
 
 __all__ = ["GreedyParams", "Greedy", "MMTM", "bdr"]
@@ -126,11 +125,8 @@ class Greedy(Method):
             m: f * excitation[m].view(*excitation[m].shape, *([1] * (f.dim() - 2)))
             for m, f in features.items()
         }
-        logits = {m: self.heads[m](x) for m, x in excited.items()}
-        size = batch.target.shape[-2:]
-        for m, z in logits.items():  # maps coarser than the label (BraTS encoders): upsample to it
-            if z.dim() == 4 and z.shape[-2:] != size:
-                logits[m] = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+        # maps coarser than the label (BraTS encoders) are upsampled to it
+        logits = {m: resize_logits(self.heads[m](x), batch.target.shape[-2:]) for m, x in excited.items()}
         pred = torch.stack(list(logits.values())).mean(0)
         return Output(pred, features, torch.cat(list(excited.values()), dim=1), aux=logits)
 

@@ -21,12 +21,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbalance.data import Batch
 from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.models.base import ConcatFusion, MultimodalModel, Output, resize_logits
 
 __all__ = [
     "true_class_score",
@@ -70,10 +69,7 @@ class UnimodalHeads(nn.Module):
         """Logits per modality, shaped like ``out.pred`` (segmentation maps upsampled to it)."""
         logits = {}
         for m, head in self.heads.items():
-            z = head(model.classifier_input(out, m))
-            if z.dim() == 4 and z.shape[-2:] != out.pred.shape[-2:]:
-                z = F.interpolate(z, size=out.pred.shape[-2:], mode="bilinear", align_corners=False)
-            logits[m] = z
+            logits[m] = resize_logits(head(model.classifier_input(out, m)), out.pred.shape[-2:])
         return logits
 
 

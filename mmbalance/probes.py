@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbalance.data import TaskInfo
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.method_parts import flat
+from mmbalance.models.base import MultimodalModel, Output, resize_logits
 
 
 class Probes(nn.Module):
@@ -51,10 +52,7 @@ class Probes(nn.Module):
 
     def predict(self, m: str, feature: Tensor, target_shape: torch.Size) -> Tensor:
         if self.task.kind == "segmentation":
-            logits = self.heads[m](feature)
-            if logits.shape[-2:] != target_shape[-2:]:
-                logits = F.interpolate(logits, size=target_shape[-2:], mode="bilinear", align_corners=False)
-            return logits
+            return resize_logits(self.heads[m](feature), target_shape[-2:])
         return self.heads[m](feature.flatten(1))
 
     def gradient_cosines(
@@ -76,7 +74,7 @@ class Probes(nn.Module):
             start += len(params[m])
             uni_loss = task_loss(self.predict(m, feature, target.shape), target)
             g_uni = torch.autograd.grad(uni_loss, params[m], retain_graph=True, allow_unused=True)
-            a, b = _flat(g_fused, params[m]), _flat(g_uni, params[m])
+            a, b = flat(g_fused, params[m]), flat(g_uni, params[m])
             result[f"grad_cos/{m}"] = F.cosine_similarity(a, b, dim=0, eps=1e-12).item()
         return result
 
@@ -114,12 +112,3 @@ class Probes(nn.Module):
     def load(self, state: dict[str, Any]) -> None:
         self.heads.load_state_dict(state["heads"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter]) -> Tensor:
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )

@@ -303,8 +303,9 @@ class Trainer:
         with self.autocast():
             out = method.forward(model, batch, ctx)
             loss = method.loss(out, batch, ctx)
-        if not torch.isfinite(loss):
-            raise Diverged(f"loss is {loss.item()} at epoch {ctx.epoch}, step {ctx.step_in_epoch}")
+        loss_value = loss.item()  # the step's one host sync: divergence check, epoch mean, curves
+        if not math.isfinite(loss_value):
+            raise Diverged(f"loss is {loss_value} at epoch {ctx.epoch}, step {ctx.step_in_epoch}")
         row: dict[str, Any] = {}
         if log_now:
             with self.autocast():
@@ -330,8 +331,8 @@ class Trainer:
             self.scheduler.step()
         if log_now:
             diag = {f"diag/{k}": float(v) for k, v in method.diagnostics().items()}
-            self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss.item(), **row, **diag})
-        return loss.item()
+            self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss_value, **row, **diag})
+        return loss_value
 
     def _batch_metric(self, pred: torch.Tensor, target: torch.Tensor) -> float:
         return metrics.primary_value(self.task.kind, pred, target, self.task.regions)

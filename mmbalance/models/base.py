@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Output", "ConcatFusion", "MultimodalModel"]
+__all__ = ["Output", "ConcatFusion", "MultimodalModel", "resize_logits"]
 
 
 @dataclass
@@ -117,6 +117,14 @@ class MultimodalModel(nn.Module):
                 b = bias.view(1, -1, 1, 1) if bias is not None else None
             shares[m] = share + b / len(features) if b is not None else share
         return shares
+
+
+def resize_logits(logits: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
+    """Segmentation logits (B, C, h, w) coarser than the label map are upsampled (bilinear) to ``size``;
+    anything else is returned as it is. Per-modality heads on encoder maps (BraTS) need it."""
+    if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(size):
+        return nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits
 
 
 class TwoLayerClassifier(nn.Module):
