@@ -19,7 +19,7 @@ from mmbalance.method import MethodNotApplicable
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 from mmbalance.spec import SpecError, deep_merge, load_yaml, parse_set, validate_spec
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError)
 
 

@@ -104,9 +104,9 @@ def test_sweep_reuses_finished_runs_and_expands_unimodal(tmp_path):
     assert len(iter_runs(tmp_path / "res", status="done")) == 4
 
 
-@pytest.mark.slow
 def test_joint_training_shows_the_imbalance(tmp_path):
-    """The weak modality m2 reaches far more alone than its probe shows inside the joint model."""
+    """The weak modality m2 reaches far more alone than its probe shows inside the joint model.
+    (About 20 s: the suite's core claim, so it runs in the fast tier.)"""
     base = {"epochs": 20, "batch_size": 64, "optim": {"lr": 0.05}, "probe_every": 10}
     joint = train(
         small_spec(**base, dataset_params={"n_train": 1000, "n_valid": 500, "n_test": 500}), tmp_path
