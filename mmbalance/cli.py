@@ -209,19 +209,27 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 # --- report, reproduce ----------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    import warnings
+
     from mmbalance.paper import render_from_records
-    from mmbalance.report import RecordError, report
+    from mmbalance.report import report
+    from mmbalance.results import RecordWarning
 
     figures, protocol = not args.no_figures, args.protocol
-    try:
-        if args.table:
-            paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
-        else:
-            protocol = protocol or "best-valid-test"
-            paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
-    except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecordWarning)
+        try:
+            if args.table:
+                paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
+            else:
+                protocol = protocol or "best-valid-test"
+                paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
+        finally:
+            for w in caught:  # a damaged record: one line naming the file; other warnings as usual
+                if issubclass(w.category, RecordWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
     return 0
 
