@@ -337,9 +337,10 @@ class Row:
     method: str
     multimodal: bool  # uses all the table's modalities
     per_seed: pd.DataFrame  # finished runs: one row per seed, one column per metric
-    asked: int  # seeds asked for
+    asked: int  # how many seeds were asked for
     cells: dict[str, Cell]
     unfinished: list[str] = field(default_factory=list)  # "seed 1: failed (reason), run <id>"
+    unrecorded: list[int] = field(default_factory=list)  # seeds asked that have no record at all
     best_unimodal: bool = False
     delta: Cell | None = None  # primary metric, row − joint over the seeds both have
     p: float | None = None  # Holm-adjusted paired t-test p-value
@@ -371,19 +372,20 @@ class Row:
 
 
 def _unfinished(runs: pd.DataFrame) -> list[str]:
+    """One line per run that did not finish: its seed, state and reason."""
     return [
         f"seed {r.seed}: {r.status}" + (f" ({r.reason})" if r.reason else "") + f", run {r.run_id}"
         for r in runs[runs["status"] != "done"].sort_values("seed").itertuples()
     ]
 
 
-def aggregate(runs: pd.DataFrame, metrics: Sequence[str], asked: int | None = None) -> list[Row]:
+def aggregate(runs: pd.DataFrame, metrics: Sequence[str], seeds: Sequence[int] | None = None) -> list[Row]:
     """mean, std (ddof=1) and n per configuration and metric over the finished runs of ``runs`` (one
-    table, every status), ``asked`` seeds per row (default: the seeds any run of the table has). Rows:
-    joint, the unimodal baselines, the unimodal ensemble, then the other methods by name (a stable
-    order, whatever order the run folders are read in)."""
+    table, every status); ``seeds``: those asked of every row (default: the seeds any run of the table
+    has). Rows: joint, the unimodal baselines, the unimodal ensemble, then the other methods by name (a
+    stable order, whatever order the run folders are read in)."""
     labels = config_labels(runs)
-    asked = asked or runs["seed"].nunique()
+    seeds = sorted(runs["seed"].unique()) if seeds is None else list(seeds)
     done = finished(runs)
     full = max((len(m) for m in done["modalities"] if isinstance(m, tuple)), default=0)
     rows = []
@@ -395,7 +397,17 @@ def aggregate(runs: pd.DataFrame, metrics: Sequence[str], asked: int | None = No
         mods = [m for m in group["modalities"] if isinstance(m, tuple)]
         multimodal = method != "unimodal" and (not mods or len(mods[0]) == full)
         rows.append(
-            Row(config, labels[config], method, multimodal, per_seed, asked, cells, _unfinished(group))
+            Row(
+                config,
+                labels[config],
+                method,
+                multimodal,
+                per_seed,
+                len(seeds),
+                cells,
+                _unfinished(group),
+                [s for s in seeds if s not in set(group["seed"])],
+            )
         )
     order = {BASELINE: 0, "unimodal": 1, "unimodal_ensemble": 2}
     return sorted(rows, key=lambda r: (order.get(r.method, 3), r.label))
@@ -441,12 +453,16 @@ def seeds_friedman(rows: Sequence[Row], metric: str) -> str:
     chi2, p = result
     return (
         f"Friedman test over the seeds (blocks: {len(scores)} seeds finished by every ranked row; "
-        f"{scores.shape[1]} ranked rows): χ² = {chi2:.2f}, p = {_p_text(p)}."
+        f"{scores.shape[1]} ranked rows): χ² = {chi2:.2f}, p {_p_is(p)}."
     )
 
 
 def _p_text(p: float | None) -> str:
     return "n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:
@@ -488,12 +504,16 @@ class Block:
     csv: pd.DataFrame
     metric: str  # the primary metric, the one compared and ranked
     scores: dict[str, float]  # ranked row label -> mean of the primary metric
+    unranked: list[str] = field(default_factory=list)  # multimodal methods not ranked here (incomplete)
 
 
 def run_tables(
-    runs: pd.DataFrame, protocol: str, metrics: Sequence[str] | None = None, asked: int | None = None
+    runs: pd.DataFrame,
+    protocol: str,
+    metrics: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Block]:
-    """One table per dataset and task kind from a ``results.load`` frame (every status); ``asked``:
+    """One table per dataset and task kind from a ``results.load`` frame (every status); ``seeds``:
     seeds per row (the suite's)."""
     out = []
     for (dataset, task), runs_t in runs.groupby(["dataset", "task"], sort=True, dropna=False):
@@ -503,7 +523,7 @@ def run_tables(
         probe_cols = [f"probe/{weak}"] if weak else []
         primary = next((m for m in runs_t["selection_metric"] if isinstance(m, str)), cols[0] if cols else "")
         compared = [primary] if primary and primary not in cols else []
-        rows = aggregate(runs_t, cols + probe_cols + compared, asked)
+        rows = aggregate(runs_t, cols + probe_cols + compared, seeds)
         for r in rows:
             for m in probe_cols:  # the probes report the task's primary metric
                 r.cells[m].decimals = DECIMALS.get(primary, 2)
@@ -550,7 +570,8 @@ def run_tables(
             ]
         )
         scores = {r.label: r.cells[primary].mean for r in rows if primary and r.ranked}
-        out.append(Block(Table(title, header, body, notes), csv, primary, scores))
+        unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
+        out.append(Block(Table(title, header, body, notes), csv, primary, scores, unranked))
     return out
 
 
@@ -569,7 +590,7 @@ def _notes(
         notes.append(
             f"Δ vs joint: mean over the seeds both rows finished of (row − {base.label}) in "
             f"{metric_label(primary)}; p: {stats.PAIRED_TEST}, Holm-corrected over the {tested} complete "
-            f"rows tested; * p < {stats.ALPHA}. A paired t-test, not Wilcoxon's signed-rank test: with 5 "
+            f"row(s) tested; * p < {stats.ALPHA}. A paired t-test, not Wilcoxon's signed-rank test: with 5 "
             "seeds the latter's smallest two-sided p is 0.0625. Incomplete rows are not tested."
         )
     if any(r.reference for r in rows):
@@ -589,6 +610,11 @@ def _notes(
     if any(not r.complete for r in rows):
         notes.append("Incomplete rows (fewer finished seeds than asked) are shown but never ranked.")
     unfinished = [f"- {r.label} {u}" for r in rows for u in r.unfinished]
+    unrecorded = sorted({s for r in rows for s in r.unrecorded})
+    unfinished += [
+        f"- seed {s}, no run record: {', '.join(r.label for r in rows if s in r.unrecorded)}"
+        for s in unrecorded
+    ]
     if unfinished:
         notes += ["Runs not finished (not in the means):", *unfinished]
     return notes
@@ -636,13 +662,13 @@ def rank_table(blocks: Sequence[Block]) -> Ranking | None:
     if result is not None:
         chi2, p = result
         notes.append(
-            f"Friedman test (blocks: the {n} tables): χ² = {chi2:.2f}, p = {_p_text(p)}. Nemenyi critical "
+            f"Friedman test (blocks: the {n} tables): χ² = {chi2:.2f}, p {_p_is(p)}. Nemenyi critical "
             f"difference at α = {stats.ALPHA}: {cd:.2f} ranks; two methods whose average ranks differ by "
             "less are not told apart (see the critical-difference figure)."
         )
-    left = [c for c in scores.columns if c not in common]
+    left = {c for c in scores.columns if c not in common} | {m for b in blocks for m in b.unranked}
     if left:
-        notes.append(f"Not ranked in every table, so left out: {', '.join(sorted(left))}.")
+        notes.append(f"Absent or incomplete in a table, so left out: {', '.join(sorted(left))}.")
     csv = pd.DataFrame(
         [
             {"dataset": "all", "task": t, "method": m, "metric": "rank", "mean": ranks.loc[t, m]}
@@ -685,12 +711,12 @@ def report(
     ``results.RecordWarning`` naming the file."""
     out = Path(out) if out is not None else Path(results)
     runs = load(results, protocol)
-    name, heading, asked = "all-runs", f"All runs in {results}", None
+    name, heading, seeds = "all-runs", f"All runs in {results}", None
     if suite is not None:
         from mmbalance.sweep import load_suite
 
         s = load_suite(suite)
-        runs, name, heading, asked = select_suite(runs, s), s.name, f"Suite {s.name}", len(s.seeds)
+        runs, name, heading, seeds = select_suite(runs, s), s.name, f"Suite {s.name}", s.seeds
     if methods and not runs.empty:
         runs = runs[runs["method"].isin(methods)]
         name += "-" + "-".join(methods)
@@ -699,7 +725,7 @@ def report(
         raise FileNotFoundError(
             f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'} ({what})"
         )
-    blocks = run_tables(runs, protocol, asked=asked)
+    blocks = run_tables(runs, protocol, seeds=seeds)
     ranking = rank_table(blocks)
     tables = [(b.table, b.csv) for b in blocks] + ([(ranking.table, ranking.csv)] if ranking else [])
     paths = write_tables(tables, out / "tables", name, heading)

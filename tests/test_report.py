@@ -345,7 +345,7 @@ def test_incomplete_row_never_ranked_and_unfinished_runs_listed(tmp_path):
     assert "- cggm seed 1: failed (diverged: loss is nan at epoch 2), run cggm-" in md
     assert "Incomplete rows (fewer finished seeds than asked) are shown but never ranked." in md
     # a suite that asks for 3 seeds: every row is incomplete, none is ranked
-    md3 = _block(tmp_path, asked=3).table.markdown()
+    md3 = _block(tmp_path, seeds=[0, 1, 2]).table.markdown()
     assert "2/3 incomplete" in md3 and "**" not in md3
 
 
@@ -392,7 +392,7 @@ def test_average_ranks_friedman_nemenyi_and_cd_figure(tmp_path):
     assert "χ² = 9.00, p = 0.029" in md
     # Nemenyi CD = q_0.05(k=4) / sqrt(2) * sqrt(k (k + 1) / (6 N)) = 2.569 * sqrt(20 / 18) = 2.708
     assert ranking.cd == pytest.approx(2.569 * (20 / 18) ** 0.5, abs=1e-3) and "2.71 ranks" in md
-    assert "Not ranked in every table, so left out: mla." in md
+    assert "Absent or incomplete in a table, so left out: mla." in md
     paths = critical_difference(ranking.average, ranking.nemenyi, ranking.cd, tmp_path / "cd")
     assert [p.name for p in paths] == ["cd.png", "cd.pdf"] and paths[0].stat().st_size > 5000
     report(results, figures=False)
