@@ -199,6 +199,9 @@ def latex_escape(s: str) -> str:
         ("−", "$-$"),
         ("†", "$^\\dagger$"),
         ("χ²", "$\\chi^2$"),
+        ("α", "$\\alpha$"),
+        ("<", "$<$"),
+        (">", "$>$"),
     ):
         s = s.replace(a, b)
     return s
