@@ -427,7 +427,7 @@ def compare_to_baseline(rows: Sequence[Row], metric: str) -> Row | None:
     """Δ of ``metric`` and the Holm-adjusted paired t-test p of every row against joint training (its
     configuration with most finished seeds); only complete rows are tested. Returns the joint row."""
     joints = [r for r in rows if r.method == BASELINE and r.seeds]
-    if not joints:
+    if not joints or len(rows) < 2:
         return None
     base = max(joints, key=lambda r: r.seeds)
     raw = {}

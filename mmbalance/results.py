@@ -41,6 +41,7 @@ PROTOCOLS = {
     "best-valid": "best validation score of each metric over epochs, no test split (CGGM code's protocol)",
 }
 RECORD_ONLY = ("run_id", "data_fingerprint")  # fields spec.yaml adds to the canonical spec
+IDENTITY = ("dataset", "method", "seed")  # what a table needs to place a run
 READ_ERRORS = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError)
 
 
@@ -89,8 +90,11 @@ def _seconds(rd: RunDir) -> tuple[int, float]:
 
 
 def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
-    state = run_state(rd)
-    status, reason = state.state, state.detail
+    try:
+        state = run_state(rd)
+        status, reason = state.state, state.detail
+    except READ_ERRORS as e:
+        status, reason = "unreadable", f"{rd.file('status')}: {type(e).__name__}: {one_line(e)}"
     final: dict[str, Any] = {}
     values: dict[str, float] = {}
     if status == "done":
@@ -105,8 +109,8 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
     if not final:
         try:
             doc = rd.spec()
-            if not isinstance(doc, dict):
-                raise ValueError(f"expected a mapping, got {type(doc).__name__}")
+            if not isinstance(doc, dict) or not all(k in doc for k in IDENTITY):
+                raise ValueError(f"expected a mapping with {', '.join(IDENTITY)}")
             spec = {k: v for k, v in doc.items() if k not in RECORD_ONLY}
         except READ_ERRORS as e:
             warnings.warn(
@@ -116,7 +120,8 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
             )
             return {}
     epochs_done, seconds = _seconds(rd)
-    task = final.get("task") or spec.get("dataset_params", {}).get("task")
+    params = spec.get("dataset_params")
+    task = final.get("task") or (params.get("task") if isinstance(params, dict) else None)
     return {
         "run_id": rd.run_id,
         "path": str(rd.path),
@@ -141,7 +146,7 @@ def _fill_from_done(runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["status"] == "done"]
 
     def known(col: str, key: str) -> dict[Any, Any]:
-        return {k: g[col].iloc[0] for k, g in done.groupby(key, sort=False) if g[col].notna().any()}
+        return {k: g[col].dropna().iloc[0] for k, g in done.groupby(key, sort=False) if g[col].notna().any()}
 
     for col in ("task", "modalities", "selection_metric"):
         by_config, by_dataset = known(col, "config"), known(col, "dataset")

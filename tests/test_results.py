@@ -44,10 +44,12 @@ def test_unreadable_records_are_named_not_fatal(tmp_path):
     make_run(tmp_path, "joint", 1).file("final.json").write_text("{")
     failed = make_run(tmp_path, "joint", 2, status="failed: boom")
     failed.file("spec.yaml").write_bytes(b"\xff\xfe: [")
+    make_run(tmp_path, "joint", 3, status="running").file("spec.yaml").write_text("epochs: 3\n")
     with pytest.warns(RecordWarning) as caught:
         runs = load(tmp_path)
     messages = " | ".join(str(w.message) for w in caught)
     assert "final.json: JSONDecodeError" in messages and "spec.yaml: UnicodeDecodeError" in messages
+    assert "spec.yaml: ValueError: expected a mapping with dataset, method, seed" in messages
     assert sorted(runs["status"]) == ["done", "unreadable"]  # the failed run without a spec: left out
 
 
