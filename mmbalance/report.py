@@ -125,7 +125,8 @@ class Cell:
         if self.mean is None:
             return "n/a"
         sign = "+" if self.signed else ""
-        out = f"{self.mean:{sign}.{self.decimals}f}"
+        mean = self.mean if round(self.mean, self.decimals) != 0 else 0.0  # no "-0.000"
+        out = f"{mean:{sign}.{self.decimals}f}"
         return out if self.std is None else f"{out} {pm} {self.std:.{self.decimals}f}"
 
     @property
@@ -506,7 +507,7 @@ class Block:
     table: Table
     csv: pd.DataFrame
     metric: str  # the primary metric, the one compared and ranked
-    scores: dict[str, float]  # ranked row label -> mean of the primary metric
+    scores: dict[str, float]  # ranked row label -> mean of the primary metric, rounded as shown
     unranked: list[str] = field(default_factory=list)  # multimodal methods not ranked here (incomplete)
 
 
@@ -572,7 +573,8 @@ def run_tables(
                 for m, c in r.cells.items()
             ]
         )
-        scores = {r.label: r.cells[primary].mean for r in rows if primary and r.ranked}
+        # as displayed, so that methods equal in the table tie in the ranks
+        scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
         unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
         out.append(Block(Table(title, header, body, notes), csv, primary, scores, unranked))
     return out
