@@ -32,6 +32,8 @@ def make_trainer(tmp_path: Path, data_root: Path | None = None, **spec) -> runne
     for module in vars(tr.method).values():  # the method's own modules (CGGM's classifiers)
         if isinstance(module, nn.Module):
             module.double()
+    iterate = tr.ctx.iterate  # the methods' own passes (PMR's prototypes) get float64 batches too
+    tr.ctx.iterate = lambda *args, **kwargs: (double(b) for b in iterate(*args, **kwargs))
     return tr
 
 
