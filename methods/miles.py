@@ -34,7 +34,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-
 from pydantic import Field
 from torch import Tensor
 
