@@ -2,7 +2,9 @@
 
 Each subcommand is a ``cmd_<name>(args) -> int`` plus its parser in ``build_parser``. Expected
 errors (bad spec, unknown name, missing data, a method that does not apply) print one clear
-message and exit with code 2; nothing is written.
+message and exit with code 2; nothing is written. This module imports no torch (see ``core.py``):
+each command imports what it uses, so ``--help``, ``methods``, ``status`` and ``leaderboard check``
+start at once (``tests/test_cli_fast.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mmbalance.data import DataError, default_data_root
-from mmbalance.method import MethodNotApplicable
+from mmbalance.core import DataError, MethodNotApplicable, default_data_root
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 from mmbalance.spec import SpecError, deep_merge, load_yaml, parse_set, validate_spec
 
@@ -246,8 +247,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # --- listings -----------------------------------------------------------------------------------
 def cmd_methods(args: argparse.Namespace) -> int:
-    rows = [{"method": name, "tasks": ", ".join(sorted(cls.tasks)), "modalities": f">= {cls.min_modalities}",
-             "reference": cls.reference} for name, cls in METHODS.items()]  # fmt: skip
+    rows = [{"method": m["name"], "tasks": ", ".join(sorted(m["tasks"])), "modalities": f">= {m['min_modalities']}",
+             "reference": m["reference"]} for m in METHODS.listing()]  # fmt: skip
     console.print(_table("methods", rows))
     return 0
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 import mmbalance
-from mmbalance.data import StrictModel
+from mmbalance.core import StrictModel
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 
 

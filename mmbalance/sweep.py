@@ -28,8 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mmbalance.data import DataMissingError, StrictModel
-from mmbalance.method import MethodNotApplicable
+from mmbalance.core import DataMissingError, MethodNotApplicable, StrictModel
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import RunSpec, SpecError, _format_validation, deep_merge, load_yaml, validate_spec
 
