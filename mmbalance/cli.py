@@ -13,12 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from mmbalance.core import DataError, MethodNotApplicable, default_data_root
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
-from mmbalance.spec import SpecError, deep_merge, load_yaml, parse_set, validate_spec
+from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError)
@@ -53,16 +54,25 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 # --- run ----------------------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from mmbalance.runner import train
-
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set."""
     doc = load_yaml(args.spec) if args.spec else {}
+    preset = {"preset": args.preset} if args.preset else {}
     cli = {
         k: v
         for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
         if v is not None
     }
-    spec = validate_spec(deep_merge(deep_merge(doc, cli), parse_set(args.set)))
+    return validate_spec(compose(doc, preset, cli, parse_set(args.set)))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = run_spec(args)
+    if args.dry_run:
+        print(yaml.safe_dump(spec.canonical(), sort_keys=False), end="")
+        return 0
+    from mmbalance.runner import train
+
     result = train(
         spec,
         args.results,
@@ -284,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `mmbalance methods`)")
     p.add_argument("--seed", type=int)
     p.add_argument("--spec", type=Path, help="YAML run spec; --dataset/--method/--seed/--set override it")
+    p.add_argument(
+        "--preset",
+        help="paper hyper-parameters of a dataset: a name in benchmarks/presets/ (mosi, ...) or a YAML path; "
+        "--spec, --dataset/--method/--seed and --set override it",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit (nothing runs)")
     p.add_argument(
         "--set",
         action="append",
