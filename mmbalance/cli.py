@@ -53,6 +53,33 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
 
 
+def _wandb_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Weights & Biases (optional; the run records stay the source of truth)")
+    g.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                   help="log to W&B (offline unless --wandb-mode or $WANDB_MODE says otherwise)")  # fmt: skip
+    g.add_argument("--wandb-project", default=None, help="W&B project (default: mmbalance)")
+    g.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default=None)
+
+
+def _log_to_wandb(
+    args: argparse.Namespace, section: dict | None, paths: list[Path], group: str | None
+) -> None:
+    """Send finished run records to W&B, if asked; a W&B failure is reported, never fatal."""
+    from mmbalance.wandb_log import log_run, settings
+
+    cfg = settings(section, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
+    if cfg is None:
+        return
+    for path in paths:
+        try:
+            where = log_run(path, cfg, args.results, group)
+        except Exception as e:  # noqa: BLE001 (W&B is a copy: the run record is written either way)
+            console.print(f"[yellow]W&B logging of {path.name} failed[/yellow]: {type(e).__name__}: {e}")
+            continue
+        if where:
+            console.print(f"W&B ({cfg.mode or 'offline'}): {path.name} -> {where}", highlight=False)
+
+
 # --- run ----------------------------------------------------------------------------------------
 def run_spec(args: argparse.Namespace) -> RunSpec:
     """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set."""
@@ -87,14 +114,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if result.status == "failed":
         console.print(f"[red]run {result.run_id} failed[/red]: {result.reason}")
-        return 1
-    key = result.final["selection_metric"]
-    verb = "reused finished run" if result.status == "skipped" else "done"
-    console.print(
-        f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
-        f"(best epoch {result.final['best_epoch']}) -> {result.path}"
-    )
-    return 0
+    else:
+        key = result.final["selection_metric"]
+        verb = "reused finished run" if result.status == "skipped" else "done"
+        console.print(
+            f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
+            f"(best epoch {result.final['best_epoch']}) -> {result.path}"
+        )
+    _log_to_wandb(args, None, [result.path], None)
+    return 1 if result.status == "failed" else 0
 
 
 # --- sweep --------------------------------------------------------------------------------------
@@ -138,6 +166,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             amp=opts.amp,
             workers=opts.workers,
         )
+    _log_to_wandb(args, suite.wandb, [r.path for _, r in outcomes if r.status in ("done", "skipped", "failed")],
+                  suite.name)  # fmt: skip
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
@@ -234,6 +264,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
+    if args.wandb:
+        from mmbalance.wandb_log import log_report, settings
+
+        cfg = settings(None, True, project=args.wandb_project, mode=args.wandb_mode)
+        name = args.table or (args.suite.stem if args.suite else "all-runs")
+        console.print(f"W&B: report artifact -> {log_report(paths, cfg, args.results_dir, name)}")
     return 0
 
 
@@ -308,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5",
     )
     _common(p)
+    _wandb_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
@@ -337,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
+    _wandb_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="counts of done / running / failed / pending runs, failure reasons")
@@ -380,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", action="append", help="only these methods (repeat: --method joint --method cggm)"
     )
+    _wandb_options(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run a paper table's missing runs, then write it beside the paper")

@@ -50,6 +50,7 @@ class Suite(StrictModel):
     datasets: list[dict[str, Any]]
     methods: list[dict[str, Any]]
     executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
+    wandb: dict[str, Any] | None = None  # W&B logging: {project, entity, mode, tags} (mmbalance.wandb_log)
 
 
 @dataclass
