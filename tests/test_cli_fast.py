@@ -45,9 +45,9 @@ def test_light_commands_import_neither_torch_nor_monai(tmp_path):
     assert imported == {" ".join(c): [] for c in commands}
 
 
-def test_datasets_listing_imports_no_monai_transformers_or_matplotlib(tmp_path):
+def test_datasets_listing_imports_torch_only(tmp_path):
     imported = _imported_after([["datasets", "--data-root", str(tmp_path)]], ROOT)
-    assert not {"monai", "transformers", "matplotlib", "sklearn"} & set(imported.popitem()[1])
+    assert not {"monai", "transformers", "matplotlib", "sklearn", "torchvision"} & set(imported.popitem()[1])
 
 
 def test_get_imports_only_the_file_it_needs():
