@@ -34,9 +34,17 @@ KS_TARGET_FRAMES = 1024  # process_audio.py l.38
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """(samples float32 in [-1, 1], mono, sample rate) of a PCM or float WAV file."""
+    import struct
+    import warnings
+
     from scipy.io import wavfile
 
-    rate, data = wavfile.read(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", wavfile.WavFileWarning)  # e.g. a truncated data chunk
+            rate, data = wavfile.read(path)
+    except (struct.error, EOFError, ValueError, wavfile.WavFileWarning) as e:
+        raise ValueError(f"not a readable WAV file ({type(e).__name__}: {e})") from None
     if data.dtype.kind == "i":
         data = data / float(2 ** (8 * data.dtype.itemsize - 1))
     elif data.dtype.kind == "u":  # 8-bit WAV is unsigned, centred at 128
