@@ -25,6 +25,7 @@ unpickler (``mmbalance.safe_pickle``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -103,12 +104,16 @@ class Mosi(PreloadedAdapter):
 
     def _found(self) -> str:
         names = self.candidates()
-        return next((n for n in names if (self.root / n).is_file()), names[0])
+        return next((n for n in names if self._under_root(n).is_file()), names[0])
+
+    def _under_root(self, name: str) -> Path:
+        # lexically: "../MOSI/..." must resolve even when the root folder itself does not exist
+        return Path(os.path.normpath(self.root / name))
 
     @property
     def path(self) -> Path:
         """The file this configuration reads: the first candidate that exists."""
-        return self.root / self._found()
+        return self._under_root(self._found())
 
     def expected_files(self) -> list[Path]:
         return [Path(self._found())]
