@@ -35,7 +35,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def read_list(path: Path, parse: Callable[[list[str]], tuple[str, int]], sep: str | None, fields: str) -> list:
+def read_list(
+    path: Path, parse: Callable[[list[str]], tuple[str, int]], sep: str | None, fields: str
+) -> list:
     """``[(id, label), ...]`` from a split list, fields split at ``sep`` (``None``: at commas if the line
     has one, else at whitespace); ``parse`` maps a row's fields to (id, label) or raises
     ``ValueError``/``IndexError``, which becomes a one-line error naming the file, line and the format."""
@@ -252,7 +254,9 @@ class AVAdapter(DatasetAdapter):
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: unreadable audio of clip {clip_id!r}: {e}") from None
         if spec.dim() != 2 or not torch.isfinite(spec).all():
-            raise DataError(f"{path}: expected a finite 2-D (F, T) spectrogram, got shape {tuple(spec.shape)}")
+            raise DataError(
+                f"{path}: expected a finite 2-D (F, T) spectrogram, got shape {tuple(spec.shape)}"
+            )
         return spec.float()
 
     def fingerprint(self, name: str) -> str:

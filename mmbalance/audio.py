@@ -15,6 +15,7 @@ beside our pinned torch; scipy reads and resamples the WAV).
   ``1127 ln(1 + f/700)``, log with a floor of float32 eps). ``ks_fbank`` adds the script's steps around
   it: waveform mean removed (l.31), cut / zero-pad to 1024 frames (l.38-48), ``(fbank + 4.503877) /
   (5.141276 * 2)`` (l.32-33, 49).
+- ``pmr_spectrogram``: the (257, 1004) stored audio of PMR's AVE loader (see its docstring).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["read_wav", "resample", "log_spectrogram", "ogm_ge_spectrogram", "kaldi_fbank", "ks_fbank", "pmr_spectrogram"]
+__all__ = [
+    "read_wav",
+    "resample",
+    "log_spectrogram",
+    "ogm_ge_spectrogram",
+    "kaldi_fbank",
+    "ks_fbank",
+    "pmr_spectrogram",
+]
 
 KS_NORM_MEAN, KS_NORM_STD = -4.503877, 5.141276  # process_audio.py l.32-33 (AudioSet statistics of AST)
 KS_TARGET_FRAMES = 1024  # process_audio.py l.38

@@ -35,7 +35,9 @@ def clip_names(list_file: Path | None, kind: str) -> set[str] | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kind", choices=["ks", "ave"], required=True)
     parser.add_argument("--wav-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)

@@ -79,7 +79,9 @@ def test_pmr_spectrogram_shape_and_standardisation():
     x = np.random.default_rng(0).normal(size=22050).astype(np.float32) * 0.1
     spec = pmr_spectrogram(x, 22050)
     assert spec.shape == (257, 1004)
-    assert spec.mean().item() == pytest.approx(0, abs=1e-4) and spec.std().item() == pytest.approx(1, abs=1e-4)
+    assert spec.mean().item() == pytest.approx(0, abs=1e-4) and spec.std().item() == pytest.approx(
+        1, abs=1e-4
+    )
 
 
 def test_read_wav_scales_pcm_to_unit_range(tmp_path):

@@ -76,10 +76,16 @@ def test_splits_shapes_and_labels(root, name, sizes, audio_shape, frames):
 def test_labels_follow_the_released_class_orders(root):
     c = adapter("cremad", root / "cremad")
     rows = dict(c.rows("train"))
-    assert all(CLASS == c.class_names[label] for clip, label in rows.items() for CLASS in [clip.split("_")[2]])
+    assert all(
+        CLASS == c.class_names[label] for clip, label in rows.items() for CLASS in [clip.split("_")[2]]
+    )
     assert c.class_names == ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
     a = adapter("ave", root / "ave")
-    assert a.task.num_classes == 28 and a.class_names[:3] == ("Church bell", "Male speech, man speaking", "Bark")
+    assert a.task.num_classes == 28 and a.class_names[:3] == (
+        "Church bell",
+        "Male speech, man speaking",
+        "Bark",
+    )
     assert adapter("kinetics_sounds", root / "kinetics_sounds").task.num_classes == 31
 
 
@@ -121,9 +127,17 @@ def _first_clip(folder: Path, list_name: str, sep: str, field: int = 0) -> str:
         ("cremad", lambda f: (f / "test.csv").write_text("only_one_field\n"), "line 1"),
         ("cremad", lambda f: (f / "test.csv").write_text("\n"), "no samples"),
         ("cremad", lambda f: (f / "test.csv").write_bytes(b"\xff\xfe\x00bad"), "not a UTF-8 text file"),
-        ("kinetics_sounds", lambda f: (f / "my_test.txt").write_text("clip,10,31\n"), "label 31 outside 0..30"),
+        (
+            "kinetics_sounds",
+            lambda f: (f / "my_test.txt").write_text("clip,10,31\n"),
+            "label 31 outside 0..30",
+        ),
         ("kinetics_sounds", lambda f: (f / "my_test.txt").write_text("clip,10,x\n"), "invalid literal"),
-        ("ave", lambda f: (f / "testSet.txt").write_text("Piano&vid&good&0&10\n"), "unknown category 'Piano'"),
+        (
+            "ave",
+            lambda f: (f / "testSet.txt").write_text("Piano&vid&good&0&10\n"),
+            "unknown category 'Piano'",
+        ),
         ("ave", lambda f: (f / "valSet.txt").write_text("Bark&&good&0&10\n"), "no VideoID"),
     ],
 )
@@ -142,7 +156,9 @@ def test_missing_clip_files_are_counted_or_skipped(root, copy):
     folder = copy("cremad")
     clip = _first_clip(folder, "test.csv", ",")
     (folder / "AudioWAV" / f"{clip}.wav").unlink()
-    with pytest.raises(DataMissingError, match=r"1 audio file\(s\) / frame folder\(s\) of the test list missing"):
+    with pytest.raises(
+        DataMissingError, match=r"1 audio file\(s\) / frame folder\(s\) of the test list missing"
+    ):
         adapter("cremad", folder).split("test")
     assert len(adapter("cremad", folder, skip_missing=True).split("test")) == 5
 
@@ -223,3 +239,15 @@ def test_resnet_av_model_is_resnet18_with_late_concat(root):
     assert out.pred.shape == (2, 6) and out.features["visual"].shape == (2, 64)
     shares = tiny.unimodal_logits(out.features)  # OGM-GE's out_a / out_v
     torch.testing.assert_close(shares["audio"] + shares["visual"], out.pred)
+
+
+def test_one_epoch_of_ogm_ge_on_cremad(root, tmp_path):
+    from mmbalance.runner import train
+    from mmbalance.spec import validate_spec
+
+    spec = validate_spec({"dataset": "cremad", "dataset_params": SMALL, "model_params": {"width": 8},
+                          "method": "ogm_ge", "method_params": {"params": "conv"}, "epochs": 1,
+                          "batch_size": 4, "probe_every": 1})  # fmt: skip
+    result = train(spec, results=tmp_path, data_root=root, device="cpu", progress=False)
+    assert result.status == "done", result.reason
+    assert 0 <= result.final["test"]["accuracy"] <= 100

@@ -111,7 +111,10 @@ def test_fingerprint_hashes_ids_and_labels(root, tmp_path):
 
 # --- bad inputs ------------------------------------------------------------------------------------
 def test_missing_file_names_the_candidates(tmp_path):
-    with pytest.raises(DataMissingError, match=r"mosi_data.pkl, aligned_50.pkl, .*MOSI/Processed/aligned_50.pkl.* found under .*mosi"):
+    with pytest.raises(
+        DataMissingError,
+        match=r"mosi_data.pkl, aligned_50.pkl, .*MOSI/Processed/aligned_50.pkl.* found under .*mosi",
+    ):
         adapter(tmp_path).verify()
     with pytest.raises(DataMissingError, match="unaligned_50.pkl"):
         adapter(tmp_path, source="mmsa", aligned=False).split("train")
