@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmbalance.fixtures import ave, brats, cremad, food101, iemocap, kinetics_sounds, mosei, mosi
+from mmbalance.fixtures import ave, brats, cremad, food101, iemocap, kinetics_sounds, mosei, mosi, ucf101
 from mmbalance.method import MethodNotApplicable
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.runner import make_adapter, make_method, train
@@ -45,6 +45,7 @@ CONFIGS = {
     "cremad": ({"dataset": "cremad", **AV_TINY}, cremad.write),
     "kinetics_sounds": ({"dataset": "kinetics_sounds", **AV_TINY}, kinetics_sounds.write),
     "ave": ({"dataset": "ave", **AV_TINY}, ave.write),
+    "ucf101": ({"dataset": "ucf101", **AV_TINY}, ucf101.write),
     "mosei": ({"dataset": "mosei", "model_params": MSA_TINY}, mosei.write),
     "mosei-binary": (
         {
