@@ -252,31 +252,23 @@ def is_subset(part: Any, whole: Any) -> bool:
 
 
 def dataset_docs(suite: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Per dataset entry of ``suite``: its merged spec fields and its preset's ``method_overrides``,
-    merged in the sweep's order (base < preset < dataset entry)."""
-    from mmbalance.spec import deep_merge
-    from mmbalance.sweep import load_preset  # reads YAML only; plans nothing
+    """Per dataset entry of ``suite``: its merged spec fields (``spec.compose``: preset < base < entry)
+    and its preset's ``method_overrides``."""
+    from mmbalance.spec import compose, load_preset  # reads YAML only; plans nothing
 
     docs = []
     for entry in suite.datasets:
-        entry = dict(entry)
-        preset = load_preset(entry.pop("preset")) if "preset" in entry else {}
-        overrides = preset.pop("method_overrides", {})
-        docs.append((deep_merge(deep_merge(suite.base, preset), entry), overrides))
+        preset = load_preset(entry["preset"]) if "preset" in entry else {}
+        docs.append((compose(suite.base, entry), preset.get("method_overrides", {})))
     return docs
 
 
 def suite_filter(suite: Any) -> list[dict[str, Any]]:
     """The spec fragments a run of ``suite`` must contain (one per dataset x method entry); a run
     belongs to the suite when one fragment is a subset of its spec."""
-    from mmbalance.spec import deep_merge
+    from mmbalance.spec import compose
 
-    fragments = []
-    for dataset_doc, overrides in dataset_docs(suite):
-        for m in suite.methods:
-            doc = deep_merge(deep_merge(dataset_doc, overrides.get(m.get("method", "joint"), {})), m)
-            fragments.append({"method": "joint", **doc})
-    return fragments
+    return [{"method": "joint", **compose(suite.base, d, m)} for d in suite.datasets for m in suite.methods]
 
 
 def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
