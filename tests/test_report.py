@@ -18,6 +18,9 @@ from mmbalance.results import RecordWarning, load
 from mmbalance.spec import SpecError
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
+# The CGGM paper's tables: their published numbers are exactly those in notes/cggm-paper-tables.md.
+CGGM_TABLES = {"food101-table", "mosi-iemocap-table", "brats-table", "iemocap-ablation-table",
+               "iemocap-classifiers-table", "memory-table", "synthetic-table", "synthetic-ablation"}  # fmt: skip
 
 
 def test_aggregate_mean_std_n_by_hand(tmp_path):
@@ -221,7 +224,8 @@ def test_shipped_paper_tables_are_valid(path):
     assert all(r.source for r in table.rows if r.published)
     if table.name.startswith(("food101", "brats", "mosi")):
         assert published  # the numbers on file are there ...
-    assert len(published) <= 7  # ... and only those (notes/cggm-paper-tables.md has 7 cells)
+    if table.name in CGGM_TABLES:
+        assert len(published) <= 7  # ... and only those (notes/cggm-paper-tables.md has 7 cells)
 
 
 def test_shipped_published_numbers_are_exactly_the_ones_on_file():
@@ -233,6 +237,8 @@ def test_shipped_published_numbers_are_exactly_the_ones_on_file():
     shipped = {}
     for path in PAPER_DIR.glob("*.yaml"):
         table, _ = load_table(path)
+        if table.name not in CGGM_TABLES:
+            continue  # other papers' tables: each row names its own source (test above)
         shipped |= {
             (table.name, r.label, k): v for r in table.rows for k, v in r.published.items() if v is not None
         }
