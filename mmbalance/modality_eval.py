@@ -1,0 +1,409 @@
+"""Evaluation-only measurements of how a trained model uses its modalities: Shapley contributions,
+imbalance degree, equity, and robustness to a missing or noisy modality.
+
+They run once per run, after training, on the model of the selected (best-validation) epoch and the
+test split, and land in ``final.json`` under ``modality_eval``; ``mmbalance evaluate RUN_DIR`` recomputes
+them from ``best.pt`` without retraining. Nothing here changes training.
+
+**A modality absent** (one definition for every method, model and task kind): every feature that
+modality m's encoder passes on, to the fusion and to any head a method adds, is replaced by its
+train-split mean, averaged over training samples and kept per position (a (D,) vector, a (T, D)
+sequence, a (D, h, w) map). The features are the outputs of ``model.feature_modules(m)``, replaced
+by forward hooks, so a method's own forward (MLA's shared head, Greedy's MMTM, UME's heads) sees the
+same absent modality as joint training does. The means come from the selected model on the train split,
+through the method's forward. BalanceBenchmark instead feeds zeros as the absent modality's input
+(``balancemm/models/avclassify_model.py`` L267-269, ``torch.zeros_like``): zeros are an arbitrary point of
+the input space (token ids, normalised MRI) whose encoding is itself a signal; a train-mean feature
+carries no information about the sample and is the same construction for every architecture.
+
+**Contributions.** ``v(S)`` is the task's primary metric on the test split with only the modalities in
+S present, oriented so that larger is better (MAE enters as ``-MAE``). The Shapley value of m is
+``phi_m = sum_{S not containing m} |S|! (M-|S|-1)! / M! (v(S + m) - v(S))``, exact over all 2^M coalitions
+for M <= 6 (BalanceBenchmark ``balancemm/evaluation/modalitys.py`` L19-54, ``Calculate_Shapley``, whose
+``v(empty)`` is also the model with every modality absent), and above that the mean marginal
+contribution over ``PERMUTATIONS`` random orders (Castro et al. 2009), which needs at most
+``PERMUTATIONS * (M - 1) + 2`` coalitions.
+
+**Sample-level contributions and the imbalance degree.** As BalanceBenchmark's
+``Calculate_Shapley_Sample`` (``modalitys.py`` L58-103): per test sample i, ``v_i(S)`` is 1 if the
+prediction with modalities S is right and 0 otherwise, and ``v_i(empty) = 0`` (L74-75), with the same
+Shapley weights (L96-98). The code has no per-batch reset of its cache (L64, L73), so from the second
+batch on it reuses the first batch's predictions; we compute every sample from its own predictions.
+Generalised to the other task kinds with a per-sample score in [0, 1] that is 0 for "nothing":
+regression: the sign of the prediction is right (MOSI's Acc-2, ``>= 0`` convention); segmentation:
+the sample's mean Dice over the regions. The released code prints no aggregate (``balancemm/train.py``
+L156, a commented-out ``print(f'The imbalance is :{imbalance}')``), so the **imbalance degree** is ours:
+the mean over samples of ``max_m phi_i^m - min_m phi_i^m``. With two modalities it is 1 for a sample
+that only one modality gets right and 0 for a sample both get right alone or together.
+
+**Equity** (ours, not MissBench's MEI, whose formula we could not confirm from the paper): Pielou's
+evenness (Pielou 1966, J. Theor. Biol. 13:131) of the positive dataset-level contributions,
+``J = -sum_m p_m ln p_m / ln M`` with ``p_m = max(phi_m, 0) / sum_k max(phi_k, 0)``: 1 when every
+modality contributes the same, 0 when one modality carries all of it.
+
+**Robustness** (MultiBench, ``eval_scripts/robustness.py``). The metric with each modality absent in
+turn (``missing``; ``worst_missing`` is the worst of them), and with Gaussian noise of std
+``level * sigma_m`` added to modality m's input, ``sigma_m`` the std of m's train-split input and
+``level`` in MultiBench's 0, 0.1, ..., 0.9 (the x axis of its ``single_plot``, L106). The noise draws
+are fixed by the run's seed and shared by the levels. Relative robustness is the area under the
+metric-vs-level curve by the trapezoid rule (``relative_robustness_helper``, L47-56); effective
+robustness, ``sum_l (f_l - (r_l + f_0 - r_0))`` against a reference curve r (L59-69: MultiBench's r is
+late fusion; ours is joint training on the same data), is computed by the report, which sees both runs.
+MultiBench's min-max normalisation across methods (L72-88) is a property of a table, not of a run, so
+the record keeps the raw area. Inputs that are not floating point (token ids) get no noise curve.
+
+Cost per run: one pass over the train split plus, per test batch, one batched forward over
+``2^M + M * 9`` variants (chunked to bound memory); ``cpu_seconds`` records it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+from torch import Tensor
+
+from mmbalance.data import Batch, TaskInfo
+from mmbalance.models.base import MultimodalModel
+
+__all__ = [
+    "DEFINITION",
+    "EXACT_MAX",
+    "LEVELS",
+    "PERMUTATIONS",
+    "absent",
+    "coalition_key",
+    "effective_robustness",
+    "equity",
+    "imbalance_degree",
+    "measure",
+    "relative_robustness",
+    "same_record",
+    "sampled_shapley",
+    "shapley_values",
+]
+
+DEFINITION = (
+    "modality absent: every feature its encoder passes on (model.feature_modules) replaced by the "
+    "train-split mean of that feature, per position"
+)
+EXACT_MAX = 6  # exact Shapley values up to this many modalities (2^6 = 64 coalitions)
+PERMUTATIONS = 64  # sampled permutations above it
+LEVELS = tuple(i / 10 for i in range(10))  # MultiBench's noise levels
+ELEMENT_BUDGET = 1 << 22  # input elements per batched forward (bounds memory, e.g. BraTS images)
+
+Value = float | np.ndarray
+
+
+# --- Shapley values ---------------------------------------------------------------------------------
+def coalition_key(coalition: Iterable[str], order: Sequence[str]) -> str:
+    """``"m0+m2"`` in the model's modality order; ``""`` for the empty coalition."""
+    members = set(coalition)
+    return "+".join(m for m in order if m in members)
+
+
+def shapley_values(value: Mapping[frozenset[str], Value], modalities: Sequence[str]) -> dict[str, Value]:
+    """Exact Shapley values from the value of every coalition (floats, or per-sample arrays)."""
+    n = len(modalities)
+    phi: dict[str, Value] = {}
+    for m in modalities:
+        others = [k for k in modalities if k != m]
+        total: Value = 0.0
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for s in combinations(others, size):
+                total = total + weight * (value[frozenset(s) | {m}] - value[frozenset(s)])
+        phi[m] = total
+    return phi
+
+
+def permutations(modalities: Sequence[str], n: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [rng.sample(list(modalities), len(modalities)) for _ in range(n)]
+
+
+def sampled_shapley(
+    value: Mapping[frozenset[str], Value], orders: Sequence[Sequence[str]]
+) -> dict[str, Value]:
+    """Mean marginal contribution of each modality over the given orders (Castro et al. 2009)."""
+    phi: dict[str, Value] = {m: 0.0 for m in orders[0]}
+    for order in orders:
+        before: frozenset[str] = frozenset()
+        for m in order:
+            phi[m] = phi[m] + value[before | {m}] - value[before]
+            before = before | {m}
+    return {m: v / len(orders) for m, v in phi.items()}
+
+
+def coalitions(modalities: Sequence[str], seed: int) -> tuple[list[frozenset[str]], list[list[str]] | None]:
+    """The coalitions to evaluate, and the sampled orders (None when exact)."""
+    if len(modalities) <= EXACT_MAX:
+        subsets = [frozenset(s) for k in range(len(modalities) + 1) for s in combinations(modalities, k)]
+        return subsets, None
+    orders = permutations(modalities, PERMUTATIONS, seed)
+    needed = {frozenset(o[:k]) for o in orders for k in range(len(o) + 1)}
+    needed |= {frozenset(modalities) - {m} for m in modalities}  # the missing-modality scores
+    return sorted(needed, key=lambda s: (len(s), coalition_key(s, modalities))), orders
+
+
+def imbalance_degree(sample_phi: Mapping[str, np.ndarray]) -> float:
+    """Mean over samples of the spread ``max_m phi_i^m - min_m phi_i^m`` (ours; see the module doc)."""
+    stacked = np.stack(list(sample_phi.values()))  # (M, N)
+    return float((stacked.max(axis=0) - stacked.min(axis=0)).mean())
+
+
+def equity(phi: Mapping[str, float]) -> float | None:
+    """Pielou's evenness of the positive contributions; None for one modality or no positive share."""
+    pos = np.clip(np.array(list(phi.values()), dtype=float), 0.0, None)
+    if len(pos) < 2 or pos.sum() <= 0:
+        return None
+    p = pos[pos > 0] / pos.sum()
+    return float(-(p * np.log(p)).sum() / math.log(len(pos)))
+
+
+# --- robustness summaries (MultiBench eval_scripts/robustness.py) -----------------------------------------
+def relative_robustness(curve: Sequence[float], levels: Sequence[float] = LEVELS) -> float:
+    """Area under the metric-vs-noise-level curve, trapezoid rule (``relative_robustness_helper``)."""
+    return float(
+        sum((curve[i] + curve[i + 1]) * (levels[i + 1] - levels[i]) / 2 for i in range(len(curve) - 1))
+    )
+
+
+def effective_robustness(curve: Sequence[float], reference: Sequence[float]) -> float:
+    """``sum_l f_l - (r_l + f_0 - r_0)``: the drop beyond the reference's (``effective_robustness_helper``)."""
+    f, r = np.asarray(curve, dtype=float), np.asarray(reference, dtype=float)
+    return float(np.sum(f - (r + f[0] - r[0])))
+
+
+# --- a modality absent -----------------------------------------------------------------------------------
+@contextmanager
+def absent(
+    model: MultimodalModel, means: Mapping[str, Sequence[Tensor]], rows: Mapping[str, Tensor]
+) -> Iterator[None]:
+    """While active, modality m's features are replaced by ``means[m]`` on the rows where the bool
+    tensor ``rows[m]`` is True (a per-row mask lets one forward hold several coalitions)."""
+    handles = []
+
+    def replace(mean: Tensor, mask: Tensor):
+        def hook(module, args, out: Tensor) -> Tensor:
+            if out.shape[0] != mask.shape[0] or out.shape[1:] != mean.shape:
+                raise ValueError(
+                    f"{type(module).__name__}: feature of shape {tuple(out.shape)} does not match the "
+                    f"train-split mean {tuple(mean.shape)} over {mask.shape[0]} rows"
+                )
+            keep = mask.view(-1, *[1] * mean.dim())
+            return torch.where(keep, mean.to(out.dtype).expand_as(out), out)
+
+        return hook
+
+    try:
+        for m, mask in rows.items():
+            for module, mean in zip(model.feature_modules(m), means[m], strict=True):
+                handles.append(module.register_forward_hook(replace(mean, mask)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def train_statistics(
+    model: MultimodalModel, forward: Callable[[Batch], Tensor], batches: Iterable[Batch]
+) -> tuple[dict[str, list[Tensor]], dict[str, float | None]]:
+    """Per modality: the train-split mean of each feature module's output, and the std of its input
+    (None for inputs that are not floating point)."""
+    sums: dict[tuple[str, int], Tensor] = {}
+    counts: dict[tuple[str, int], int] = {}
+    moments: dict[str, list[float]] = {}
+
+    def record(key: tuple[str, int]):
+        def hook(module, args, out: Tensor) -> None:
+            s = out.detach().double().sum(dim=0)
+            if key in sums and sums[key].shape != s.shape:
+                raise ValueError(f"modality {key[0]}: features change shape between batches "
+                                 f"({tuple(sums[key].shape)} vs {tuple(s.shape)}); no per-position mean")  # fmt: skip
+            sums[key] = sums[key] + s if key in sums else s
+            counts[key] = counts.get(key, 0) + out.shape[0]
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(record((m, i)))
+        for m in model.modalities
+        for i, module in enumerate(model.feature_modules(m))
+    ]
+    try:
+        for batch in batches:
+            forward(batch)
+            for m in model.modalities:
+                x = batch.inputs[m]
+                if x.is_floating_point():
+                    x = x.double()
+                    acc = moments.setdefault(m, [0.0, 0.0, 0.0])
+                    acc[0] += x.numel()
+                    acc[1] += x.sum().item()
+                    acc[2] += (x * x).sum().item()
+    finally:
+        for h in handles:
+            h.remove()
+    means = {
+        m: [(sums[(m, i)] / counts[(m, i)]).float() for i in range(len(model.feature_modules(m)))]
+        for m in model.modalities
+    }
+    stds = {}
+    for m in model.modalities:
+        if m in moments:
+            n, s, ss = moments[m]
+            stds[m] = math.sqrt(max(ss / n - (s / n) ** 2, 0.0))
+        else:
+            stds[m] = None
+    return means, stds
+
+
+# --- the measurement ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One way to present the test split: which modalities are absent, which one is noisy and how much."""
+
+    absent: frozenset[str]
+    noisy: str | None = None
+    level: float = 0.0
+
+
+def sample_scores(task: TaskInfo, pred: Tensor, target: Tensor) -> np.ndarray:
+    """Per-sample score in [0, 1]: correct (classification), right sign (regression, ``>= 0``),
+    mean Dice over the regions (segmentation; ``pred`` holds logits or a label map per pixel)."""
+    if task.kind == "classification":
+        return (pred.argmax(dim=-1) == target).double().numpy()
+    if task.kind == "regression":
+        return ((pred.reshape(-1) >= 0) == (target.reshape(-1) >= 0)).double().numpy()
+    labels = pred.argmax(dim=1) if pred.dim() == target.dim() + 1 else pred
+    dice = []
+    for values in task.regions.values():
+        v = torch.tensor(values)
+        p = torch.isin(labels, v).unsqueeze(1).float()
+        t = torch.isin(target, v).unsqueeze(1).float()
+        dice.append(compute_dice(p, t, include_background=True, ignore_empty=False)[:, 0])
+    return torch.stack(dice).mean(dim=0).double().numpy()
+
+
+def _chunks(variants: list[Variant], batch: Batch) -> list[list[Variant]]:
+    per_row = sum(x[0].numel() for x in batch.inputs.values())
+    k = max(1, ELEMENT_BUDGET // max(1, per_row * len(batch)))
+    return [variants[i : i + k] for i in range(0, len(variants), k)]
+
+
+@torch.no_grad()
+def measure(
+    model: MultimodalModel,
+    forward: Callable[[Batch], Tensor],
+    task: TaskInfo,
+    evaluate: Callable[[Tensor, Tensor, list[str]], dict[str, float]],
+    compact: Callable[[Tensor], Tensor],
+    train_batches: Iterable[Batch],
+    test_batches: Iterable[Batch],
+    seed: int,
+) -> dict:
+    """Every measurement of the module doc, as the JSON-ready ``modality_eval`` record.
+
+    ``forward(batch) -> prediction`` runs the method's evaluation forward (eval mode, no AMP scaling);
+    ``evaluate``/``compact`` are the dataset adapter's split metrics and prediction compaction."""
+    t0 = time.process_time()
+    model.eval()
+    mods = list(model.modalities)
+    key, higher = task.primary_metric, task.higher_is_better
+    sign = 1.0 if higher else -1.0
+    means, stds = train_statistics(model, forward, train_batches)
+    subsets, orders = coalitions(mods, seed)
+    noisy = [m for m in mods if stds[m] is not None]
+    variants = [Variant(frozenset(mods) - s) for s in subsets]
+    variants += [Variant(frozenset(), m, lv) for m in noisy for lv in LEVELS[1:]]
+    preds: dict[Variant, list[Tensor]] = {v: [] for v in variants}
+    scores: dict[Variant, list[np.ndarray]] = {v: [] for v in variants[: len(subsets)]}
+    targets, ids = [], []
+    gen = torch.Generator().manual_seed(seed)
+    for batch in test_batches:
+        n = len(batch)
+        eps = {m: torch.randn(batch.inputs[m].shape, generator=gen).to(batch.inputs[m].device) for m in noisy}
+        for chunk in _chunks(variants, batch):
+            inputs = {
+                m: torch.cat(
+                    [x + v.level * stds[m] * eps[m] if v.noisy == m else x for v in chunk]
+                )  # fmt: skip
+                for m, x in batch.inputs.items()
+            }
+            rows = {
+                m: torch.tensor([m in v.absent for v in chunk], device=batch.target.device).repeat_interleave(
+                    n
+                )
+                for m in mods
+            }
+            stacked = Batch(inputs, torch.cat([batch.target] * len(chunk)), batch.ids * len(chunk))
+            with absent(model, means, rows):
+                pred = forward(stacked).float()
+            for i, v in enumerate(chunk):
+                p = pred[i * n : (i + 1) * n]
+                preds[v].append(compact(p).cpu())
+                if v in scores:
+                    scores[v].append(sample_scores(task, p.cpu(), batch.target.cpu()))
+        targets.append(batch.target.cpu())
+        ids += batch.ids
+    target = torch.cat(targets)
+    metric = {v: float(evaluate(torch.cat(p), target, ids)[key]) for v, p in preds.items()}
+
+    full = frozenset(mods)
+    value = {s: sign * metric[Variant(full - s)] for s in subsets}
+    per_sample = {s: np.concatenate(scores[Variant(full - s)]) for s in subsets}
+    per_sample[frozenset()] = np.zeros_like(per_sample[frozenset()])  # BalanceBenchmark: v_i(empty) = 0
+    if orders is None:
+        phi, sample_phi = shapley_values(value, mods), shapley_values(per_sample, mods)
+    else:
+        phi, sample_phi = sampled_shapley(value, orders), sampled_shapley(per_sample, orders)
+    missing = {m: metric[Variant(frozenset({m}))] for m in mods} if len(mods) > 1 else {}
+    noise = {m: [metric[Variant(frozenset())]] + [metric[Variant(frozenset(), m, lv)] for lv in LEVELS[1:]]
+             for m in noisy}  # fmt: skip
+    pick = min if higher else max
+    return {
+        "definition": DEFINITION,
+        "metric": key,
+        "higher_is_better": higher,
+        "full": metric[Variant(frozenset())],
+        "subsets": {coalition_key(s, mods): metric[Variant(full - s)] for s in subsets},
+        "shapley": {m: float(v) for m, v in phi.items()},
+        "shapley_estimator": "exact" if orders is None else f"sampled, {PERMUTATIONS} permutations",
+        "sample_shapley_mean": {m: float(v.mean()) for m, v in sample_phi.items()},
+        "imbalance_degree": imbalance_degree(sample_phi),
+        "equity": equity(phi),
+        "missing": missing,
+        "worst_missing": pick(missing.values()) if missing else None,
+        "noise_levels": list(LEVELS),
+        "noise_std": {m: stds[m] for m in noisy},
+        "noise": noise,
+        "relative_robustness": {m: relative_robustness(c) for m, c in noise.items()},
+        "test_samples": len(ids),
+        "cpu_seconds": time.process_time() - t0,
+    }
+
+
+def same_record(a: Mapping, b: Mapping, rel: float = 1e-6) -> bool:
+    """Two ``modality_eval`` records agree (floats to ``rel``; ``cpu_seconds`` ignored)."""
+
+    def same(x, y) -> bool:
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+            return len(x) == len(y) and all(map(same, x, y))
+        if isinstance(x, float | int) and isinstance(y, float | int) and not isinstance(x, bool):
+            return math.isclose(x, y, rel_tol=rel, abs_tol=1e-9) or (math.isnan(x) and math.isnan(y))
+        return x == y
+
+    strip = lambda r: {k: v for k, v in r.items() if k != "cpu_seconds"}  # noqa: E731
+    return same(strip(a), strip(b))
