@@ -492,6 +492,9 @@ def report(
             f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'}"
         )
     paths = write_tables(run_tables(runs, protocol), out / "tables", name, heading)
+    from mmbalance.modality_report import write_modality_outputs  # its own table file and figures
+
+    paths += write_modality_outputs(runs, out, name, heading, figures)
     if figures:
         from mmbalance.figures import suite_figures
 

@@ -259,3 +259,26 @@ def test_evaluate_refuses_what_it_cannot_score(tmp_path, capsys):
     )
     assert main(["evaluate", str(rd.path)]) == 2
     assert "selected epoch" in capsys.readouterr().err
+
+
+def test_report_writes_the_modality_table_and_figures(tmp_path):
+    from mmbalance.modality_report import modality_figures
+    from mmbalance.report import load_runs, report
+
+    for method, seed in (("joint", 0), ("joint", 1), ("mmcosine", 0)):
+        train(small_spec(method=method, seed=seed), tmp_path, progress=False)
+    report(tmp_path, out=tmp_path / "out", figures=False)
+    paths = modality_figures(load_runs(tmp_path), tmp_path / "out" / "figures", "all-runs")
+    md = (tmp_path / "out" / "tables" / "all-runs-modality.md").read_text()
+    assert "Imbalance degree" in md and "Equity" in md and "Worst missing Acc" in md and "Acc w/o m0" in md
+    joint = [line for line in md.splitlines() if line.startswith("| joint |")][0]
+    assert "±" in joint and joint.rstrip(" |").endswith("2")  # two seeds
+    # joint's effective robustness against itself is 0 on average over its seeds
+    csv = (tmp_path / "out" / "tables" / "all-runs-modality.csv").read_text()
+    row = [
+        r for r in csv.splitlines() if r.startswith("synthetic,classification,joint,effective_robustness")
+    ][0]
+    assert abs(float(row.split(",")[4])) < 1e-9
+    names = {p.name for p in paths}
+    for fig in ("contributions", "robustness"):
+        assert f"all-runs-synthetic-classification-{fig}.png" in names
