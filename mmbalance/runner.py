@@ -480,9 +480,9 @@ class Trainer:
                     "epoch": epoch, "train_loss": train_loss, "valid": valid, "test": test,
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                 })  # fmt: skip
-                self.save_checkpoint(epoch)
-                if self.best_epoch()["epoch"] == epoch:
+                if self.best_epoch()["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
                     self.save_selected(epoch)
+                self.save_checkpoint(epoch)
                 self.write_records()
                 bar.set_postfix(
                     {f"valid {self.task.primary_metric}": f"{valid[self.task.primary_metric]:.3f}"}
