@@ -52,8 +52,8 @@ late fusion; ours is joint training on the same data), is computed by the report
 MultiBench's min-max normalisation across methods (L72-88) is a property of a table, not of a run, so
 the record keeps the raw area. Inputs that are not floating point (token ids) get no noise curve.
 
-Cost per run: one pass over the train split plus, per test batch, one batched forward over
-``2^M + M * 9`` variants (chunked to bound memory); ``cpu_seconds`` records it.
+Cost per run: one forward pass over the train split plus ``2^M + 9 M`` forward passes over the test
+split (the coalitions and the noisy copies); ``cpu_seconds`` records it.
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ DEFINITION = (
 )
 EXACT_MAX = 6  # exact Shapley values up to this many modalities (2^6 = 64 coalitions)
 PERMUTATIONS = 64  # sampled permutations above it
-ELEMENT_BUDGET = 1 << 22  # input elements per batched forward (bounds memory, e.g. BraTS images)
 
 
 def coalitions(modalities: Sequence[str], seed: int) -> tuple[list[frozenset[str]], list[list[str]] | None]:
@@ -124,28 +123,24 @@ def coalitions(modalities: Sequence[str], seed: int) -> tuple[list[frozenset[str
 # --- a modality absent -----------------------------------------------------------------------------------
 @contextmanager
 def absent(
-    model: MultimodalModel, means: Mapping[str, Sequence[Tensor]], rows: Mapping[str, Tensor]
+    model: MultimodalModel, means: Mapping[str, Sequence[Tensor]], modalities: Iterable[str]
 ) -> Iterator[None]:
-    """While active, modality m's features are replaced by ``means[m]`` on the rows where the bool
-    tensor ``rows[m]`` is True (a per-row mask lets one forward hold several coalitions)."""
-    handles = []
+    """While active, the features of ``modalities`` are their train-split ``means`` (see the module doc)."""
 
-    def replace(mean: Tensor, mask: Tensor):
+    def replace(mean: Tensor):
         def hook(module, args, out: Tensor) -> Tensor:
-            if out.shape[0] != mask.shape[0] or out.shape[1:] != mean.shape:
-                raise ValueError(
-                    f"{type(module).__name__}: feature of shape {tuple(out.shape)} does not match the "
-                    f"train-split mean {tuple(mean.shape)} over {mask.shape[0]} rows"
-                )
-            keep = mask.view(-1, *[1] * mean.dim())
-            return torch.where(keep, mean.to(out.dtype).expand_as(out), out)
+            if out.shape[1:] != mean.shape:
+                raise ValueError(f"{type(module).__name__}: feature of shape {tuple(out.shape[1:])} per sample "
+                                 f"does not match its train-split mean {tuple(mean.shape)}")  # fmt: skip
+            return mean.to(out.dtype).expand_as(out)
 
         return hook
 
+    handles = []
     try:
-        for m, mask in rows.items():
+        for m in modalities:
             for module, mean in zip(model.feature_modules(m), means[m], strict=True):
-                handles.append(module.register_forward_hook(replace(mean, mask)))
+                handles.append(module.register_forward_hook(replace(mean)))
         yield
     finally:
         for h in handles:
@@ -233,12 +228,6 @@ def sample_scores(task: TaskInfo, pred: Tensor, target: Tensor) -> np.ndarray:
     return torch.stack(dice).mean(dim=0).double().numpy()
 
 
-def _chunks(variants: list[Variant], batch: Batch) -> list[list[Variant]]:
-    per_row = sum(x[0].numel() for x in batch.inputs.values())
-    k = max(1, ELEMENT_BUDGET // max(1, per_row * len(batch)))
-    return [variants[i : i + k] for i in range(0, len(variants), k)]
-
-
 @torch.no_grad()
 def measure(
     model: MultimodalModel,
@@ -269,29 +258,18 @@ def measure(
     targets, ids = [], []
     gen = torch.Generator().manual_seed(seed)
     for batch in test_batches:
-        n = len(batch)
         eps = {m: torch.randn(batch.inputs[m].shape, generator=gen).to(batch.inputs[m].device) for m in noisy}
-        for chunk in _chunks(variants, batch):
+        # One forward per variant on the batch as evaluation sees it: some methods' predictions depend on the
+        # batch (MLA's entropy weights are a softmax over the batch axis), so variants are never stacked.
+        for v in variants:
             inputs = {
-                m: torch.cat(
-                    [x + v.level * stds[m] * eps[m] if v.noisy == m else x for v in chunk]
-                )  # fmt: skip
-                for m, x in batch.inputs.items()
+                m: x + v.level * stds[m] * eps[m] if v.noisy == m else x for m, x in batch.inputs.items()
             }
-            rows = {
-                m: torch.tensor([m in v.absent for v in chunk], device=batch.target.device).repeat_interleave(
-                    n
-                )
-                for m in mods
-            }
-            stacked = Batch(inputs, torch.cat([batch.target] * len(chunk)), batch.ids * len(chunk))
-            with absent(model, means, rows):
-                pred = forward(stacked).float()
-            for i, v in enumerate(chunk):
-                p = pred[i * n : (i + 1) * n]
-                preds[v].append(compact(p).cpu())
-                if v in scores:
-                    scores[v].append(sample_scores(task, p.cpu(), batch.target.cpu()))
+            with absent(model, means, v.absent):
+                pred = forward(Batch(inputs, batch.target, batch.ids)).float()
+            preds[v].append(compact(pred).cpu())
+            if v in scores:
+                scores[v].append(sample_scores(task, pred.cpu(), batch.target.cpu()))
         targets.append(batch.target.cpu())
         ids += batch.ids
     target = torch.cat(targets)

@@ -153,9 +153,8 @@ def test_sampled_estimator_above_six_modalities(monkeypatch):
 @torch.no_grad()
 def _absent_leaves_no_trace(model, forward, batch, means, m) -> bool:
     """With m absent, m's input has no influence; returns whether it had one with m present."""
-    rows = {m: torch.ones(len(batch), dtype=torch.bool)}
     other = Batch({**batch.inputs, m: batch.inputs[m] * -3.0 + 5.0}, batch.target, batch.ids)
-    with absent(model, means, rows):
+    with absent(model, means, [m]):
         p1, p2 = forward(batch), forward(other)
     assert torch.allclose(p1, p2, atol=1e-5), f"absent modality {m} still reaches the prediction"
     return not torch.allclose(forward(batch), forward(other), atol=1e-5)
@@ -177,7 +176,7 @@ def test_absent_is_the_same_construction_through_every_method(tmp_path, method):
     batch = next(tr.iterate("test"))
     m = tr.modalities[-1]
     seen = {}
-    with torch.no_grad(), absent(tr.model, means, {m: torch.ones(len(batch), dtype=torch.bool)}):
+    with torch.no_grad(), absent(tr.model, means, [m]):
         # registered after absent's hook, so it sees the feature the rest of the model sees
         handle = tr.model.encoders[m].register_forward_hook(lambda mod, a, out: seen.setdefault("f", out))
         forward(batch)
@@ -219,6 +218,18 @@ def test_absent_in_the_paper_models():
     means, _ = train_statistics(seg, lambda b: seg(b.inputs).pred, imgs[:1])
     assert len(means["t1"]) == 2  # the ASPP map and the low-level map
     assert _absent_leaves_no_trace(seg, lambda b: seg(b.inputs).pred, imgs[1], means, "t1")
+
+
+@pytest.mark.parametrize("method", ["joint", "mla", "greedy", "ume"])
+def test_full_variant_is_the_evaluation_of_the_test_split(tmp_path, method):
+    """MLA's predictions depend on the batch (entropy over the batch axis): the measurement must present
+    the test split exactly as evaluation does, so its all-present score is the test metric."""
+    tr = trainer(tmp_path, method)
+    tr.ctx.training = False
+    rec = measure(tr.model, lambda b: tr.method.forward(tr.model, b, tr.ctx).pred, tr.task,
+                  tr.adapter.evaluate, tr.adapter.compact_prediction, tr.iterate("train"), tr.iterate("test"),
+                  seed=0)  # fmt: skip
+    assert rec["full"] == tr.evaluate("test")["accuracy"]
 
 
 # --- at the end of training, and later with `evaluate` -----------------------------------------------------
