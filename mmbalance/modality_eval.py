@@ -67,10 +67,10 @@ from itertools import combinations
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice
 from torch import Tensor
 
 from mmbalance.data import Batch, TaskInfo
+from mmbalance.metrics import dice_per_sample
 from mmbalance.modality_scores import (
     LEVELS,
     coalition_key,
@@ -219,12 +219,7 @@ def sample_scores(task: TaskInfo, pred: Tensor, target: Tensor) -> np.ndarray:
     if task.kind == "regression":
         return ((pred.reshape(-1) >= 0) == (target.reshape(-1) >= 0)).double().numpy()
     labels = pred.argmax(dim=1) if pred.dim() == target.dim() + 1 else pred
-    dice = []
-    for values in task.regions.values():
-        v = torch.tensor(values)
-        p = torch.isin(labels, v).unsqueeze(1).float()
-        t = torch.isin(target, v).unsqueeze(1).float()
-        dice.append(compute_dice(p, t, include_background=True, ignore_empty=False)[:, 0])
+    dice = [dice_per_sample(labels, target, r) for r in task.regions.values()]
     return torch.stack(dice).mean(dim=0).double().numpy()
 
 
@@ -233,7 +228,7 @@ def measure(
     model: MultimodalModel,
     forward: Callable[[Batch], Tensor],
     task: TaskInfo,
-    evaluate: Callable[[Tensor, Tensor, list[str]], dict[str, float]],
+    score: Callable[[Tensor, Tensor, list[str]], float],
     compact: Callable[[Tensor], Tensor],
     train_batches: Iterable[Batch],
     test_batches: Iterable[Batch],
@@ -242,7 +237,7 @@ def measure(
     """Every measurement of the module doc, as the JSON-ready ``modality_eval`` record.
 
     ``forward(batch) -> prediction`` runs the method's evaluation forward (eval mode, no AMP scaling);
-    ``evaluate``/``compact`` are the dataset adapter's split metrics and prediction compaction."""
+    ``score``/``compact`` are the dataset adapter's primary metric of a split and prediction compaction."""
     t0 = time.process_time()
     model.eval()
     mods = list(model.modalities)
@@ -273,7 +268,7 @@ def measure(
         targets.append(batch.target.cpu())
         ids += batch.ids
     target = torch.cat(targets)
-    metric = {v: float(evaluate(torch.cat(p), target, ids)[key]) for v, p in preds.items()}
+    metric = {v: float(score(torch.cat(p), target, ids)) for v, p in preds.items()}
 
     full = frozenset(mods)
     value = {s: sign * metric[Variant(full - s)] for s in subsets}

@@ -315,7 +315,7 @@ class Trainer:
                 return self.method.forward(self.model, batch, self.ctx).pred
 
         return modality_eval.measure(
-            self.model, forward, self.task, self.adapter.evaluate, self.adapter.compact_prediction,
+            self.model, forward, self.task, self.adapter.primary_value, self.adapter.compact_prediction,
             self.iterate("train"), self.iterate("test"), seed=self.spec.seed,
         )  # fmt: skip
 

@@ -103,7 +103,7 @@ def test_measure_on_a_model_with_known_subset_scores():
     task = TaskInfo("classification", ("a", "b"), 2)
     train_b, test_b = known_batches()
     rec = measure(model, lambda b: model(b.inputs).pred, task,
-                  lambda p, t, ids: metrics.classification_metrics(p, t), lambda p: p,
+                  lambda p, t, ids: metrics.classification_metrics(p, t)["accuracy"], lambda p: p,
                   train_b, test_b, seed=0)  # fmt: skip
     assert rec["subsets"] == pytest.approx({"": 40.0, "a": 80.0, "b": 40.0, "a+b": 80.0})
     assert rec["full"] == pytest.approx(80.0)
@@ -118,7 +118,7 @@ def test_measure_on_a_model_with_known_subset_scores():
     assert rec["noise_std"] == pytest.approx({"a": 1.0, "b": 1.0})
     assert len(rec["noise"]["a"]) == 10 and rec["noise"]["a"][0] == pytest.approx(80.0)
     again = measure(model, lambda b: model(b.inputs).pred, task,
-                    lambda p, t, ids: metrics.classification_metrics(p, t), lambda p: p,
+                    lambda p, t, ids: metrics.classification_metrics(p, t)["accuracy"], lambda p: p,
                     *known_batches(), seed=0)  # fmt: skip
     assert same_record(rec, again)
     json.dumps(rec)  # the record is plain JSON
@@ -141,7 +141,7 @@ def test_sampled_estimator_above_six_modalities(monkeypatch):
     train_b = [Batch({m: torch.zeros(4, 1) for m in mods}, torch.zeros(4, 1), list("abcd"))]
     test_b = [Batch(ones, torch.full((4, 1), 36.0), list("abcd"))]  # full prediction = 36: MAE 0
     rec = measure(model, lambda b: model(b.inputs).pred, task,
-                  lambda p, t, ids: metrics.mosi_metrics(p, t), lambda p: p, train_b, test_b, seed=0)  # fmt: skip
+                  lambda p, t, ids: metrics.mosi_metrics(p, t)["mae"], lambda p: p, train_b, test_b, seed=0)  # fmt: skip
     assert rec["shapley_estimator"].startswith("sampled")
     # v(S) = -MAE = -(36 - sum of weights in S): each modality adds its weight, in any order
     assert rec["shapley"] == pytest.approx({m: float(i + 1) for i, m in enumerate(mods)})
@@ -227,9 +227,18 @@ def test_full_variant_is_the_evaluation_of_the_test_split(tmp_path, method):
     tr = trainer(tmp_path, method)
     tr.ctx.training = False
     rec = measure(tr.model, lambda b: tr.method.forward(tr.model, b, tr.ctx).pred, tr.task,
-                  tr.adapter.evaluate, tr.adapter.compact_prediction, tr.iterate("train"), tr.iterate("test"),
+                  tr.adapter.primary_value, tr.adapter.compact_prediction, tr.iterate("train"), tr.iterate("test"),
                   seed=0)  # fmt: skip
     assert rec["full"] == tr.evaluate("test")["accuracy"]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "segmentation"])
+def test_primary_value_is_the_evaluated_primary_metric(tmp_path, task):
+    tr = trainer(tmp_path, "joint", task=task)
+    batch = next(tr.iterate("test"))
+    pred = tr.adapter.compact_prediction(tr.model(batch.inputs).pred.detach())
+    full = tr.adapter.evaluate(pred, batch.target, batch.ids)[tr.task.primary_metric]
+    assert tr.adapter.primary_value(pred, batch.target, batch.ids) == full
 
 
 # --- at the end of training, and later with `evaluate` -----------------------------------------------------
