@@ -53,13 +53,13 @@ MultiBench's min-max normalisation across methods (L72-88) is a property of a ta
 the record keeps the raw area. Inputs that are not floating point (token ids) get no noise curve.
 
 Cost per run: one forward pass over the train split plus ``2^M + 9 M`` forward passes over the test
-split (the coalitions and the noisy copies); ``cpu_seconds`` records it.
+split (the coalitions and the noisy copies); the runner records its CPU time in ``env.json``
+(``modality_eval_cpu_seconds``), outside ``final.json``, whose numbers a rerun reproduces exactly.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,7 +238,6 @@ def measure(
 
     ``forward(batch) -> prediction`` runs the method's evaluation forward (eval mode, no AMP scaling);
     ``score``/``compact`` are the dataset adapter's primary metric of a split and prediction compaction."""
-    t0 = time.process_time()
     model.eval()
     mods = list(model.modalities)
     key, higher = task.primary_metric, task.higher_is_better
@@ -300,21 +299,15 @@ def measure(
         "noise": noise,
         "relative_robustness": {m: relative_robustness(c) for m, c in noise.items()},
         "test_samples": len(ids),
-        "cpu_seconds": time.process_time() - t0,
     }
 
 
 def same_record(a: Mapping, b: Mapping, rel: float = 1e-6) -> bool:
-    """Two ``modality_eval`` records agree (floats to ``rel``; ``cpu_seconds`` ignored)."""
-
-    def same(x, y) -> bool:
-        if isinstance(x, Mapping) and isinstance(y, Mapping):
-            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
-        if isinstance(x, list | tuple) and isinstance(y, list | tuple):
-            return len(x) == len(y) and all(map(same, x, y))
-        if isinstance(x, float | int) and isinstance(y, float | int) and not isinstance(x, bool):
-            return math.isclose(x, y, rel_tol=rel, abs_tol=1e-9) or (math.isnan(x) and math.isnan(y))
-        return x == y
-
-    strip = lambda r: {k: v for k, v in r.items() if k != "cpu_seconds"}  # noqa: E731
-    return same(strip(a), strip(b))
+    """Two ``modality_eval`` records agree (floats to ``rel``)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_record(a[k], b[k], rel) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_record(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    return a == b

@@ -561,7 +561,11 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         rd.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
+    t0 = time.process_time()
     final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
+    atomic_write_json(
+        rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0}
+    )
     atomic_write_json(rd.file("final.json"), final)
     rd.set_status("done")
     return RunResult(rd.run_id, rd.path, "done", final)
