@@ -421,9 +421,17 @@ def test_entry_carries_each_seeds_modality_numbers(entry, runs, tmp_path):
     bad = copy.deepcopy(entry)
     del bad["seeds"][0]["modality"]
     assert "seeds[0].modality: missing while other seeds have it" in problems(bad, runs, tmp_path)
+    e = lb.validate_entry(entry, lb.load_fingerprints(runs["fingerprints"]))
+    from mmbalance.leaderboard_page import render_html, render_markdown
+
+    imb = [s["modality"]["imbalance_degree"] for s in entry["seeds"]]
+    cell = f"{statistics.mean(imb):.3f} ± {statistics.stdev(imb):.3f}"
+    for page in (render_markdown({"a.json": e}), render_html({"a.json": e})):
+        assert "Imbalance ↓" in page and "Worst missing accuracy" in page and cell in page
     old = copy.deepcopy(entry)  # an entry of runs recorded before modality_eval stays valid
     for s in old["seeds"]:
         del s["modality"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
-    lb.check(path, fingerprints=runs["fingerprints"])
+    e = lb.check(path, fingerprints=runs["fingerprints"])
+    assert "Imbalance" not in render_markdown({"old.json": e})
