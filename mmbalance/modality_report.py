@@ -127,7 +127,7 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
         metric = metric_label(sub["me_metric"].iloc[0])
         prefix = out_dir / f"{name}-{dataset}-{task}"
 
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(methods) * len(mods)), 3.4))
+        fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.2 * len(methods) * len(mods) + 2)), 3.4))
         width = 0.8 / len(mods)
         for i, m in enumerate(mods):
             stats = [multi.loc[multi["method"] == k, f"shapley/{m}"].agg(["mean", "std"]) for k in methods]
@@ -143,7 +143,8 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
 
         ncols = min(5, len(methods))
         nrows = -(-len(methods) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.6 * nrows), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows + 0.6), sharey=True,
+                                 squeeze=False, layout="constrained")  # fmt: skip
         for ax, method in zip(axes.flat, methods, strict=False):
             recs = list(multi.loc[multi["method"] == method, "me_record"])
             levels = recs[0]["noise_levels"]
@@ -154,9 +155,10 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
                     ax.plot(levels, mean, color=colors[m], label=f"noise on {m}", lw=1.6)
                     ax.fill_between(levels, mean - std, mean + std, color=colors[m], alpha=0.2)
             ax.set_title(method)
-            ax.set_xlabel("noise std / input std")
         for ax in axes.flat[len(methods) :]:
             ax.axis("off")
+        for ax in axes.flat[max(0, len(methods) - ncols) : len(methods)]:  # the lowest panel of each column
+            ax.set_xlabel("noise std / input std")
         for ax in axes[:, 0]:
             ax.set_ylabel(f"test {metric}")
         axes.flat[0].legend(fontsize=7)
