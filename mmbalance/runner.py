@@ -590,5 +590,7 @@ def evaluate_run(run_dir: Path | str, data_root: Path | None = None, device: str
     if (fp := data_fingerprint(adapter)) != doc.get("data_fingerprint"):
         raise ValueError(f"{rd.file('spec.yaml')}: the data fingerprint {doc.get('data_fingerprint')} "
                          f"differs from the data found now ({fp})")  # fmt: skip
-    trainer = Trainer(spec, adapter, rd, resolve_device(device), progress=False)
+    # Mixed precision changes the numbers: score under the setting the run was trained (and scored) with.
+    amp = bool(rd.env().get("amp", False)) if rd.file("env.json").exists() else False
+    trainer = Trainer(spec, adapter, rd, resolve_device(device), progress=False, amp=amp)
     return trainer.modality_eval(rd.final()["best_epoch"])

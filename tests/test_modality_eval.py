@@ -268,6 +268,13 @@ def test_end_of_training_record_and_evaluate_match(tmp_path, capsys):
     assert main(["evaluate", str(rd.path)]) == 1
 
 
+def test_evaluate_scores_an_amp_run_under_amp(tmp_path):
+    result = train(small_spec(epochs=1), tmp_path, progress=False, amp=True)  # bf16 on CPU
+    rec = RunDir(result.path).final()["modality_eval"]
+    assert rec["full"] == pytest.approx(result.final["test"]["accuracy"])
+    assert same_record(evaluate_run(result.path, device="cpu"), rec)
+
+
 def test_evaluate_refuses_what_it_cannot_score(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "no spec.yaml" in capsys.readouterr().err
