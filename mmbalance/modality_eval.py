@@ -52,6 +52,8 @@ late fusion; ours is joint training on the same data), is computed by the report
 MultiBench's min-max normalisation across methods (L72-88) is a property of a table, not of a run, so
 the record keeps the raw area. Inputs that are not floating point (token ids) get no noise curve.
 
+Line numbers refer to GeWu-Lab/BalanceBenchmark at commit 4c1482fc and pliang279/MultiBench at 49f9be22.
+
 Cost per run: one forward pass over the train split plus ``2^M + 9 M`` forward passes over the test
 split (the coalitions and the noisy copies); the runner records its CPU time in ``env.json``
 (``modality_eval_cpu_seconds``), outside ``final.json``, whose numbers a rerun reproduces exactly.
