@@ -544,7 +544,7 @@ def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[
 def modality_numbers(final: dict[str, Any]) -> dict[str, Any]:
     """``{"modality": {...}}`` from a run's ``modality_eval`` record, or ``{}`` if it has none."""
     rec = final.get("modality_eval")
-    if rec is None:
+    if rec is None or "error" in rec:
         return {}
     keys = ("shapley", "imbalance_degree", "equity", "worst_missing")
     return {"modality": {k: rec[k] for k in keys}}

@@ -28,11 +28,12 @@ __all__ = ["modality_frame", "modality_tables", "modality_figures", "write_modal
 
 def modality_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with one column per summary number of its ``modality_eval`` record; runs without a
-    record (trained before it existed: score them with ``mmbalance evaluate``) are left out."""
+    record (trained before it existed: score them with ``mmbalance evaluate``) or with a failed one
+    are left out."""
     rows = []
     for _, r in runs.iterrows():
         rec = RunDir(Path(r["path"])).final().get("modality_eval")
-        if rec is None:
+        if rec is None or "error" in rec:  # not measured, or the measurement failed (the record says why)
             continue
         row = {**r.to_dict(), "me_metric": rec["metric"], "me_higher": rec["higher_is_better"],
                "me_record": rec, "imbalance_degree": rec["imbalance_degree"], "equity": rec["equity"],

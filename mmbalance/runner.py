@@ -566,7 +566,10 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
     t0 = time.process_time()
-    final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
+    try:
+        final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
+    except (ValueError, RuntimeError) as e:  # evaluation only: the trained run stays; `evaluate` can retry
+        final["modality_eval"] = {"error": f"{type(e).__name__}: {e}"}
     atomic_write_json(
         rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0}
     )

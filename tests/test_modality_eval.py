@@ -268,6 +268,20 @@ def test_end_of_training_record_and_evaluate_match(tmp_path, capsys):
     assert main(["evaluate", str(rd.path)]) == 1
 
 
+def test_a_failed_measurement_keeps_the_trained_run(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("features change shape between batches")
+
+    monkeypatch.setattr(modality_eval, "measure", broken)
+    result = train(small_spec(), tmp_path, progress=False)
+    assert result.status == "done" and RunDir(result.path).status() == "done"
+    assert result.final["modality_eval"] == {"error": "ValueError: features change shape between batches"}
+    from mmbalance.modality_report import modality_frame
+    from mmbalance.report import load_runs
+
+    assert modality_frame(load_runs(tmp_path)).empty  # the report leaves it out
+
+
 def test_evaluate_scores_an_amp_run_under_amp(tmp_path):
     result = train(small_spec(epochs=1), tmp_path, progress=False, amp=True)  # bf16 on CPU
     rec = RunDir(result.path).final()["modality_eval"]
