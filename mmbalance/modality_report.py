@@ -32,6 +32,8 @@ def modality_frame(runs: pd.DataFrame) -> pd.DataFrame:
     are left out."""
     rows = []
     for _, r in runs.iterrows():
+        if r.get("status", "done") != "done":
+            continue
         rec = RunDir(Path(r["path"])).final().get("modality_eval")
         if rec is None or "error" in rec:  # not measured, or the measurement failed (the record says why)
             continue
