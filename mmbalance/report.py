@@ -557,6 +557,7 @@ def run_tables(
                     "complete": r.complete,
                     "ranked": r.ranked,
                     "reference": r.reference,
+                    "best_unimodal": r.best_unimodal,
                     "mark": c.mark,
                     "delta_vs_joint": r.delta.mean if r.delta is not None and m == primary else None,
                     "p_holm": r.p if m == primary else None,
