@@ -3,7 +3,8 @@
 Files (all written atomically: temp file in the same folder, then ``os.replace``):
   spec.yaml      the canonical run spec (plus run_id, data fingerprint)
   env.json       code version, package versions, device, python, platform
-  metrics.jsonl  one JSON object per finished epoch (train loss, valid/test metrics, probes)
+  metrics.jsonl  one JSON object per finished epoch (train loss, valid/test metrics, probes,
+                 `seconds` and `train_seconds`/`valid_seconds`/`test_seconds`)
   curves.csv     probe values per logged step (grad norms, cosines, unimodal acc, diagnostics)
   final.json     test metrics at the best validation epoch (+ the best validation metrics), and
                  ``modality_eval``: Shapley contributions, imbalance degree, equity, missing- and

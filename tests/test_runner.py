@@ -26,6 +26,9 @@ def test_a_run_writes_every_record(tmp_path):
     assert env["packages"]["torch"] and env["code_version"]
     epochs = rd.epochs()
     assert [e["epoch"] for e in epochs] == [0, 1]
+    for e in epochs:  # each phase timed apart (the official CGGM epoch is train + valid only)
+        phases = [e[f"{p}_seconds"] for p in ("train", "valid", "test")]
+        assert all(s >= 0 for s in phases) and e["seconds"] == pytest.approx(sum(phases))
     assert set(epochs[0]["valid"]["probe"]) == {"m0", "m1", "m2"}
     header = rd.file("curves.csv").read_text().splitlines()[0].split(",")
     for col in ("grad_norm/m0", "grad_cos/m2", "probe_acc/m1", "loss", "step"):
@@ -41,6 +44,7 @@ def test_same_spec_gives_identical_final_json(tmp_path):
     assert a.run_id == b.run_id
     assert a.path.joinpath("final.json").read_text() == b.path.joinpath("final.json").read_text()
     assert a.path.joinpath("curves.csv").read_text() == b.path.joinpath("curves.csv").read_text()
+    assert "seconds" not in a.path.joinpath("final.json").read_text()  # timings stay in metrics.jsonl
 
 
 @pytest.mark.parametrize("task", ["classification", "regression", "segmentation"])
