@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -253,24 +254,28 @@ def build_trainer(dataset: str, method: str, adapter: DatasetAdapter, batch: int
     return trainer
 
 
-def run_steps(trainer: Trainer, batch: Batch, n: int) -> float:
-    """Seconds per step over ``n`` runner steps."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def run_steps(trainer: Trainer, batch: Batch, n: int, clock=time.perf_counter) -> float:
+    """Seconds per step over ``n`` runner steps, by ``clock`` (wall, or this process's CPU time: on
+    shared cores with one torch thread, CPU time is the work done, unaffected by other processes)."""
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(n):
         trainer.ctx.step_in_epoch = trainer.ctx.step = trainer.ctx.step + 1
         trainer.train_batch(batch)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+    return (clock() - t0) / n
 
 
 def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch.device) -> list[dict]:
     small = args.size == "small"
     inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
     batch_size = shape.small_batch if small and shape.small_batch else shape.batch
-    model_params = shape.small_model if small else {}
+    model_params = {**(shape.small_model if small else {}), **args.model_params}
     target = shape.small_target if small and shape.small_target else shape.target
     adapter = shaped_adapter(name, shape, inputs, target, n=2 * batch_size)
     batch = collate([adapter.split("train")[i] for i in range(batch_size)]).to(device)
@@ -290,7 +295,7 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
     times: dict[str, list[float]] = {m: [] for m in trainers}
     for _ in range(args.repeats):
         for m, tr in trainers.items():
-            times[m].append(run_steps(tr, batch, args.steps))
+            times[m].append(run_steps(tr, batch, args.steps, CLOCKS[args.clock]))
     states = {m: method_state(tr.method, tr.model, tr.optimizer) for m, tr in trainers.items()}
     order = list(trainers)
     trainers.clear()
@@ -363,6 +368,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-cggm-overhead", action="store_true", help="skip the paper-size CGGM memory check"
     )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default=None,
+        help="step timer: wall (perf_counter) or cpu (process time; default on CPU)",
+    )
+    parser.add_argument(
+        "--model-param",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model_params for every shape, VALUE as YAML (e.g. fusion=concat)",
+    )
+    parser.add_argument("--tag", default="", help="appended to the output file names")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -372,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ):  # CPU: 1 thread unless asked (no spin-wait thrash on shared cores)
         torch.set_num_threads(args.threads or 1)
     args.size = args.size or ("paper" if device.type == "cuda" else "small")
+    args.clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
+    args.model_params = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in args.model_param)}
     methods = args.methods or METHODS.names()
     if "joint" not in methods:
         methods = ["joint", *methods]  # the reference of every ratio
@@ -382,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = (f"device: {device_name} ({device}), torch {torch.__version__}, threads "
               f"{torch.get_num_threads()}, size {args.size}, amp {args.amp}; warm-up {args.warmup}, "
-              f"{args.repeats} rounds x {args.steps} steps, median; clip {args.clip or 'spec default'}")  # fmt: skip
+              f"{args.repeats} rounds x {args.steps} steps, median; clip {args.clip or 'spec default'}; "
+              f"clock {args.clock}; model_params {args.model_params or 'default'}")  # fmt: skip
     print(header, flush=True)
 
     rows, overhead = [], {}
@@ -410,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(text)
     print("\n" + report)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"speed-{device.type}-{args.size}{'-amp' if args.amp else ''}"
+    stem = f"speed-{device.type}-{args.size}{'-amp' if args.amp else ''}{'-' + args.tag if args.tag else ''}"
     doc = {"header": header, "device": device_name, "size": args.size, "amp": args.amp, "rows": rows,
            "cggm_classifier_overhead": overhead}  # fmt: skip
     (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
