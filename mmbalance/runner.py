@@ -150,10 +150,14 @@ def make_optimizer(spec: RunSpec, params: list[dict[str, Any]]) -> torch.optim.O
     o = spec.optim
     # A group may carry ``lr_scale``: its lr is that multiple of optim.lr (MSLR's per-modality rates).
     params = [{**g, "lr": o.lr * g["lr_scale"]} if "lr_scale" in g else g for g in params]
+    # foreach: one multi-tensor update instead of torch's per-parameter Python loop, its CPU default (a
+    # quarter of a small model's step); the same arithmetic per tensor, so the same numbers.
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True
+        )
     opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return opt_cls(params, lr=o.lr, weight_decay=o.weight_decay)
+    return opt_cls(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
 
 
 def make_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int):

@@ -73,7 +73,8 @@ class Shape:
 BRATS = ("flair", "t1ce", "t1", "t2")
 BRATS_SMALL = {"layers": [1, 1, 1, 1], "width": 16, "aspp_channels": 32, "decoder_channels": 32}
 SHAPES: dict[str, Shape] = {
-    "synthetic": Shape({f"m{i}": (64,) for i in range(3)}, (), 64),
+    # The synthetic default: three modalities of 128 / 16 / 16 dimensions (datasets/synthetic.py).
+    "synthetic": Shape({"m0": (128,), "m1": (16,), "m2": (16,)}, (), 64),
     # MulT/CGGM aligned MOSI: 50 steps of GloVe 300 / COVAREP 5 / FACET 20; one sentiment score.
     "mosi": Shape({"text": (50, 300), "audio": (50, 5), "vision": (50, 20)}, (1,), 64, small_batch=32),
     # CGGM's MMIN IEMOCAP: text 22 x 1024, audio 350 x 130, vision 50 x 342; 4 classes.

@@ -1,0 +1,49 @@
+"""Where a training step's time goes: torch.profiler over the runner's own steps (``Trainer.train_batch``)
+of one method on one dataset shape of ``bench_speed.py`` (random tensors, probes off).
+
+    OMP_NUM_THREADS=1 python scripts/profile_step.py --dataset mosi --method cggm --steps 10 --top 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from bench_speed import SHAPES, build_trainer, run_steps, shaped_adapter
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from mmbalance.data import collate
+from mmbalance.runner import resolve_device
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="mosi", choices=list(SHAPES))
+    parser.add_argument("--method", default="joint")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--clip", type=float, default=None)
+    parser.add_argument("--sort", default="self_cpu_time_total")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.set_num_threads(1)
+    device, shape = resolve_device("cpu"), SHAPES[args.dataset]
+    inputs, batch_size = shape.small_inputs or shape.inputs, shape.small_batch or shape.batch
+    adapter = shaped_adapter(args.dataset, shape, inputs, shape.small_target or shape.target, n=batch_size)
+    batch = collate([adapter.split("train")[i] for i in range(batch_size)]).to(device)
+    trainer = build_trainer(args.dataset, args.method, adapter, batch_size, shape.small_model, device, False,
+                            Path(tempfile.mkdtemp()), args.clip)  # fmt: skip
+    run_steps(trainer, batch, 2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            with record_function("## step"):
+                run_steps(trainer, batch, 1)
+    print(prof.key_averages().table(sort_by=args.sort, row_limit=args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
