@@ -93,4 +93,3 @@ class DGL(Method):
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         uni = sum(ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities)
         return ctx.task_loss(out.pred, batch.target) + self.p.alpha * uni
-

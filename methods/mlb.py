@@ -104,7 +104,9 @@ class MLB(UnimodalHeadsMethod):
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.kind = task.kind
         self.ratio = self.coeff = [1.0] * len(ctx.modalities)
-        concat_linear = isinstance(model.fusion, ConcatFusion) and isinstance(model.head, (nn.Linear, nn.Conv2d))
+        concat_linear = isinstance(model.fusion, ConcatFusion) and isinstance(
+            model.head, (nn.Linear, nn.Conv2d)
+        )
         dims = model.feature_dims()
         self.groups: list[list[nn.Parameter]] = []  # per modality: encoder + its unimodal head
         self.columns: list[slice | None] = []  # per modality: its columns of the fused head's weight

@@ -22,7 +22,9 @@ def official_mlb_step(model, extra, batch, epoch, alpha=0.8):
     out_color, out_gray = heads[m0](a), heads[m1](v)
     (F.cross_entropy(out, y) + F.cross_entropy(out_color, y) + F.cross_entropy(out_gray, y)).backward()
     softmax = torch.nn.Softmax(dim=1)
-    score_0 = torch.mean(torch.stack([softmax(out_color)[i][y[i]] for i in range(out_color.size(0))])).detach()
+    score_0 = torch.mean(
+        torch.stack([softmax(out_color)[i][y[i]] for i in range(out_color.size(0))])
+    ).detach()
     score_1 = torch.mean(torch.stack([softmax(out_gray)[i][y[i]] for i in range(out_gray.size(0))])).detach()
     ratio_0 = score_1 / score_0
     ratio_1 = 1 / ratio_0
@@ -79,7 +81,9 @@ def test_scales_encoder_unimodal_head_and_fused_head_columns(tmp_path):
             torch.testing.assert_close(p.grad, before[id(p)] * coeff[i])
         d = tr.model.feature_dims()[m]
         w = tr.model.head.weight
-        torch.testing.assert_close(w.grad[:, start : start + d], before[id(w)][:, start : start + d] * coeff[i])
+        torch.testing.assert_close(
+            w.grad[:, start : start + d], before[id(w)][:, start : start + d] * coeff[i]
+        )
         start += d
     bias = tr.model.head.bias
     assert torch.equal(bias.grad, before[id(bias)])  # the fused head's bias is not scaled (fc_0_lin.bias)
