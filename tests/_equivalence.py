@@ -18,12 +18,14 @@ def side_by_side(
     official_step: Callable[..., None],
     steps: int = 4,
     extra: Sequence[nn.Module] = (),
+    same_rng: bool = False,
 ) -> float:
     """Max |Δ| over every parameter (model and ``extra`` modules) after each of ``steps`` steps.
 
     ``official_step(model, extra_copies, batch, epoch)`` computes the official gradients on the copy
     (``.grad`` of its parameters, zeroed before the call); the copy's optimiser is the runner's
-    optimiser class and settings, so only the gradients can differ.
+    optimiser class and settings, so only the gradients can differ. ``same_rng``: the official step
+    starts from the random-generator state our step started from (methods that sample).
     """
     twin = copy.deepcopy(tr.model)
     twin_extra = [copy.deepcopy(m) for m in extra]
@@ -38,9 +40,14 @@ def side_by_side(
     tr.method.on_epoch_start(tr.ctx)
     for i, batch in zip(range(steps), loader, strict=False):
         tr.ctx.step = tr.ctx.step_in_epoch = i
+        rng = torch.get_rng_state()
         tr.train_batch(batch)
         opt.zero_grad(set_to_none=True)
+        after = torch.get_rng_state()
+        if same_rng:
+            torch.set_rng_state(rng)
         official_step(twin, twin_extra, batch, tr.ctx.epoch)
+        torch.set_rng_state(after)
         opt.step()
         worst = max(worst, max((a - b).abs().max().item() for a, b in zip(ours, params, strict=True)))
     assert worst == worst, "NaN parameters"
