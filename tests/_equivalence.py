@@ -19,13 +19,16 @@ def side_by_side(
     steps: int = 4,
     extra: Sequence[nn.Module] = (),
     same_rng: bool = False,
+    batches=None,
 ) -> float:
     """Max |Δ| over every parameter (model and ``extra`` modules) after each of ``steps`` steps.
 
-    ``official_step(model, extra_copies, batch, epoch)`` computes the official gradients on the copy
+    ``official_step(model, extra_copies, batch, ctx)`` computes the official gradients on the copy
     (``.grad`` of its parameters, zeroed before the call); the copy's optimiser is the runner's
     optimiser class and settings, so only the gradients can differ. ``same_rng``: the official step
     starts from the random-generator state our step started from (methods that sample).
+    ``batches``: ``(batch, tags)`` pairs to train on (a re-sampled epoch; ``ctx.tags`` is set for both
+    steps), else the shuffled train split.
     """
     twin = copy.deepcopy(tr.model)
     twin_extra = [copy.deepcopy(m) for m in extra]
@@ -34,19 +37,21 @@ def side_by_side(
     ours = list(tr.model.parameters()) + [p for m in extra for p in m.parameters()]
     start = [p.detach().clone() for p in ours]
     worst = 0.0
-    loader = runner._batches(tr.loader("train", shuffle=True), tr.device)
+    if batches is None:
+        batches = ((b, None) for b in runner._batches(tr.loader("train", shuffle=True), tr.device))
     tr.model.train()
     twin.train()
     tr.method.on_epoch_start(tr.ctx)
-    for i, batch in zip(range(steps), loader, strict=False):
+    for i, (batch, tags) in zip(range(steps), batches, strict=False):
         tr.ctx.step = tr.ctx.step_in_epoch = i
+        tr.ctx.tags = tags
         rng = torch.get_rng_state()
         tr.train_batch(batch)
         opt.zero_grad(set_to_none=True)
         after = torch.get_rng_state()
         if same_rng:
             torch.set_rng_state(rng)
-        official_step(twin, twin_extra, batch, tr.ctx.epoch)
+        official_step(twin, twin_extra, batch, tr.ctx)
         torch.set_rng_state(after)
         opt.step()
         worst = max(worst, max((a - b).abs().max().item() for a, b in zip(ours, params, strict=True)))

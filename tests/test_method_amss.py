@@ -42,7 +42,7 @@ def official_coefficients(a_out, v_out, a, v, label_single, T=0.2):
     return limit_number(coeff_a), limit_number(coeff_v)
 
 
-def official_amss_step(model, _extra, batch, _epoch, isbias=0):
+def official_amss_step(model, _extra, batch, _ctx, isbias=0):
     """train_test.py:186-308 with sample_mode 'Adaptive', gn_mode 'gn', mask_ffn inert (as released);
     the kernels are the MLP encoders' weight matrices, so sum over dim 1 replaces dim (1, 2, 3)."""
     y = batch.target
@@ -134,8 +134,8 @@ def test_masks_whole_rows_of_encoder_weights_only(tmp_path):
 def test_equivalent_to_the_official_step(tmp_path, isbias):
     tr = two_modality_trainer(tmp_path, "amss", plus=bool(isbias))
 
-    def step(model, extra, batch, epoch):
-        official_amss_step(model, extra, batch, epoch, isbias=isbias)
+    def step(model, extra, batch, ctx):
+        official_amss_step(model, extra, batch, ctx, isbias=isbias)
 
     assert side_by_side(tr, step, steps=4, same_rng=True) < 1e-6
 

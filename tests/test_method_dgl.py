@@ -13,7 +13,7 @@ from mmbalance.models.base import ConcatFusion, MultimodalModel
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
 
 
-def official_dgl_step(model, _extra, batch, _epoch, alpha=4.0):
+def official_dgl_step(model, _extra, batch, _ctx, alpha=4.0):
     """shicaiwei123/ICCV2025-GDL main_dgl.py:100-122 with fusion_modules.py:51-59, two modalities."""
     y = batch.target
     a, v = (model.encoders[m](batch.inputs[m]) for m in model.modalities)

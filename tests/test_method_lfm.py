@@ -45,9 +45,9 @@ def getAlpha_Learnable_Fitted(epoch):  # noqa: N802 -- Crema_epoch.py:47-53, ver
     return [alpha1, alpha2]
 
 
-def official_lfm_step(model, _extra, batch, epoch):
+def official_lfm_step(model, _extra, batch, ctx):
     """Crema_epoch.py:66-72 (o_a, o_v: each modality's linear share of the fused logits)."""
-    cls_k = getAlpha_Learnable_Fitted(epoch)
+    cls_k = getAlpha_Learnable_Fitted(ctx.epoch)
     y = batch.target
     m0, m1 = model.modalities
     a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])

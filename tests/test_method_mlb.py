@@ -12,7 +12,7 @@ from mmbalance.methods.mlb import mlb_coefficients, mlb_scores
 from mmbalance.spec import SpecError, validate_spec
 
 
-def official_mlb_step(model, extra, batch, epoch, alpha=0.8):
+def official_mlb_step(model, extra, batch, _ctx, alpha=0.8):
     """kkontras/MLB: loss Trainer.py:222-236 (weights 1), Bias_Infusion_MLB.on_backward_end
     Bias_Infusion.py:334-344 and _equalize_gradients 398-407, two modalities."""
     heads, y = extra[0].heads, batch.target
