@@ -44,9 +44,9 @@ from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.method_parts import shapley_values
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.method import Method, RunContext
+from mmbalance.method_parts import logits_with_features_zeroed, require_concat_fusion, shapley_values
+from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
 __all__ = ["ValuationParams", "Valuation", "copies", "sample_contributions"]
@@ -69,12 +69,6 @@ def copies(phi: float) -> int:
     return 0
 
 
-def fused_logits(model: MultimodalModel, features: dict[str, Tensor], keep: dict[str, Tensor]) -> Tensor:
-    """``head(fusion(...))`` with the rows of modality m zeroed where ``keep[m]`` is False (models.py:62-70)."""
-    masked = {m: f * keep[m].view(-1, *([1] * (f.dim() - 1))).to(f.dtype) for m, f in features.items()}
-    return model.head(model.fusion(masked))
-
-
 @torch.no_grad()
 def sample_contributions(
     model: MultimodalModel, features: dict[str, Tensor], target: Tensor
@@ -86,7 +80,7 @@ def sample_contributions(
     for size in range(1, len(mods) + 1):
         for subset in itertools.combinations(mods, size):
             keep = {m: torch.full((n,), m in subset, device=target.device) for m in mods}
-            correct = fused_logits(model, features, keep).argmax(dim=1) == target
+            correct = logits_with_features_zeroed(model, features, keep)[0].argmax(dim=1) == target
             value[frozenset(subset)] = size * correct.float()
     return shapley_values(value, mods)
 
@@ -99,12 +93,7 @@ class Valuation(Method):
     reference = "Wei et al., CVPR 2024 (sample-level modality valuation); GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        if not isinstance(model.fusion, ConcatFusion):
-            raise MethodNotApplicable(
-                "valuation zeroes a modality's features before they are concatenated (models.py:62-70); "
-                f"this model fuses with {type(model.fusion).__name__} "
-                "(use model_params: {fusion: concat} where the dataset offers it)"
-            )
+        require_concat_fusion(model, "valuation")  # models.py:62-70 zeroes rows before torch.cat
         self.model, self.modalities = model, list(ctx.modalities)
         self.mean_phi = [0.0] * len(ctx.modalities)
         self.n_samples = 0
@@ -130,7 +119,8 @@ class Valuation(Method):
         if not ctx.training or ctx.tags is None:
             return out
         keep = {m: (ctx.tags == KEEP_ALL) | (ctx.tags == j) for j, m in enumerate(ctx.modalities)}
-        return Output(fused_logits(model, out.features, keep), out.features, out.fused, out.aux)
+        pred, fused = logits_with_features_zeroed(model, out.features, keep)
+        return Output(pred, out.features, fused, out.aux)
 
     def diagnostics(self) -> dict[str, float]:
         if not hasattr(self, "modalities"):  # before setup
