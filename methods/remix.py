@@ -112,4 +112,6 @@ class Remix(UnimodalHeadsMethod):
 
     def diagnostics(self) -> dict[str, float]:
         names = list(self.heads.heads) if hasattr(self, "heads") else []
-        return {f"subset/{m}": float(n) for m, n in zip(names, getattr(self, "subset_sizes", []), strict=False)}
+        return {
+            f"subset/{m}": float(n) for m, n in zip(names, getattr(self, "subset_sizes", []), strict=False)
+        }

@@ -75,6 +75,8 @@ class Method:
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     min_modalities: ClassVar[int] = 2
     reference: ClassVar[str] = ""
+    # True: the runner batches each part of ``epoch_samples`` in the given order (a curriculum).
+    ordered_samples: ClassVar[bool] = False
 
     def __init__(self, params: StrictModel | None = None) -> None:
         self.p = params if params is not None else self.Params()
@@ -115,9 +117,10 @@ class Method:
         """Data re-sampling, called at the start of each training epoch (after ``on_epoch_start``).
 
         None (default): the train split, shuffled. Otherwise the epoch's samples as parts, each a
-        list of ``(index into the train split, tag)``; indices may repeat. The runner shuffles and
-        batches each part on its own (a batch never mixes parts) and runs the parts in order; the
-        tags of a batch's samples are in ``ctx.tags`` (e.g. which modalities a copy keeps)."""
+        list of ``(index into the train split, tag)``; indices may repeat. The runner shuffles (unless
+        ``ordered_samples``) and batches each part on its own (a batch never mixes parts) and runs the
+        parts in order; the tags of a batch's samples are in ``ctx.tags`` (e.g. which modalities a
+        copy keeps)."""
         return None
 
     def selectable(self, epoch: int) -> bool:

@@ -377,12 +377,17 @@ class Trainer:
 
     def planned_batches(self, parts, epoch: int):
         """Batches of a method's re-sampled epoch (``Method.epoch_samples``): each part shuffled by
-        (seed, epoch, part) and batched on its own, with the tags of its samples."""
+        (seed, epoch, part), or kept in order (``Method.ordered_samples``), and batched on its own,
+        with the tags of its samples."""
         for k, part in enumerate(parts):
             if not part:
                 continue
             g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch * 1_009 + k + 1)
-            order = torch.randperm(len(part), generator=g).tolist()
+            order = (
+                list(range(len(part)))
+                if self.method.ordered_samples
+                else torch.randperm(len(part), generator=g).tolist()
+            )
             chunks = [order[j : j + self.spec.batch_size] for j in range(0, len(order), self.spec.batch_size)]
             subset = torch.utils.data.Subset(self.datasets["train"], [i for i, _ in part])
             loader = DataLoader(
