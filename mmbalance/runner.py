@@ -372,6 +372,8 @@ class Trainer:
             n += len(batch)
             bar.update(1)
         self.ctx.tags = None
+        if n == 0:
+            raise ValueError(f"method {self.spec.method!r} chose no training samples for epoch {epoch}")
         self.method.on_epoch_end(self.ctx)
         return total / n
 
