@@ -33,7 +33,7 @@ Where this file generalises:
   the unimodal term sums all M heads. ``h_m`` are ``UnimodalHeads`` (the code's ``linear_a``).
 - **Segmentation**: per-sample losses and similarities are means over pixels (not in the code).
   **Regression is refused**: the agreement compares class distributions.
-- The code drops the last incomplete batch (``drop_last=True``); the runner keeps it.
+- The last incomplete batch is dropped, as the code's ``drop_last=True`` (kept when it is the only one).
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class BSS(UnimodalHeadsMethod):
     Params = BSSParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "Guan, Jiang & Yang, IJCAI 2025 (BSS); njustkmg/IJCAI25-BSS CREMA-D/train-CL.py, train-SPL.py"
+    drop_last = True  # train-CL.py:239, train-SPL.py:223
 
     def check(self, task: TaskInfo) -> None:
         if task.kind == "regression":

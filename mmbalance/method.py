@@ -77,6 +77,8 @@ class Method:
     reference: ClassVar[str] = ""
     # True: the runner batches each part of ``epoch_samples`` in the given order (a curriculum).
     ordered_samples: ClassVar[bool] = False
+    # True: a part's last incomplete batch is dropped (DataLoader's drop_last), unless it is the only one.
+    drop_last: ClassVar[bool] = False
 
     def __init__(self, params: StrictModel | None = None) -> None:
         self.p = params if params is not None else self.Params()

@@ -379,8 +379,8 @@ class Trainer:
 
     def planned_batches(self, parts, epoch: int):
         """Batches of a method's re-sampled epoch (``Method.epoch_samples``): each part shuffled by
-        (seed, epoch, part), or kept in order (``Method.ordered_samples``), and batched on its own,
-        with the tags of its samples."""
+        (seed, epoch, part), or kept in order (``Method.ordered_samples``), and batched on its own
+        (``Method.drop_last``: without its last incomplete batch), with the tags of its samples."""
         for k, part in enumerate(parts):
             if not part:
                 continue
@@ -391,6 +391,8 @@ class Trainer:
                 else torch.randperm(len(part), generator=g).tolist()
             )
             chunks = [order[j : j + self.spec.batch_size] for j in range(0, len(order), self.spec.batch_size)]
+            if self.method.drop_last and len(chunks) > 1 and len(chunks[-1]) < self.spec.batch_size:
+                chunks.pop()
             subset = torch.utils.data.Subset(self.datasets["train"], [i for i, _ in part])
             loader = DataLoader(
                 subset, batch_sampler=chunks, collate_fn=collate,

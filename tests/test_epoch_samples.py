@@ -60,6 +60,13 @@ def test_ordered_parts_keep_their_order_and_shuffles_follow_the_seed(tmp_path):
     assert orders[0] == orders[1] != [9, 3, 7, 1, 5] and sorted(orders[0]) == [1, 3, 5, 7, 9]
 
 
+def test_drop_last_drops_an_incomplete_last_batch_unless_it_is_the_only_one(tmp_path):
+    tr = make(tmp_path, [])
+    tr.method.drop_last = True
+    sizes = [len(b) for b, _ in tr.planned_batches([[(i, 0) for i in range(10)], [(1, 0), (2, 0)]], 0)]
+    assert sizes == [4, 4, 2]  # 10 -> 4 + 4 (+ 2 dropped); the part of 2 keeps its only batch
+
+
 def test_an_epoch_without_samples_is_a_clear_error(tmp_path):
     tr = make(tmp_path, [[]])
     with pytest.raises(ValueError, match="no training samples"):
