@@ -11,7 +11,7 @@ Training loss (train-CL.py:54-57)::
 
     loss = 0.1 CE(head([f_a; f_v]), y) + 0.9 (CE(h_a(f_a), y) + CE(h_v(f_v), y))
 
-Sample scores on the train split (model in train mode, as the code, 146; no update)::
+Sample scores on the train split (no update)::
 
     sim_i  = cos(softmax(h_a(x_i)), softmax(h_v(x_i)))               # agreement of the modalities
     loss_i = 0.9 (CE_a + CE_v) + 0.1 CE_mm                           # per sample
@@ -33,6 +33,10 @@ Where this file generalises:
   the unimodal term sums all M heads. ``h_m`` are ``UnimodalHeads`` (the code's ``linear_a``).
 - **Segmentation**: per-sample losses and similarities are means over pixels (not in the code).
   **Regression is refused**: the agreement compares class distributions.
+- **[not followed]** the code scores in train mode (146: "to compute gradients", none are used), so
+  the pass updates BatchNorm running statistics without training and dropout makes the scores
+  random; we score in eval mode (the same numbers for models without BatchNorm or dropout).
+- The curriculum keeps at least one batch of samples (a tiny split would otherwise start on one).
 - The last incomplete batch is dropped, as the code's ``drop_last=True`` (kept when it is the only one).
 """
 
@@ -116,7 +120,7 @@ class BSS(UnimodalHeadsMethod):
     @torch.no_grad()
     def scores(self, ctx: RunContext) -> tuple[Tensor, Tensor]:
         """Normalised (similarity, loss) of every training sample, in train-split order."""
-        self.model.train()  # as released (train-CL.py:146)
+        self.model.eval()  # the code: train mode (see the module docstring)
         sims, losses = [], []
         for batch in ctx.iterate("train"):
             out = self.model(batch.inputs)
@@ -143,7 +147,8 @@ class BSS(UnimodalHeadsMethod):
             sim, loss = self.scores(ctx)
             difficulty = ((1 - sim) + loss).tolist()
             self.order = sorted(range(len(difficulty)), key=lambda k: difficulty[k])
-        self.used = max(1, int(len(self.order) * pace(ctx.epoch, self.p.lambda_0, self.p.grow_epochs)))
+        used = int(len(self.order) * pace(ctx.epoch, self.p.lambda_0, self.p.grow_epochs))
+        self.used = max(used, min(len(self.order), ctx.batch_size))  # at least one batch (tiny splits)
         return [[(i, 0) for i in self.order[: self.used]]]
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:

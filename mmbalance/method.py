@@ -45,6 +45,7 @@ class RunContext:
     device: torch.device
     epochs: int
     steps_per_epoch: int
+    batch_size: int = 0  # the spec's training batch size
     # Deterministic, unshuffled pass over a split (for prototypes, held-out estimates, ...).
     iterate: Callable[..., Iterator[Batch]] = field(repr=False, default=None)
     optimizer: torch.optim.Optimizer | None = field(repr=False, default=None)

@@ -226,7 +226,7 @@ class Trainer:
         self.task_loss = adapter.loss_fn()
         self.ctx = RunContext(
             task=self.task, modalities=self.modalities, task_loss=self.task_loss, device=device,
-            epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, iterate=self.iterate,
+            epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=spec.batch_size, iterate=self.iterate,
             optimizer=self.optimizer,
         )  # fmt: skip
         self.method.setup(self.model, self.task, self.ctx)

@@ -63,12 +63,16 @@ def test_pace_scores_hand_computed():
 
 def test_heuristic_curriculum_equals_the_released_order(tmp_path):
     tr = two_modality_trainer(tmp_path, "bss")
+    tr.ctx.batch_size = 8
     (part,) = tr.method.epoch_samples(tr.ctx)
     sims, losses = official_scores(tr.model, tr.method.heads.heads, tr.iterate("train"))
     combined = [(1 - s) + x for s, x in zip(sims, losses, strict=True)]
     order = sorted(range(len(combined)), key=lambda k: combined[k], reverse=False)
     n = int(len(order) * pace(0, 0.1, 40))
     assert [i for i, _ in part] == order[:n] and 0 < n < len(order)
+    tr.ctx.batch_size = 2 * n  # the curriculum never starts below one batch
+    tr.method.order = None
+    assert [i for i, _ in tr.method.epoch_samples(tr.ctx)[0]] == order[: 2 * n]
     tr.ctx.epoch = 39  # all samples by T_grow; the order is not recomputed
     (part,) = tr.method.epoch_samples(tr.ctx)
     assert [i for i, _ in part] == order
