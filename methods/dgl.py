@@ -1,10 +1,11 @@
-"""DGL: decoupled gradient learning (the multimodal loss trains only the fusion head, the
+"""DGL: disentangled gradient learning (the multimodal loss trains only the fusion head, the
 unimodal losses train the encoders).
 
-Reference: "Rethinking Multimodal Learning from the Perspective of Mitigating Classification
-Ability Disproportion" / DGL, ICCV 2025. Official code: shicaiwei123/ICCV2025-GDL @ b72a55f,
+Reference: "Boosting Multimodal Learning via Disentangled Gradient Learning", ICCV 2025
+(arXiv 2507.10213; the repository README). Official code: shicaiwei123/ICCV2025-GDL @ b72a55f,
 ``main_dgl.py::train_epoch`` (lines 97-154) with ``models/basic_model.py::AVClassifier_DGL``
-(line 84) and ``models/fusion_modules.py::ConcatFusion_DGL`` (lines 45-59).
+(line 84) and ``models/fusion_modules.py::ConcatFusion_DGL`` (lines 45-59); the paper notes the best
+alpha depends on the software stack (README).
 
 Per training step (the released code)::
 
@@ -70,7 +71,9 @@ def zero_padded_logits(model: MultimodalModel, features: dict[str, Tensor]) -> d
 class DGL(Method):
     name = "dgl"
     Params = DGLParams
-    reference = "DGL, ICCV 2025; shicaiwei123/ICCV2025-GDL main_dgl.py, models/fusion_modules.py"
+    reference = (
+        "Disentangled Gradient Learning, ICCV 2025; shicaiwei123/ICCV2025-GDL main_dgl.py, fusion_modules.py"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         if not isinstance(model.fusion, ConcatFusion):
