@@ -1,15 +1,15 @@
 """AMSS / AMSS+: adaptively masking subnetworks; each encoder updates only a sampled fraction of
 its filters, the fraction set by how much that modality already knows.
 
-Reference: Y. Yang, H. Pan, Q.-Y. Jiang, Y. Xu, J. Tang, "Learning to Rebalance Multi-Modal
-Optimization by Adaptively Masking Subnetworks", TPAMI 2025. Official code: njustkmg/TPAMI-AMSS
+Reference: "Learning to Rebalance Multi-Modal Optimization by Adaptively Masking Subnetworks",
+TPAMI (the repository README). Official code: njustkmg/TPAMI-AMSS
 @ 3161ecc, ``AMSS/train_test.py``: ``modal_caculate_MI`` lines 38-97, ``calculate_outputs``
 107-127, ``train_epoch`` 129-310; three modalities in ``AMSS_rod/train_nv.py:41-90``.
 
 Per training step (``train_test.py``)::
 
     o_m   = W_m f_m + b / 2                           # 121-124: modality m's share of the concat head
-    HY    = CE(pi, pi), pi = label frequencies in the batch       # 62-71 (pi is read as logits)
+    HY    = CE(pi, pi), pi = label frequencies in the batch       # 62-70 (pi is read as logits)
     s_m   = -CE(o_m, y)                               # 74-75
     H_m   = CE(f_m, softmax(f_m))                     # 78-82: entropy of the softmaxed features
     if s_m + HY + 0.5 <= 0 for some m:  c_m = 1/2     # 86-87
@@ -122,7 +122,7 @@ class AMSS(Method):
     name = "amss"
     Params = AMSSParams
     tasks = frozenset({"classification", "segmentation"})
-    reference = "Yang et al., TPAMI 2025 (AMSS / AMSS+); njustkmg/TPAMI-AMSS AMSS/train_test.py"
+    reference = "AMSS / AMSS+, TPAMI; njustkmg/TPAMI-AMSS AMSS/train_test.py"
 
     def check(self, task: TaskInfo) -> None:
         if task.kind == "regression":

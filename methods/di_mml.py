@@ -2,8 +2,7 @@
 classifier shared by all modalities, a contrastive term on the dimensions only one modality
 finds discriminative), then a fusion classifier is trained on the frozen features.
 
-Reference: Y. Fan, W. Xu, H. Wang, J. Zhu, S. Guo, "Detached and Interactive Multimodal Learning",
-ACM MM 2024. Official code: fanyunfeng-bit/DI-MML @ 83b9b7a: stage 1 ``main_CFT.py``
+Reference: Fan et al., "Detached and Interactive Multimodal Learning", ACM MM 2024. Official code: fanyunfeng-bit/DI-MML @ 83b9b7a: stage 1 ``main_CFT.py``
 (``train_epoch`` lines 54-105, ``get_indices`` 154-210, ``main`` 214-330), the contrastive loss
 ``loss/contrast_loss.py::SupConLoss`` (lines 4-36), stage 2 ``main_CFT_stage2.py``
 (``train_combine_classifier_epoch`` 57-122); run commands in ``README.md``.

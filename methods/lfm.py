@@ -1,8 +1,8 @@
 """LFM: learning the modality gap dynamically (a classification loss on the averaged unimodal
 logits plus a modality-alignment loss, weighted by an epoch-dependent schedule).
 
-Reference: F. Wan et al., "Facilitating Multimodal Classification via Dynamically Learning
-Modality Gap", NeurIPS 2024. Official code: njustkmg/NeurIPS24-LFM @ ad44fa0, ``Crema_epoch.py``
+Reference: "Facilitating Multimodal Classification via Dynamically Learning Modality Gap",
+NeurIPS 2024 (the repository README). Official code: njustkmg/NeurIPS24-LFM @ ad44fa0, ``Crema_epoch.py``
 (the README's entry point): ``Alignment`` lines 38-45, ``getAlpha_Learnable_Fitted`` 47-53,
 ``train_audio_video`` 56-73; the model ``model/AudioVideo.py:58-67`` (one linear classifier per
 modality, fused logits = o_a + o_v).
@@ -91,7 +91,7 @@ class LFM(Method):
     name = "lfm"
     Params = LFMParams
     tasks = frozenset({"classification", "segmentation"})
-    reference = "Wan et al., NeurIPS 2024 (LFM); njustkmg/NeurIPS24-LFM Crema_epoch.py"
+    reference = "LFM, NeurIPS 2024; njustkmg/NeurIPS24-LFM Crema_epoch.py"
 
     def check(self, task: TaskInfo) -> None:
         if task.kind == "regression":

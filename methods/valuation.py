@@ -14,8 +14,8 @@ model)::
 
     for every training sample, model in eval mode:
         v(S) = |S| * [argmax head(fusion(f with the modalities outside S zeroed)) == y]
-               # M = 2: value_all = 2, value_a = value_v = 1 (sample_level.py:100-112)
-        phi_m = Shapley share of m in v            # 114-115: (v_a + v_all - v_v) / 2
+               # M = 2: value_all = 2, value_a = value_v = 1 (sample_level.py:107-115)
+        phi_m = Shapley share of m in v            # 117-118: (v_a + v_all - v_v) / 2
     the epoch's samples: every sample once (nothing dropped), plus for each (sample, m) copies
     that keep only modality m:  1 if 0.4 < phi_m < 1,  2 if -0.1 < phi_m < 0.4,  3 if phi_m < -0.1
                                 (dataloader.py:154-186; phi_m = 1 or 0.4 exactly: none)
@@ -73,7 +73,7 @@ def copies(phi: float) -> int:
 def sample_contributions(
     model: MultimodalModel, features: dict[str, Tensor], target: Tensor
 ) -> dict[str, Tensor]:
-    """Per-sample Shapley contribution of each modality to v(S) = |S| x correctness (sample_level.py:86-115)."""
+    """Per-sample Shapley contribution of each modality to v(S) = |S| x correctness (sample_level.py:86-118)."""
     mods = list(features)
     n = target.shape[0]
     value = {}

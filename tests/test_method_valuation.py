@@ -15,7 +15,7 @@ from mmbalance.models.transformer import MSAModelParams, build_msa_model
 
 
 def official_contributions(model, batch):
-    """GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation code/sample_level.py:86-117 with
+    """GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation code/sample_level.py:86-118 with
     models.py:74-86 (exec_drop), on our two-modality model; returns {index: (contrib_a, contrib_v)}."""
     m0, m1 = model.modalities
     a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])
