@@ -38,7 +38,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from sklearn.model_selection import train_test_split
 
 from mmbalance.data import DataError, DataMissingError, StrictModel, TaskInfo
 from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter
@@ -165,6 +164,8 @@ class Mfeat(PreloadedAdapter):
         )
 
     def load_splits(self) -> dict[str, ArraySplit]:
+        from sklearn.model_selection import train_test_split  # here: `mmbalance datasets` stays light
+
         p = self.params
         layout, folder = self._layout()
         features, labels = read_views(folder, layout, p.views)

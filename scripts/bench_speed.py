@@ -11,7 +11,7 @@ from the shapes below, on random tensors: no data files needed), and a step is t
 turns of multi-step methods), probes off. Per-epoch hooks (``on_epoch_start``: PMR's prototypes, ...)
 run once before timing and are not in the per-step time.
 
-- time: ``--warmup`` steps per method, then ``--repeats`` rounds; each round runs ``--steps`` steps of
+- time (CUDA: wall clock; CPU: the process's CPU time, ``time.process_time``): ``--warmup`` steps per method, then ``--repeats`` rounds; each round runs ``--steps`` steps of
   every method in turn (interleaved, so drift and other load hit all methods alike); the median over
   rounds of the mean step time. CUDA is synchronised around each timed block.
 - peak memory, one method at a time after the timing (nothing else alive): CUDA
@@ -255,19 +255,18 @@ def build_trainer(dataset: str, method: str, adapter: DatasetAdapter, batch: int
     return trainer
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def run_steps(trainer: Trainer, batch: Batch, n: int, clock=time.perf_counter) -> float:
-    """Seconds per step over ``n`` runner steps, by ``clock`` (wall, or this process's CPU time: on
-    shared cores with one torch thread, CPU time is the work done, unaffected by other processes)."""
-    if trainer.device.type == "cuda":
+def run_steps(trainer: Trainer, batch: Batch, n: int) -> float:
+    """Seconds per step over ``n`` runner steps: wall time on CUDA, this process's CPU time on the CPU
+    (one torch thread there, so other processes on shared cores do not count)."""
+    cuda = trainer.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    if cuda:
         torch.cuda.synchronize()
     t0 = clock()
     for _ in range(n):
         trainer.ctx.step_in_epoch = trainer.ctx.step = trainer.ctx.step + 1
         trainer.train_batch(batch)
-    if trainer.device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     return (clock() - t0) / n
 
@@ -296,7 +295,7 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
     times: dict[str, list[float]] = {m: [] for m in trainers}
     for _ in range(args.repeats):
         for m, tr in trainers.items():
-            times[m].append(run_steps(tr, batch, args.steps, CLOCKS[args.clock]))
+            times[m].append(run_steps(tr, batch, args.steps))
     states = {m: method_state(tr.method, tr.model, tr.optimizer) for m, tr in trainers.items()}
     order = list(trainers)
     trainers.clear()
@@ -370,12 +369,6 @@ def main(argv: list[str] | None = None) -> int:
         "--no-cggm-overhead", action="store_true", help="skip the paper-size CGGM memory check"
     )
     parser.add_argument(
-        "--clock",
-        choices=tuple(CLOCKS),
-        default=None,
-        help="step timer: wall (perf_counter) or cpu (process time; default on CPU)",
-    )
-    parser.add_argument(
         "--model-param",
         nargs="*",
         default=[],
@@ -392,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     ):  # CPU: 1 thread unless asked (no spin-wait thrash on shared cores)
         torch.set_num_threads(args.threads or 1)
     args.size = args.size or ("paper" if device.type == "cuda" else "small")
-    args.clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
     args.model_params = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in args.model_param)}
     methods = args.methods or METHODS.names()
     if "joint" not in methods:
@@ -405,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"device: {device_name} ({device}), torch {torch.__version__}, threads "
               f"{torch.get_num_threads()}, size {args.size}, amp {args.amp}; warm-up {args.warmup}, "
               f"{args.repeats} rounds x {args.steps} steps, median; clip {args.clip or 'spec default'}; "
-              f"clock {args.clock}; model_params {args.model_params or 'default'}")  # fmt: skip
+              f"clock {'wall' if device.type == 'cuda' else 'cpu'}; model_params {args.model_params or 'default'}")  # fmt: skip
     print(header, flush=True)
 
     rows, overhead = [], {}
