@@ -2,7 +2,9 @@
 
 Each subcommand is a ``cmd_<name>(args) -> int`` plus its parser in ``build_parser``. Expected
 errors (bad spec, unknown name, missing data, a method that does not apply) print one clear
-message and exit with code 2; nothing is written.
+message and exit with code 2; nothing is written. This module imports no torch (see ``core.py``):
+each command imports what it uses, so ``--help``, ``methods``, ``status`` and ``leaderboard check``
+start at once (``tests/test_cli_fast.py``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mmbalance.data import DataError, default_data_root
-from mmbalance.method import MethodNotApplicable
+from mmbalance.core import DataError, MethodNotApplicable, default_data_root
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
-from mmbalance.spec import SpecError, deep_merge, load_yaml, parse_set, validate_spec
+from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError)
@@ -51,17 +53,53 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
 
 
-# --- run ----------------------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from mmbalance.runner import train
+def _wandb_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Weights & Biases (optional; the run records stay the source of truth)")
+    g.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                   help="log to W&B (offline unless --wandb-mode or $WANDB_MODE says otherwise)")  # fmt: skip
+    g.add_argument("--wandb-project", default=None, help="W&B project (default: mmbalance)")
+    g.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default=None)
 
+
+def _log_to_wandb(
+    args: argparse.Namespace, section: dict | None, paths: list[Path], group: str | None
+) -> None:
+    """Send finished run records to W&B, if asked; a W&B failure is reported, never fatal."""
+    from mmbalance.wandb_log import log_run, settings
+
+    cfg = settings(section, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
+    if cfg is None:
+        return
+    for path in paths:
+        try:
+            where = log_run(path, cfg, args.results, group)
+        except Exception as e:  # noqa: BLE001 (W&B is a copy: the run record is written either way)
+            console.print(f"[yellow]W&B logging of {path.name} failed[/yellow]: {type(e).__name__}: {e}")
+            continue
+        if where:
+            console.print(f"W&B ({cfg.mode or 'offline'}): {path.name} -> {where}", highlight=False)
+
+
+# --- run ----------------------------------------------------------------------------------------
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set."""
     doc = load_yaml(args.spec) if args.spec else {}
+    preset = {"preset": args.preset} if args.preset else {}
     cli = {
         k: v
         for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
         if v is not None
     }
-    spec = validate_spec(deep_merge(deep_merge(doc, cli), parse_set(args.set)))
+    return validate_spec(compose(doc, preset, cli, parse_set(args.set)))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = run_spec(args)
+    if args.dry_run:
+        print(yaml.safe_dump(spec.canonical(), sort_keys=False), end="")
+        return 0
+    from mmbalance.runner import train
+
     result = train(
         spec,
         args.results,
@@ -76,14 +114,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if result.status == "failed":
         console.print(f"[red]run {result.run_id} failed[/red]: {result.reason}")
-        return 1
-    key = result.final["selection_metric"]
-    verb = "reused finished run" if result.status == "skipped" else "done"
-    console.print(
-        f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
-        f"(best epoch {result.final['best_epoch']}) -> {result.path}"
-    )
-    return 0
+    else:
+        key = result.final["selection_metric"]
+        verb = "reused finished run" if result.status == "skipped" else "done"
+        console.print(
+            f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
+            f"(best epoch {result.final['best_epoch']}) -> {result.path}"
+        )
+    _log_to_wandb(args, None, [result.path], None)
+    return 1 if result.status == "failed" else 0
 
 
 # --- sweep --------------------------------------------------------------------------------------
@@ -127,6 +166,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             amp=opts.amp,
             workers=opts.workers,
         )
+    _log_to_wandb(args, suite.wandb, [r.path for _, r in outcomes if r.status in ("done", "skipped", "failed")],
+                  suite.name)  # fmt: skip
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
@@ -162,6 +203,45 @@ def cmd_status(args: argparse.Namespace) -> int:
         if rows:
             console.print(_table(f"runs in {args.results}", rows))
     return 1 if counts["failed"] else 0
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score finished runs' selected models (modality contributions, robustness) without retraining."""
+    from mmbalance.modality_eval import same_record
+    from mmbalance.records import RunDir, atomic_write_json
+    from mmbalance.runner import evaluate_run
+
+    mismatched = 0
+    for path in args.run_dirs:
+        rd = RunDir(Path(path))
+        if not rd.file("spec.yaml").exists():
+            raise FileNotFoundError(f"{rd.path}: not a run record (no spec.yaml)")
+        try:
+            new = evaluate_run(rd.path, args.data_root, device=args.device)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        final = rd.final()
+        old = final.get("modality_eval")
+        old = None if old is not None and "error" in old else old  # a failed measurement is replaced
+        if old is not None and not same_record(old, new):
+            mismatched += 1
+            console.print(f"[red]{rd.run_id}: differs from the record written at the end of training[/red]")
+        verdict = "new" if old is None else "matches final.json" if same_record(old, new) else "differs"
+        if old is None or args.write:
+            atomic_write_json(rd.file("final.json"), {**final, "modality_eval": new})
+            verdict += ", written to final.json"
+        worst = new["worst_missing"]
+        console.print(
+            f"{rd.run_id}: {new['metric']} {new['full']:.4g}; shapley "
+            + ", ".join(f"{m} {v:.3g}" for m, v in new["shapley"].items())
+            + f"; imbalance degree {new['imbalance_degree']:.3f}; equity "
+            + ("n/a" if new["equity"] is None else f"{new['equity']:.3f}")
+            + ("" if worst is None else f"; worst missing-modality {new['metric']} {worst:.4g}")
+            + f" ({verdict})"
+        )
+    return 1 if mismatched else 0
 
 
 # --- leaderboard --------------------------------------------------------------------------------
@@ -209,20 +289,34 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 # --- report, reproduce ----------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    import warnings
+
     from mmbalance.paper import render_from_records
-    from mmbalance.report import RecordError, report
+    from mmbalance.report import report
+    from mmbalance.results import RecordWarning
 
     figures, protocol = not args.no_figures, args.protocol
-    try:
-        if args.table:
-            paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
-        else:
-            protocol = protocol or "best-valid-test"
-            paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
-    except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecordWarning)
+        try:
+            if args.table:
+                paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
+            else:
+                protocol = protocol or "best-valid-test"
+                paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
+        finally:
+            for w in caught:  # a damaged record: one line naming the file; other warnings as usual
+                if issubclass(w.category, RecordWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
+    if args.wandb:
+        from mmbalance.wandb_log import log_report, settings
+
+        cfg = settings(None, True, project=args.wandb_project, mode=args.wandb_mode)
+        name = args.table or (args.suite.stem if args.suite else "all-runs")
+        console.print(f"W&B: report artifact -> {log_report(paths, cfg, args.results_dir, name)}")
     return 0
 
 
@@ -246,8 +340,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # --- listings -----------------------------------------------------------------------------------
 def cmd_methods(args: argparse.Namespace) -> int:
-    rows = [{"method": name, "tasks": ", ".join(sorted(cls.tasks)), "modalities": f">= {cls.min_modalities}",
-             "reference": cls.reference} for name, cls in METHODS.items()]  # fmt: skip
+    rows = [{"method": m["name"], "tasks": ", ".join(sorted(m["tasks"])), "modalities": f">= {m['min_modalities']}",
+             "reference": m["reference"]} for m in METHODS.listing()]  # fmt: skip
     console.print(_table("methods", rows))
     return 0
 
@@ -284,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--spec", type=Path, help="YAML run spec; --dataset/--method/--seed/--set override it")
     p.add_argument(
+        "--preset",
+        help="paper hyper-parameters of a dataset: a name in benchmarks/presets/ (mosi, ...) or a YAML path; "
+        "--spec, --dataset/--method/--seed and --set override it",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit (nothing runs)")
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -291,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5",
     )
     _common(p)
+    _wandb_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
@@ -320,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
+    _wandb_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="counts of done / running / failed / pending runs, failure reasons")
@@ -328,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per run")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("evaluate", help="modality contributions and robustness of finished runs, no training")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results/runs/<run_id> folders")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--device", default="cpu", help="cpu (default: the numbers of a CPU run), cuda, ...")
+    p.add_argument("--write", action="store_true", help="replace the record in final.json even if present")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="pack finished runs (one spec, >= 3 seeds) into a leaderboard entry")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results/runs/<run_id> folders")
@@ -363,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", action="append", help="only these methods (repeat: --method joint --method cggm)"
     )
+    _wandb_options(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run a paper table's missing runs, then write it beside the paper")

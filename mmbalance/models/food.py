@@ -83,11 +83,19 @@ class PretrainedSequenceEncoder(nn.Module):
                 out = self.backbone(pixel_values=x)
         return out.last_hidden_state  # (B, T, hidden)
 
+    @property
+    def input_projection(self) -> nn.Module:
+        """The 1x1 projection after the backbone (``projv`` in the CGGM code, outside its encoders)."""
+        return self.head.proj
+
     def sequence(self, x: Tensor) -> Tensor:
         return self.head.sequence(self.tokens(x))  # (B, T, d)
 
     def pool(self, h: Tensor) -> Tensor:
         return self.head.pool(h)
+
+    def feature_modules(self) -> list[nn.Module]:
+        return self.head.feature_modules()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.sequence(x))  # (B, d)
