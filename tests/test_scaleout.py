@@ -118,6 +118,8 @@ def fake_run(results: Path, run_id: str, status: str | None) -> RunDir:
     rd.file("spec.yaml").write_text("{}\n")
     if status is not None:
         rd.file("status").write_text(status + "\n")
+    if status == "done":
+        rd.file("final.json").write_text("{}\n")
     return rd
 
 
