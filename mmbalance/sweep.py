@@ -36,6 +36,7 @@ from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import RunSpec, SpecError, _format_validation, deep_merge, load_yaml, validate_spec
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
+WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
 
 
 class Suite(StrictModel):
@@ -149,14 +150,14 @@ def run_local(
 
 def wait_for_elsewhere(
     outcomes: list[tuple[Planned, Any]], rerun: Callable[[list[Planned]], list[tuple[Planned, Any]]],
-    poll_s: float = 10.0, say: Callable[[str], None] = print,
+    poll_s: float | None = None, say: Callable[[str], None] = print,
 ) -> list[tuple[Planned, Any]]:  # fmt: skip
     """``sweep --wait``: until no run is ``running elsewhere``, wait for the other worker to release its
     lock, then ``rerun`` those runs here (finished ones are reused, a dead worker's run is resumed)."""
     from mmbalance.records import RunDir
     from mmbalance.status import run_state
 
-    outcomes = list(outcomes)
+    outcomes, poll_s = list(outcomes), poll_s or WAIT_POLL_S
     while waiting := [i for i, (_, r) in enumerate(outcomes) if r.status == "running elsewhere"]:
         say(f"waiting for {len(waiting)} run(s) running in another process (checking every {poll_s:g} s)")
         while all(run_state(RunDir(outcomes[i][1].path)).state == "running" for i in waiting):
