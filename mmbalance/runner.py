@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 import mmbalance
 from mmbalance import metrics
-from mmbalance.data import Batch, DatasetAdapter, collate
+from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.probes import Probes
@@ -226,7 +226,8 @@ class Trainer:
         self.model = adapter.build_model(model_params, self.modalities).to(device)
         self.datasets = {s: adapter.split(s) for s in ("train", "valid", "test")}
         if len(self.datasets["train"]) == 0:
-            raise ValueError(f"{spec.dataset}: the train split is empty")
+            raise DataError(f"{spec.dataset}: the train split is empty")
+        adapter.check_train_batches(len(self.datasets["train"]), spec.batch_size)
         self.steps_per_epoch = math.ceil(len(self.datasets["train"]) / spec.batch_size)
         self.optimizer = make_optimizer(spec, self.method.param_groups(self.model))
         self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
