@@ -258,3 +258,14 @@ def test_one_epoch_writes_a_run_record(root, tmp_path, method):
     final = json.loads((result.path / "final.json").read_text())
     assert set(final["test"]) >= {"mae", "corr", "acc7", "acc2_non0", "f1_non0"}
     assert np.isfinite(final["test"]["mae"])
+
+
+def test_a_model_that_cannot_be_built_leaves_no_run_folder(root, tmp_path, capsys):
+    from mmbalance.cli import main
+
+    argv = ["run", "--dataset", "mosi", "--data-root", str(root), "--results", str(tmp_path), "--quiet",
+            "--set", "dataset_params.source=mmsa", "--set", "dataset_params.text=text_bert"]  # fmt: skip
+    assert main(argv) == 2  # no model_params.bert for the word ids
+    err = capsys.readouterr().err
+    assert err.startswith("error: mosi: text='text_bert'") and err.count("\n") == 1
+    assert not list((tmp_path / "runs").glob("*"))
