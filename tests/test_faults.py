@@ -424,11 +424,10 @@ def test_sigkill_at_every_atomic_write_of_a_cggm_run_loses_nothing(tmp_path):
         for phase in ("before", "after"):
             results = tmp_path / f"k{n}{phase}"
             cmd = [sys.executable, "-c", KILLER, str(n), phase, *argv, "--results", str(results)]
-            rc = subprocess.run(
-                cmd, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-            ).returncode
-            tally["kills"] += rc == -signal.SIGKILL
-            assert rc in (0, -signal.SIGKILL), (n, phase, rc)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            tally["kills"] += proc.returncode == -signal.SIGKILL
+            assert proc.returncode in (0, -signal.SIGKILL), (n, phase, proc.stdout, proc.stderr)
             resumed = train(spec, results, progress=False)
             runs = list((results / "runs").iterdir())
             tally["duplicated"] += len(runs) > 1
