@@ -330,8 +330,10 @@ def kill_sweep_at(tmp_path: Path, when) -> tuple[subprocess.Popen, str]:
     results = tmp_path / "res"
     cmd = [sys.executable, "-m", "mmbalance.cli", "sweep", str(suite), "--results", str(results),
            "--device", "cpu", "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    log = (tmp_path / "sweep.log").open("w")  # a file, not a pipe: orphaned workers would hold a pipe open
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         pid = when(results, proc)
@@ -339,7 +341,7 @@ def kill_sweep_at(tmp_path: Path, when) -> tuple[subprocess.Popen, str]:
             os.kill(pid, signal.SIGKILL)
             return proc, str(suite)
         time.sleep(0.02)
-    raise AssertionError(f"nothing to kill (rc {proc.poll()}):\n{proc.communicate()[0]}")
+    raise AssertionError(f"nothing to kill (rc {proc.poll()}):\n{(tmp_path / 'sweep.log').read_text()}")
 
 
 def mid_run_worker(results: Path, _sweep=None) -> int | None:
@@ -372,18 +374,22 @@ def test_workers_die_with_a_killed_sweep(tmp_path):
         return sweep.pid
 
     proc, _ = kill_sweep_at(tmp_path, the_sweep_once_a_worker_trains)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     assert len(children) >= 2, children
     deadline = time.time() + 20
     while time.time() < deadline and any(alive(p) for p in children):
         time.sleep(0.2)
-    assert not [p for p in children if alive(p)], "processes outlived their sweep"
+    survivors = [p for p in children if alive(p)]
+    for pid in survivors:  # do not leave them running after a failure
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "processes outlived their sweep"
 
 
 @pytest.mark.slow
 def test_killed_worker_is_reported_and_its_runs_retried(tmp_path):
     proc, suite = kill_sweep_at(tmp_path, mid_run_worker)
-    out = proc.communicate(timeout=300)[0]
+    proc.wait(timeout=300)
+    out = (tmp_path / "sweep.log").read_text()
     assert proc.returncode == 0, out
     assert "a worker process died" in out and "retrying" in out, out
     assert "2 runs done or reused, 0 failed" in out, out
