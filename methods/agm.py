@@ -27,6 +27,16 @@ the ratio's ``M / (M - 1)`` factor is the code's for M = 2 and 3 (``*2``, ``*3/2
 10 in the 2-modality code and 7 in the 3-modality code); **regression and segmentation** use the
 task loss of each Shapley output as its score (the code's CE, generalised). Evaluation uses the plain
 forward (numerically equal to the Shapley sum).
+
+Verified against the official repository (issue 13): ``tests/test_equivalence_agm.py`` runs our
+step next to a transcription of ``GradMod`` (``model/CREMAD_net.py`` lines 7-72, the hooks) and of
+``run/CREMAD_main.py::train`` (lines 48, 63-69, 108-166, 233-244) for 12 steps, across the end of
+the window: coefficients, gradients and parameters agree to 1e-15. BalanceBenchmark's
+re-implementation (``balancemm/trainer/AGM_trainer.py``) differs from the official code, and we
+follow the official code: its ratio is ``exp(M/(M-1) (s_m - mean))`` (the opposite sign, so for two
+modalities its coefficients come out swapped), its masked forwards run under ``no_grad``, and it
+scales encoder parameter gradients instead of hooking the Shapley outputs. The official score clamps
+each true-class probability at 1e-8; we take the plain task loss (they differ only beyond that clamp).
 """
 
 from __future__ import annotations
@@ -50,8 +60,10 @@ __all__ = ["AGMParams", "AGM", "agm_coefficients"]
 class AGMParams(StrictModel):
     alpha: float = Field(1.0, gt=0)  # utils/config.py default (README example on AV-MNIST: 2.5)
     clamp: float = Field(10.0, gt=0)  # cap of r* - r: 10 in the 2-modality code, 7 in the 3-modality code
+    # The window, on 0-based epochs (the official loop counts from 1: its --modulation_starts s and
+    # --modulation_ends e are max(s - 1, 0) and e - 1 here). Default: utils/config.py's 0..20 = epochs 1..20.
     modulation_starts: int = Field(0, ge=0)  # first modulated epoch (0-based, inclusive)
-    modulation_ends: int = Field(20, ge=0)  # last modulated epoch (inclusive), utils/config.py default
+    modulation_ends: int = Field(19, ge=0)  # last modulated epoch (0-based, inclusive)
     clip: bool = True  # the code's conditional clipping (max |grad| of the output layer > 1 -> norm 1)
 
     @model_validator(mode="after")

@@ -17,12 +17,39 @@ the method, not in the model). Per training step, as the released code::
     cos_m   = cos(W_m, W_fusion)                          # output-layer weights (see ``direction``)
     l_gm    = (sum_m |coeff_m| - sum_m coeff_m cos_m) / M # kept for the next step's loss
     grad(encoder m) *= coeff_m * rho
-    clip the model's gradient norm at ``clip_grad_norm`` (0.8), then the runner steps the optimiser
+    clip the model's gradient norm once (0.8), then the runner steps the optimiser
 
 The batch score is the one the official code uses per task: argmax accuracy (classification,
 IEMOCAP / Food), accuracy of the sign ``pred > 0`` vs ``y > 0`` (regression, MOSI's
 ``train_eval_senti``), and the mean over the task's regions of the per-sample Dice
 ``2 (|P n T| + 1e-3) / (|P| + |T| + 2e-3)`` of the argmax labels (segmentation, BraTS).
+Accuracies are float64, as the released scikit-learn ``accuracy_score``: when the score changes
+cancel, ``S`` is 1e-8 plus rounding noise, and float32 scores give coefficients of another sign
+and size (a MOSI batch: released [+1.67e7, 1, -1.67e7], float32 [-3.36e6, 1, +3.36e6]). The Dice
+is float32, as the released ``train_eval_seg`` (torch tensors).
+
+**Which parameters** ``grad *= coeff_m * rho`` scales: the released ``msatrain.py`` scales the
+parameters named ``encoders.{i}``, the per-modality transformers; the 1x1 input projections
+``proj.{i}`` sit outside them and are not scaled (``foodtrain.py`` likewise leaves ``projv`` out).
+Our encoders hold their projection (``input_projection``), so ``scale_input_projection: false``
+(default) leaves it out, as released; ``true`` scales the modality's whole encoder, the reading of
+the paper (the magnitude of each modality's branch), and what this file did before.
+
+**Clipping**, once per step, as the released MOSI / IEMOCAP / Food loops: when the spec clips
+(``optim.clip_grad_norm``, which the runner applies right before the step), that is the one clip;
+only when the spec does not clip does the method clip at its own ``clip_grad_norm``.
+
+**The direction term** (zrguo/CGGM issue #6 argues that ``l_gm``, taken from the previous
+iteration, adds no gradient). In the released code ``l_gm`` keeps its autograd graph (``cal_cos``
+clones the parameters, it does not detach them), so the next step's backward does put a gradient
+on the fusion ``out_layer.weight``: ``-lam / M sum_m coeff_m d cos(W_m, W) / dW`` at the previous
+step's weights. It reaches nothing else in the model (the classifiers' share is zeroed before
+their own step). ``tests/test_equivalence_cggm.py::test_direction_term_gradient_on_the_fusion_output_layer``
+shows that gradient for ``direction: weights`` (non-zero on the output layer only, equal to the
+released autograd result) and for ``direction: gradients`` (non-zero on the encoders through the
+double backward; zero on the output layer itself under MOSI's L1 loss, whose output-layer gradient
+is piecewise constant in those weights). So the issue is right that the released term is no
+gradient-*direction* term and leaves the encoders alone, and wrong that it adds no gradient.
 
 Diagnostics per step: ``coeff/<m>`` (the balancing term of the paper's figure), ``score/<m>``,
 ``cos/<m>`` and ``l_gm`` (the cosines and direction loss in this step's loss).
@@ -53,7 +80,8 @@ Where this file generalises the released code:
   which its segmentation model does not have, so only ``l_gm`` acts there. We scale every encoder
   (parameters chosen by structure), as the MOSI/IEMOCAP code does. ``segtrain.py`` never clips;
   ``clip_grad_norm: null`` gives that, but with the magnitude modulation active it is unsafe.
-- **Segmentation classifiers** whose logits are smaller than the target are upsampled (bilinear).
+- **Segmentation classifiers** whose logits are smaller than the target are upsampled (bilinear,
+  ``align_corners=True`` as the released ``SegClassifier``, ``models/segmodel.py`` lines 369-372).
 """
 
 from __future__ import annotations
@@ -71,7 +99,7 @@ from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
 from mmbalance.registry import METHODS
 
-__all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_scores"]
+__all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_scores", "scaled_parameters"]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -87,8 +115,11 @@ class CGGMParams(StrictModel):
     magnitude: bool = True
     # The released MOSI / IEMOCAP / Food loops clip the model's gradient norm right after the
     # modulation. It is part of the method: when the score changes cancel (S = 1e-8), coeff_m reaches
-    # ~1e6 and an unclipped step diverges. None: leave clipping to the spec's optim.clip_grad_norm.
+    # ~1e6 and an unclipped step diverges. Applied only when the spec does not clip (optim.clip_grad_norm
+    # is then the one clip); None: no clip of the method's own.
     clip_grad_norm: float | None = Field(0.8, gt=0)
+    # False: as released, the 1x1 input projections are not scaled (see the module docstring).
+    scale_input_projection: bool = False
 
 
 def cggm_coefficients(score: Sequence[float], previous: Sequence[float]) -> list[float]:
@@ -110,10 +141,10 @@ def batch_scores(kind: str, logits: Tensor, target: Tensor, region_masks: Tensor
     ``logits``: (M, B, C), (M, B, 1) or (M, B, C, H, W), stacked over modalities. ``region_masks``:
     (R, C) booleans, region r = the labels where row r is true (segmentation).
     """
-    if kind == "classification":
-        return (logits.argmax(dim=2) == target).float().mean(dim=1)
+    if kind == "classification":  # float64, as scikit-learn's accuracy_score in the released code
+        return (logits.argmax(dim=2) == target).double().mean(dim=1)
     if kind == "regression":
-        return ((logits.flatten(1) > 0) == (target.reshape(1, -1) > 0)).float().mean(dim=1)
+        return ((logits.flatten(1) > 0) == (target.reshape(1, -1) > 0)).double().mean(dim=1)
     pred = region_masks[:, logits.argmax(dim=2)].float()  # (R, M, B, H, W)
     true = region_masks[:, target].unsqueeze(1).float()  # (R, 1, B, H, W)
     inter = (pred * true).sum(dim=(3, 4)) + 1e-3
@@ -126,6 +157,17 @@ def flat_rows(tensors: Sequence[Tensor]) -> Tensor:
     both sides of a cosine with zeros leaves it unchanged, so one batched cosine serves all."""
     width = max(t.numel() for t in tensors)
     return torch.stack([F.pad(t.flatten(), (0, width - t.numel())) for t in tensors])
+
+
+def scaled_parameters(model: MultimodalModel, modality: str, input_projection: bool) -> list[nn.Parameter]:
+    """The parameters of encoder ``modality`` that ``grad *= coeff_m * rho`` scales: all of them, or
+    (``input_projection`` false, as released) all but the encoder's ``input_projection`` if it has one."""
+    params = model.encoder_parameters(modality)
+    projection = getattr(model.encoders[modality], "input_projection", None)
+    if input_projection or projection is None:
+        return params
+    skip = {id(p) for p in projection.parameters()}
+    return [p for p in params if id(p) not in skip]
 
 
 def _column_blocks(model: MultimodalModel, classifiers: nn.ModuleDict) -> dict[str, slice]:
@@ -165,8 +207,11 @@ class CGGM(Method):
         self.classifiers.to(ctx.device)
         self.blocks = _column_blocks(model, self.classifiers)
         # Every encoder parameter in one list with its modality's index: one fused op scales them all.
-        self.encoder_params = [p for m in self.modalities for p in model.encoder_parameters(m)]
-        self.owner = [i for i, m in enumerate(self.modalities) for _ in model.encoder_parameters(m)]
+        scaled = {m: scaled_parameters(model, m, self.p.scale_input_projection) for m in self.modalities}
+        self.encoder_params = [p for m in self.modalities for p in scaled[m]]
+        self.owner = [i for i, m in enumerate(self.modalities) for _ in scaled[m]]
+        # The released loop clips once: the runner's clip when the spec sets one, else the method's.
+        self.clip = self.p.clip_grad_norm if ctx.clip_grad_norm is None else None
         name = (
             self.p.cls_optimizer if self.p.cls_optimizer != "same" else type(ctx.optimizer).__name__.lower()
         )
@@ -210,7 +255,9 @@ class CGGM(Method):
     # --- classifiers, balancing term, magnitude modulation ---------------------------------------
     def _classify(self, m: str, out: Output, target: Tensor) -> Tensor:
         logits = self.classifiers[m](self.model.classifier_input(out, m).detach())
-        return resize_logits(logits, target.shape[-2:]) if self.kind == "segmentation" else logits
+        if self.kind != "segmentation":
+            return logits
+        return resize_logits(logits, target.shape[-2:], align_corners=True)  # as the released SegClassifier
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         self.cls_optimizer.zero_grad(set_to_none=True)
@@ -237,8 +284,8 @@ class CGGM(Method):
                     if p.grad is not None
                 ]
                 torch._foreach_mul_([g for g, _ in pairs], [c for _, c in pairs])
-        if self.p.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), self.p.clip_grad_norm, foreach=True)
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), self.clip, foreach=True)
         self.cls_optimizer.step()
 
     def diagnostics(self) -> dict[str, float]:

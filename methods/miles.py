@@ -1,9 +1,14 @@
 """MILES: Modality-Informed Learning ratE Scheduler.
 
 Reference: A. Guerra-Manzanares, F. E. Shamout, "MILES: Modality-Informed Learning Rate Scheduler for
-Balancing Multimodal Learning", IJCNN 2025 (arXiv 2510.17394). No official code was found; the
-algorithm below follows the paper's Algorithm 1 as restated in a third-party reimplementation
-(an ASGML project's ``scripts/train.py::miles_adjust_learning_rates``), not checked against the paper.
+Balancing Multimodal Learning", IJCNN 2025 (arXiv 2510.17394). What was verified, and against which
+source (issue 13): no official code was found (no repository of the authors is stored; the stored
+pages about the paper link none), and the paper's Algorithm 1 was not available to us. The algorithm
+below is that of a third-party reimplementation that says it implements Algorithm 1 (an ASGML
+project's ``scripts/train.py``: ``get_miles_optimizer``, ``train_epoch_miles``,
+``miles_adjust_learning_rates``), and ``tests/test_equivalence_miles.py`` runs our loop next to a
+transcription of it for three epochs. Its two-modality case analysis (``u_a > 0 > u_b``, ...) always
+picks the modality with the larger u, which is what ``argmax`` does here.
 
 Training loss (Eq. 3): ``L = task_loss(pred, y) + gamma * sum_m task_loss(h_m(f_m), y)`` with one
 unimodal head h_m per modality. At the end of every epoch, from that epoch's training accuracies
@@ -15,16 +20,20 @@ unimodal head h_m per modality. At the end of every epoch, from that epoch's tra
     else:                                 every encoder at lr
 
 where ``lr`` is the current learning rate of the non-encoder group (heads and fusion), so the
-runner's schedule still applies on top. Deviations: for M > 2 the other modalities' accuracy is their
-mean (the code's choice); [UNCERTAIN] the defaults ``tau = 0.2`` and ``mu = 0.5`` are the
-reimplementation's example values, not verified from the paper. Classification only (utilisation
-rates are ratios of accuracies).
+runner's schedule still applies on top (the reimplementation has no schedule: its base rate is
+constant). Which accuracies: ``accuracy_split: train`` (default) counts them on the epoch's training
+batches as they are trained; ``valid`` measures them after the epoch on the validation split, in
+eval mode, as the reimplementation does (on its test loader; [UNCERTAIN] which split the paper uses).
+Deviations: for M > 2 the other modalities' accuracy is their mean (the reimplementation's choice);
+[UNCERTAIN] the defaults ``tau = 0.2`` and ``mu = 0.5`` are the reimplementation's values, not
+verified from the paper. Classification only (utilisation rates are ratios of accuracies).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -41,6 +50,7 @@ class MILESParams(StrictModel):
     threshold: float = Field(0.2, ge=0)  # tau: utilisation gap that triggers the slow-down
     reduction: float = Field(0.5, gt=0, le=1)  # mu: learning-rate factor of the dominant encoder
     gamma: float = Field(1.0, ge=0)  # weight of the unimodal heads' losses
+    accuracy_split: Literal["train", "valid"] = "train"  # where A and A_m are measured (see above)
 
 
 def utilisation(acc: float, acc_m: dict[str, float]) -> dict[str, float]:
@@ -70,7 +80,7 @@ class MILES(Method):
     reference = "Guerra-Manzanares & Shamout, MILES: Modality-Informed Learning Rate Scheduler, IJCNN 2025"
 
     def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)
+        self.model, self.heads = model, UnimodalHeads(model)
         self.modalities = model.modalities
         self.scale = {m: 1.0 for m in self.modalities}
         self.u: dict[str, float] = {}
@@ -107,7 +117,25 @@ class MILES(Method):
             group["lr"] = base * self.scale[m]
         self._reset_counts()
 
+    @torch.no_grad()
+    def _count_valid(self, ctx: RunContext) -> None:
+        """The epoch's accuracies on the validation split, in eval mode (``accuracy_split: valid``)."""
+        self._reset_counts()
+        model = self.model
+        model.eval()
+        self.heads.eval()
+        for batch in ctx.iterate("valid"):
+            out = model(batch.inputs)
+            logits = {"fused": out.pred, **self.heads(model, out)}
+            for k, x in logits.items():
+                self.correct[k] += float((x.argmax(1) == batch.target).sum())
+            self.seen += len(batch.target)
+        model.train()
+        self.heads.train()
+
     def on_epoch_end(self, ctx: RunContext) -> None:
+        if self.p.accuracy_split == "valid":
+            self._count_valid(ctx)
         if self.seen == 0:
             return
         acc = {k: v / self.seen for k, v in self.correct.items()}

@@ -2,8 +2,14 @@
 
 Reference: H. R. Nowdeh (Rajoli), J. Ji, X. Ma, F. Afghah, "Modality-Aware SAM: Sharpness-Aware-
 Minimization Driven Gradient Modulation for Harmonized Multimodal Learning", NeurIPS 2025
-(arXiv 2510.24919). The code was announced but not released; this file follows the paper's update
-rule as restated in a third-party summary (not checked against the paper's own algorithm box).
+(arXiv 2510.24919). What was verified, and against which source (issue 13): no official code exists
+(the OpenReview page, openreview.net/forum?id=22O1ejTxj3, says "The code will be released"; no
+repository of the authors is stored), and the paper's algorithm box was not available to us. The
+update rule below agrees with two independent third-party restatements: the summary this file was
+written from, and junaidaliop.github.io/zij/math/msammodalityawaresam/ (``m_d = argmax_m v_m``,
+``L_d = v_{m_d} l``, ``L_s = sum_{m != m_d} v_m l``, ``eps = rho grad L_d / ||grad L_d||``,
+``theta <- theta - eta [grad L_d(theta + eps) + grad L_s(theta) + lambda theta]``).
+``tests/test_equivalence_msam.py`` runs our step next to a transcription of that rule.
 
 Per step, with l the fused task loss and theta all trained parameters:
 
@@ -19,9 +25,10 @@ Per step, with l the fused task loss and theta all trained parameters:
 
    then the runner's optimiser step (weight decay at theta).
 
-Deviations / uncertain points: [UNCERTAIN] the summary defines ``L_d = v_d l`` with the raw Shapley
-value; we normalise the positive Shapley values to sum to 1 so the step size stays that of joint
-training. ``rho = 0.05`` is SAM's usual default, not a value from the paper. The masked forwards run in
+Deviations / uncertain points: [UNCERTAIN] both restatements weight the loss by the raw Shapley
+values (``weights: shapley``: ``grad = v_d g_adv + (sum_{m != d} v_m) g``, a step scaled by the
+batch accuracy, and a negative share ascends); the default ``weights: normalised`` uses
+``w_m = relu(v_m) / sum relu(v)`` instead, so the step size stays that of joint training. ``rho = 0.05`` is SAM's usual default, not a value from the paper. The masked forwards run in
 eval mode (as AGM's) so they do not move batch-norm statistics. Classification and segmentation
 (pixel accuracy); regression is refused (the dominance test is an accuracy).
 """
@@ -29,6 +36,8 @@ eval mode (as AGM's) so they do not move batch-norm statistics. Classification a
 from __future__ import annotations
 
 import itertools
+import math
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -44,6 +53,8 @@ __all__ = ["MSAMParams", "MSAM", "dominance_weights"]
 
 class MSAMParams(StrictModel):
     rho: float = Field(0.05, gt=0)  # SAM neighbourhood radius
+    # normalised: w = relu(v) / sum relu(v) (ours); shapley: the raw Shapley values, as restated.
+    weights: Literal["normalised", "shapley"] = "normalised"
 
 
 def dominance_weights(phi: dict[str, float]) -> dict[str, float]:
@@ -80,12 +91,13 @@ class MSAM(Method):
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         self.phi = self.accuracy_shapley(model, batch, ctx.modalities)
-        self.w = dominance_weights(self.phi)
+        self.w = dominance_weights(self.phi) if self.p.weights == "normalised" else dict(self.phi)
         w_d = self.w[max(self.phi, key=self.phi.get)]
+        w_s = sum(self.w.values()) - w_d  # 1 - w_d when normalised
         params = [p for group in ctx.optimizer.param_groups for p in group["params"] if p.grad is not None]
         g = [p.grad.clone() for p in params]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g]))
-        eps = [self.p.rho * x / (norm + 1e-12) for x in g]
+        eps = [self.p.rho * math.copysign(1.0, w_d) * x / (norm + 1e-12) for x in g]  # along grad L_d = w_d g
         with torch.no_grad():
             for p, e in zip(params, eps, strict=True):
                 p.add_(e)
@@ -97,7 +109,7 @@ class MSAM(Method):
             for p, e, g0 in zip(params, eps, g, strict=True):
                 p.sub_(e)
                 g_adv = p.grad if p.grad is not None else torch.zeros_like(g0)
-                p.grad = w_d * g_adv + (1 - w_d) * g0
+                p.grad = w_d * g_adv + w_s * g0
 
     def diagnostics(self) -> dict[str, float]:
         return {

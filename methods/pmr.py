@@ -5,9 +5,12 @@ Multimodal Learning", CVPR 2023. Official code: fanyunfeng-bit/Modal-Imbalance-P
 ``main_Prototype_grad.py`` (``calculate_prototype``, ``train_epoch``, ``EU_dist``).
 
 Prototypes (fixed during an epoch): before the first epoch and after every epoch, with the model
-in eval mode, ``P_m[c]`` = mean encoder feature of modality m over the samples of class c in the
-first ``proto_fraction`` of the training batches; from the second computation on
-``P_m <- (1 - momentum) * P_m + momentum * P_m_old``. Per training step (released code)::
+in eval mode, ``P_m[c]`` = mean encoder feature of modality m over the samples of class c in
+``proto_fraction`` of the training batches, drawn at random each time (the released loop reads the
+first 10% of the *shuffled* train loader); from the third computation on
+``P_m <- (1 - momentum) * P_m + momentum * P_m_old`` (the released ``calculate_prototype`` skips the
+momentum while ``epoch <= 0``, and it is called with epoch 0 both before training and after the
+first epoch). Per training step (released code)::
 
     sim_m   = -||f_m - P_m[c]||_2                  # (B, C) prototypical logits, no temperature
     L_m     = CE(sim_m, y)                         # prototypical cross-entropy
@@ -26,11 +29,13 @@ Where this file differs from or generalises the released code:
   official switch (``rho_a > 1``: visual gets ``alpha``; ``< 1``: audio; ``= 1``: neither).
 - **Momentum** defaults to 0.0: the argparse default is 0.2, but every PMR run in the
   repository's ``bash.sh`` passes ``--momentum_coef 0.0``.
-- **Prototype batches**: the official loop takes the first 10% of the *shuffled* train loader;
-  here the first ``proto_fraction`` of the unshuffled one (deterministic, so a resumed run
-  computes the same prototypes). ``proto_split: valid`` with ``proto_fraction: 1`` is the
-  official AVE setting. A class absent from those batches keeps its previous prototype (zero
-  before the first); the official code divides by zero there.
+- **Prototype batches**: as the official loop, ``len(loader) // 10`` batches (at least one) of a
+  fresh random order each time; the order is a seeded stream of its own (``ctx.iterate`` with
+  ``shuffle_round``: the k-th computation reads the k-th order), so a resumed run computes the same
+  prototypes and the training order is untouched. The whole split (``proto_fraction: 1``) is read
+  in order. ``proto_split: valid`` with ``proto_fraction: 1`` is the official AVE setting. A class
+  absent from those batches keeps its previous prototype (zero before the first); the official
+  code divides by zero there.
 - **Not implemented: the paper's prototypical entropy regularisation** (PER, early epochs only).
   It is absent from the released code (``bash.sh`` calls ``main_Proto_PER.py``, which the
   repository does not contain) and we could not verify its exact form from a stored copy of
@@ -124,6 +129,7 @@ class PMR(Method):
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.model, self.modalities, self.num_classes = model, list(ctx.modalities), task.num_classes
         self.prototypes: dict[str, Tensor] | None = None  # built in on_epoch_start of the first epoch
+        self.rounds = 0  # prototype computations so far
         self.ratio = self.coeff = self.proto_loss = [0.0] * len(self.modalities)
         # The official loop stops after len(loader) // 10 batches (at least one).
         n_split = (
@@ -137,7 +143,11 @@ class PMR(Method):
         self.model.eval()
         feats: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
         labels = []
-        for batch in ctx.iterate(self.p.proto_split, max_batches=self.proto_batches):
+        subset = self.p.proto_fraction < 1  # a random subset, as the released shuffled loader gives
+        batches = ctx.iterate(
+            self.p.proto_split, max_batches=self.proto_batches, shuffle_round=self.rounds if subset else None
+        )
+        for batch in batches:
             out = self.model(batch.inputs)
             for m in self.modalities:
                 feats[m].append(out.features[m].flatten(1))
@@ -149,8 +159,9 @@ class PMR(Method):
             m: class_prototypes(torch.cat(feats[m]), y, self.num_classes, old[m] if old else None)
             for m in self.modalities
         }
-        if old is not None and self.p.momentum > 0:
+        if self.rounds >= 2 and self.p.momentum > 0:  # released: not while epoch <= 0 (calls 1 and 2)
             new = {m: torch.lerp(new[m], old[m], self.p.momentum) for m in self.modalities}
+        self.rounds += 1
         self._set(new)
 
     def _set(self, prototypes: dict[str, Tensor]) -> None:
@@ -185,7 +196,8 @@ class PMR(Method):
         return {f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v, strict=True)}
 
     def state_dict(self) -> dict[str, object]:
-        return {"prototypes": self.prototypes}
+        return {"prototypes": self.prototypes, "rounds": self.rounds}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self._set(state["prototypes"])
+        self.rounds = state["rounds"]

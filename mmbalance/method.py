@@ -42,9 +42,13 @@ class RunContext:
     device: torch.device
     epochs: int
     steps_per_epoch: int
-    # Deterministic, unshuffled pass over a split (for prototypes, held-out estimates, ...).
+    # Deterministic pass over a split (for prototypes, held-out estimates, ...): unshuffled, or with
+    # ``shuffle_round=k`` in the k-th random order of a stream seeded by the run's seed alone.
     iterate: Callable[..., Iterator[Batch]] = field(repr=False, default=None)
     optimizer: torch.optim.Optimizer | None = field(repr=False, default=None)
+    # The runner clips the model's gradient norm at this value right before optimizer.step (None: no
+    # clipping); a method whose official loop clips once (CGGM) leaves it to the runner when it is set.
+    clip_grad_norm: float | None = None
     epoch: int = 0  # 0-based
     step: int = 0  # global step, 0-based
     step_in_epoch: int = 0

@@ -235,7 +235,7 @@ class Trainer:
         self.ctx = RunContext(
             task=self.task, modalities=self.modalities, task_loss=self.task_loss, device=device,
             epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, iterate=self.iterate,
-            optimizer=self.optimizer,
+            optimizer=self.optimizer, clip_grad_norm=spec.optim.clip_grad_norm,
         )  # fmt: skip
         self.method.setup(self.model, self.task, self.ctx)
         self.probes = Probes(self.model, self.task, seed=spec.seed) if spec.probe_every > 0 else None
@@ -243,9 +243,10 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
         self.start_epoch = 0
 
-    def loader(self, split: str, shuffle: bool, epoch: int = 0) -> DataLoader:
-        # The shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
-        g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch)
+    def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
+        # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
+        # stream 0 is the training order, stream 1 the methods' shuffled passes (``iterate``).
+        g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch + stream * 1_000_000_007)
         # The sampler (and so the order) lives in this process, so loader workers do not change the batches.
         return DataLoader(
             self.datasets[split],
@@ -260,9 +261,12 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
-    def iterate(self, split: str, max_batches: int | None = None):
-        """Unshuffled pass over a split, for methods (prototypes, held-out estimates)."""
-        for i, batch in enumerate(_batches(self.loader(split, shuffle=False), self.device)):
+    def iterate(self, split: str, max_batches: int | None = None, shuffle_round: int | None = None):
+        """A pass over a split, for methods (prototypes, held-out estimates): unshuffled, or in the
+        ``shuffle_round``-th random order of its own seeded stream (apart from the training order)."""
+        shuffle, epoch = shuffle_round is not None, shuffle_round or 0
+        loader = self.loader(split, shuffle=shuffle, epoch=epoch, stream=int(shuffle))
+        for i, batch in enumerate(_batches(loader, self.device)):
             if max_batches is not None and i >= max_batches:
                 return
             yield batch

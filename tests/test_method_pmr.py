@@ -92,27 +92,42 @@ def test_only_the_weaker_modality_gets_the_prototype_loss(tmp_path):
             torch.testing.assert_close(modulated[n], g, rtol=0, atol=0)
 
 
-def test_prototypes_use_eval_mode_a_tenth_of_the_batches_and_momentum(tmp_path):
+def test_prototypes_use_eval_mode_a_tenth_of_random_batches_and_momentum_from_the_third(tmp_path):
     tr = trainer(tmp_path, "pmr", momentum=0.25)
     assert tr.method.proto_batches == 1  # 4 batches // 10 -> at least one, as the official loop
+
+    def prototypes_of(k: int, previous=None) -> dict[str, torch.Tensor]:
+        """Prototypes of the k-th shuffled pass's first batch, in eval mode."""
+        batch = next(tr.ctx.iterate("train", shuffle_round=k))
+        tr.model.eval()
+        with torch.no_grad():
+            feats = tr.model(batch.inputs).features
+        tr.model.train()
+        return {m: class_prototypes(feats[m], batch.target, 4, previous and previous[m]) for m in feats}
+
     tr.model.train()
     tr.method.on_epoch_start(tr.ctx)
     assert tr.model.training
     first = {m: p.clone() for m, p in tr.method.prototypes.items()}
-    batch = next(tr.ctx.iterate("train"))
-    tr.model.eval()
-    with torch.no_grad():
-        feats = tr.model(batch.inputs).features
-    for m in tr.ctx.modalities:
-        torch.testing.assert_close(first[m], class_prototypes(feats[m], batch.target, 4))
+    for m, p in prototypes_of(0).items():
+        torch.testing.assert_close(first[m], p)
+    unshuffled = next(tr.ctx.iterate("train"))
+    assert not torch.equal(next(tr.ctx.iterate("train", shuffle_round=0)).target, unshuffled.target)
+    # The second computation (after epoch 0) has no momentum: the released code skips it while epoch <= 0.
     with torch.no_grad():
         for p in tr.model.parameters():
             p.add_(0.1)
-        feats = tr.model(batch.inputs).features
     tr.method.on_epoch_end(tr.ctx)
-    for m in tr.ctx.modalities:
-        new = class_prototypes(feats[m], batch.target, 4, first[m])
-        torch.testing.assert_close(tr.method.prototypes[m], 0.75 * new + 0.25 * first[m])
+    second = {m: p.clone() for m, p in tr.method.prototypes.items()}
+    for m, p in prototypes_of(1, first).items():
+        torch.testing.assert_close(second[m], p)
+    # The third computation mixes in the previous prototypes.
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(0.1)
+    tr.method.on_epoch_end(tr.ctx)
+    for m, p in prototypes_of(2, second).items():
+        torch.testing.assert_close(tr.method.prototypes[m], 0.75 * p + 0.25 * second[m])
 
 
 def test_no_prototype_loss_outside_the_window(tmp_path):

@@ -119,11 +119,11 @@ class MultimodalModel(nn.Module):
         return shares
 
 
-def resize_logits(logits: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
+def resize_logits(logits: Tensor, size: torch.Size | tuple[int, int], align_corners: bool = False) -> Tensor:
     """Segmentation logits (B, C, h, w) coarser than the label map are upsampled (bilinear) to ``size``;
     anything else is returned as it is. Per-modality heads on encoder maps (BraTS) need it."""
     if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(size):
-        return nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     return logits
 
 

@@ -83,6 +83,11 @@ class PretrainedSequenceEncoder(nn.Module):
                 out = self.backbone(pixel_values=x)
         return out.last_hidden_state  # (B, T, hidden)
 
+    @property
+    def input_projection(self) -> nn.Module:
+        """The 1x1 projection after the backbone (``projv`` in the CGGM code, outside its encoders)."""
+        return self.head.proj
+
     def sequence(self, x: Tensor) -> Tensor:
         return self.head.sequence(self.tokens(x))  # (B, T, d)
 

@@ -17,7 +17,8 @@ given a pooled (B, d) feature instead, the classifier reads it as a one-step seq
 Where this differs from the released code, and why:
 - The 1x1 projection is part of ``encoders[m]`` (the modality's whole path before fusion), so a
   method scaling encoder m's gradients scales it too; in the CGGM code ``proj.{i}`` sits outside
-  ``encoders.{i}`` and its rho scaling skips it.
+  ``encoders.{i}`` and its rho scaling skips it. The encoder names it ``input_projection``, so CGGM
+  can leave it out, as released (``scale_input_projection`` in cggm.py).
 - MulT's positional embedding treats a step whose first channel is exactly 0 as padding (position 0,
   zero embedding). After the projection (which has a bias) that practically never happens; here
   every step gets its position 1..T. Attention uses ``nn.MultiheadAttention`` (same maths as
@@ -129,6 +130,11 @@ class SequenceEncoder(nn.Module):
         self.out_dim, self.pool_mode = p.proj_dim, p.pool
         self.proj = nn.Conv1d(in_dim, p.proj_dim, kernel_size=1)
         self.transformer = SequenceTransformer(p.proj_dim, p.layers, p)
+
+    @property
+    def input_projection(self) -> nn.Module:
+        """The 1x1 projection: ``proj.{i}`` in the CGGM code, outside its ``encoders.{i}`` (see cggm.py)."""
+        return self.proj
 
     def sequence(self, x: Tensor) -> Tensor:
         """(B, T, D_in) -> (B, T, d)."""

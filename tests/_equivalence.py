@@ -1,0 +1,112 @@
+"""Harness of the equivalence tests: our ``Trainer.train_batch`` next to a transcription of an official
+training step, on two copies of one tiny model, for several consecutive steps.
+
+Both sides start from the same weights (a deep copy) and see the same batches. Models and inputs are
+float64, so the only differences left are those of the algorithms (float64 rounding, ~1e-15, where
+they agree); every test records the largest differences of coefficients, gradients (right before
+the optimiser step) and parameters (after it) over all steps, and asserts them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mmbalance import runner
+from mmbalance.data import Batch
+from mmbalance.records import RunDir
+from mmbalance.spec import validate_spec
+
+
+def make_trainer(tmp_path: Path, data_root: Path | None = None, **spec) -> runner.Trainer:
+    """A float64 ``Trainer`` wired as ``train`` wires it (probes off: they would fit float32 heads)."""
+    spec = validate_spec({"dataset": "synthetic", "epochs": 3, "probe_every": 0, **spec})
+    adapter = runner.make_adapter(spec, data_root)
+    tr = runner.Trainer(spec, adapter, RunDir.of(tmp_path, "t"), torch.device("cpu"), progress=False)
+    tr.model.double()  # keeps the Parameter objects, so the optimiser still holds them
+    for module in vars(tr.method).values():  # the method's own modules (CGGM's classifiers)
+        if isinstance(module, nn.Module):
+            module.double()
+    iterate = tr.ctx.iterate  # the methods' own passes (PMR's prototypes) get float64 batches too
+    tr.ctx.iterate = lambda *args, **kwargs: (double(b) for b in iterate(*args, **kwargs))
+    return tr
+
+
+def double(batch: Batch) -> Batch:
+    target = batch.target.double() if batch.target.is_floating_point() else batch.target
+    return Batch({m: x.double() for m, x in batch.inputs.items()}, target, batch.ids)
+
+
+def training_batches(tr: runner.Trainer, epochs: int) -> Iterator[tuple[int, int, Batch]]:
+    """``(epoch, step in epoch, batch)`` in the runner's training order, float64."""
+    for epoch in range(epochs):
+        for i, batch in enumerate(tr.loader("train", shuffle=True, epoch=epoch)):
+            yield epoch, i, double(batch)
+
+
+def snapshot(params) -> list[Tensor]:
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+@dataclass
+class Ours:
+    """Our side: ``train_batch`` with the gradients captured right before ``optimizer.step``."""
+
+    tr: runner.Trainer
+    grads: list[Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        params = list(self.tr.model.parameters())
+        self.tr.optimizer.register_step_pre_hook(lambda *_: setattr(self, "grads", snapshot(params)))
+
+    def step(self, epoch: int, i: int, batch: Batch) -> None:
+        ctx = self.tr.ctx
+        if i == 0:
+            self.tr.model.train()
+            ctx.training, ctx.epoch = True, epoch
+            self.tr.method.on_epoch_start(ctx)
+        ctx.step_in_epoch, ctx.step = i, epoch * self.tr.steps_per_epoch + i
+        self.tr.train_batch(batch)
+
+    def end_epoch(self) -> None:
+        self.tr.method.on_epoch_end(self.tr.ctx)
+
+
+@dataclass
+class MaxDiff:
+    """Largest absolute differences over all compared steps."""
+
+    coefficients: float = 0.0
+    gradients: float = 0.0
+    parameters: float = 0.0
+    steps: int = 0
+
+    def add(self, coeff_ours, coeff_ref, grads_ours, grads_ref, model_ours, model_ref) -> None:
+        self.coefficients = max(self.coefficients, _max_abs(coeff_ours, coeff_ref))
+        self.gradients = max(
+            self.gradients, max(_max_abs(a, b) for a, b in zip(grads_ours, grads_ref, strict=True))
+        )
+        pairs = zip(model_ours.parameters(), model_ref.parameters(), strict=True)
+        self.parameters = max(self.parameters, max(_max_abs(a, b) for a, b in pairs))
+        self.steps += 1
+
+    def __str__(self) -> str:
+        return (
+            f"max |diff| coefficients {self.coefficients:.3g}, gradients {self.gradients:.3g}, "
+            f"parameters {self.parameters:.3g} over {self.steps} steps"
+        )
+
+
+def _max_abs(a, b) -> float:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return (a.detach() - b.detach()).abs().max().item() if a.numel() else 0.0
+
+
+def twin(module: nn.Module) -> nn.Module:
+    """The official side's copy of a module: same weights, separate parameters."""
+    return copy.deepcopy(module)
