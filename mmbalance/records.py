@@ -101,17 +101,19 @@ class RunDir:
     def status(self) -> str:
         """``pending`` (no record), ``running``, ``done`` or ``failed``.
 
-        ``running`` also covers a run whose worker died: one killed before its status file was written
-        (the folder holds a lock or a spec), and one marked done whose ``final.json`` is missing or
-        unreadable (the runner rebuilds it from the checkpoint). ``status.run_state`` tells them apart.
+        ``running`` also covers a run whose worker died before its status file was written (the folder
+        holds a lock or a spec); ``status.run_state`` tells live from dead by the lock. A ``done`` run
+        is finished only with a readable ``final.json`` (``finished``).
         """
         f = self.file("status")
         if not f.exists():
             return "running" if self.path.is_dir() and any(self.path.iterdir()) else "pending"
-        status = f.read_text().split(":", 1)[0].strip()
-        if status == "done" and self.final_or_none() is None:
-            return "running"
-        return status
+        return f.read_text().split(":", 1)[0].strip()
+
+    def finished(self) -> dict[str, Any] | None:
+        """``final.json`` of a done run; None when the run is not done or its ``final.json`` is missing
+        or damaged (the runner then rebuilds it from the checkpoint)."""
+        return self.final_or_none() if self.status() == "done" else None
 
     def failure_reason(self) -> str:
         text = self.file("status").read_text() if self.file("status").exists() else ""

@@ -496,16 +496,16 @@ def train(
     A run that another live worker holds the lock of is returned as ``running elsewhere``.
     """
     adapter, fingerprint, rd = prepare(spec, results, data_root)
-    if rd.status() == "done":
-        return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+    if (final := rd.finished()) is not None:
+        return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:
                 holder = lock.holder.describe() if lock.holder else "another worker"
                 return RunResult(rd.run_id, rd.path, "running elsewhere", reason=f"locked by {holder}")
-            if rd.status() == "done":  # finished by the lock's previous owner after our first look
-                return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+            if (final := rd.finished()) is not None:  # finished by the lock's previous owner meanwhile
+                return RunResult(rd.run_id, rd.path, "skipped", final)
             rd.remove_temp()  # a killed writer's; only the lock's owner writes here
             if restart:
                 _discard_records(rd)

@@ -57,6 +57,8 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
     if status == "failed":
         return RunState(rd.run_id, "failed", rd.failure_reason(), label)
     if status == "done":
+        if rd.final_or_none() is None:
+            return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)
         return RunState(rd.run_id, "done", "", label)
     return RunState(rd.run_id, "pending", "", label)
 

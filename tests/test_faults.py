@@ -121,7 +121,7 @@ def test_done_run_with_a_damaged_final_json_is_rebuilt(tmp_path, damage):
         f.unlink()
     else:
         f.write_text('{"run_id": "' if damage == "truncated" else "[1, 2]\n")
-    assert rd.status() != "done"
+    assert rd.finished() is None
     state = sweep_status(tmp_path).runs[0]
     assert state.state == "interrupted" and "final.json" in state.detail
     again = train(spec, tmp_path, progress=False)
