@@ -34,6 +34,9 @@ DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 def error_message(e: BaseException) -> str | None:
     """The one-line message of an expected error; None for a bug (its traceback is wanted)."""
     if isinstance(e, USER_ERRORS):
+        head, *details = str(e).splitlines()
+        if len(details) == 1 and head.endswith(":"):  # one problem: "invalid run spec: seed: ..." on one line
+            return f"{head} {details[0].strip()}"
         return str(e)
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
         where = f" {e.filename}" if e.filename else ""

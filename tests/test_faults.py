@@ -224,7 +224,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv
         argv += ["--results", str(results), "--quiet", "--device", "cpu"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and needle in err and len(err) < 600, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err and len(err) < 600, err
     assert "Traceback" not in err
     assert not (results / "runs").exists()
 
