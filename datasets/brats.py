@@ -33,7 +33,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import h5py
 import nibabel as nib
@@ -45,8 +45,10 @@ from torch.utils.data import Dataset
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.metrics import dice_per_region
-from mmbalance.models.segmentation import DeepLabMultiInput, deeplab_multi_input
 from mmbalance.registry import DATASETS
+
+if TYPE_CHECKING:
+    from mmbalance.models.segmentation import DeepLabMultiInput
 
 __all__ = ["Brats", "convert_case", "convert_cases", "read_volume"]
 
@@ -377,6 +379,8 @@ class Brats(DatasetAdapter):
         return h.hexdigest()
 
     def build_model(self, model_params: BratsModelParams, modalities: Sequence[str]) -> DeepLabMultiInput:
+        from mmbalance.models.segmentation import deeplab_multi_input  # torchvision: only to build the model
+
         mp = model_params
         return deeplab_multi_input(
             list(modalities),

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import h5py
 import numpy as np
@@ -51,13 +51,15 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from mmbalance.data import DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.models.food import FoodModelParams, build_food_model, load_pretrained
 from mmbalance.models.transformer import MSAModel
 from mmbalance.registry import DATASETS
+
+if TYPE_CHECKING:
+    from torchvision import transforms as T
 
 __all__ = ["Food101", "Sample", "read_samples", "extract_features", "image_transform"]
 
@@ -260,6 +262,8 @@ def load_image(path: Path) -> Image.Image:
 def image_transform(processor, train: bool) -> T.Compose:
     """Resize to the processor's size; for training, the CGGM code's flip, colour jitter (p=0.8),
     grayscale (p=0.2) and Gaussian blur (kernel 21); then the processor's normalisation."""
+    from torchvision import transforms as T  # imported here: torchvision takes seconds to import
+
     size = [processor.size["height"], processor.size["width"]]
     steps: list = [T.Resize(size)]
     if train:

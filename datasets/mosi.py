@@ -25,6 +25,7 @@ unpickler (``mmbalance.safe_pickle``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -80,29 +81,56 @@ class Mosi(PreloadedAdapter):
     ModelParams = MosiModelParams
 
     # --- files --------------------------------------------------------------------------------
+    files = FILES  # (source, aligned) -> file name; MOSEI overrides these four class attributes
+    mmsa_sha256 = MMSA_SHA256
+    mmsa_train_samples = MMSA_TRAIN_SAMPLES
+    mmsa_folder = "MOSI"  # MMSA's downloads unpack as MOSI/Processed/<file>
+
     def candidates(self) -> list[str]:
+        """File names under the root, in the order they are looked for. An MMSA file is also found where
+        MMSA's archive puts it: ``Processed/``, ``MOSI/Processed/`` under the root, or ``MOSI/Processed/``
+        beside it (``--data-root`` pointing at the folder MMSA unpacked into)."""
         p = self.params
         if p.file is not None:
             return [p.file]
         sources = ("mult", "mmsa") if p.source == "auto" else (p.source,)
-        return [FILES[s, p.aligned] for s in sources]
+        names = []
+        for s in sources:
+            name = self.files[s, p.aligned]
+            names.append(name)
+            if s == "mmsa":
+                folder = f"{self.mmsa_folder}/Processed/{name}"
+                names += [f"Processed/{name}", folder, f"../{folder}"]
+        return names
+
+    def _found(self) -> str:
+        names = self.candidates()
+        return next((n for n in names if self._under_root(n).is_file()), names[0])
+
+    def _under_root(self, name: str) -> Path:
+        # lexically: "../MOSI/..." must resolve even when the root folder itself does not exist
+        return Path(os.path.normpath(self.root / name))
 
     @property
     def path(self) -> Path:
         """The file this configuration reads: the first candidate that exists."""
-        names = self.candidates()
-        return next((self.root / n for n in names if (self.root / n).is_file()), self.root / names[0])
+        return self._under_root(self._found())
 
     def expected_files(self) -> list[Path]:
-        return [self.path.relative_to(self.root)]
+        return [Path(self._found())]
 
     def layout_help(self) -> str:
-        return " or ".join(self.candidates()) + " (MulT: mosi_data[_noalign].pkl; MMSA: [un]aligned_50.pkl)"
+        mult, mmsa = self.files["mult", True], self.files["mmsa", True]
+        return (
+            " or ".join(self.candidates())
+            + f" (MulT: {mult.replace('.pkl', '[_noalign].pkl')}; MMSA: [un]{mmsa}, also in "
+            f"{self.mmsa_folder}/Processed/)"
+        )
 
     def verify(self) -> None:
         if not self.path.is_file():
             raise DataMissingError(
-                f"mosi: none of {', '.join(self.candidates())} found under {self.root}. Expected layout: "
+                f"{self.name}: none of {', '.join(self.candidates())} found under {self.root}. Expected layout: "
                 f"{self.layout_help()} (set --data-root or $MMBALANCE_DATA)"
             )
 
@@ -148,8 +176,8 @@ class Mosi(PreloadedAdapter):
         return splits
 
     def _check_release(self, path: Path, n_train: int) -> None:
-        expected = MMSA_SHA256.get(path.name)
-        if not self.params.check_sha256 or expected is None or n_train != MMSA_TRAIN_SAMPLES:
+        expected = self.mmsa_sha256.get(path.name)
+        if not self.params.check_sha256 or expected is None or n_train != self.mmsa_train_samples:
             return  # not the full release (a subset or a fixture): nothing published to compare with
         h = hashlib.sha256()
         with path.open("rb") as f:
@@ -202,7 +230,7 @@ class Mosi(PreloadedAdapter):
             bert = load_pretrained(model_params.bert)
             self._check_vocabulary(bert.config.vocab_size, model_params.bert)
             dims["text"] = bert.config.hidden_size
-        model = build_msa_model({m: dims[m] for m in modalities}, 1, model_params)
+        model = build_msa_model({m: dims[m] for m in modalities}, self.task.num_classes, model_params)
         if bert is not None:  # BERT's last_hidden_state feeds the text encoder (frozen unless finetune)
             model.encoders["text"] = PretrainedSequenceEncoder(
                 bert, model.encoders["text"], model_params.finetune

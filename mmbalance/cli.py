@@ -5,7 +5,9 @@ errors (bad spec, unknown name, missing or bad data, a method that does not appl
 checkpoint, a results folder that cannot be written) print one clear message and exit with code 2
 (``error_message`` is the one place that knows them); nothing is written.
 Exit codes: 0 all asked runs finished, 1 some failed or are not finished yet (running elsewhere,
-interrupted), 2 bad input.
+interrupted), 2 bad input. This module imports no torch (see ``core.py``):
+each command imports what it uses, so ``--help``, ``methods``, ``status`` and ``leaderboard check``
+start at once (``tests/test_cli_fast.py``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import errno
 import sys
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mmbalance.data import DataError, default_data_root
-from mmbalance.method import MethodNotApplicable
+from mmbalance.core import DataError, MethodNotApplicable, default_data_root
 from mmbalance.records import DamagedRecordError
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
-from mmbalance.spec import SpecError, deep_merge, load_yaml, parse_set, validate_spec
+from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError,
@@ -72,17 +74,53 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
 
 
-# --- run ----------------------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from mmbalance.runner import train
+def _wandb_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Weights & Biases (optional; the run records stay the source of truth)")
+    g.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                   help="log to W&B (offline unless --wandb-mode or $WANDB_MODE says otherwise)")  # fmt: skip
+    g.add_argument("--wandb-project", default=None, help="W&B project (default: mmbalance)")
+    g.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default=None)
 
+
+def _log_to_wandb(
+    args: argparse.Namespace, section: dict | None, paths: list[Path], group: str | None
+) -> None:
+    """Send finished run records to W&B, if asked; a W&B failure is reported, never fatal."""
+    from mmbalance.wandb_log import log_run, settings
+
+    cfg = settings(section, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
+    if cfg is None:
+        return
+    for path in paths:
+        try:
+            where = log_run(path, cfg, args.results, group)
+        except Exception as e:  # noqa: BLE001 (W&B is a copy: the run record is written either way)
+            console.print(f"[yellow]W&B logging of {path.name} failed[/yellow]: {type(e).__name__}: {e}")
+            continue
+        if where:
+            console.print(f"W&B ({cfg.mode or 'offline'}): {path.name} -> {where}", highlight=False)
+
+
+# --- run ----------------------------------------------------------------------------------------
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set."""
     doc = load_yaml(args.spec) if args.spec else {}
+    preset = {"preset": args.preset} if args.preset else {}
     cli = {
         k: v
         for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
         if v is not None
     }
-    spec = validate_spec(deep_merge(deep_merge(doc, cli), parse_set(args.set)))
+    return validate_spec(compose(doc, preset, cli, parse_set(args.set)))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = run_spec(args)
+    if args.dry_run:
+        print(yaml.safe_dump(spec.canonical(), sort_keys=False), end="")
+        return 0
+    from mmbalance.runner import train
+
     result = train(
         spec,
         args.results,
@@ -98,14 +136,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if result.status == "failed":
         console.print(f"[red]run {result.run_id} failed[/red]: {result.reason}")
-        return 1
-    key = result.final["selection_metric"]
-    verb = "reused finished run" if result.status == "skipped" else "done"
-    console.print(
-        f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
-        f"(best epoch {result.final['best_epoch']}) -> {result.path}"
-    )
-    return 0
+    else:
+        key = result.final["selection_metric"]
+        verb = "reused finished run" if result.status == "skipped" else "done"
+        console.print(
+            f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
+            f"(best epoch {result.final['best_epoch']}) -> {result.path}"
+        )
+    _log_to_wandb(args, None, [result.path], None)
+    return 1 if result.status == "failed" else 0
 
 
 # --- sweep --------------------------------------------------------------------------------------
@@ -157,6 +196,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             ),  # fmt: skip
             say=console.print,
         )
+    _log_to_wandb(args, suite.wandb, [r.path for _, r in outcomes if r.status in ("done", "skipped", "failed")],
+                  suite.name)  # fmt: skip
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
@@ -251,20 +292,34 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 # --- report, reproduce ----------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    import warnings
+
     from mmbalance.paper import render_from_records
-    from mmbalance.report import RecordError, report
+    from mmbalance.report import report
+    from mmbalance.results import RecordWarning
 
     figures, protocol = not args.no_figures, args.protocol
-    try:
-        if args.table:
-            paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
-        else:
-            protocol = protocol or "best-valid-test"
-            paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
-    except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecordWarning)
+        try:
+            if args.table:
+                paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
+            else:
+                protocol = protocol or "best-valid-test"
+                paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
+        finally:
+            for w in caught:  # a damaged record: one line naming the file; other warnings as usual
+                if issubclass(w.category, RecordWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
+    if args.wandb:
+        from mmbalance.wandb_log import log_report, settings
+
+        cfg = settings(None, True, project=args.wandb_project, mode=args.wandb_mode)
+        name = args.table or (args.suite.stem if args.suite else "all-runs")
+        console.print(f"W&B: report artifact -> {log_report(paths, cfg, args.results_dir, name)}")
     return 0
 
 
@@ -288,8 +343,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # --- listings -----------------------------------------------------------------------------------
 def cmd_methods(args: argparse.Namespace) -> int:
-    rows = [{"method": name, "tasks": ", ".join(sorted(cls.tasks)), "modalities": f">= {cls.min_modalities}",
-             "reference": cls.reference} for name, cls in METHODS.items()]  # fmt: skip
+    rows = [{"method": m["name"], "tasks": ", ".join(sorted(m["tasks"])), "modalities": f">= {m['min_modalities']}",
+             "reference": m["reference"]} for m in METHODS.listing()]  # fmt: skip
     console.print(_table("methods", rows))
     return 0
 
@@ -331,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="YAML run spec; --dataset/--method/--seed/--set override it")
     p.add_argument("--restart", action="store_true", help=RESTART_HELP)
     p.add_argument(
+        "--preset",
+        help="paper hyper-parameters of a dataset: a name in benchmarks/presets/ (mosi, ...) or a YAML path; "
+        "--spec, --dataset/--method/--seed and --set override it",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit (nothing runs)")
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -338,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5",
     )
     _common(p)
+    _wandb_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
@@ -370,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait for runs another process is training (and, on slurm, for the jobs), then "
                         "finish them here; without it such runs make the exit code 1")  # fmt: skip
     p.add_argument("--restart", action="store_true", help=RESTART_HELP)
+    _wandb_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="counts of done / running / failed / pending runs, failure reasons")
@@ -413,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", action="append", help="only these methods (repeat: --method joint --method cggm)"
     )
+    _wandb_options(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run a paper table's missing runs, then write it beside the paper")

@@ -9,43 +9,28 @@ items into a ``Batch``.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from monai.losses import DiceCELoss
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mmbalance import metrics
+from mmbalance.core import (  # noqa: F401 (re-exported: adapters import them from here)
+    DATA_ROOT_ENV,
+    DataError,
+    DataMissingError,
+    NoParams,
+    StrictModel,
+    default_data_root,
+)
 from mmbalance.models.base import MultimodalModel
 
 TaskKind = Literal["classification", "regression", "segmentation"]
 SPLITS = ("train", "valid", "test")
-DATA_ROOT_ENV = "MMBALANCE_DATA"
-
-
-class StrictModel(BaseModel):
-    """A pydantic model that refuses unknown keys (so typos in a spec are errors) and infinite or NaN
-    floats (``1.0e+400`` parses as infinity)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class NoParams(StrictModel):
-    pass
-
-
-class DataError(ValueError):
-    """Bad or missing data. The message names the file and what was expected."""
-
-
-class DataMissingError(DataError):
-    """The dataset's files are not where the adapter looks."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +75,6 @@ def collate(items: Sequence[tuple[dict[str, Tensor], Tensor, str]]) -> Batch:
         torch.stack([torch.as_tensor(it[1]) for it in items]),
         [it[2] for it in items],
     )
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get(DATA_ROOT_ENV, "data"))
 
 
 class DatasetAdapter:
@@ -166,6 +147,8 @@ class DatasetAdapter:
             return nn.CrossEntropyLoss()
         if kind == "regression":
             return nn.L1Loss()
+        from monai.losses import DiceCELoss  # MONAI only where segmentation needs it (a 4 s import)
+
         dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         return lambda pred, target: dice_ce(pred, target.unsqueeze(1))
 

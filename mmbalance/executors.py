@@ -36,7 +36,7 @@ import torch
 from pydantic import Field, ValidationError
 from submitit.helpers import Checkpointable
 
-from mmbalance.data import StrictModel
+from mmbalance.core import StrictModel
 from mmbalance.spec import SpecError, _format_validation
 
 __all__ = ["ExecutorOptions", "executor_options", "run_one", "run_parallel", "submit", "slurm_parameters"]

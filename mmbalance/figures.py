@@ -12,11 +12,18 @@ Every figure is one file, written as PNG and PDF with a stable name, from record
   ablations), with joint training as a dashed line and band.
 - ``tsne_gradients``: t-SNE of gradient samples from the optional ``grads.npz`` record that
   ``scripts/grad_samples.py`` writes next to a finished run (the records hold no gradients otherwise).
+- ``critical_difference``: average ranks of the methods across tables, methods the Nemenyi test cannot
+  tell apart joined by a bar (Demšar 2006; drawn by scikit-posthocs).
+
+``suite_figures`` (the report's figure step) first checks each run's ``spec.yaml``, ``metrics.jsonl``,
+``curves.csv`` and ``grads.npz``: a run whose record cannot be read is skipped with a
+``results.RecordWarning`` that names the file, and the figures are drawn from the other runs.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,13 +37,16 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mmbalance.records import RunDir  # noqa: E402
 from mmbalance.report import config_labels, metric_label  # noqa: E402
+from mmbalance.results import RecordWarning, one_line  # noqa: E402
 
 __all__ = [
     "training_curves",
     "balancing_terms",
     "param_bars",
     "tsne_gradients",
+    "critical_difference",
     "suite_figures",
+    "readable",
     "CURVE_KINDS",
 ]
 
@@ -280,11 +290,64 @@ def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> lis
     return _save(fig, stem)
 
 
+def critical_difference(
+    average: pd.Series, nemenyi: pd.DataFrame, cd: float, stem: Path, title: str = ""
+) -> list[Path]:
+    """Average ranks on an axis (1 = best, on the left), methods joined by a bar where the Nemenyi test
+    finds no difference at p < 0.05; the critical difference is given in the title (scikit-posthocs
+    would draw it over the tick labels)."""
+    import scikit_posthocs
+
+    fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.28 * len(average)), layout="constrained")
+    scikit_posthocs.critical_difference_diagram(
+        average, nemenyi, ax=ax, label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}"
+    )
+    what = f"average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
+    ax.set_title(f"{title}\n{what}" if title else what, pad=24)
+    return _save(fig, stem)
+
+
+def readable(path: Path | str) -> bool:
+    """Whether the records a figure reads of the run at ``path`` parse; if not, a ``RecordWarning``
+    names the file and the run is left out of the figures."""
+    rd = RunDir(Path(path))
+    name = "spec.yaml"
+    try:
+        if not isinstance(rd.spec().get("seed"), int):
+            raise ValueError("no integer `seed`")
+        name = "metrics.jsonl"
+        for e in rd.epochs():
+            probes = e["valid"].get("probe", {})
+            if not isinstance(e["epoch"], int) or not all(
+                isinstance(v, int | float) for v in probes.values()
+            ):
+                raise ValueError(f"epoch record {str(e)[:80]} is not an epoch number with numeric probes")
+        name = "curves.csv"
+        if rd.curves_path().exists() and rd.curves_path().stat().st_size > 0:
+            curves = pd.read_csv(rd.curves_path())
+            curves["step"].map(float)
+            curves.apply(pd.to_numeric)
+        name = "grads.npz"
+        if rd.file(name).exists():
+            with np.load(rd.file(name)) as grads:
+                if not all(grads[k].ndim == 2 for k in grads.files):
+                    raise ValueError("every array must be (samples, dims)")
+    except Exception as e:  # any damage, whatever parser reports it
+        warnings.warn(
+            f"{rd.file(name)}: {type(e).__name__}: {one_line(e)}; run {rd.run_id} left out of the figures",
+            RecordWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
 # --- everything for a set of runs -------------------------------------------------------------------
 def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """All figures of a ``report.load_runs`` frame, per dataset and task kind, named
     ``<name>-<dataset>-<task>-<figure>.{png,pdf}``."""
     paths: list[Path] = []
+    runs = runs[runs["path"].map(readable).astype(bool)] if not runs.empty else runs
     for (dataset, task), sub in runs.groupby(["dataset", "task"], sort=True):
         prefix = f"{name}-{dataset}-{task}"
         full = max(len(m) for m in sub["modalities"])

@@ -22,14 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mmbalance.core import ALL_TASKS, MethodNotApplicable
 from mmbalance.data import Batch, NoParams, StrictModel, TaskInfo
 from mmbalance.models.base import MultimodalModel, Output
-
-ALL_TASKS = frozenset({"classification", "regression", "segmentation"})
-
-
-class MethodNotApplicable(ValueError):
-    """The method cannot run on this task (kind, number of modalities, model shape); says why."""
 
 
 @dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice
-from sklearn.metrics import accuracy_score, f1_score
 
+# scikit-learn and MONAI are imported in the functions that use them: they take seconds to import, and
+# the listing commands (``mmbalance datasets``) reach this module through ``TaskInfo``.
 __all__ = ["classification_metrics", "mosi_metrics", "dice_per_region", "primary_value", "PRIMARY"]
 
 # The metric that selects the best validation epoch, per task kind, and whether higher is better.
@@ -24,6 +24,8 @@ PRIMARY = {
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Accuracy, macro F1 and weighted F1 (percent) of ``argmax(logits)`` against integer labels."""
+    from sklearn.metrics import accuracy_score, f1_score
+
     pred = logits.argmax(dim=-1).cpu().numpy()
     y = target.cpu().numpy()
     return {
@@ -42,6 +44,8 @@ def mosi_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     - ``acc2_non0`` / ``f1_non0``: positive = value > 0, over samples whose truth is not 0
       (the convention of MulT and most MOSI tables). F1 is weighted, as in MMSA.
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     p = pred.detach().reshape(-1).cpu().double().numpy()
     t = truth.detach().reshape(-1).cpu().double().numpy()
     if p.shape != t.shape:
@@ -74,6 +78,8 @@ def dice_per_region(
     Dice is computed per item with MONAI's ``compute_dice`` and averaged over items. An item whose
     region is empty in both prediction and target scores 1 (MONAI ``ignore_empty=False``).
     """
+    from monai.metrics import compute_dice
+
     if pred_labels.shape != target_labels.shape:
         raise ValueError(
             f"dice_per_region: prediction shape {tuple(pred_labels.shape)} "

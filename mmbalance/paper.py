@@ -23,7 +23,7 @@ table's missing runs through the sweep, which reuses finished runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,13 @@ from mmbalance.report import (
     Cell,
     Table,
     dataset_docs,
+    finished,
     higher_is_better,
     is_subset,
-    load_runs,
     rank_marks,
     write_tables,
 )
+from mmbalance.results import load
 
 __all__ = ["PaperTable", "load_table", "resolve_table", "render", "reproduce", "PAPER_DIR"]
 
@@ -155,6 +156,7 @@ def table_suite(table: PaperTable, path: Path):
 class Ours:
     cell: Cell
     note: str = ""  # ambiguity or why it is empty
+    unfinished: list[str] = field(default_factory=list)  # runs of the cell that did not finish
 
 
 def cell_source(row: RowSpec, col: ColumnSpec) -> tuple[dict[str, Any] | None, str]:
@@ -167,26 +169,38 @@ def cell_source(row: RowSpec, col: ColumnSpec) -> tuple[dict[str, Any] | None, s
 
 
 def our_cell(runs: pd.DataFrame, match: dict[str, Any], metric: str, decimals: int) -> Ours:
-    """Mean ± std of ``metric`` over the seeds of the runs whose spec contains ``match``."""
+    """Mean ± std of ``metric`` over the finished seeds of the runs whose spec contains ``match``
+    (``runs``: a ``results.load`` frame, every status)."""
     empty = Cell(decimals=decimals)
     if runs.empty:
         return Ours(empty)
     hit = runs[runs["spec"].map(lambda s: is_subset(match, s))]
-    if hit.empty or metric not in hit or hit[metric].isna().all():
-        return Ours(empty)
-    sizes = hit.groupby("config", sort=False).size()
+    unfinished = [
+        f"{r.method} seed {r.seed}: {r.status}" + (f" ({r.reason})" if r.reason else "") + f", run {r.run_id}"
+        for r in hit[hit["status"] != "done"].itertuples()
+    ]
+    done = finished(hit)
+    if done.empty or metric not in done or done[metric].isna().all():
+        return Ours(empty, unfinished=unfinished)
+    sizes = done.groupby("config", sort=False).size()
     note = ""
     if len(sizes) > 1:  # several configurations match: never average across them
         note = f"{len(sizes)} configurations match {match}; shown: the one with most seeds ({sizes.max()})"
-    cell = Cell.of(hit[hit["config"] == sizes.idxmax()][metric], metric)
+    cell = Cell.of(done[done["config"] == sizes.idxmax()][metric], metric)
     cell.decimals = decimals
-    return Ours(cell, note)
+    return Ours(cell, note, unfinished)
 
 
 def render(
-    table: PaperTable, runs: pd.DataFrame, protocol: str | None = None, missing: list[str] | None = None
+    table: PaperTable,
+    runs: pd.DataFrame,
+    protocol: str | None = None,
+    missing: list[str] | None = None,
+    asked: int | None = None,
 ) -> tuple[Table, pd.DataFrame]:
-    """The side-by-side table (published | ours mean ± std | Δ per column) and its CSV rows."""
+    """The side-by-side table (published | ours mean ± std | Δ per column) and its CSV rows. A cell
+    with fewer finished seeds than ``asked`` (default: the most any cell has) shows its n and is never
+    ranked; the runs that did not finish are listed under the table."""
     protocol = protocol or table.protocol
     ours: dict[tuple[int, str], Ours] = {}
     for i, row in enumerate(table.rows):
@@ -194,16 +208,17 @@ def render(
             match, metric = cell_source(row, col)
             empty = Ours(Cell(decimals=col.decimals))
             ours[i, col.key] = empty if match is None else our_cell(runs, match, metric, col.decimals)
+    asked = asked or max((o.cell.n for o in ours.values()), default=0)
+    for o in ours.values():
+        o.cell.show_n, o.cell.asked = 0 < o.cell.n < asked, asked
     for col in table.columns:
+        cells = [ours[i, col.key].cell for i in range(len(table.rows))]
         rank_marks(
-            [ours[i, col.key].cell for i in range(len(table.rows))],
+            cells,
             higher_is_better(col.metric),
-            [r.ranked for r in table.rows],
+            [r.ranked and not c.show_n for r, c in zip(table.rows, cells, strict=True)],
         )
 
-    most = max((o.cell.n for o in ours.values()), default=0)
-    for o in ours.values():
-        o.cell.show_n = 0 < o.cell.n < most
     header, body, csv = ["Method"], [], []
     for col in table.columns:
         header += [f"{col.label} paper", f"{col.label} ours", f"{col.label} Δ"]
@@ -227,6 +242,7 @@ def render(
                     "ours_mean": o.mean,
                     "ours_std": o.std,
                     "n": o.n,
+                    "n_asked": asked,
                     "delta": delta.mean,
                     "mark": o.mark,
                     "protocol": protocol,
@@ -237,16 +253,35 @@ def render(
 
     notes = [
         f"Paper: {table.source}.",
-        f"Ours: {PROTOCOLS[protocol]}; mean ± std (ddof=1) over seeds; "
+        f"Ours: {PROTOCOLS[protocol]}; mean ± std (ddof=1) over the finished seeds; "
         "Δ = ours − paper. Best ours in bold, second best in italics (underlined in LaTeX).",
         "n/a: the paper's number is not on file (never estimated), or we have no finished run.",
     ]
+    if any(o.cell.show_n for o in ours.values()):
+        notes.append(
+            f"(n=k/{asked}): only k of the {asked} seeds asked finished; such a cell is never ranked."
+        )
     notes += [f"{r.label}: published numbers from {r.source}." for r in table.rows if r.source]
     notes += [f"{r.label}: {r.note}" for r in table.rows if r.note]
     notes += [f"{table.rows[i].label} / {k}: {o.note}" for (i, k), o in ours.items() if o.note]
     notes += table.notes
     notes += [f"Not run: {m}" for m in missing or []]
+    unfinished = sorted({u for o in ours.values() for u in o.unfinished})
+    if unfinished:
+        notes += ["Runs not finished (not in the means):", *(f"- {u}" for u in unfinished)]
     return Table(table.title, header, body, notes), pd.DataFrame(csv)
+
+
+def suite_seeds(table: PaperTable, path: Path) -> int | None:
+    """How many seeds the table's suite asks for (read from YAML alone: no planning)."""
+    suite = table.suite
+    if isinstance(suite, str):
+        try:
+            suite = yaml.safe_load((path.parent / suite).read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+    seeds = suite.get("seeds") if isinstance(suite, dict) else None
+    return len(seeds) if isinstance(seeds, list) and seeds else None
 
 
 def cell_matches(table: PaperTable) -> list[dict[str, Any]]:
@@ -266,15 +301,15 @@ def render_from_records(
 ) -> list[Path]:
     """Write ``<out>/tables/<table name>.{md,tex,csv}`` from the records under ``results`` (and with
     ``figures``, the figures of the table's runs under ``<out>/figures``)."""
-    table, _ = load_table(name_or_path)
+    table, path = load_table(name_or_path)
     protocol = protocol or table.protocol
-    runs = load_runs(results, protocol)
+    runs = load(results, protocol)
     if run_ids is not None and not runs.empty:
         runs = runs[runs["run_id"].isin(run_ids)]
     out = Path(out) if out is not None else Path(results)
-    paths = write_tables(
-        [render(table, runs, protocol, missing)], out / "tables", table.name, f"Table {table.name}"
-    )
+    rendered = render(table, runs, protocol, missing, suite_seeds(table, path))
+    paths = write_tables([rendered], out / "tables", table.name, f"Table {table.name}")
+    runs = finished(runs)
     if figures and not runs.empty:
         from mmbalance.figures import suite_figures
 

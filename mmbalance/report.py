@@ -1,7 +1,8 @@
-"""Tables from run records: mean ± std over seeds per dataset, method and metric.
+"""Tables from run records: mean ± std over seeds per dataset, method and metric, with statistics.
 
-Reads ``results/runs/*`` through ``records.py`` alone, never the runner, a method or a dataset adapter,
-so a table is rebuilt without running any training code (``tests/test_report.py`` checks that).
+Built on ``results.load`` (one DataFrame row per run, whatever its state), which reads records alone,
+never the runner, a method or a dataset adapter, so a table is rebuilt without running any training
+code (``tests/test_report.py`` checks that).
 
 Two protocols pick the value of a run (both are stored in ``final.json``):
 
@@ -9,11 +10,25 @@ Two protocols pick the value of a run (both are stored in ``final.json``):
 - ``best-valid``: the best validation score of each metric over the epochs, no test split: what the
   CGGM code reports, so that our numbers can be set beside the published ones like for like.
 
-A row is one *configuration*: the canonical run spec without its seed. Its label is the method plus the
-spec fields that tell it apart from the other rows of its table (``unimodal(modality=m2)``,
-``cggm(rho=1.0)``, ``joint(epochs=5)``). A cell is ``mean ± std`` over the configuration's seeds, the
-sample standard deviation (ddof=1; none with one seed); ``n`` counts the seeds. Best and second best
-are marked per column among the multimodal rows, in the metric's direction (MAE and loss: lower is better).
+One table per dataset and task kind. A row is one *configuration*: the canonical run spec without its
+seed. Its label is the method plus the spec fields that tell it apart from the other rows of its table
+(``unimodal(modality=m2)``, ``cggm(rho=1.0)``, ``joint(epochs=5)``). A cell is ``mean ± std`` over the
+configuration's finished seeds (sample std, ddof=1; none with one seed). Per row:
+
+- ``n``: finished seeds out of those asked (the suite's seeds; without a suite, the seeds any run of the
+  table has). A row with fewer is *incomplete*: it is shown, never ranked, and its unfinished runs
+  (failed, interrupted, running, unreadable) are listed under the table with their reason.
+- ``Δ vs joint``: the primary metric's mean difference to joint training over the seeds both have, a
+  paired t-test, Holm-corrected over the table's tested rows (``stats.py`` says why not Wilcoxon).
+- Best and second best per metric among the *ranked* rows: complete, multimodal balancing methods and
+  joint. Reference rows are never ranked: the unimodal models (the best one is marked) and the unimodal
+  ensemble (``unimodal_ensemble``), the headroom a balancing method aims at.
+
+Across the tables (two or more): average ranks of the methods every table has, Friedman's test and the
+Nemenyi critical difference, and the critical-difference figure (``figures.critical_difference``).
+
+A new metric column is a ``final.json`` key added to ``TASK_METRICS`` (with its label in
+``METRIC_LABELS``, its direction in ``LOWER_IS_BETTER``, its precision in ``DECIMALS``).
 """
 
 from __future__ import annotations
@@ -27,26 +42,27 @@ from typing import Any
 
 import pandas as pd
 
-from mmbalance.records import atomic_write_text, iter_runs
+from mmbalance import stats
+from mmbalance.records import atomic_write_text
+from mmbalance.results import PROTOCOLS, config_key, load
 
 __all__ = [
     "PROTOCOLS",
-    "RecordError",
+    "REFERENCES",
     "Cell",
     "Table",
+    "Block",
     "load_runs",
     "aggregate",
     "rank_marks",
     "run_tables",
+    "rank_table",
     "write_tables",
     "report",
     "suite_filter",
+    "config_key",
 ]
 
-PROTOCOLS = {
-    "best-valid-test": "test metrics at the best validation epoch",
-    "best-valid": "best validation score of each metric over epochs, no test split (CGGM code's protocol)",
-}
 LOWER_IS_BETTER = frozenset({"mae", "loss"})
 DECIMALS = {"mae": 3, "corr": 3, "loss": 3}  # everything else is a percentage: 2 decimals
 # Columns per task kind, in the papers' order; segmentation shows every Dice region the record has.
@@ -89,6 +105,8 @@ class Cell:
     mark: int = 0  # 1 best, 2 second best
     signed: bool = False  # a difference: always show the sign
     show_n: bool = False  # append "(n=...)": fewer seeds than the rest of the table
+    asked: int = 0  # with show_n: "(n=done/asked)"
+    flag: str = ""  # appended, e.g. "*" for a significant difference
 
     @classmethod
     def of(cls, values: Iterable[float], metric: str = "") -> Cell:
@@ -107,12 +125,14 @@ class Cell:
         if self.mean is None:
             return "n/a"
         sign = "+" if self.signed else ""
-        out = f"{self.mean:{sign}.{self.decimals}f}"
+        mean = self.mean if round(self.mean, self.decimals) != 0 else 0.0  # no "-0.000"
+        out = f"{mean:{sign}.{self.decimals}f}"
         return out if self.std is None else f"{out} {pm} {self.std:.{self.decimals}f}"
 
     @property
     def suffix(self) -> str:
-        return f" (n={self.n})" if self.show_n and self.mean is not None else ""
+        n = f"{self.n}/{self.asked}" if self.asked else str(self.n)
+        return self.flag + (f" (n={n})" if self.show_n and self.mean is not None else "")
 
     def rounded(self) -> float | None:
         return None if self.mean is None else round(self.mean, self.decimals)
@@ -178,6 +198,11 @@ def latex_escape(s: str) -> str:
         ("±", "$\\pm$"),
         ("Δ", "$\\Delta$"),
         ("−", "$-$"),
+        ("†", "$^\\dagger$"),
+        ("χ²", "$\\chi^2$"),
+        ("α", "$\\alpha$"),
+        ("<", "$<$"),
+        (">", "$>$"),
     ):
         s = s.replace(a, b)
     return s
@@ -194,55 +219,14 @@ def rank_marks(cells: Sequence[Cell], higher: bool, eligible: Sequence[bool] | N
         c.mark = values.index(c.rounded()) + 1 if ok and not c.empty and c.rounded() in values[:2] else 0
 
 
-# --- loading records --------------------------------------------------------------------------------
-def run_values(final: dict[str, Any], protocol: str) -> dict[str, float]:
-    """Metric values of one run under ``protocol``, plus ``probe/<m>`` (the unimodal probe metric)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if protocol == "best-valid-test":
-        source, probe = final["test"], final["test"].get("probe", {})
-    else:  # best_valid_over_epochs has no probe: take the probe at the best validation epoch
-        source, probe = final["best_valid_over_epochs"], final["valid"].get("probe", {})
-    values = {k: float(v) for k, v in source.items() if isinstance(v, int | float)}
-    values.update({f"probe/{m}": float(v) for m, v in probe.items()})
-    return values
-
-
-def config_key(spec: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True)
-
-
-class RecordError(ValueError):
-    """A run record that cannot be read; the message names the file."""
-
-
+# --- loading ------------------------------------------------------------------------------------------
 def load_runs(results: Path | str, protocol: str = "best-valid-test") -> pd.DataFrame:
-    """One row per finished run: identity columns, ``spec`` (dict), and one column per metric."""
-    rows = []
-    for rd in iter_runs(results, status="done"):
-        try:
-            final = rd.final()
-            spec, values = final["spec"], run_values(final, protocol)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise RecordError(
-                f"{rd.file('final.json')}: unreadable run record ({type(e).__name__}: {e})"
-            ) from None
-        rows.append(
-            {
-                "run_id": rd.run_id,
-                "path": str(rd.path),
-                "dataset": spec["dataset"],
-                "task": final["task"],
-                "method": spec["method"],
-                "seed": spec["seed"],
-                "modalities": tuple(final["modalities"]),
-                "selection_metric": final["selection_metric"],
-                "config": config_key(spec),
-                "spec": spec,
-                **values,
-            }
-        )
-    return pd.DataFrame(rows)
+    """The finished runs of ``results.load`` (what a cell or a figure averages)."""
+    return finished(load(results, protocol))
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "done"]
 
 
 # --- suites: which runs belong to one --------------------------------------------------------------------
@@ -268,31 +252,23 @@ def is_subset(part: Any, whole: Any) -> bool:
 
 
 def dataset_docs(suite: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Per dataset entry of ``suite``: its merged spec fields and its preset's ``method_overrides``,
-    merged in the sweep's order (base < preset < dataset entry)."""
-    from mmbalance.spec import deep_merge
-    from mmbalance.sweep import load_preset  # reads YAML only; plans nothing
+    """Per dataset entry of ``suite``: its merged spec fields (``spec.compose``: preset < base < entry)
+    and its preset's ``method_overrides``."""
+    from mmbalance.spec import compose, load_preset  # reads YAML only; plans nothing
 
     docs = []
     for entry in suite.datasets:
-        entry = dict(entry)
-        preset = load_preset(entry.pop("preset")) if "preset" in entry else {}
-        overrides = preset.pop("method_overrides", {})
-        docs.append((deep_merge(deep_merge(suite.base, preset), entry), overrides))
+        preset = load_preset(entry["preset"]) if "preset" in entry else {}
+        docs.append((compose(suite.base, entry), preset.get("method_overrides", {})))
     return docs
 
 
 def suite_filter(suite: Any) -> list[dict[str, Any]]:
     """The spec fragments a run of ``suite`` must contain (one per dataset x method entry); a run
     belongs to the suite when one fragment is a subset of its spec."""
-    from mmbalance.spec import deep_merge
+    from mmbalance.spec import compose
 
-    fragments = []
-    for dataset_doc, overrides in dataset_docs(suite):
-        for m in suite.methods:
-            doc = deep_merge(deep_merge(dataset_doc, overrides.get(m.get("method", "joint"), {})), m)
-            fragments.append({"method": "joint", **doc})
-    return fragments
+    return [{"method": "joint", **compose(suite.base, d, m)} for d in suite.datasets for m in suite.methods]
 
 
 def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
@@ -303,7 +279,15 @@ def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
     return runs[keep]
 
 
-# --- aggregation ---------------------------------------------------------------------------------------
+# --- rows ------------------------------------------------------------------------------------------------
+BASELINE = "joint"
+# Reference rows: shown, never ranked (the headroom a balancing method aims at).
+REFERENCES = {
+    "unimodal": "a unimodal model of one modality",
+    "unimodal_ensemble": "the ensemble of separately trained unimodal models",
+}
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -341,52 +325,162 @@ def config_labels(runs: pd.DataFrame) -> dict[str, str]:
 
 @dataclass
 class Row:
-    """One configuration of a table: its label and a ``Cell`` per metric."""
+    """One configuration of a table: its label, a ``Cell`` per metric over its finished seeds, and the
+    comparison with joint training."""
 
     config: str
     label: str
     method: str
-    multimodal: bool  # uses all the table's modalities (unimodal rows are not ranked)
-    seeds: int
+    multimodal: bool  # uses all the table's modalities
+    per_seed: pd.DataFrame  # finished runs: one row per seed, one column per metric
+    asked: int  # how many seeds were asked for
     cells: dict[str, Cell]
+    unfinished: list[str] = field(default_factory=list)  # "seed 1: failed (reason), run <id>"
+    unrecorded: list[int] = field(default_factory=list)  # seeds asked that have no record at all
+    best_unimodal: bool = False
+    delta: Cell | None = None  # primary metric, row − joint over the seeds both have
+    p: float | None = None  # Holm-adjusted paired t-test p-value
+
+    @property
+    def seeds(self) -> int:
+        return len(self.per_seed)
+
+    @property
+    def complete(self) -> bool:
+        return self.seeds >= self.asked
+
+    @property
+    def reference(self) -> bool:
+        return self.method in REFERENCES
+
+    @property
+    def ranked(self) -> bool:
+        return self.multimodal and not self.reference and self.complete
+
+    @property
+    def shown_label(self) -> str:
+        best = " (best unimodal)" if self.best_unimodal else ""
+        return f"{self.label}{best} †" if self.reference else self.label
+
+    @property
+    def n_text(self) -> str:
+        return f"{self.seeds}/{self.asked}" + ("" if self.complete else " incomplete")
 
 
-def aggregate(runs: pd.DataFrame, metrics: Sequence[str]) -> list[Row]:
-    """mean, std (ddof=1) and n per configuration and metric; rows: joint, the unimodal baselines, then
-    the other methods by name (a stable order, whatever order the run folders are read in)."""
+def _unfinished(runs: pd.DataFrame) -> list[str]:
+    """One line per run that did not finish: its seed, state and reason."""
+    return [
+        f"seed {r.seed}: {r.status}" + (f" ({r.reason})" if r.reason else "") + f", run {r.run_id}"
+        for r in runs[runs["status"] != "done"].sort_values("seed").itertuples()
+    ]
+
+
+def aggregate(runs: pd.DataFrame, metrics: Sequence[str], seeds: Sequence[int] | None = None) -> list[Row]:
+    """mean, std (ddof=1) and n per configuration and metric over the finished runs of ``runs`` (one
+    table, every status); ``seeds``: those asked of every row (default: the seeds any run of the table
+    has). Rows: joint, the unimodal baselines, the unimodal ensemble, then the other methods by name (a
+    stable order, whatever order the run folders are read in)."""
     labels = config_labels(runs)
-    full = max(len(m) for m in runs["modalities"])
+    seeds = sorted(runs["seed"].unique()) if seeds is None else list(seeds)
+    done = finished(runs)
+    full = max((len(m) for m in done["modalities"] if isinstance(m, tuple)), default=0)
     rows = []
     for config, group in runs.groupby("config", sort=False):
-        cells = {m: Cell.of(group[m] if m in group else [], m) for m in metrics}
-        multimodal = len(group["modalities"].iloc[0]) == full
-        rows.append(Row(config, labels[config], group["method"].iloc[0], multimodal, len(group), cells))
-    baselines = {"joint": 0, "unimodal": 1}
-    return sorted(rows, key=lambda r: (baselines.get(r.method, 2), r.label))
+        fin = finished(group)
+        per_seed = fin.groupby("seed")[[m for m in metrics if m in fin]].mean().reindex(columns=list(metrics))
+        cells = {m: Cell.of(per_seed[m], m) for m in metrics}
+        method = str(group["method"].iloc[0])
+        mods = [m for m in group["modalities"] if isinstance(m, tuple)]
+        multimodal = method != "unimodal" and (not mods or len(mods[0]) == full)
+        rows.append(
+            Row(
+                config,
+                labels[config],
+                method,
+                multimodal,
+                per_seed,
+                len(seeds),
+                cells,
+                _unfinished(group),
+                [s for s in seeds if s not in set(group["seed"])],
+            )
+        )
+    order = {BASELINE: 0, "unimodal": 1, "unimodal_ensemble": 2}
+    return sorted(rows, key=lambda r: (order.get(r.method, 3), r.label))
+
+
+def mark_best_unimodal(rows: Sequence[Row], metric: str) -> None:
+    uni = [r for r in rows if r.method == "unimodal" and not r.cells[metric].empty]
+    if uni:
+        pick = max if higher_is_better(metric) else min
+        pick(uni, key=lambda r: r.cells[metric].mean).best_unimodal = True
+
+
+def compare_to_baseline(rows: Sequence[Row], metric: str) -> Row | None:
+    """Δ of ``metric`` and the Holm-adjusted paired t-test p of every row against joint training (its
+    configuration with most finished seeds); only complete rows are tested. Returns the joint row."""
+    joints = [r for r in rows if r.method == BASELINE and r.seeds]
+    if not joints or len(rows) < 2:
+        return None
+    base = max(joints, key=lambda r: r.seeds)
+    raw = {}
+    for r in rows:
+        if r is base:
+            continue
+        delta, p, _ = stats.paired_vs_baseline(base.per_seed[metric], r.per_seed[metric])
+        r.delta = Cell(delta, decimals=DECIMALS.get(metric, 2), signed=True)
+        if p is not None and r.complete and base.complete:
+            raw[r.config] = p
+    adjusted = stats.holm(raw)
+    for r in rows:
+        r.p = adjusted.get(r.config)
+        if r.p is not None and r.p < stats.ALPHA:
+            r.delta.flag = "*"
+    return base
+
+
+def seeds_friedman(rows: Sequence[Row], metric: str) -> str:
+    """Friedman's test over the seeds (blocks) of the ranked rows, as a note ("" when it does not apply)."""
+    ranked = [r for r in rows if r.ranked]
+    scores = pd.DataFrame({r.label: r.per_seed[metric] for r in ranked}).dropna()
+    result = stats.friedman(scores)
+    if result is None:
+        return ""
+    chi2, p = result
+    return (
+        f"Friedman test over the seeds (blocks: {len(scores)} seeds finished by every ranked row; "
+        f"{scores.shape[1]} ranked rows): χ² = {chi2:.2f}, p {_p_is(p)}."
+    )
+
+
+def _p_text(p: float | None) -> str:
+    return "n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:
-    present = [c for c in runs.columns if runs[c].notna().any()]
+    present = [c for c in metric_columns(runs) if runs[c].notna().any()]
     if task in TASK_METRICS:
         return [m for m in TASK_METRICS[task] if m in present]
-    skip = {
-        "loss",
-        "run_id",
-        "path",
-        "dataset",
-        "task",
-        "method",
-        "seed",
-        "modalities",
-        "selection_metric",
-        "config",
-        "spec",
-    }
-    return [c for c in present if c not in skip and not c.startswith("probe/")]
+    return [c for c in present if c != "loss"]
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The final-metric columns of a ``results.load`` frame (not the spec's, not the probes)."""
+    spec_keys = {k for s in runs["spec"] for k in _flatten(s)} if "spec" in runs else set()
+    meta = {"run_id", "path", "status", "reason", "spec", "config", "task", "modalities",
+            "selection_metric", "best_epoch", "epochs_done", "seconds"}  # fmt: skip
+    return [c for c in runs.columns if c not in meta and c not in spec_keys and not c.startswith("probe/")]
 
 
 def weak_modality(runs: pd.DataFrame) -> str | None:
     """The modality whose unimodal probe scores worst inside the multimodal models of this table."""
+    runs = finished(runs)
+    if runs.empty:
+        return None
     full = max(len(m) for m in runs["modalities"])
     multi = runs[runs["modalities"].map(len) == full]
     probes = {c: multi[c].mean() for c in multi.columns if c.startswith("probe/") and multi[c].notna().any()}
@@ -397,41 +491,57 @@ def weak_modality(runs: pd.DataFrame) -> str | None:
     return pick(probes, key=probes.get).removeprefix("probe/")
 
 
+# --- tables ----------------------------------------------------------------------------------------------
+@dataclass
+class Block:
+    """The table of one dataset and task kind, its CSV rows, and what the cross-table ranking needs."""
+
+    table: Table
+    csv: pd.DataFrame
+    metric: str  # the primary metric, the one compared and ranked
+    scores: dict[str, float]  # ranked row label -> mean of the primary metric, rounded as shown
+    unranked: list[str] = field(default_factory=list)  # multimodal methods not ranked here (incomplete)
+
+
 def run_tables(
-    runs: pd.DataFrame, protocol: str, metrics: Sequence[str] | None = None
-) -> list[tuple[Table, pd.DataFrame]]:
-    """One table per dataset and task kind, with its long-form CSV rows."""
+    runs: pd.DataFrame,
+    protocol: str,
+    metrics: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[Block]:
+    """One table per dataset and task kind from a ``results.load`` frame (every status); ``seeds``:
+    seeds per row (the suite's)."""
     out = []
-    for (dataset, task), runs_t in runs.groupby(["dataset", "task"], sort=True):
-        cols = list(metrics) if metrics else default_metrics(runs_t, task)
-        weak = weak_modality(runs_t)
+    for (dataset, task), runs_t in runs.groupby(["dataset", "task"], sort=True, dropna=False):
+        done = finished(runs_t)
+        cols = list(metrics) if metrics else default_metrics(done, task)
+        weak = weak_modality(done)
         probe_cols = [f"probe/{weak}"] if weak else []
-        agg = aggregate(runs_t, cols + probe_cols)
-        primary = runs_t["selection_metric"].iloc[0]  # the probes report the task's primary metric
-        for r in agg:
-            for m in probe_cols:
+        primary = next((m for m in runs_t["selection_metric"] if isinstance(m, str)), cols[0] if cols else "")
+        compared = [primary] if primary and primary not in cols else []
+        rows = aggregate(runs_t, cols + probe_cols + compared, seeds)
+        for r in rows:
+            for m in probe_cols:  # the probes report the task's primary metric
                 r.cells[m].decimals = DECIMALS.get(primary, 2)
         for m in cols:
-            rank_marks([r.cells[m] for r in agg], higher_is_better(m), [r.multimodal for r in agg])
-        header = (
-            ["Method"]
-            + [metric_label(m) for m in cols]
-            + [f"{weak} probe {metric_label(primary)} (weak)" for _ in probe_cols]
-            + ["n"]
-        )
-        rows = [[r.label, *(r.cells[m] for m in cols + probe_cols), str(r.seeds)] for r in agg]
-        notes = [
-            f"Protocol: {PROTOCOLS[protocol]}. Mean ± std (sample std, ddof=1) over n seeds.",
-            "Best in bold, second best in italics (underlined in LaTeX), among multimodal rows"
-            + ("; MAE: lower is better." if any(not higher_is_better(m) for m in cols) else "."),
-        ]
-        if weak:
-            notes.append(
-                f"'{weak} probe': {'test' if protocol == 'best-valid-test' else 'validation'} "
-                f"{metric_label(primary)} of a linear probe on the weakest modality's encoder features "
-                f"({weak}: worst probe score inside the multimodal models)."
-            )
-        title = f"{dataset} ({task})"
+            rank_marks([r.cells[m] for r in rows], higher_is_better(m), [r.ranked for r in rows])
+        base = compare_to_baseline(rows, primary) if primary else None
+        if primary:
+            mark_best_unimodal(rows, primary)
+
+        header = ["Method"] + [metric_label(m) for m in cols]
+        header += [f"{weak} probe {metric_label(primary)} (weak)" for _ in probe_cols]
+        if base is not None:
+            header += [f"Δ {metric_label(primary)} vs joint", "p (Holm)"]
+        header += ["n"]
+        body: list[list[str | Cell]] = []
+        for r in rows:
+            line: list[str | Cell] = [r.shown_label, *(r.cells[m] for m in cols + probe_cols)]
+            if base is not None:
+                line += [r.delta or "", _p_text(r.p) if r is not base else ""]
+            body.append(line + [r.n_text])
+        notes = _notes(rows, cols, protocol, primary, weak, base)
+        title = f"{dataset} ({task if isinstance(task, str) else 'task unknown'})"
         csv = pd.DataFrame(
             [
                 {
@@ -442,15 +552,133 @@ def run_tables(
                     "mean": c.mean,
                     "std": c.std,
                     "n": c.n,
+                    "n_asked": r.asked,
+                    "complete": r.complete,
+                    "ranked": r.ranked,
+                    "reference": r.reference,
                     "mark": c.mark,
+                    "delta_vs_joint": r.delta.mean if r.delta is not None and m == primary else None,
+                    "p_holm": r.p if m == primary else None,
                     "protocol": protocol,
                 }
-                for r in agg
+                for r in rows
                 for m, c in r.cells.items()
             ]
         )
-        out.append((Table(title, header, rows, notes), csv))
+        # as displayed, so that methods equal in the table tie in the ranks
+        scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
+        unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
+        out.append(Block(Table(title, header, body, notes), csv, primary, scores, unranked))
     return out
+
+
+def _notes(
+    rows: Sequence[Row], cols: Sequence[str], protocol: str, primary: str, weak: str | None, base: Row | None
+) -> list[str]:
+    notes = [
+        f"Protocol: {PROTOCOLS[protocol]}. Mean ± std (sample std, ddof=1) over the finished seeds; "
+        "n: seeds finished / seeds asked.",
+        "Best in bold, second best in italics (underlined in LaTeX), among the ranked rows: complete "
+        "multimodal rows, not the † reference rows"
+        + ("; MAE: lower is better." if any(not higher_is_better(m) for m in cols) else "."),
+    ]
+    if base is not None:
+        tested = sum(r.p is not None for r in rows)
+        notes.append(
+            f"Δ vs joint: mean over the seeds both rows finished of (row − {base.label}) in "
+            f"{metric_label(primary)}; p: {stats.PAIRED_TEST}, Holm-corrected over the {tested} complete "
+            f"row(s) tested; * p < {stats.ALPHA}. A paired t-test, not Wilcoxon's signed-rank test: with 5 "
+            "seeds the latter's smallest two-sided p is 0.0625. Incomplete rows are not tested."
+        )
+    if any(r.reference for r in rows):
+        notes.append(
+            "† Reference rows, never ranked: "
+            + "; ".join(f"{m}: {what}" for m, what in REFERENCES.items() if any(r.method == m for r in rows))
+            + " (the best unimodal model is marked)."
+        )
+    if weak:
+        notes.append(
+            f"'{weak} probe': {'test' if protocol == 'best-valid-test' else 'validation'} "
+            f"{metric_label(primary)} of a linear probe on the weakest modality's encoder features "
+            f"({weak}: worst probe score inside the multimodal models)."
+        )
+    friedman_note = seeds_friedman(rows, primary) if primary else ""
+    notes += [friedman_note] if friedman_note else []
+    if any(not r.complete for r in rows):
+        notes.append("Incomplete rows (fewer finished seeds than asked) are shown but never ranked.")
+    unfinished = [f"- {r.label} {u}" for r in rows for u in r.unfinished]
+    unrecorded = sorted({s for r in rows for s in r.unrecorded})
+    unfinished += [
+        f"- seed {s}, no run record: {', '.join(r.label for r in rows if s in r.unrecorded)}"
+        for s in unrecorded
+    ]
+    if unfinished:
+        notes += ["Runs not finished (not in the means):", *unfinished]
+    return notes
+
+
+# --- across tables ---------------------------------------------------------------------------------------
+@dataclass
+class Ranking:
+    """Average ranks over the tables, with Friedman's test and the Nemenyi post-hoc comparison."""
+
+    table: Table
+    csv: pd.DataFrame
+    average: pd.Series  # method -> average rank (1 = best), sorted
+    nemenyi: pd.DataFrame | None  # pairwise p-values (None with fewer than 3 methods)
+    cd: float  # Nemenyi critical difference at stats.ALPHA
+
+
+def rank_table(blocks: Sequence[Block]) -> Ranking | None:
+    """Average ranks of the methods ranked in every table (blocks: the tables), ``None`` with fewer
+    than 2 tables or 2 such methods."""
+    if len(blocks) < 2:
+        return None
+    titles = [b.table.title for b in blocks]
+    scores = pd.DataFrame([pd.Series(b.scores, dtype=float) for b in blocks], index=titles)
+    common = [c for c in scores.columns if scores[c].notna().all()]
+    if len(common) < 2:
+        return None
+    sign = [1.0 if higher_is_better(b.metric) else -1.0 for b in blocks]
+    oriented = scores[common].mul(sign, axis=0)
+    ranks = stats.average_ranks(oriented)
+    average = ranks.mean().sort_values()
+    k, n = len(common), len(blocks)
+    cd = stats.critical_difference(k, n)
+    result = stats.friedman(oriented)
+    header = ["Method", *(f"{t} {metric_label(b.metric)}" for t, b in zip(titles, blocks, strict=True))]
+    body: list[list[str | Cell]] = [
+        [m, *(f"{ranks.loc[t, m]:.1f}" for t in titles), Cell(float(average[m]), decimals=2)]
+        for m in average.index
+    ]
+    rank_marks([row[-1] for row in body], higher=False)
+    notes = [
+        f"Rank of each method's mean primary metric in each table (1 = best; ties share the mean rank), "
+        f"among the {k} methods ranked in all {n} tables (complete, multimodal, not reference rows).",
+    ]
+    if result is not None:
+        chi2, p = result
+        notes.append(
+            f"Friedman test (blocks: the {n} tables): χ² = {chi2:.2f}, p {_p_is(p)}. Nemenyi critical "
+            f"difference at α = {stats.ALPHA}: {cd:.2f} ranks; two methods whose average ranks differ by "
+            "less are not told apart (see the critical-difference figure)."
+        )
+    left = {c for c in scores.columns if c not in common} | {m for b in blocks for m in b.unranked}
+    if left:
+        notes.append(f"Absent or incomplete in a table, so left out: {', '.join(sorted(left))}.")
+    csv = pd.DataFrame(
+        [
+            {"dataset": "all", "task": t, "method": m, "metric": "rank", "mean": ranks.loc[t, m]}
+            for t in titles
+            for m in average.index
+        ]  # fmt: skip
+        + [
+            {"dataset": "all", "task": "average", "method": m, "metric": "rank", "mean": average[m]}
+            for m in average.index
+        ]  # fmt: skip
+    )
+    table = Table("Average rank across tables", header + ["Avg rank"], body, notes)
+    return Ranking(table, csv, average, stats.nemenyi(oriented) if k >= 3 else None, cd)
 
 
 def write_tables(
@@ -474,26 +702,40 @@ def report(
     figures: bool = True,
     methods: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Tables (and figures) of the finished runs under ``results``: only the suite's runs if given, and
-    only the given ``methods`` (e.g. ``["joint", "cggm"]`` for a with / without figure)."""
+    """Tables (and figures) of the runs under ``results``: only the suite's runs if given, and only the
+    given ``methods`` (e.g. ``["joint", "cggm"]`` for a with / without figure). Unfinished runs are
+    counted and listed, never averaged; a record that cannot be read is left out with a
+    ``results.RecordWarning`` naming the file."""
     out = Path(out) if out is not None else Path(results)
-    runs = load_runs(results, protocol)
-    name, heading = "all-runs", f"All finished runs in {results}"
+    runs = load(results, protocol)
+    name, heading, seeds = "all-runs", f"All runs in {results}", None
     if suite is not None:
         from mmbalance.sweep import load_suite
 
         s = load_suite(suite)
-        runs, name, heading = select_suite(runs, s), s.name, f"Suite {s.name}"
+        runs, name, heading, seeds = select_suite(runs, s), s.name, f"Suite {s.name}", s.seeds
     if methods and not runs.empty:
         runs = runs[runs["method"].isin(methods)]
         name += "-" + "-".join(methods)
-    if runs.empty:
+    if finished(runs).empty:
+        what = f"{len(runs)} run(s), none finished" if len(runs) else "no runs"
         raise FileNotFoundError(
-            f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'}"
+            f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'} ({what})"
         )
-    paths = write_tables(run_tables(runs, protocol), out / "tables", name, heading)
+    blocks = run_tables(runs, protocol, seeds=seeds)
+    ranking = rank_table(blocks)
+    tables = [(b.table, b.csv) for b in blocks] + ([(ranking.table, ranking.csv)] if ranking else [])
+    paths = write_tables(tables, out / "tables", name, heading)
     if figures:
-        from mmbalance.figures import suite_figures
+        from mmbalance.figures import critical_difference, suite_figures
 
-        paths += suite_figures(runs, out / "figures", name)
+        paths += suite_figures(finished(runs), out / "figures", name)
+        if ranking is not None and ranking.nemenyi is not None:
+            paths += critical_difference(
+                ranking.average,
+                ranking.nemenyi,
+                ranking.cd,
+                out / "figures" / f"{name}-critical-difference",
+                title=f"{heading}: {len(blocks)} tables, Friedman + Nemenyi",
+            )
     return paths

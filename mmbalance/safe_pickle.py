@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mmbalance.data import DataError, DataMissingError
+from mmbalance.core import DataError, DataMissingError
 
 __all__ = ["load_pickle", "loads", "load_npy", "ALLOWED_GLOBALS"]
 

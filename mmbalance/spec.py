@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 import mmbalance
-from mmbalance.data import StrictModel
+from mmbalance.core import StrictModel
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 
 
@@ -144,6 +144,49 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise SpecError(f"--set {a!r}: {part!r} is set both as a value and as a section")
         node[leaf] = value
+    return out
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset by name (``benchmarks/presets/<name>.yaml``) or by path (a ``.yaml`` file)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise SpecError(f"unknown preset {name!r} ({path} does not exist); known presets: {', '.join(known)}")
+    return load_yaml(path)
+
+
+def compose(*fragments: dict[str, Any]) -> dict[str, Any]:
+    """One spec document from spec fragments given lowest precedence first. The one precedence of
+    every source of a setting (README, "Where a setting comes from"):
+
+        code defaults < preset < suite ``base`` < dataset entry < method entry < ``--set``
+        one run:      code defaults < preset < ``--spec`` file < --dataset/--method/--seed < ``--set``
+
+    ``preset: NAME`` may appear in any fragment (the last one named wins) and always sits lowest: a
+    preset holds a dataset's paper defaults, which a suite or a command line adjusts. A fragment's
+    ``method_overrides: {method: {fields}}`` (a preset's CGGM rho and lambda) applies just above that
+    fragment, to runs of that method only. Nested sections merge key by key.
+    """
+    layers = [dict(f) for f in fragments]
+    presets = [layer.pop("preset") for layer in layers if "preset" in layer]
+    if presets:
+        if not isinstance(presets[-1], str):
+            raise SpecError(f"preset: expected a name or a .yaml path, got {presets[-1]!r}")
+        layers.insert(0, load_preset(presets[-1]))
+    method = next((layer["method"] for layer in reversed(layers) if "method" in layer), "joint")
+    out: dict[str, Any] = {}
+    for layer in layers:
+        overrides = layer.pop("method_overrides", None) or {}
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            raise SpecError("method_overrides: expected {method name: {spec fields}}")
+        if unknown := sorted(set(overrides) - set(METHODS.names())):
+            raise SpecError(f"method_overrides: unknown method(s) {', '.join(unknown)}; valid choices: "
+                            f"{', '.join(METHODS.names())}")  # fmt: skip
+        out = deep_merge(deep_merge(out, layer), overrides.get(method, {}))
     return out
 
 

@@ -14,8 +14,8 @@ methods:                                       # each: spec fields for that meth
 ```
 
 A preset file is a spec fragment; its optional ``method_overrides: {method_name: {spec fields}}`` applies
-only to runs of that method (e.g. CGGM's rho and lambda per dataset). Merge order:
-base < preset < dataset entry < preset method_overrides < method entry, then the seed.
+only to runs of that method (e.g. CGGM's rho and lambda per dataset). Merge order (``spec.compose``):
+code defaults < preset (with its method_overrides) < base < dataset entry < method entry, then the seed.
 A method that does not apply to a dataset's task is skipped with its reason; a dataset whose files
 are missing is skipped with one line. Runs are content-addressed, so finished runs are reused.
 """
@@ -30,12 +30,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mmbalance.data import DataMissingError, StrictModel
-from mmbalance.method import MethodNotApplicable
+from mmbalance.core import DataMissingError, MethodNotApplicable, StrictModel
 from mmbalance.registry import DATASETS, METHODS
-from mmbalance.spec import RunSpec, SpecError, _format_validation, deep_merge, load_yaml, validate_spec
+from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
+    PRESETS_DIR,
+    RunSpec,
+    SpecError,
+    _format_validation,
+    compose,
+    load_preset,
+    load_yaml,
+    validate_spec,
+)
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
 WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
 
 
@@ -47,6 +54,7 @@ class Suite(StrictModel):
     datasets: list[dict[str, Any]]
     methods: list[dict[str, Any]]
     executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
+    wandb: dict[str, Any] | None = None  # W&B logging: {project, entity, mode, tags} (mmbalance.wandb_log)
 
 
 @dataclass
@@ -64,14 +72,6 @@ def load_suite(path: str | Path) -> Suite:
         raise SpecError(f"{path}: invalid suite:\n{_format_validation(e)}") from None
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise SpecError(f"unknown preset {name!r} ({path} does not exist); known presets: {', '.join(known)}")
-    return load_yaml(path)
-
-
 def _label(spec: RunSpec, with_seed: bool = True) -> str:
     """``dataset/task method(non-default params) seed N``."""
     task = spec.dataset_params.get("task")
@@ -86,11 +86,7 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
     """Expand a suite into run specs; entries that cannot run carry a skip reason instead."""
     planned: list[Planned] = []
     for entry in suite.datasets:
-        entry = dict(entry)
-        preset = load_preset(entry.pop("preset")) if "preset" in entry else {}
-        overrides = preset.pop("method_overrides", {})
-        dataset_doc = deep_merge(deep_merge(suite.base, preset), entry)
-        probe = validate_spec(dataset_doc)  # validates dataset fields before expanding methods
+        probe = validate_spec(compose(suite.base, entry))  # validates dataset fields before expanding methods
         adapter_cls = DATASETS.get(probe.dataset)
         root = Path(data_root) / probe.dataset if data_root is not None else None
         adapter = adapter_cls(adapter_cls.Params.model_validate(probe.dataset_params), root)
@@ -102,7 +98,7 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
             continue
         for method_entry in suite.methods:
             method_name = method_entry.get("method", "joint")
-            doc = deep_merge(deep_merge(dataset_doc, overrides.get(method_name, {})), method_entry)
+            doc = compose(suite.base, entry, {"method": method_name, **method_entry})
             method_cls = METHODS.get(method_name)
             for params in method_cls.variants(doc.get("method_params", {}), adapter.task):
                 for seed in suite.seeds:

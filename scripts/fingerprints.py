@@ -28,8 +28,8 @@ from mmbalance.data import DataMissingError
 from mmbalance.leaderboard import FINGERPRINTS, params_hash
 from mmbalance.registry import DATASETS, UnknownNameError
 from mmbalance.runner import data_fingerprint
-from mmbalance.spec import SpecError, deep_merge, load_yaml
-from mmbalance.sweep import Suite, load_preset
+from mmbalance.spec import SpecError, compose, load_yaml
+from mmbalance.sweep import Suite
 
 HEADER = """\
 # Known split fingerprints of the suite's dataset configurations (train|valid|test, 16 hex each: the
@@ -57,11 +57,10 @@ def configurations(benchmarks: Path) -> list[tuple[str, dict[str, Any], str]]:
     for suite, where in _suites(benchmarks):
         for d in suite.datasets:
             try:
-                doc = deep_merge(suite.base, load_preset(d["preset"])) if "preset" in d else dict(suite.base)
+                doc = compose(suite.base, d)
             except SpecError as e:
                 print(f"skip a dataset of {where}: {e}", file=sys.stderr)
                 continue
-            doc = deep_merge(doc, {k: v for k, v in d.items() if k != "preset"})
             dataset, params = doc.get("dataset", "synthetic"), doc.get("dataset_params", {})
             task = f" {params['task']}" if "task" in params else ""
             out.append((dataset, params, f"suite {suite.name}: {dataset}{task} ({where})"))

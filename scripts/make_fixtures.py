@@ -19,6 +19,8 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
     for info in pkgutil.iter_modules(mmbalance.fixtures.__path__):
+        if info.name.startswith("_"):  # shared helpers, no dataset of their own
+            continue
         module = importlib.import_module(f"mmbalance.fixtures.{info.name}")
         print(f"{info.name}: {module.write(args.out_dir)}")
 

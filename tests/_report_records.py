@@ -29,8 +29,10 @@ def make_run(
     dataset: str = "synthetic",
     diag: bool = False,
     epochs: int = 3,
+    status: str = "done",
 ) -> RunDir:
-    """Write one finished run; metrics default to an accuracy of 50."""
+    """Write one run; metrics default to an accuracy of 50. ``status``: ``done``, ``failed: <reason>``
+    (no final.json) or ``running`` (no final.json, no lock: an interrupted run)."""
     spec = {"dataset": dataset, "dataset_params": {"task": task}, "method": method,
             "method_params": method_params or {}, "epochs": epochs, "seed": seed}  # fmt: skip
     primary = {"classification": "accuracy", "regression": "mae", "segmentation": "dice_mean"}[task]
@@ -46,10 +48,11 @@ def make_run(
         "test": {**test, "loss": 1.0, "probe": probe}, "valid": {**valid, "loss": 1.0, "probe": probe},
         "best_valid_over_epochs": best_valid or dict(valid),
     }  # fmt: skip
-    rd.file("final.json").write_text(json.dumps(final))
+    if status == "done":
+        rd.file("final.json").write_text(json.dumps(final))
     rd.file("spec.yaml").write_text(yaml.safe_dump({"run_id": run_id, **spec}))
     history = [{"epoch": e, "valid": {primary: 30.0 + 10 * e, "probe": {m: 30.0 + e * (i + 1) for i, m in
-                enumerate(modalities)}}, "test": {}} for e in range(epochs)]  # fmt: skip
+                enumerate(modalities)}}, "test": {}, "seconds": 1.5} for e in range(epochs)]  # fmt: skip
     rd.file("metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     rows = []
     for step in range(0, 30 * epochs, 10):
@@ -63,5 +66,5 @@ def make_run(
             row["diag/l_gm"] = 0.3
         rows.append(row)
     rd.file("curves.csv").write_text(rows_to_csv(rows))
-    rd.set_status("done")
+    rd.file("status").write_text(status + "\n")
     return rd

@@ -138,7 +138,10 @@ def test_text_bert_ids_outside_the_bert_vocabulary_name_the_sample(root, tmp_pat
 
 
 def test_missing_file_names_the_candidates(tmp_path):
-    with pytest.raises(DataMissingError, match=r"mosi_data.pkl, aligned_50.pkl found under .*mosi"):
+    with pytest.raises(
+        DataMissingError,
+        match=r"mosi_data.pkl, aligned_50.pkl, .*MOSI/Processed/aligned_50.pkl.* found under .*mosi",
+    ):
         adapter(tmp_path).verify()
     with pytest.raises(DataMissingError, match="unaligned_50.pkl"):
         adapter(tmp_path, source="mmsa", aligned=False).split("train")
@@ -219,7 +222,7 @@ def test_mmsa_release_hash(root, tmp_path, monkeypatch):
     path.parent.mkdir()
     path.write_bytes((root / "mosi" / "aligned_50.pkl").read_bytes())
     # Pretend the fixture is the full release: its train size is the release's, its hash is not.
-    monkeypatch.setattr(mosi_mod, "MMSA_TRAIN_SAMPLES", fixture.SIZES["train"])
+    monkeypatch.setattr(Mosi, "mmsa_train_samples", fixture.SIZES["train"])
     with pytest.raises(DataError, match="differs from MMSA's published d3994fd2"):
         adapter(tmp_path, source="mmsa").split("train")
     assert len(adapter(tmp_path, source="mmsa", check_sha256=False).split("train")) == 16

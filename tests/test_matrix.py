@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmbalance.fixtures import brats, food101, iemocap, mosi
+from mmbalance.fixtures import ave, brats, cremad, food101, iemocap, kinetics_sounds, mosei, mosi, ucf101
 from mmbalance.method import MethodNotApplicable
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.runner import make_adapter, make_method, train
@@ -19,6 +19,7 @@ from mmbalance.spec import validate_spec
 
 MSA_TINY = {"proj_dim": 8, "num_heads": 2, "layers": 2, "cls_layers": 1}
 SYNTHETIC = {"n_train": 32, "n_valid": 16, "n_test": 16}
+AV_TINY = {"dataset_params": {"image_size": 32}, "model_params": {"width": 8}}  # ResNet-18, 8 channels wide
 
 # dataset config name -> (spec fields, writer of its fixture files or None)
 CONFIGS = {
@@ -41,6 +42,19 @@ CONFIGS = {
         iemocap.write,
     ),
     "food101": ({"dataset": "food101", "model_params": {"layers": 2, "cls_layers": 1}}, food101.write),
+    "cremad": ({"dataset": "cremad", **AV_TINY}, cremad.write),
+    "kinetics_sounds": ({"dataset": "kinetics_sounds", **AV_TINY}, kinetics_sounds.write),
+    "ave": ({"dataset": "ave", **AV_TINY}, ave.write),
+    "ucf101": ({"dataset": "ucf101", **AV_TINY}, ucf101.write),
+    "mosei": ({"dataset": "mosei", "model_params": MSA_TINY}, mosei.write),
+    "mosei-binary": (
+        {
+            "dataset": "mosei",
+            "dataset_params": {"source": "mmsa", "target": "binary"},
+            "model_params": MSA_TINY,
+        },
+        None,
+    ),
     "brats": (
         {
             "dataset": "brats",

@@ -1,0 +1,82 @@
+"""CREMA-D: 7,442 acted clips, 6 emotions, audio + face video, in the layout of the OGM-GE code.
+
+Files under the dataset root (``$MMBALANCE_DATA/cremad`` or ``--data-root``), as GeWu-Lab/OGM-GE_CVPR2022
+@ 343dc1d reads them (``dataset/CramedDataset.py`` l.29-46):
+
+- ``train.csv`` / ``test.csv``: rows ``<clip>,<EMO>`` without a header, e.g. ``1088_IOM_NEU_XX,NEU``
+  (the repository's ``data/CREMAD/*.csv``: 6,698 / 744 rows);
+- ``AudioWAV/<clip>.wav``: the release's 16 kHz WAVs (CheyneyComputerScience/CREMA-D);
+- ``Image-01-FPS/<clip>/*.jpg``: frames at 1 fps, written from ``VideoFlash/<clip>.flv`` by the
+  repository's ``data/CREMAD/video_preprocessing.py`` (``Image-{fps:02d}-FPS``, ``dataset_params.fps``).
+
+Classes in OGM-GE's order NEU, HAP, SAD, FEA, DIS, ANG (l.24). Audio is computed from the WAV at load
+time as the released code does (``mmbalance.audio.ogm_ge_spectrogram``: 22050 Hz, 3 s, STFT 512 / hop
+353, ``log(|X| + 1e-7)``; (1, 257, 188)). Frames: ``num_frames`` per clip (OGM-GE: ``--fps 1`` frame;
+PMR's runs: 3), one per equal segment (see ``_av``). Where this differs from the released loader: it
+draws ``np.random.choice`` frame indices but then reads the first ``fps`` entries of an unsorted
+``os.listdir`` (l.83-88); here frames are sorted by name and drawn per segment, with fixed middle frames
+for evaluation. Validation: 10% of each train class (the release has train and test only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from torch import Tensor
+
+from mmbalance.datasets._av import AVAdapter, AVParams, read_list
+from mmbalance.registry import DATASETS
+
+__all__ = ["Cremad", "CremadParams", "CLASSES"]
+
+CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # CramedDataset.py l.24 class_dict order
+
+
+class CremadParams(AVParams):
+    fps: int = Field(1, ge=1)  # which frame folder: Image-{fps:02d}-FPS
+    stft_pad: Literal["reflect", "constant"] = "reflect"  # librosa < 0.10 centre padding (the 2022 code)
+
+
+@DATASETS.register
+class Cremad(AVAdapter):
+    name = "cremad"
+    description = "CREMA-D emotions (audio spectrogram + face frames), OGM-GE layout"
+    Params = CremadParams
+    class_names = CLASSES
+
+    @property
+    def frames_root(self) -> str:
+        return f"Image-{self.params.fps:02d}-FPS"
+
+    def expected_files(self) -> list[Path]:
+        return [Path(p) for p in ("train.csv", "test.csv", "AudioWAV", self.frames_root)]
+
+    def layout_help(self) -> str:
+        return (
+            "train.csv + test.csv (rows '<clip>,<EMO>', OGM-GE's data/CREMAD), AudioWAV/<clip>.wav, "
+            f"{self.frames_root}/<clip>/*.jpg (OGM-GE's data/CREMAD/video_preprocessing.py)"
+        )
+
+    def read_rows(self, raw: str) -> list[tuple[str, int]]:
+        index = {c: i for i, c in enumerate(CLASSES)}
+
+        def parse(f: list[str]) -> tuple[str, int]:
+            if f[1] not in index:
+                raise ValueError(f"unknown emotion {f[1]!r}, expected one of {', '.join(CLASSES)}")
+            return f[0], index[f[1]]
+
+        return read_list(self.root / f"{raw}.csv", parse, ",", "<clip>,<EMO>")
+
+    def audio_file(self, clip_id: str, raw: str) -> Path:
+        return self.root / "AudioWAV" / f"{clip_id}.wav"
+
+    def frame_dir(self, clip_id: str, raw: str) -> Path:
+        return self.root / self.frames_root / clip_id
+
+    def read_audio(self, path: Path) -> Tensor:
+        from mmbalance.audio import ogm_ge_spectrogram, read_wav
+
+        samples, rate = read_wav(path)
+        return ogm_ge_spectrogram(samples, rate, pad_mode=self.params.stft_pad)

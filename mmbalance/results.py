@@ -1,0 +1,168 @@
+"""Run records as a pandas DataFrame: one row per run, whatever its state. For notebooks, and the
+frame every report table and figure is built on::
+
+    import mmbalance.results
+    runs = mmbalance.results.load("results")
+    runs[runs.status == "done"].groupby(["dataset", "method"])["accuracy"].agg(["mean", "std", "count"])
+
+Columns:
+
+- ``run_id``, ``path``, ``status`` (``done``, ``failed``, ``running``, ``interrupted`` as in ``status.py``,
+  or ``unreadable``: marked done but its ``final.json`` cannot be read) and ``reason`` (why it failed or
+  cannot be read; the lock holder of a running run);
+- the run spec flattened into columns (``dataset``, ``method``, ``seed``, ``epochs``, ``method_params.rho``,
+  ``optim.lr``, ``dataset_params.task``, ...), plus ``spec`` (the nested dict) and ``config`` (the spec
+  without its seed as canonical JSON: the runs of one configuration differ only in their seed);
+- ``task``, ``modalities`` (tuple), ``selection_metric``, ``best_epoch``, ``epochs_done`` and ``seconds``
+  (training time summed over the recorded epochs);
+- one column per final metric under the chosen ``protocol`` (``accuracy``, ``mae``, ``dice_WT``, ...), and
+  ``probe/<modality>`` for the unimodal probes; empty (NaN) for runs that are not done.
+
+Like the report, this reads records through ``records.py`` and ``status.py`` alone: it imports no
+torch, runner, method or dataset adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mmbalance.records import RunDir, iter_runs
+from mmbalance.status import run_state
+
+__all__ = ["PROTOCOLS", "RecordWarning", "load", "run_values", "config_key", "flatten", "one_line"]
+
+PROTOCOLS = {
+    "best-valid-test": "test metrics at the best validation epoch",
+    "best-valid": "best validation score of each metric over epochs, no test split (CGGM code's protocol)",
+}
+RECORD_ONLY = ("run_id", "data_fingerprint")  # fields spec.yaml adds to the canonical spec
+IDENTITY = ("dataset", "method", "seed")  # what a table needs to place a run
+READ_ERRORS = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError)
+
+
+class RecordWarning(UserWarning):
+    """A run record that cannot be read; the message names the file and what is skipped."""
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """A parser's error message on one line (YAML and CSV errors span several)."""
+    return " ".join(str(e).split())[:limit]
+
+
+def run_values(final: dict[str, Any], protocol: str) -> dict[str, float]:
+    """Metric values of one run under ``protocol``, plus ``probe/<m>`` (the unimodal probe metric)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "best-valid-test":
+        source, probe = final["test"], final["test"].get("probe", {})
+    else:  # best_valid_over_epochs has no probe: take the probe at the best validation epoch
+        source, probe = final["best_valid_over_epochs"], final["valid"].get("probe", {})
+    values = {k: float(v) for k, v in source.items() if isinstance(v, int | float)}
+    values.update({f"probe/{m}": float(v) for m, v in probe.items()})
+    return values
+
+
+def config_key(spec: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in spec.items() if k != "seed" and k not in RECORD_ONLY}, sort_keys=True)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def _seconds(rd: RunDir) -> tuple[int, float]:
+    """Epochs recorded and their summed training time; (0, NaN) when metrics.jsonl cannot be read (the
+    figures step names it)."""
+    try:
+        epochs = rd.epochs()
+        return len(epochs), float(sum(e.get("seconds", float("nan")) for e in epochs))
+    except READ_ERRORS:
+        return 0, float("nan")
+
+
+def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
+    try:
+        state = run_state(rd)
+        status, reason = state.state, state.detail
+    except READ_ERRORS as e:
+        status, reason = "unreadable", f"{rd.file('status')}: {type(e).__name__}: {one_line(e)}"
+    final: dict[str, Any] = {}
+    values: dict[str, float] = {}
+    if status == "done":
+        try:
+            final = rd.final()
+            values = run_values(final, protocol)
+            spec = dict(final["spec"])
+        except READ_ERRORS as e:
+            status, reason = "unreadable", f"{rd.file('final.json')}: {type(e).__name__}: {one_line(e)}"
+            final, values = {}, {}
+            warnings.warn(f"{reason}; the run counts as not finished", RecordWarning, stacklevel=3)
+    if not final:
+        try:
+            doc = rd.spec()
+            if not isinstance(doc, dict) or not all(k in doc for k in IDENTITY):
+                raise ValueError(f"expected a mapping with {', '.join(IDENTITY)}")
+            spec = {k: v for k, v in doc.items() if k not in RECORD_ONLY}
+        except READ_ERRORS as e:
+            warnings.warn(
+                f"{rd.file('spec.yaml')}: {type(e).__name__}: {one_line(e)}; run {rd.run_id} ({status}) left out",
+                RecordWarning,
+                stacklevel=3,
+            )
+            return {}
+    epochs_done, seconds = _seconds(rd)
+    params = spec.get("dataset_params")
+    task = final.get("task") or (params.get("task") if isinstance(params, dict) else None)
+    return {
+        "run_id": rd.run_id,
+        "path": str(rd.path),
+        "status": status,
+        "reason": reason,
+        **flatten(spec),
+        "spec": spec,
+        "config": config_key(spec),
+        "task": task,
+        "modalities": tuple(final["modalities"]) if "modalities" in final else None,
+        "selection_metric": final.get("selection_metric"),
+        "best_epoch": final.get("best_epoch"),
+        "epochs_done": epochs_done,
+        "seconds": seconds,
+        **values,
+    }
+
+
+def _fill_from_done(runs: pd.DataFrame) -> pd.DataFrame:
+    """Task, modalities and selection metric of runs that are not done, from the done runs of the same
+    configuration, else of the same dataset (every dataset but the synthetic one has a single task)."""
+    done = runs[runs["status"] == "done"]
+
+    def known(col: str, key: str) -> dict[Any, Any]:
+        return {k: g[col].dropna().iloc[0] for k, g in done.groupby(key, sort=False) if g[col].notna().any()}
+
+    for col in ("task", "modalities", "selection_metric"):
+        by_config, by_dataset = known(col, "config"), known(col, "dataset")
+        runs[col] = [
+            v if v is not None and v == v else by_config.get(c, by_dataset.get(d))  # v == v: not NaN
+            for v, c, d in zip(runs[col], runs["config"], runs["dataset"], strict=True)
+        ]
+    return runs
+
+
+def load(results: Path | str = "results", protocol: str = "best-valid-test") -> pd.DataFrame:
+    """One row per run under ``results/runs`` (see the module docstring for the columns)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    rows = [r for r in (_row(rd, protocol) for rd in iter_runs(results)) if r]
+    if not rows:
+        return pd.DataFrame(columns=["run_id", "path", "status", "reason", "dataset", "task", "method", "seed",
+                                     "spec", "config", "modalities", "selection_metric", "seconds"])  # fmt: skip
+    return _fill_from_done(pd.DataFrame(rows))

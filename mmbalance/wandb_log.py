@@ -1,0 +1,128 @@
+"""Weights & Biases logging: optional, offline unless a mode is set, never required.
+
+The run record on disk is the source of truth; W&B gets a copy of it. When a run finishes (or is
+reused), ``log_run`` sends its record as one W&B run: name and id = the run id, group = the suite,
+config = the canonical spec (``spec.yaml``) and the environment (``env.json``); one history row per
+logged training step with the probe curves (``curves.csv``, x axis ``train/step``) and one per epoch
+(``metrics.jsonl``, x axis ``epoch``); the final metrics (``final.json``) in the summary under
+``final/``. Replaying the record, rather than logging from inside the loop, keeps the training loop
+free of W&B and makes a W&B failure unable to touch a result. ``wandb.json`` in the run folder notes
+where the run was sent, so a reused run is not sent twice. ``log_report`` sends a report's tables and
+figures as one artifact.
+
+Turned on by ``--wandb`` (run, sweep, report) or a suite's ``wandb:`` section; ``wandb`` is imported
+only then. Mode: ``--wandb-mode``, else the suite's, else ``$WANDB_MODE``, else offline
+(``wandb sync`` uploads an offline run later). Files go to ``$WANDB_DIR`` or the results folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from mmbalance.core import StrictModel
+from mmbalance.records import RunDir, atomic_write_json
+
+
+class WandbSettings(StrictModel):
+    """A suite's ``wandb:`` section (and the ``--wandb-*`` options)."""
+
+    project: str = "mmbalance"
+    entity: str | None = None  # default: the W&B user's (or $WANDB_ENTITY)
+    mode: Literal["offline", "online", "disabled"] | None = None  # None: $WANDB_MODE, else offline
+    tags: list[str] = []
+
+
+def settings(section: dict[str, Any] | None, enabled: bool | None, **cli: Any) -> WandbSettings | None:
+    """The W&B settings of a command, or None when it does not log: on with ``--wandb`` or a suite
+    section, off with ``--no-wandb``; ``cli`` values (not None) override the section's."""
+    if enabled is False or (enabled is None and section is None):
+        return None
+    return WandbSettings.model_validate(
+        {**(section or {}), **{k: v for k, v in cli.items() if v is not None}}
+    )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _init(cfg: WandbSettings, results: Path, **kwargs: Any):
+    import wandb
+
+    mode = cfg.mode or os.environ.get("WANDB_MODE") or "offline"
+    directory = Path(os.environ.get("WANDB_DIR") or results)
+    directory.mkdir(parents=True, exist_ok=True)
+    tags = [*cfg.tags, *kwargs.pop("tags", [])]
+    return wandb.init(project=cfg.project, entity=cfg.entity, mode=mode, dir=str(directory), tags=tags,
+                      reinit="create_new", **kwargs)  # fmt: skip
+
+
+def log_run(run_dir: Path, cfg: WandbSettings, results: Path, group: str | None = None) -> str | None:
+    """Send one run record to W&B; returns where it went (None if it was sent before or has no record)."""
+    rd = RunDir(Path(run_dir))
+    if not rd.file("spec.yaml").exists():
+        return None
+    marker = rd.file("wandb.json")
+    target = {"project": cfg.project, "entity": cfg.entity, "mode": cfg.mode}
+    if marker.exists() and json.loads(marker.read_text()).get("target") == target:
+        return None
+    spec = rd.spec()
+    config = {**spec, "env": rd.env() if rd.file("env.json").exists() else {}}
+    tags = [spec.get("dataset", "?"), spec.get("method", "?")]
+    run = _init(cfg, results, id=rd.run_id, name=rd.run_id, group=group, config=config, job_type="train",
+                tags=tags)  # fmt: skip
+    try:
+        run.define_metric("train/step")
+        run.define_metric("curves/*", step_metric="train/step")
+        run.define_metric("epoch")
+        for key in ("train/*", "valid/*", "test/*", "lr", "seconds"):
+            run.define_metric(key, step_metric="epoch")
+        curves = []
+        if rd.curves_path().exists():
+            with rd.curves_path().open(newline="") as f:
+                curves = list(csv.DictReader(f))
+        for row in rd.epochs():
+            for c in (c for c in curves if int(c["epoch"]) == row["epoch"]):
+                values = {k: float(v) for k, v in c.items() if k not in ("epoch", "step") and v != ""}
+                run.log({"train/step": int(c["step"]), **{f"curves/{k}": v for k, v in values.items()}})
+            rest = {k: v for k, v in row.items() if k not in ("epoch", "train_loss")}
+            run.log({"epoch": row["epoch"], "train/loss": row["train_loss"], **_flat(rest)})
+        run.summary["status"] = rd.status()
+        if rd.status() == "done":
+            final = rd.final()
+            run.summary.update(_flat({k: final[k] for k in ("test", "valid", "best_valid_over_epochs")
+                                      if k in final}, "final/"))  # fmt: skip
+            run.summary["final/best_epoch"] = final["best_epoch"]
+        else:
+            run.summary["reason"] = rd.failure_reason()
+        where = f"{run.dir}"
+    finally:
+        run.finish(exit_code=0 if rd.status() == "done" else 1)
+    atomic_write_json(marker, {"target": target, "run_dir": where})
+    return where
+
+
+def log_report(paths: list[Path], cfg: WandbSettings, results: Path, name: str) -> str:
+    """Send a report's tables and figures as one W&B artifact (type ``report``) of a run ``report-NAME``."""
+    import wandb
+
+    run = _init(cfg, results, name=f"report-{name}", job_type="report", config={"report": name})
+    try:
+        artifact = wandb.Artifact(f"report-{name}", type="report")
+        for p in paths:
+            artifact.add_file(str(p), name=f"{Path(p).parent.name}/{Path(p).name}")
+        run.log_artifact(artifact)
+        where = f"{run.dir}"
+    finally:
+        run.finish()
+    return where

@@ -1,0 +1,60 @@
+"""UCF-101 in BalanceBenchmark's layout: RGB + flow clips, class list, split lists, malformed files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmbalance.data import DataError, DataMissingError, collate
+from mmbalance.datasets.ucf101 import Ucf101, Ucf101Params
+from mmbalance.fixtures import ucf101 as fixture
+from mmbalance.models.resnet_av import ResNetAVParams
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return fixture.write(tmp_path_factory.mktemp("data"))
+
+
+def adapter(folder: Path, **params) -> Ucf101:
+    return Ucf101(Ucf101Params(image_size=32, **params), folder)
+
+
+def test_clips_classes_and_model(root):
+    a = adapter(root)
+    assert a.class_names == fixture.CLASSES  # sorted names of classInd.txt
+    assert [len(a.split(s)) for s in ("train", "valid", "test")] == [6, 3, 3]
+    inputs, label, clip = a.split("test")[0]
+    assert tuple(inputs["visual"].shape) == (3, 3, 32, 32) and tuple(inputs["flow"].shape) == (2, 3, 32, 32)
+    assert clip.startswith(f"v_{a.class_names[int(label)]}_")
+    # evaluation: the middle flow frame of each of 3 segments of 6 (k = 1, 3, 5 -> frame000002/4/6.jpg);
+    # the fixture's u frames are flat grey levels 100 + 40 * label + k
+    u = inputs["flow"][0, :, 0, 0] * 255
+    torch.testing.assert_close(u.round(), torch.tensor([101.0, 103.0, 105.0]) + 40 * int(label))
+    model = a.build_model(ResNetAVParams(width=8), ["visual", "flow"])
+    assert model.encoders["flow"].body[0].in_channels == 2
+    batch = collate([a.split("train")[i] for i in range(2)])
+    assert model(batch.inputs).pred.shape == (2, 3)
+
+
+def test_missing_files_and_bad_lines(root, tmp_path):
+    with pytest.raises(DataMissingError, match="classInd.txt"):
+        adapter(tmp_path / "ucf101").verify()
+    folder = Path(shutil.copytree(root, tmp_path / "copy"))
+    (folder / "testlist01.txt").write_text("Bowling/v_Bowling_g01_c01.avi\n")
+    with pytest.raises(DataError, match=r"testlist01.txt: line 1 .*class 'Bowling' is not in classInd.txt"):
+        adapter(folder).split("test")
+    (folder / "testlist01.txt").write_text("v_Archery_g01_c01.avi\n")
+    with pytest.raises(DataError, match="no '<ClassName>/'"):
+        adapter(folder).split("test")
+    shutil.rmtree(folder / "flow_v" / "v_Archery_g08_c01")
+    with pytest.raises(DataMissingError, match="1 frame folder"):
+        adapter(folder).split("train")
+    assert (
+        len(adapter(folder, skip_missing=True).split("train"))
+        + len(adapter(folder, skip_missing=True).split("valid"))
+        == 8
+    )
