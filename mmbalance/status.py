@@ -63,11 +63,14 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
     return RunState(rd.run_id, "pending", "", label)
 
 
+DAMAGED_FINAL = "final.json is missing or damaged; the next sweep rebuilds it from the checkpoint"
+
+
 def _why_interrupted(rd: RunDir) -> str:
     if not rd.file("status").exists():
         return "its worker died before the first record; the next sweep starts it"
     if rd.file("status").read_text().startswith("done"):
-        return "final.json is missing or damaged; the next sweep rebuilds it from the checkpoint"
+        return DAMAGED_FINAL
     return "resumes from its checkpoint on the next sweep"
 
 
