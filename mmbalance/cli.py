@@ -247,6 +247,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+# --- evaluate -------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score finished runs' selected models (modality contributions, robustness) without retraining."""
+    from mmbalance.modality_eval import same_record
+    from mmbalance.records import RunDir, atomic_write_json
+    from mmbalance.runner import evaluate_run
+
+    mismatched = 0
+    for path in args.run_dirs:
+        rd = RunDir(Path(path))
+        if not rd.file("spec.yaml").exists():
+            raise FileNotFoundError(f"{rd.path}: not a run record (no spec.yaml)")
+        try:
+            new = evaluate_run(rd.path, args.data_root, device=args.device)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        final = rd.final()
+        old = final.get("modality_eval")
+        old = None if old is not None and "error" in old else old  # a failed measurement is replaced
+        if old is not None and not same_record(old, new):
+            mismatched += 1
+            console.print(f"[red]{rd.run_id}: differs from the record written at the end of training[/red]")
+        verdict = "new" if old is None else "matches final.json" if same_record(old, new) else "differs"
+        if old is None or args.write:
+            atomic_write_json(rd.file("final.json"), {**final, "modality_eval": new})
+            verdict += ", written to final.json"
+        worst = new["worst_missing"]
+        console.print(
+            f"{rd.run_id}: {new['metric']} {new['full']:.4g}; shapley "
+            + ", ".join(f"{m} {v:.3g}" for m, v in new["shapley"].items())
+            + f"; imbalance degree {new['imbalance_degree']:.3f}; equity "
+            + ("n/a" if new["equity"] is None else f"{new['equity']:.3f}")
+            + ("" if worst is None else f"; worst missing-modality {new['metric']} {worst:.4g}")
+            + f" ({verdict})"
+        )
+    return 1 if mismatched else 0
+
+
 # --- leaderboard --------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
     from mmbalance.leaderboard import EntryError, LeaderboardError, submit
@@ -441,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per run")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("evaluate", help="modality contributions and robustness of finished runs, no training")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results/runs/<run_id> folders")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--device", default="cpu", help="cpu (default: the numbers of a CPU run), cuda, ...")
+    p.add_argument("--write", action="store_true", help="replace the record in final.json even if present")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="pack finished runs (one spec, >= 3 seeds) into a leaderboard entry")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results/runs/<run_id> folders")

@@ -125,6 +125,17 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class ModalityNumbers(Schema):
+    """A seed's ``modality_eval`` summary (final.json; definitions in ``modality_eval.py``)."""
+
+    shapley: dict[Annotated[str, StringConstraints(max_length=40)], float] = Field(
+        min_length=1, max_length=16
+    )
+    imbalance_degree: float = Field(ge=0, le=2)  # spread of per-sample Shapley values, each in [-1, 1]
+    equity: float | None = Field(ge=0, le=1)  # Pielou evenness; None with one modality contributing
+    worst_missing: float | None  # the task's primary metric with the most needed modality absent
+
+
 class SeedRun(Schema):
     seed: int = Field(ge=0)
     run_id: Hex16
@@ -134,6 +145,7 @@ class SeedRun(Schema):
     metrics: dict[Annotated[str, StringConstraints(max_length=40)], float] = Field(
         min_length=1, max_length=32
     )
+    modality: ModalityNumbers | None = None  # absent in entries of runs recorded before modality_eval
 
 
 class Stat(Schema):
@@ -377,6 +389,25 @@ def summary_rule(e: Entry, known: Known) -> list[str]:
     return bad
 
 
+def modality_rule(e: Entry, known: Known) -> list[str]:
+    """Every seed or none carries modality numbers, over the same modalities, with the primary metric's range."""
+    have = [s.modality is not None for s in e.seeds]
+    if not any(have):
+        return []
+    if not all(have):
+        return [f"seeds[{have.index(False)}].modality: missing while other seeds have it"]
+    bad, names = [], set(e.seeds[0].modality.shapley)
+    for i, s in enumerate(e.seeds):
+        if set(s.modality.shapley) != names:
+            bad.append(
+                f"seeds[{i}].modality.shapley: modalities {sorted(s.modality.shapley)} differ from seeds[0]"
+            )
+        if s.modality.worst_missing is not None:
+            bad += [f"seeds[{i}].modality.worst_missing: {p}"
+                    for p in metric_problems(e.task, e.primary(), s.modality.worst_missing)]  # fmt: skip
+    return bad
+
+
 def protocol_rule(e: Entry, known: Known) -> list[str]:
     """Test numbers at the validation-selected epoch (never the best test or validation score over epochs)."""
     if not e.selection.startswith(SELECTION):
@@ -384,7 +415,7 @@ def protocol_rule(e: Entry, known: Known) -> list[str]:
     return []
 
 
-RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, protocol_rule)
+RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, modality_rule, protocol_rule)
 
 
 def summarize(values: Sequence[float]) -> Stat:
@@ -523,6 +554,15 @@ def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[
     return bad
 
 
+def modality_numbers(final: dict[str, Any]) -> dict[str, Any]:
+    """``{"modality": {...}}`` from a run's ``modality_eval`` record, or ``{}`` if it has none."""
+    rec = final.get("modality_eval")
+    if rec is None or "error" in rec:
+        return {}
+    keys = ("shapley", "imbalance_degree", "equity", "worst_missing")
+    return {"modality": {k: rec[k] for k in keys}}
+
+
 def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None,
                date: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     """The entry (as a JSON-ready dict) of finished runs of one spec that differ only in the seed."""
@@ -556,7 +596,7 @@ def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None
         metrics = {k: float(v) for k, v in f["test"].items() if k in METRICS[task] or DICE.match(k)}
         seed_runs.append({"seed": s["seed"], "run_id": s["run_id"], "best_epoch": f["best_epoch"],
                           "epochs": f["epochs"], "code_version": env["code_version"],
-                          "metrics": metrics})  # fmt: skip
+                          "metrics": metrics, **modality_numbers(f)})  # fmt: skip
     names = seed_runs[0]["metrics"]
     summary = {k: summarize([sr["metrics"][k] for sr in seed_runs]).model_dump() for k in names}
     hardware = []

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from mmbalance.leaderboard import DICE, LOWER_IS_BETTER, METRICS, RANGES, Entry, KnownSplit
+from mmbalance.leaderboard import DICE, LOWER_IS_BETTER, METRICS, RANGES, Entry, KnownSplit, summarize
 
 __all__ = ["render_markdown", "render_html", "groups", "SORT_SCRIPT"]
 
@@ -96,6 +96,34 @@ def metric_columns(rows: list[tuple[str, Entry]]) -> list[str]:
     return [k for k in METRICS[task] if k in present] + dice
 
 
+# Columns from the seeds' modality numbers (``SeedRun.modality``), when every entry of a table has them.
+MODALITY_COLUMNS = {"imbalance_degree": ("Imbalance ↓", "lower"), "equity": ("Equity ↑", "higher"),
+                    "worst_missing": ("Worst missing", None)}  # fmt: skip
+
+
+def modality_stats(e: Entry) -> dict[str, tuple[float, float, str]]:
+    """``column -> (mean, std, per-seed text)`` of the seeds' modality numbers (none if a seed lacks them)."""
+    if any(s.modality is None for s in e.seeds):
+        return {}
+    out = {}
+    for k in MODALITY_COLUMNS:
+        values = [getattr(s.modality, k) for s in e.seeds]
+        if all(v is not None for v in values):
+            stat = summarize(values)
+            per_seed = ", ".join(f"seed {s.seed}: {v:.3f}" for s, v in zip(e.seeds, values, strict=True))
+            out[k] = (stat.mean, stat.std, per_seed)
+    return out
+
+
+def modality_columns(rows: list[tuple[str, Entry]], primary: str) -> list[tuple[str, str, str]]:
+    """``(key, label, better)`` of the modality columns every entry of ``rows`` has."""
+    have = [set(modality_stats(e)) for _, e in rows]
+    keys = [k for k in MODALITY_COLUMNS if all(k in h for h in have)]
+    better = "lower" if primary in LOWER_IS_BETTER else "higher"
+    return [(k, MODALITY_COLUMNS[k][0] + (f" {primary}" if k == "worst_missing" else ""),
+             MODALITY_COLUMNS[k][1] or better) for k in keys]  # fmt: skip
+
+
 def hyperparameters(e: Entry) -> list[str]:
     """``key=value`` of the method's params, then the training settings that differ between entries."""
     spec = e.spec
@@ -151,14 +179,18 @@ def render_markdown(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit
     for key, rows in groups(entries):
         title, config = _title(key, known)
         metrics = metric_columns(rows)
+        extra = modality_columns(rows, rows[0][1].primary())
         lines += [f"## {md_text(title)}", "", f"{md_text(config)}; split fingerprint `{key[2]}`", ""]
-        head = ["#", "Method", "Hyper-parameters", *metrics, "Seeds", "Submitter", "Code", "Date", "Entry"]
+        head = ["#", "Method", "Hyper-parameters", *metrics, *(label for _, label, _ in extra), "Seeds",
+                "Submitter", "Code", "Date", "Entry"]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for rank, (name, e) in enumerate(rows, 1):
             cells = [str(rank), md_text(e.method) + (f" ([link]({md_url(e.url)}))" if e.url else ""),
                      md_text(", ".join(hyperparameters(e)))]  # fmt: skip
             cells += [f"{fmt(m, e.summary[m].mean)} ± {fmt(m, e.summary[m].std)}" if m in e.summary else "–"
                       for m in metrics]  # fmt: skip
+            stats = modality_stats(e)
+            cells += [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k, _, _ in extra]
             cells += [str(len(e.seeds)), md_text(e.submitter), md_text(code(e)[0]), e.date.date().isoformat(),
                       f"[json](entries/{md_url(name)})"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
@@ -179,6 +211,8 @@ def _table(table_id: str, rows: list[tuple[str, Entry]]) -> list[str]:
     metrics = metric_columns(rows)
     head = ["<th>#</th>", "<th>Method</th>", "<th>Hyper-parameters</th>"]
     head += [_sortable_th(m, "lower" if m in LOWER_IS_BETTER else "higher") for m in metrics]
+    extra = modality_columns(rows, rows[0][1].primary())
+    head += [_sortable_th(label, better) for _, label, better in extra]
     head += [_sortable_th("Seeds", "higher"), "<th>Submitter</th>", "<th>Code</th>",
              _sortable_th("Date", "higher"), "<th>Links</th>"]  # fmt: skip
     out = [f'<table id="{table_id}">', "<thead><tr>" + "".join(head) + "</tr></thead>", "<tbody>"]
@@ -193,6 +227,12 @@ def _table(table_id: str, rows: list[tuple[str, Entry]]) -> list[str]:
                              f"{fmt(m, s.mean)} ± {fmt(m, s.std)}</td>")  # fmt: skip
             else:
                 cells.append('<td class="num" data-value="NaN">–</td>')
+        stats = modality_stats(e)
+        for k, _, _ in extra:
+            mean, std, per_seed = stats[k]
+            cells.append(
+                f'<td class="num" data-value="{mean!r}" title="{esc(per_seed)}">{mean:.3f} ± {std:.3f}</td>'
+            )
         links = [f'<a href="entries/{esc(quote(name))}">json</a>']
         if e.url:
             links.append(f'<a href="{esc(e.url)}" rel="noopener noreferrer nofollow">paper/code</a>')

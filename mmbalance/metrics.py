@@ -12,7 +12,15 @@ import torch
 
 # scikit-learn and MONAI are imported in the functions that use them: they take seconds to import, and
 # the listing commands (``mmbalance datasets``) reach this module through ``TaskInfo``.
-__all__ = ["classification_metrics", "mosi_metrics", "dice_per_region", "primary_value", "PRIMARY"]
+__all__ = [
+    "classification_metrics",
+    "mosi_metrics",
+    "dice_per_region",
+    "dice_per_sample",
+    "primary_value",
+    "split_primary",
+    "PRIMARY",
+]
 
 # The metric that selects the best validation epoch, per task kind, and whether higher is better.
 PRIMARY = {
@@ -95,6 +103,35 @@ def dice_per_region(
         )
     out["dice_mean"] = float(np.mean([out[f"dice_{n}"] for n in regions]))
     return out
+
+
+def dice_per_sample(
+    pred_labels: torch.Tensor, target_labels: torch.Tensor, labels: tuple[int, ...]
+) -> torch.Tensor:
+    """(B,) Dice (fraction) of one region per item, as MONAI's ``compute_dice`` with
+    ``ignore_empty=False`` computes it (float32 sums; 1 where prediction and target are both empty),
+    without its per-item overhead."""
+    values = torch.tensor(labels, device=pred_labels.device)
+    p = torch.isin(pred_labels, values).flatten(1).float()
+    t = torch.isin(target_labels, values).flatten(1).float()
+    inter, denom = (p * t).sum(dim=1), t.sum(dim=1) + p.sum(dim=1)
+    return torch.where(denom > 0, 2.0 * inter / denom, torch.ones_like(denom))
+
+
+def split_primary(
+    kind: str, pred: torch.Tensor, target: torch.Tensor, regions: dict[str, tuple[int, ...]]
+) -> float:
+    """The primary metric of a whole split, the same number as ``classification_metrics`` /
+    ``mosi_metrics`` / ``dice_per_region`` give, without computing the other metrics."""
+    if kind == "classification":
+        return 100.0 * float(np.mean(pred.argmax(dim=-1).cpu().numpy() == target.cpu().numpy()))
+    if kind == "regression":
+        p = pred.detach().reshape(-1).cpu().double().numpy()
+        return float(np.abs(p - target.detach().reshape(-1).cpu().double().numpy()).mean())
+    labels = pred.max(dim=1).indices  # = argmax(dim=1) (first maximum), ~10x faster over the class axis
+    return float(
+        np.mean([100.0 * dice_per_sample(labels, target, r).mean().item() for r in regions.values()])
+    )
 
 
 def primary_value(

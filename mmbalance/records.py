@@ -7,8 +7,11 @@ files get the mode the umask allows, so a results folder shared by a group stays
   env.json       code version, package versions, device, python, platform
   metrics.jsonl  one JSON object per finished epoch (train loss, valid/test metrics, probes)
   curves.csv     probe values per logged step (grad norms, cosines, unimodal acc, diagnostics)
-  final.json     test metrics at the best validation epoch (+ the best validation metrics)
+  final.json     test metrics at the best validation epoch (+ the best validation metrics), and
+                 ``modality_eval``: Shapley contributions, imbalance degree, equity, missing- and
+                 noisy-modality robustness of that epoch's model (``modality_eval.py``)
   checkpoint.pt  everything needed to resume exactly (model, optimiser, scheduler, method, RNG)
+  best.pt        model and method state of the selected epoch (``mmbalance evaluate`` reloads it)
   status         ``running`` / ``done`` / ``failed: <reason>``
   grads.npz      optional, after the run: gradient samples per modality for the t-SNE figure
                  (written by ``scripts/grad_samples.py``; see ``figures.tsne_gradients``)

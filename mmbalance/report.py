@@ -44,7 +44,7 @@ import pandas as pd
 
 from mmbalance import stats
 from mmbalance.records import atomic_write_text
-from mmbalance.results import PROTOCOLS, config_key, load
+from mmbalance.results import PROTOCOLS, config_key, flatten, load
 
 __all__ = [
     "PROTOCOLS",
@@ -470,7 +470,8 @@ def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
     """The final-metric columns of a ``results.load`` frame (not the spec's, not the probes)."""
-    spec_keys = {k for s in runs["spec"] for k in _flatten(s)} if "spec" in runs else set()
+    # the loader's flattening (an empty method_params stays a column of its own)
+    spec_keys = {k for s in runs["spec"] for k in flatten(s)} if "spec" in runs else set()
     meta = {"run_id", "path", "status", "reason", "spec", "config", "task", "modalities",
             "selection_metric", "best_epoch", "epochs_done", "seconds"}  # fmt: skip
     return [c for c in runs.columns if c not in meta and c not in spec_keys and not c.startswith("probe/")]
@@ -556,6 +557,7 @@ def run_tables(
                     "complete": r.complete,
                     "ranked": r.ranked,
                     "reference": r.reference,
+                    "best_unimodal": r.best_unimodal,
                     "mark": c.mark,
                     "delta_vs_joint": r.delta.mean if r.delta is not None and m == primary else None,
                     "p_holm": r.p if m == primary else None,
@@ -726,6 +728,9 @@ def report(
     ranking = rank_table(blocks)
     tables = [(b.table, b.csv) for b in blocks] + ([(ranking.table, ranking.csv)] if ranking else [])
     paths = write_tables(tables, out / "tables", name, heading)
+    from mmbalance.modality_report import write_modality_outputs  # its own table file and figures
+
+    paths += write_modality_outputs(finished(runs), out, name, heading, figures)
     if figures:
         from mmbalance.figures import critical_difference, suite_figures
 

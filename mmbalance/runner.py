@@ -289,6 +289,48 @@ class Trainer:
         torch.save(state, buf)
         atomic_write_bytes(self.rd.file("checkpoint.pt"), buf.getvalue())
 
+    def save_selected(self, epoch: int) -> None:
+        """``best.pt``: the model and method state of the epoch best-validation selection picks so far,
+        what ``modality_eval`` measures at the end and ``mmbalance evaluate`` reloads later."""
+        buf = io.BytesIO()
+        torch.save(
+            {"epoch": epoch, "model": self.model.state_dict(), "method": self.method.state_dict()}, buf
+        )
+        atomic_write_bytes(self.rd.file("best.pt"), buf.getvalue())
+
+    def load_selected(self, epoch: int) -> None:
+        """Load the selected epoch's state: ``best.pt``, or the last checkpoint when that is the same
+        epoch (runs recorded before ``best.pt`` existed)."""
+        for name in ("best.pt", "checkpoint.pt"):
+            f = self.rd.file(name)
+            if f.exists():
+                state = torch.load(f, map_location=self.device, weights_only=False)
+                if state["epoch"] == epoch:
+                    self.model.load_state_dict(state["model"])
+                    self.method.load_state_dict(state["method"])
+                    return
+        raise FileNotFoundError(
+            f"{self.rd.path}: no best.pt or checkpoint.pt of the selected epoch {epoch}; "
+            "the run must be trained again to measure its selected model"
+        )
+
+    def modality_eval(self, epoch: int) -> dict[str, Any]:
+        """``modality_eval`` of the selected epoch's model on the test split (see ``modality_eval.py``)."""
+        from mmbalance import modality_eval
+
+        self.load_selected(epoch)
+        self.model.eval()
+        self.ctx.training = False
+
+        def forward(batch: Batch) -> torch.Tensor:
+            with self.autocast():
+                return self.method.forward(self.model, batch, self.ctx).pred
+
+        return modality_eval.measure(
+            self.model, forward, self.task, self.adapter.primary_value, self.adapter.compact_prediction,
+            self.iterate("train"), self.iterate("test"), seed=self.spec.seed,
+        )  # fmt: skip
+
     def try_resume(self) -> None:
         """Load the last epoch checkpoint, if any, and rewrite the records from it: a run killed between
         its checkpoint and its records (or after its last epoch) resumes with records that match."""
@@ -460,6 +502,8 @@ class Trainer:
                     "epoch": epoch, "train_loss": train_loss, "valid": valid, "test": test,
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                 })  # fmt: skip
+                if self.best_epoch()["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
+                    self.save_selected(epoch)
                 self.save_checkpoint(epoch)
                 self.write_records()
                 bar.set_postfix(
@@ -551,6 +595,35 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         rd.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
+    t0 = time.process_time()
+    try:
+        final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
+    except (ValueError, RuntimeError) as e:  # evaluation only: the trained run stays; `evaluate` can retry
+        final["modality_eval"] = {"error": f"{type(e).__name__}: {e}"}
+    atomic_write_json(
+        rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0}
+    )
     atomic_write_json(rd.file("final.json"), final)
     rd.set_status("done")
     return RunResult(rd.run_id, rd.path, "done", final)
+
+
+def evaluate_run(run_dir: Path | str, data_root: Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Recompute ``modality_eval`` of a finished run from its records (spec, ``best.pt``), no training.
+    Returns the new record; the caller decides whether to compare it or write it into final.json."""
+    from mmbalance.spec import validate_spec
+
+    rd = RunDir(Path(run_dir))
+    if rd.status() != "done":
+        raise ValueError(f"{rd.path}: status is {rd.status()!r}, not 'done'; only finished runs are scored")
+    doc = rd.spec()
+    spec = validate_spec({k: v for k, v in doc.items() if k not in ("run_id", "data_fingerprint")})
+    adapter = make_adapter(spec, data_root)
+    adapter.verify()
+    if (fp := data_fingerprint(adapter)) != doc.get("data_fingerprint"):
+        raise ValueError(f"{rd.file('spec.yaml')}: the data fingerprint {doc.get('data_fingerprint')} "
+                         f"differs from the data found now ({fp})")  # fmt: skip
+    # Mixed precision changes the numbers: score under the setting the run was trained (and scored) with.
+    amp = bool(rd.env().get("amp", False)) if rd.file("env.json").exists() else False
+    trainer = Trainer(spec, adapter, rd, resolve_device(device), progress=False, amp=amp)
+    return trainer.modality_eval(rd.final()["best_epoch"])

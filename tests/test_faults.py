@@ -421,9 +421,18 @@ def test_sigkill_at_every_atomic_write_of_a_cggm_run_loses_nothing(tmp_path):
     rename; resume it. Every resumed run equals the uninterrupted one: no run lost or duplicated, every
     epoch recorded once, no temp file left."""
     spec = spec3(method="cggm")
-    reference = train(spec, tmp_path / "ref", progress=False)
+    calls, replace = [], os.replace
+
+    def counting_replace(src, dst):
+        calls.append(Path(dst).name)
+        replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(records.os, "replace", counting_replace)
+        reference = train(spec, tmp_path / "ref", progress=False)
     ref = RunDir(reference.path)
-    writes = 3 + 3 * 3 + 2  # spec, env, status; per epoch checkpoint, metrics, curves; final, status
+    writes = len(calls)  # spec, env, status; per epoch checkpoint, metrics, curves (, best.pt); final, status
+    assert writes >= 3 + 3 * 3 + 2, calls
     tally = {"kills": 0, "lost": 0, "duplicated": 0, "incomplete": 0, "temp_left": 0}
     argv = ["run", "--method", "cggm", "--device", "cpu", "--quiet", *[a for s in SETS for a in ("--set", s)]]
     for n in range(1, writes + 2):  # the last N is past the run's writes: no kill

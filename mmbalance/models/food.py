@@ -94,6 +94,9 @@ class PretrainedSequenceEncoder(nn.Module):
     def pool(self, h: Tensor) -> Tensor:
         return self.head.pool(h)
 
+    def feature_modules(self) -> list[nn.Module]:
+        return self.head.feature_modules()
+
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.sequence(x))  # (B, d)
 

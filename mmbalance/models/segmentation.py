@@ -92,6 +92,10 @@ class DeepLabEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)[0]  # the modality's feature: (B, D, H/os, W/os)
 
+    def feature_modules(self) -> list[nn.Module]:
+        """The model calls ``features``: the ASPP map and the low-level map both reach the decoder."""
+        return [self.aspp, self.layer1]
+
 
 class DecoderInputFusion(nn.Module):
     """``[ASPP maps resized to the low-level size; low-level maps]`` along channels, in modality order:

@@ -140,6 +140,11 @@ class SequenceEncoder(nn.Module):
         """(B, T, D_in) -> (B, T, d)."""
         return self.transformer(self.proj(x.transpose(1, 2)).transpose(1, 2))
 
+    def feature_modules(self) -> list[nn.Module]:
+        """MSAModel calls ``sequence`` and ``pool``, not ``forward``: the transformer's output is all this
+        modality passes on (the pooled feature is a function of it)."""
+        return [self.transformer]
+
     def pool(self, h: Tensor) -> Tensor:
         if self.pool_mode == "first":
             return h[:, 0]
