@@ -8,7 +8,10 @@ The runner owns the loop. Per training step it calls, in order::
     method.after_backward(model, out, batch, ctx)        # gradient modulation, aux optimisers
     optimizer.step()
 
-plus ``on_epoch_start`` / ``on_epoch_end`` around each epoch. Evaluation calls ``forward`` under
+plus ``on_epoch_start`` / ``on_epoch_end`` around each epoch. A method that re-samples the training
+data (Modality valuation, Data Remixing) returns the epoch's samples from ``epoch_samples``; the
+runner then batches those instead of the shuffled train split and tells the method each sample's
+tag in ``ctx.tags``. Evaluation calls ``forward`` under
 ``torch.no_grad`` with ``ctx.training = False``. Joint training is the method whose hooks do
 nothing. A method never imports a dataset: task knowledge comes from ``ctx.task``.
 """
@@ -37,6 +40,7 @@ class RunContext:
     device: torch.device
     epochs: int
     steps_per_epoch: int
+    batch_size: int = 0  # the spec's training batch size
     # Deterministic pass over a split (for prototypes, held-out estimates, ...): unshuffled, or with
     # ``shuffle_round=k`` in the k-th random order of a stream seeded by the run's seed alone.
     iterate: Callable[..., Iterator[Batch]] = field(repr=False, default=None)
@@ -51,6 +55,9 @@ class RunContext:
     # Which of ``Method.turns`` this optimiser step is (MLA: a modality); None for one-step methods.
     turn: str | None = None
     last_turn: bool = True
+    # Per sample of the current training batch: the tag ``Method.epoch_samples`` gave it (None when
+    # the method does not re-sample).
+    tags: Tensor | None = None
 
 
 class Method:
@@ -68,6 +75,10 @@ class Method:
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     min_modalities: ClassVar[int] = 2
     reference: ClassVar[str] = ""
+    # True: the runner batches each part of ``epoch_samples`` in the given order (a curriculum).
+    ordered_samples: ClassVar[bool] = False
+    # True: a part's last incomplete batch is dropped (DataLoader's drop_last), unless it is the only one.
+    drop_last: ClassVar[bool] = False
 
     def __init__(self, params: StrictModel | None = None) -> None:
         self.p = params if params is not None else self.Params()
@@ -103,6 +114,16 @@ class Method:
         ``after_backward``/``step`` round each, with ``ctx.turn`` set (MLA: one turn per modality).
         Default: one step."""
         return (None,)
+
+    def epoch_samples(self, ctx: RunContext) -> Sequence[Sequence[tuple[int, int]]] | None:
+        """Data re-sampling, called at the start of each training epoch (after ``on_epoch_start``).
+
+        None (default): the train split, shuffled. Otherwise the epoch's samples as parts, each a
+        list of ``(index into the train split, tag)``; indices may repeat. The runner shuffles (unless
+        ``ordered_samples``) and batches each part on its own (a batch never mixes parts) and runs the
+        parts in order; the tags of a batch's samples are in ``ctx.tags`` (e.g. which modalities a
+        copy keeps)."""
+        return None
 
     def selectable(self, epoch: int) -> bool:
         """Whether the model after ``epoch`` is this method's model, so best-validation selection

@@ -5,6 +5,8 @@
 - ``UnimodalHeadsMethod``: base of the methods that train those heads (optimiser groups, forward, state).
 - ``require_additive_shares``: refuse a model whose logits are not a sum of per-modality shares.
 - ``masked_inputs`` / ``shapley_values``: forwards with modalities zeroed and their Shapley split (AGM).
+- ``require_concat_fusion`` / ``logits_with_features_zeroed``: the prediction with some modalities'
+  features zeroed per sample before a concat fusion (Modality valuation, Data Remixing).
 - ``scale_grad``: identity forward, gradient times a coefficient (AGM's backward hooks).
 - ``min_norm_2``: the min-norm point of the segment between two gradients (MGDA, MMPareto).
 - ``flat``: one flat vector from a list of per-tensor gradients.
@@ -33,6 +35,8 @@ __all__ = [
     "UnimodalHeadsMethod",
     "require_additive_shares",
     "masked_inputs",
+    "require_concat_fusion",
+    "logits_with_features_zeroed",
     "shapley_values",
     "scale_grad",
     "min_norm_2",
@@ -97,6 +101,26 @@ def shapley_values(value: Mapping[frozenset[str], Tensor], modalities: Sequence[
                 phi = phi + w * (value[s | {m}] - (value[s] if s else 0))
         out[m] = phi
     return out
+
+
+def require_concat_fusion(model: MultimodalModel, method: str) -> None:
+    """Raise ``MethodNotApplicable`` unless the model concatenates its modality features
+    (``ConcatFusion``): zeroing a modality's rows of the concatenation is what the codes do."""
+    if not isinstance(model.fusion, ConcatFusion):
+        raise MethodNotApplicable(
+            f"{method} zeroes a modality's features before they are concatenated; this model fuses "
+            f"with {type(model.fusion).__name__} (use model_params: {{fusion: concat}} where the dataset offers it)"
+        )
+
+
+def logits_with_features_zeroed(
+    model: MultimodalModel, features: Mapping[str, Tensor], keep: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``(head(fused), fused)`` with modality m's feature rows zeroed where the (B,) bool ``keep[m]``
+    is False; the zeroed rows pass no gradient to the encoder, as an in-place ``a[i, :] = 0``."""
+    masked = {m: f * keep[m].view(-1, *([1] * (f.dim() - 1))).to(f.dtype) for m, f in features.items()}
+    fused = model.fusion(masked)
+    return model.head(fused), fused
 
 
 def scale_grad(x: Tensor, coeff: float | Tensor) -> Tensor:

@@ -234,14 +234,15 @@ class Trainer:
         self.task_loss = adapter.loss_fn()
         self.ctx = RunContext(
             task=self.task, modalities=self.modalities, task_loss=self.task_loss, device=device,
-            epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, iterate=self.iterate,
-            optimizer=self.optimizer, clip_grad_norm=spec.optim.clip_grad_norm,
+            epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=spec.batch_size,
+            iterate=self.iterate, optimizer=self.optimizer, clip_grad_norm=spec.optim.clip_grad_norm,
         )  # fmt: skip
         self.method.setup(self.model, self.task, self.ctx)
         self.probes = Probes(self.model, self.task, seed=spec.seed) if spec.probe_every > 0 else None
         self.history: list[dict[str, Any]] = []  # one row per epoch (metrics.jsonl)
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
         self.start_epoch = 0
+        self.next_step = 0  # global step of the next batch
 
     def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
@@ -284,6 +285,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "history": self.history,
             "curves": self.curves,
+            "next_step": self.next_step,
         }
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -351,6 +353,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             self.history, self.curves = state["history"], state["curves"]
             self.start_epoch = state["epoch"] + 1
+            self.next_step = state.get("next_step", self.start_epoch * self.steps_per_epoch)
         except Exception as e:  # truncated or foreign file: whatever torch or the state dicts raise
             detail = " ".join(str(e).split())[:160]
             raise DamagedRecordError(
@@ -415,14 +418,52 @@ class Trainer:
         self.model.train()
         self.ctx.training, self.ctx.epoch = True, epoch
         self.method.on_epoch_start(self.ctx)
+        parts = self.method.epoch_samples(self.ctx)
+        self.model.train()  # the method may have evaluated the model to choose the samples
+        if parts is None:
+            batches = (
+                (b, None) for b in _batches(self.loader("train", shuffle=True, epoch=epoch), self.device)
+            )
+        else:
+            batches = self.planned_batches(parts, epoch)
         total, n = 0.0, 0
-        for i, batch in enumerate(_batches(self.loader("train", shuffle=True, epoch=epoch), self.device)):
-            self.ctx.step_in_epoch, self.ctx.step = i, epoch * self.steps_per_epoch + i
+        for i, (batch, tags) in enumerate(batches):
+            # Counted on from the previous epoch: a re-sampled epoch may have more batches than steps_per_epoch.
+            self.ctx.step_in_epoch, self.ctx.step = i, self.next_step
+            self.next_step += 1
+            self.ctx.tags = tags
             total += self.train_batch(batch) * len(batch)
             n += len(batch)
             bar.update(1)
+        self.ctx.tags = None
+        if n == 0:
+            raise ValueError(f"method {self.spec.method!r} chose no training samples for epoch {epoch}")
         self.method.on_epoch_end(self.ctx)
         return total / n
+
+    def planned_batches(self, parts, epoch: int):
+        """Batches of a method's re-sampled epoch (``Method.epoch_samples``): each part shuffled by
+        (seed, epoch, part), or kept in order (``Method.ordered_samples``), and batched on its own
+        (``Method.drop_last``: without its last incomplete batch), with the tags of its samples."""
+        for k, part in enumerate(parts):
+            if not part:
+                continue
+            g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch * 1_009 + k + 1)
+            order = (
+                list(range(len(part)))
+                if self.method.ordered_samples
+                else torch.randperm(len(part), generator=g).tolist()
+            )
+            chunks = [order[j : j + self.spec.batch_size] for j in range(0, len(order), self.spec.batch_size)]
+            if self.method.drop_last and len(chunks) > 1 and len(chunks[-1]) < self.spec.batch_size:
+                chunks.pop()
+            subset = torch.utils.data.Subset(self.datasets["train"], [i for i, _ in part])
+            loader = DataLoader(
+                subset, batch_sampler=chunks, collate_fn=collate,
+                pin_memory=self.device.type == "cuda", num_workers=self.workers,
+            )  # fmt: skip
+            for batch, chunk in zip(_batches(loader, self.device), chunks, strict=True):
+                yield batch, torch.tensor([part[j][1] for j in chunk], device=self.device)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, Any]:

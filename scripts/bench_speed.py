@@ -11,7 +11,7 @@ from the shapes below, on random tensors: no data files needed), and a step is t
 turns of multi-step methods), probes off. Per-epoch hooks (``on_epoch_start``: PMR's prototypes, ...)
 run once before timing and are not in the per-step time.
 
-- time: ``--warmup`` steps per method, then ``--repeats`` rounds; each round runs ``--steps`` steps of
+- time (CUDA: wall clock; CPU: the process's CPU time, ``time.process_time``): ``--warmup`` steps per method, then ``--repeats`` rounds; each round runs ``--steps`` steps of
   every method in turn (interleaved, so drift and other load hit all methods alike); the median over
   rounds of the mean step time. CUDA is synchronised around each timed block.
 - peak memory, one method at a time after the timing (nothing else alive): CUDA
@@ -254,16 +254,19 @@ def build_trainer(dataset: str, method: str, adapter: DatasetAdapter, batch: int
 
 
 def run_steps(trainer: Trainer, batch: Batch, n: int) -> float:
-    """Seconds per step over ``n`` runner steps."""
-    if trainer.device.type == "cuda":
+    """Seconds per step over ``n`` runner steps: wall time on CUDA, this process's CPU time on the CPU
+    (one torch thread there, so other processes on shared cores do not count)."""
+    cuda = trainer.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    if cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(n):
         trainer.ctx.step_in_epoch = trainer.ctx.step = trainer.ctx.step + 1
         trainer.train_batch(batch)
-    if trainer.device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+    return (clock() - t0) / n
 
 
 def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch.device) -> list[dict]:

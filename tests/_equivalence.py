@@ -1,4 +1,4 @@
-"""Harness of the equivalence tests: our ``Trainer.train_batch`` next to a transcription of an official
+"""Harnesses of the equivalence tests. ``Ours``/``MaxDiff`` (the existing methods): our ``Trainer.train_batch`` next to a transcription of an official
 training step, on two copies of one tiny model, for several consecutive steps.
 
 Both sides start from the same weights (a deep copy) and see the same batches. Models and inputs are
@@ -10,7 +10,7 @@ the optimiser step) and parameters (after it) over all steps, and asserts them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,3 +110,63 @@ def _max_abs(a, b) -> float:
 def twin(module: nn.Module) -> nn.Module:
     """The official side's copy of a module: same weights, separate parameters."""
     return copy.deepcopy(module)
+
+
+# --- side by side (the 2024-2025 methods): the runner's steps next to an official step on a copy ---
+def side_by_side(
+    tr: runner.Trainer,
+    official_step: Callable[..., None],
+    steps: int = 4,
+    extra: Sequence[nn.Module] = (),
+    same_rng: bool = False,
+    batches=None,
+) -> float:
+    """Max |Δ| over every parameter (model and ``extra`` modules) after each of ``steps`` steps.
+
+    ``official_step(model, extra_copies, batch, ctx)`` computes the official gradients on the copy
+    (``.grad`` of its parameters, zeroed before the call); the copy's optimiser is the runner's
+    optimiser class and settings, so only the gradients can differ. ``same_rng``: the official step
+    starts from the random-generator state our step started from (methods that sample).
+    ``batches``: ``(batch, tags)`` pairs to train on (a re-sampled epoch; ``ctx.tags`` is set for both
+    steps), else the shuffled train split.
+    """
+    twin = copy.deepcopy(tr.model)
+    twin_extra = [copy.deepcopy(m) for m in extra]
+    params = list(twin.parameters()) + [p for m in twin_extra for p in m.parameters()]
+    opt = runner.make_optimizer(tr.spec, [{"params": params}])
+    ours = list(tr.model.parameters()) + [p for m in extra for p in m.parameters()]
+    start = [p.detach().clone() for p in ours]
+    worst = 0.0
+    if batches is None:
+        batches = ((b, None) for b in runner._batches(tr.loader("train", shuffle=True), tr.device))
+    tr.model.train()
+    twin.train()
+    tr.method.on_epoch_start(tr.ctx)
+    for i, (batch, tags) in zip(range(steps), batches, strict=False):
+        tr.ctx.step = tr.ctx.step_in_epoch = i
+        tr.ctx.tags = tags
+        rng = torch.get_rng_state()
+        tr.train_batch(batch)
+        opt.zero_grad(set_to_none=True)
+        after = torch.get_rng_state()
+        if same_rng:
+            torch.set_rng_state(rng)
+        official_step(twin, twin_extra, batch, tr.ctx)
+        torch.set_rng_state(after)
+        opt.step()
+        worst = max(worst, max((a - b).abs().max().item() for a, b in zip(ours, params, strict=True)))
+    assert worst == worst, "NaN parameters"
+    assert any(not torch.equal(a, b) for a, b in zip(ours, start, strict=True)), "nothing trained"
+    return worst
+
+
+def two_modality_trainer(tmp_path, method: str, task: str = "classification", **params) -> runner.Trainer:
+    """A runner Trainer on two synthetic modalities (the official codes' audio-visual shape)."""
+    from conftest import small_spec
+
+    from mmbalance.records import RunDir
+
+    data = {"n_train": 128, "n_valid": 32, "n_test": 32, "task": task, "modalities": 2}
+    spec = small_spec(method=method, method_params=params, dataset_params=data)
+    adapter = runner.make_adapter(spec)
+    return runner.Trainer(spec, adapter, RunDir.of(tmp_path, "eq"), torch.device("cpu"), progress=False)

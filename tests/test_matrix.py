@@ -57,6 +57,21 @@ CONFIGS = {
         },
         None,
     ),
+    # Late concat fusion (the OGM-GE/PMR shape) of the same models: the methods that zero or split a
+    # modality's slice of the concatenation (DGL, LFM, AMSS, Data Remixing, ...) run here.
+    "mosi-concat": ({"dataset": "mosi", "model_params": {**MSA_TINY, "fusion": "concat"}}, mosi.write),
+    "iemocap-concat": (
+        {
+            "dataset": "iemocap",
+            "dataset_params": {"audio_len": 40, "vision_len": 24},
+            "model_params": {**MSA_TINY, "fusion": "concat"},
+        },
+        iemocap.write,
+    ),
+    "food101-concat": (
+        {"dataset": "food101", "model_params": {"layers": 2, "cls_layers": 1, "fusion": "concat"}},
+        food101.write,
+    ),
     "brats": (
         {
             "dataset": "brats",

@@ -1,0 +1,164 @@
+"""DI-MML: detached multimodal learning; each encoder is trained on its own (own classifier, a
+classifier shared by all modalities, a contrastive term on the dimensions only one modality
+finds discriminative), then a fusion classifier is trained on the frozen features.
+
+Reference: Fan et al., "Detached and Interactive Multimodal Learning", ACM MM 2024. Official code: fanyunfeng-bit/DI-MML @ 83b9b7a: stage 1 ``main_CFT.py``
+(``train_epoch`` lines 54-105, ``get_indices`` 154-210, ``main`` 214-330), the contrastive loss
+``loss/contrast_loss.py::SupConLoss`` (lines 4-36), stage 2 ``main_CFT_stage2.py``
+(``train_combine_classifier_epoch`` 57-122); run commands in ``README.md``.
+
+Stage 1 (``stage1_epochs``; main_CFT.py:71-98), per step::
+
+    loss = sum_m CE(h_m(f_m), y) + w sum_m CE(g(f_m), y) + [epoch >= 20] L_c       # line 95
+        h_m: modality m's own classifier; g: one Linear shared by all modalities (line 85-89, 239)
+    L_c  = mean_i -log( exp(f_v[i, A] . f_a[i, A].detach() / T) / sum_j exp(f_v[i, A] . f_a[j, A].detach() / T) )
+         + the same with a and v swapped on the dimensions V                        # contrast_loss.py:20-34
+    A (V): the feature dimensions discriminative for audio (visual) only, chosen once at epoch 20
+           (main_CFT.py:302-304) on the train split, models in eval mode (get_indices 154-210):
+        class means mu_m[c]; hit_m[i, d] = [argmin_c |f_m[i, d] - mu_m[c, d]| == y_i]
+        top_m = {d : mean_i hit_m[i, d] > mean_{i, d} hit_m};  A = top_a - top_v;  V = top_v - top_a
+
+Stage 2 (the remaining epochs; main_CFT_stage2.py:94-118): encoders frozen (eval mode, no
+gradient), only the fusion classifier is trained: ``CE(head([f_a; f_v]), y)``. The model's
+prediction is that classifier's, so best-epoch selection only looks at stage-2 epochs.
+
+Defaults: stage 1 150 epochs (main_CFT.py:27), stage 2 20 (stage2 argparse), w = 1
+(``--weight``), contrast from epoch 20, temperature 1 (argparse; the README runs use 50 on
+CREMA-D and ModelNet, 10 on AVE and UCF), SGD lr 1e-3, batch 16.
+
+Where this file generalises:
+
+- **One run** instead of two scripts: the stage-2 fusion classifier is the model's own head,
+  trained from its initial weights after stage 1 (the code trains a fresh ``fusion_module``).
+- **M modalities**: a modality's "only" dimensions are its top dimensions that no other modality
+  has among its top ones; every other modality is pulled towards it on them (M = 2: the code).
+- ``h_m`` are ``UnimodalHeads`` (the code's Linear); ``g`` needs equal feature sizes.
+- **Classification only**: the dimension selection uses class means and labels. The stage-2
+  classifier reads the concatenated features, so fusions other than concat are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.method import RunContext
+from mmbalance.method_parts import UnimodalHeadsMethod, common_feature_dim, num_outputs, require_concat_fusion
+from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.registry import METHODS
+
+__all__ = ["DIMMLParams", "DIMML", "discriminative_dims", "contrast_loss"]
+
+
+class DIMMLParams(StrictModel):
+    stage1_epochs: int = Field(150, ge=1)  # detached unimodal training (main_CFT.py:27); then the fusion head
+    weight: float = Field(1.0, ge=0)  # w, the shared classifier's losses (main_CFT.py:44)
+    temperature: float = Field(1.0, gt=0)  # T (argparse; README runs: 50 CREMA-D/ModelNet, 10 AVE/UCF)
+    contrast_epoch: int = Field(
+        20, ge=0
+    )  # dimensions chosen and L_c on from this epoch (main_CFT.py:93, 302)
+
+    @model_validator(mode="after")
+    def _order(self) -> DIMMLParams:
+        if self.contrast_epoch >= self.stage1_epochs:
+            raise ValueError(
+                f"contrast_epoch ({self.contrast_epoch}) must fall in stage 1 (stage1_epochs {self.stage1_epochs})"
+            )
+        return self
+
+
+def discriminative_dims(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(N, D) features -> bool (D,): dimensions whose nearest class mean is the true class more often
+    than average (main_CFT.py:167-204)."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    means = torch.zeros(num_classes, features.shape[1]).index_add_(0, labels, features) / counts[:, None]
+    nearest = (features[:, None, :] - means[None]).abs().argmin(dim=1)  # (N, D)
+    hit = (nearest == labels[:, None]).float()
+    return hit.mean(0) > hit.mean()
+
+
+def contrast_loss(anchor: Tensor, other: Tensor, dims: Tensor, temperature: float) -> Tensor:
+    """``mean_i -log softmax_j(other[i, dims] . anchor[j, dims].detach() / T)[i]`` (contrast_loss.py:20-31)."""
+    logits = other[:, dims] @ anchor[:, dims].detach().T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+@METHODS.register
+class DIMML(UnimodalHeadsMethod):
+    name = "di_mml"
+    Params = DIMMLParams
+    tasks = frozenset({"classification"})
+    reference = "Fan et al., ACM MM 2024 (DI-MML); fanyunfeng-bit/DI-MML main_CFT.py, main_CFT_stage2.py"
+
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
+        groups = super().param_groups(model)
+        self.shared = nn.Linear(common_feature_dim(model, "di_mml"), num_outputs(model))
+        self.shared.to(next(model.parameters()).device)
+        groups[0]["params"] += list(self.shared.parameters())
+        return groups
+
+    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+        require_concat_fusion(model, "di_mml")  # the stage-2 classifier reads the concatenated features
+        self.model, self.num_classes = model, task.num_classes
+        self.only: dict[str, Tensor] | None = None  # each modality's "only" dimensions (bool masks)
+
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= self.p.stage1_epochs
+
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        if ctx.epoch >= self.p.contrast_epoch and self.only is None:
+            self.only = self.choose_dims(ctx)
+
+    @torch.no_grad()
+    def choose_dims(self, ctx: RunContext) -> dict[str, Tensor]:
+        self.model.eval()  # main_CFT.py:166-167
+        feats: dict[str, list[Tensor]] = {m: [] for m in ctx.modalities}
+        labels = []
+        for batch in ctx.iterate("train"):
+            for m, f in self.model(batch.inputs).features.items():
+                feats[m].append(f.float().cpu())
+            labels.append(batch.target.cpu())
+        self.model.train()
+        y = torch.cat(labels)
+        top = {m: discriminative_dims(torch.cat(feats[m]), y, self.num_classes) for m in ctx.modalities}
+        return {m: top[m] & ~torch.stack([top[k] for k in top if k != m]).any(0) for m in top}
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        if not ctx.training:
+            return model(batch.inputs)
+        if ctx.epoch >= self.p.stage1_epochs:  # stage 2: frozen encoders (eval mode, no gradient)
+            model.encoders.eval()
+            with torch.no_grad():
+                features = model.encode(batch.inputs)
+            fused = model.fusion(features)
+            return Output(model.head(fused), features, fused)
+        out = super().forward(model, batch, ctx)
+        out.aux.update({f"shared/{m}": self.shared(f) for m, f in out.features.items()})
+        return out
+
+    def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
+        y = batch.target
+        if ctx.epoch >= self.p.stage1_epochs:
+            return ctx.task_loss(out.pred, y)
+        mods = ctx.modalities
+        loss = sum(ctx.task_loss(out.aux[f"logits/{m}"], y) for m in mods)
+        loss = loss + self.p.weight * sum(ctx.task_loss(out.aux[f"shared/{m}"], y) for m in mods)
+        if ctx.epoch >= self.p.contrast_epoch:
+            f = out.features
+            for m, dims in self.only.items():
+                dims = dims.to(f[m].device)
+                loss = loss + sum(contrast_loss(f[m], f[k], dims, self.p.temperature) for k in mods if k != m)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "shared": self.shared.state_dict(), "only": self.only}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.shared.load_state_dict(state["shared"])
+        self.only = state["only"]

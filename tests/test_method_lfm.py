@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _equivalence import side_by_side, two_modality_trainer
+from _method_helpers import assert_resume_is_exact, first_batch, trainer
+
+from mmbalance.method import MethodNotApplicable
+from mmbalance.methods.lfm import LFM, alignment, fitted_weights
+from mmbalance.models.transformer import MSAModelParams, build_msa_model
+
+
+def official_alignment(p, q):
+    """njustkmg/NeurIPS24-LFM Crema_epoch.py:38-45."""
+    p = F.softmax(p, dim=-1)
+    q = F.softmax(q, dim=-1)
+    m = 0.5 * p + 0.5 * q
+    kl_p_m = F.kl_div(p.log(), m, reduction="batchmean")
+    kl_q_m = F.kl_div(q.log(), m, reduction="batchmean")
+    return 0.5 * (kl_p_m + kl_q_m)
+
+
+def getAlpha_Learnable_Fitted(epoch):  # noqa: N802 -- Crema_epoch.py:47-53, verbatim
+    coef_alpha1 = [
+        2.04623704e-01,
+        3.35472727e-03,
+        1.22989557e-04,
+        -2.92947416e-06,
+        2.23835486e-08,
+        -5.39717505e-11,
+    ]
+    coef_alpha2 = [
+        7.95376296e-01,
+        -3.35472727e-03,
+        -1.22989557e-04,
+        2.92947416e-06,
+        -2.23835486e-08,
+        5.39717505e-11,
+    ]
+    alpha1 = sum(c * (epoch**i) for i, c in enumerate(coef_alpha1))
+    alpha2 = sum(c * (epoch**i) for i, c in enumerate(coef_alpha2))
+    return [alpha1, alpha2]
+
+
+def official_lfm_step(model, _extra, batch, ctx):
+    """Crema_epoch.py:66-72 (o_a, o_v: each modality's linear share of the fused logits)."""
+    cls_k = getAlpha_Learnable_Fitted(ctx.epoch)
+    y = batch.target
+    m0, m1 = model.modalities
+    a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])
+    d, w, b = a.shape[1], model.head.weight, model.head.bias
+    o_a, o_v = a @ w[:, :d].T + b / 2, v @ w[:, d:].T + b / 2
+    loss_alignment = official_alignment(o_a, o_v)
+    loss_cls = F.cross_entropy(0.5 * o_v + 0.5 * o_a, y, reduction="none").mean()
+    (2 * (cls_k[0] * loss_cls + cls_k[1] * loss_alignment)).backward()
+
+
+def test_schedule_and_alignment_hand_computed():
+    assert fitted_weights(0) == pytest.approx((0.204623704, 0.795376296))
+    assert fitted_weights(10) == pytest.approx((0.2477589, 0.7522411), abs=1e-6)
+    assert sum(fitted_weights(123)) == pytest.approx(1.0)
+    assert fitted_weights(37) == pytest.approx(tuple(getAlpha_Learnable_Fitted(37)))
+    # p = (0.5, 0.5), q = (0.25, 0.75), mix (0.375, 0.625): 0.5 (KL(mix||p) + KL(mix||q)) = 0.0348412
+    p, q = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
+    assert alignment([p, q]).item() == pytest.approx(0.0348412, abs=1e-6)
+    assert alignment([p, q]).item() == pytest.approx(official_alignment(p, q).item(), abs=1e-7)
+    assert alignment([p, p, p]).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_loss_is_built_from_the_head_shares_and_reaches_every_encoder(tmp_path):
+    tr = trainer(tmp_path, "lfm")
+    batch = first_batch(tr)
+    tr.model.zero_grad(set_to_none=True)
+    out = tr.method.forward(tr.model, batch, tr.ctx)
+    shares = tr.model.unimodal_logits(out.features)
+    assert set(shares) == set(tr.modalities)
+    a_cls, a_align = fitted_weights(0)
+    expected = 2 * (
+        a_cls * F.cross_entropy(out.pred / 3, batch.target) + a_align * alignment(list(shares.values()))
+    )
+    loss = tr.method.loss(out, batch, tr.ctx)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    for m in tr.modalities:
+        params = tr.model.encoder_parameters(m)
+        assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params if p.dim() > 1)
+
+
+def test_equivalent_to_the_official_step(tmp_path):
+    tr = two_modality_trainer(tmp_path, "lfm")
+    assert side_by_side(tr, official_lfm_step, steps=4) < 1e-6
+
+
+def test_stretch_covers_the_released_curve(tmp_path):
+    tr = trainer(tmp_path, "lfm", stretch=True)
+    tr.ctx.epoch = 1
+    tr.method.on_epoch_start(tr.ctx)  # 2 epochs: epoch 1 -> released epoch 100
+    assert tr.method.weights == pytest.approx(fitted_weights(100))
+
+
+def test_segmentation_trains_and_refusals(tmp_path):
+    tr = trainer(tmp_path, "lfm", task="segmentation")
+    assert math.isfinite(tr.train_batch(first_batch(tr)))
+    with pytest.raises(MethodNotApplicable, match="no classes"):
+        trainer(tmp_path, "lfm", task="regression")
+    model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
+    with pytest.raises(MethodNotApplicable, match="late concat fusion"):
+        LFM().setup(model, None, None)
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    assert_resume_is_exact(tmp_path, monkeypatch, "lfm")
