@@ -13,7 +13,14 @@ from torch.utils.data import Dataset
 
 from mmbalance.data import SPLITS, DataError, DatasetAdapter
 
-__all__ = ["ArraySplit", "PreloadedAdapter", "read_split_arrays", "ids_labels_fingerprint"]
+__all__ = [
+    "ArraySplit",
+    "PreloadedAdapter",
+    "read_split_arrays",
+    "ids_labels_fingerprint",
+    "check_labels",
+    "check_one_hot",
+]
 
 
 class ArraySplit(Dataset):
@@ -27,6 +34,28 @@ class ArraySplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
         return {m: x[i] for m, x in self.inputs.items()}, self.target[i], self.ids[i]
+
+
+def check_labels(labels: np.ndarray, where: str, low: float = -np.inf, high: float = np.inf) -> None:
+    """Every label finite and in ``[low, high]``, else a ``DataError`` naming ``where`` (file: split/key)
+    and the first bad sample."""
+    values = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
+    bad = ~(np.isfinite(values) & (values >= low) & (values <= high)).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        allowed = f" (allowed: [{low:g}, {high:g}])" if np.isfinite([low, high]).any() else ""
+        raise DataError(f"{where}: {int(bad.sum())} bad label(s), the first at index {i}: "
+                        f"{values[i].tolist()}{allowed}")  # fmt: skip
+
+
+def check_one_hot(labels: np.ndarray, where: str) -> None:
+    """Each row along the last axis one-hot (zeros and a single 1), else a ``DataError`` naming the first."""
+    values = np.asarray(labels, dtype=np.float64)
+    ok = np.isin(values, (0.0, 1.0)).all(axis=-1) & (values.sum(axis=-1) == 1)
+    if not ok.all():
+        index = tuple(int(i) for i in np.argwhere(~ok)[0])
+        raise DataError(f"{where}: {int((~ok).sum())} label row(s) are not one-hot, the first at index "
+                        f"{index[0] if len(index) == 1 else index}: {values[index].tolist()}")  # fmt: skip
 
 
 def _id_string(entry: Any) -> str:
@@ -56,6 +85,11 @@ def read_split_arrays(
         found = sorted(part) if isinstance(part, dict) else type(part).__name__
         raise DataError(f"{source}: split {split!r} lacks key(s) {missing} (found {found})")
     labels = np.asarray(part[label_key])
+    if labels.dtype.kind not in "biuf" or labels.ndim == 0:
+        raise DataError(
+            f"{source}: {split}/{label_key} must be a numeric array, got {labels.dtype} {labels.shape}"
+        )
+    check_labels(labels, f"{source}: {split}/{label_key}")
     n = len(labels)
     features = {}
     for m, key in keys.items():

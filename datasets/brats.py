@@ -353,6 +353,24 @@ class Brats(DatasetAdapter):
                 self._splits[name] = AllSlices(files, p.crop)
         return self._splits[name]
 
+    def check_train_batches(self, n: int, batch_size: int) -> None:
+        # DeepLab's ASPP image-pooling branch runs BatchNorm on 1x1 maps: a training batch of 1 fails.
+        if n == 1:
+            what = "1 training volume with train_items='volume' (one item per volume and epoch)"
+            if self.params.train_items == "slice":
+                what = "1 training slice"
+            raise DataError(
+                f"brats: {what} under {self.root}; the model's BatchNorm needs at least 2 samples per batch: "
+                "add training volumes to the split"
+                + (" or use train_items='slice'" if self.params.train_items == "volume" else "")
+            )
+        if n % batch_size == 1:
+            fits = min((b for b in range(2, n + 1) if n % b != 1), key=lambda b: (abs(b - batch_size), b))
+            raise DataError(
+                f"brats: {n} training items in batches of {batch_size} leave a final batch of 1, which the "
+                f"model's BatchNorm cannot normalise; use batch_size={fits} (or any b with {n} % b != 1)"
+            )
+
     def fingerprint(self, name: str) -> str:
         """SHA-256 of the split's volume ids and file sizes (decoding every volume would take minutes)."""
         h = hashlib.sha256()

@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
-from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
+from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, check_one_hot, read_split_arrays
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
 from mmbalance.safe_pickle import load_npy, load_pickle
@@ -176,6 +176,7 @@ class Iemocap(PreloadedAdapter):
                 raise DataError(
                     f"{path}: {split}/labels must be (N, 4, 2) (4 emotions x one-hot), got {labels.shape}"
                 )
+            check_one_hot(labels, f"{path}: {split}/labels")
             target = torch.from_numpy(labels[:, emotion, :].argmax(axis=-1).astype(np.int64))
             splits[split] = ArraySplit({m: torch.from_numpy(x) for m, x in features.items()}, target, ids)
         return splits
@@ -200,6 +201,7 @@ class Iemocap(PreloadedAdapter):
         labels, names = load_npy(label_path), load_npy(name_path)
         if labels.ndim != 2 or labels.shape[1] != 4:
             raise DataError(f"{label_path}: expected one-hot labels of shape (N, 4), got {labels.shape}")
+        check_one_hot(labels, str(label_path))
         if len(names) != len(labels):
             raise DataError(
                 f"{name_path}: {len(names)} utterance ids for {len(labels)} labels in {label_path}"

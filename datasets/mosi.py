@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
-from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, read_split_arrays
+from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, check_labels, read_split_arrays
 from mmbalance.models.food import PretrainedSequenceEncoder, load_pretrained
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
@@ -54,6 +54,7 @@ MMSA_SHA256 = {
     "aligned_50.pkl": "d3994fd25681f9c7ad6e9c6596a6fe9b4beb85ff7d478ba978b124139002e5f9",
     "unaligned_50.pkl": "78e0f8b5ef8ff71558e7307848fc1fa929ecb078203f565ab22b9daab2e02524",
 }
+SCORE_RANGE = (-3.0, 3.0)  # MOSI's sentiment scale: strongly negative to strongly positive
 MMSA_TRAIN_SAMPLES = 1284  # MMSA config_regression.json; a file this size is taken as the full release
 
 
@@ -161,6 +162,7 @@ class Mosi(PreloadedAdapter):
                 raise DataError(
                     f"{path}: {split}/{label_key} must hold one score per sample, got shape {labels.shape}"
                 )
+            check_labels(labels, f"{path}: {split}/{label_key}", *SCORE_RANGE)
             if text_key == "text_bert" and features["text"].shape[1] != 3:
                 raise DataError(f"{path}: {split}/text_bert must be (N, 3, L) (ids, mask, segments), "
                                 f"got {features['text'].shape}")  # fmt: skip
@@ -187,6 +189,20 @@ class Mosi(PreloadedAdapter):
                 "corrupt or not MMSA's release (dataset_params.check_sha256=false uses it anyway)"
             )
 
+    def _check_vocabulary(self, vocab_size: int, bert: str) -> None:
+        """Word ids index BERT's embedding table: an id outside it is a tokenizer/BERT mismatch."""
+        for split in SPLITS:
+            ids = self.split(split).inputs["text"][:, 0]  # (N, L) word ids
+            bad = ((ids < 0) | (ids >= vocab_size)).any(dim=1)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                word = int(ids[i][(ids[i] < 0) | (ids[i] >= vocab_size)][0])
+                raise DataError(
+                    f"{self.path}: {split}/text_bert sample {i} has word id {word}, outside the vocabulary of "
+                    f"{bert} ({vocab_size} words); use the BERT whose tokenizer made the ids (MMSA: "
+                    "bert-base-uncased)"
+                )
+
     @staticmethod
     def _check_dims(path: Path, splits: dict[str, ArraySplit]) -> None:
         for m in MODALITIES:
@@ -212,6 +228,7 @@ class Mosi(PreloadedAdapter):
                     "BERT folder (MMSA uses bert-base-uncased), or use text='text' (MMSA's BERT features)"
                 )
             bert = load_pretrained(model_params.bert)
+            self._check_vocabulary(bert.config.vocab_size, model_params.bert)
             dims["text"] = bert.config.hidden_size
         model = build_msa_model({m: dims[m] for m in modalities}, self.task.num_classes, model_params)
         if bert is not None:  # BERT's last_hidden_state feeds the text encoder (frozen unless finetune)

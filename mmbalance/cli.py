@@ -1,8 +1,11 @@
 """``mmbalance``: the command line, a thin face over the library.
 
 Each subcommand is a ``cmd_<name>(args) -> int`` plus its parser in ``build_parser``. Expected
-errors (bad spec, unknown name, missing data, a method that does not apply) print one clear
-message and exit with code 2; nothing is written. This module imports no torch (see ``core.py``):
+errors (bad spec, unknown name, missing or bad data, a method that does not apply, a damaged
+checkpoint, a results folder that cannot be written) print one clear message and exit with code 2
+(``error_message`` is the one place that knows them); nothing is written.
+Exit codes: 0 all asked runs finished, 1 some failed or are not finished yet (running elsewhere,
+interrupted), 2 bad input. This module imports no torch (see ``core.py``):
 each command imports what it uses, so ``--help``, ``methods``, ``status`` and ``leaderboard check``
 start at once (``tests/test_cli_fast.py``).
 """
@@ -10,6 +13,7 @@ start at once (``tests/test_cli_fast.py``).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -18,11 +22,28 @@ from rich.console import Console
 from rich.table import Table
 
 from mmbalance.core import DataError, MethodNotApplicable, default_data_root
+from mmbalance.records import DamagedRecordError
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
-USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError)
+USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError,
+               DamagedRecordError)  # fmt: skip
+# The machine's answer, not a bug: no permission, read-only or full file system, over quota.
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def error_message(e: BaseException) -> str | None:
+    """The one-line message of an expected error; None for a bug (its traceback is wanted)."""
+    if isinstance(e, USER_ERRORS):
+        head, *details = str(e).splitlines()
+        if len(details) == 1 and head.endswith(":"):  # one problem: "invalid run spec: seed: ..." on one line
+            return f"{head} {details[0].strip()}"
+        return str(e)
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        where = f" {e.filename}" if e.filename else ""
+        return f"cannot write{where}: {e.strerror or e}"
+    return None
 
 
 def _table(title: str, rows: list[dict[str, str]]) -> Table:
@@ -108,6 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         amp=bool(args.amp),
         workers=args.workers or 0,
+        restart=args.restart,
     )
     if result.status == "running elsewhere":
         console.print(f"run {result.run_id} is running elsewhere ({result.reason}); nothing done")
@@ -128,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- sweep --------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mmbalance import executors
-    from mmbalance.sweep import load_suite, plan, run_local, summary_rows
+    from mmbalance.sweep import load_suite, plan, run_local, summary_rows, wait_for_elsewhere
 
     suite = load_suite(args.suite)
     cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
@@ -142,7 +164,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         console.print(f"skip {p.label}: {p.skip_reason}")
     if args.executor != "local":
         cluster = "slurm" if args.executor == "slurm" else "local"
-        jobs = executors.submit(planned, args.results, args.data_root, args.device, opts, suite.name, cluster)
+        jobs = executors.submit(planned, args.results, args.data_root, args.device, opts, suite.name, cluster,
+                                restart=args.restart)  # fmt: skip
         if jobs:
             console.print(
                 f"submitted {len(jobs)} runs as job array {jobs[0][1].job_id.split('_')[0]} "
@@ -153,32 +176,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return 0
         outcomes = [(p, job.result()) for p, job in jobs]
     elif opts.jobs > 1:
-        outcomes = executors.run_parallel(
-            planned, args.results, args.data_root, args.device, opts, progress=not args.quiet
-        )
+        outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
+                                          progress=not args.quiet, restart=args.restart)  # fmt: skip
     else:
-        outcomes = run_local(
-            planned,
-            args.results,
-            args.data_root,
-            device=args.device,
-            progress=not args.quiet,
-            amp=opts.amp,
-            workers=opts.workers,
+        outcomes = run_local(planned, args.results, args.data_root, device=args.device,
+                             progress=not args.quiet, amp=opts.amp, workers=opts.workers,
+                             restart=args.restart)  # fmt: skip
+    if args.wait:  # runs another process holds: wait for it, then take over what it left
+        outcomes = wait_for_elsewhere(
+            outcomes,
+            lambda ps: run_local(
+                ps,
+                args.results,
+                args.data_root,
+                device=args.device,
+                progress=False,
+                amp=opts.amp,
+                workers=opts.workers,
+            ),  # fmt: skip
+            say=console.print,
         )
     _log_to_wandb(args, suite.wandb, [r.path for _, r in outcomes if r.status in ("done", "skipped", "failed")],
                   suite.name)  # fmt: skip
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
-    failed = [r for _, r in outcomes if r.status == "failed"]
-    elsewhere = [r for _, r in outcomes if r.status == "running elsewhere"]
-    done = len(outcomes) - len(failed) - len(elsewhere)
+    return _sweep_verdict([r.status for _, r in outcomes], len(skipped), args)
+
+
+def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace) -> int:
+    """The sweep's last line and exit code: 0 only when every run it asked for has finished."""
+    n = {s: statuses.count(s) for s in ("failed", "running elsewhere", "interrupted", "not started")}
+    done = statuses.count("done") + statuses.count("skipped")
+    others = len(statuses) - done - sum(n.values())  # not applicable once the model was built
+    parts = [f"{done} runs done or reused"] + [f"{k} {s}" for s, k in n.items() if k or s == "failed"]
     console.print(
-        f"{done} runs done or reused, {len(failed)} failed, {len(elsewhere)} running elsewhere, "
-        f"{len(skipped)} skipped"
+        ", ".join(parts) + (f", {others} not applicable" if others else "") + f", {n_skipped} skipped"
     )
-    return 1 if failed else 0
+    unfinished = n["running elsewhere"] + n["interrupted"] + n["not started"]
+    if unfinished:
+        again = f"mmbalance sweep {args.suite} --results {args.results}"
+        hint = ("another process holds their locks: rerun when it is done, or add --wait"
+                if n["running elsewhere"] else "rerun the sweep to resume them")  # fmt: skip
+        console.print(f"[yellow]{unfinished} runs are not finished[/yellow] ({hint}: {again}); "
+                      "a report now would miss them", highlight=False)  # fmt: skip
+    return 1 if n["failed"] or unfinished else 0
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -366,6 +408,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+RESTART_HELP = ("unfinished runs discard their checkpoint and records and train from epoch 0 (e.g. after "
+                "a damaged checkpoint); finished runs are still reused")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbalance", description="Benchmark suite for multimodal balancing methods"
@@ -377,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `mmbalance methods`)")
     p.add_argument("--seed", type=int)
     p.add_argument("--spec", type=Path, help="YAML run spec; --dataset/--method/--seed/--set override it")
+    p.add_argument("--restart", action="store_true", help=RESTART_HELP)
     p.add_argument(
         "--preset",
         help="paper hyper-parameters of a dataset: a name in benchmarks/presets/ (mosi, ...) or a YAML path; "
@@ -420,7 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra sbatch option, e.g. --sbatch account=mylab --sbatch qos=high",
     )
     g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
-    g.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
+    g.add_argument("--wait", action="store_true",
+                   help="wait for runs another process is training (and, on slurm, for the jobs), then "
+                        "finish them here; without it such runs make the exit code 1")  # fmt: skip
+    p.add_argument("--restart", action="store_true", help=RESTART_HELP)
     _wandb_options(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -497,8 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = error_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

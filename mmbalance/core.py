@@ -19,9 +19,10 @@ ALL_TASKS = frozenset({"classification", "regression", "segmentation"})
 
 
 class StrictModel(BaseModel):
-    """A pydantic model that refuses unknown keys (so typos in a spec are errors)."""
+    """A pydantic model that refuses unknown keys (so typos in a spec are errors) and infinite or NaN
+    floats (``1.0e+400`` parses as infinity)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(StrictModel):

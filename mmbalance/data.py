@@ -136,6 +136,10 @@ class DatasetAdapter:
     def build_model(self, model_params: StrictModel, modalities: Sequence[str]) -> MultimodalModel:
         raise NotImplementedError
 
+    def check_train_batches(self, n: int, batch_size: int) -> None:
+        """Raise ``DataError`` if ``n`` training items in batches of ``batch_size`` cannot train this
+        adapter's model (called before anything of the run is written). Default: any batch will do."""
+
     def loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
         """Task loss ``(pred, target) -> scalar``: CE, L1 (MOSI, as MulT/CGGM) or Dice + CE (MONAI)."""
         kind = self.task.kind

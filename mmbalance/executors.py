@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -78,6 +80,7 @@ def run_one(
     amp: bool = False,
     workers: int = 0,
     threads: int | None = None,
+    restart: bool = False,
 ):
     """Train one run in this process (a pool worker or a SLURM task); returns its ``RunResult``.
 
@@ -94,7 +97,7 @@ def run_one(
     spec = validate_spec(spec_doc)
     try:
         return train(spec, results, Path(data_root) if data_root else None, device=device, progress=False,
-                     amp=amp, workers=workers)  # fmt: skip
+                     amp=amp, workers=workers, restart=restart)  # fmt: skip
     except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
         return RunResult("-", Path(), "not applicable", reason=str(e))
     except Exception as e:
@@ -114,6 +117,35 @@ def _runnable(planned: list) -> list:
     return [p for p in planned if p.spec is not None]
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: exit as soon as the sweep process that started this worker is gone
+    (killed with SIGKILL, it cannot stop its pool). The run's lock then goes stale and the next sweep
+    resumes the run from its checkpoint."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _interrupted(spec: Any, results: Path, data_root: Path | None, reason: str):
+    """The ``RunResult`` of a run whose worker died: ``interrupted`` if it left a record (the next
+    sweep resumes it), ``not started`` if not, ``done`` if it finished before its worker died."""
+    from mmbalance.runner import RunResult, prepare
+    from mmbalance.status import run_state
+
+    _, _, rd = prepare(spec, results, data_root)
+    state = run_state(rd).state
+    if state == "done":
+        return RunResult(rd.run_id, rd.path, "done", rd.final())
+    if state == "failed":
+        return RunResult(rd.run_id, rd.path, "failed", reason=rd.failure_reason())
+    status = {"pending": "not started", "running": "running elsewhere"}.get(state, "interrupted")
+    return RunResult(rd.run_id, rd.path, status, reason=reason)
+
+
 # --- local: a pool of worker processes ----------------------------------------------------------
 def run_parallel(
     planned: list,
@@ -122,39 +154,75 @@ def run_parallel(
     device: str,
     opts: ExecutorOptions,
     progress: bool = True,
+    restart: bool = False,
+    retries: int = 1,
 ) -> list[tuple[Any, Any]]:
     """Run the planned specs in ``opts.jobs`` spawned worker processes; outcomes in plan order.
 
     Each worker gets an equal share of this machine's cores as torch threads (spawn, not fork:
-    a forked child of a process that already ran torch may deadlock in its thread pools). A worker
-    that dies (killed, out of memory) fails its run and the ones still queued, with a reason that
-    says to rerun the sweep: the run's lock is then stale and the rerun resumes it.
+    a forked child of a process that already ran torch may deadlock in its thread pools), and exits
+    when this process dies. A worker that dies (killed, out of memory) breaks the pool: its run and
+    the runs the pool cut short are read back from disk (done, interrupted, not started) and run
+    again in a fresh pool, ``retries`` times; what is still unfinished then is reported as
+    ``interrupted`` or ``not started``, never as failed.
     """
     from tqdm.auto import tqdm
 
-    from mmbalance.runner import RunResult
-
     runnable = _runnable(planned)
+    outcomes: list[Any] = [None] * len(runnable)
+    todo = list(range(len(runnable)))
+    with tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress) as bar:
+        for attempt in range(retries + 1):
+            broken = _run_pool([runnable[i] for i in todo], results, data_root, device, opts, restart)
+            for i, outcome in zip(todo, broken, strict=True):
+                if outcome is not None:
+                    outcomes[i] = outcome
+                    bar.update(1)
+            died = [i for i, outcome in zip(todo, broken, strict=True) if outcome is None]
+            for i in died:
+                outcomes[i] = _interrupted(runnable[i].spec, results, data_root,
+                                           f"its worker process died (attempt {attempt + 1} of {retries + 1}); "
+                                           "the next sweep resumes it")  # fmt: skip
+            todo = [i for i in died if outcomes[i].status in ("interrupted", "not started")]
+            bar.update(len(died) - len(todo))
+            if not todo:
+                break
+            if attempt < retries:
+                bar.write(f"a worker process died: {len(todo)} unfinished run(s) "
+                          f"({sum(outcomes[i].status == 'interrupted' for i in todo)} interrupted), "
+                          "retrying them in a fresh pool")  # fmt: skip
+    return list(zip(runnable, outcomes, strict=True))
+
+
+def _run_pool(runnable: list, results: Path, data_root: Path | None, device: str, opts: ExecutorOptions,
+              restart: bool) -> list[Any]:  # fmt: skip
+    """One pool over ``runnable``: each run's ``RunResult``, or None where the pool broke under it."""
     threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.jobs)
     ctx = multiprocessing.get_context("spawn")
-    outcomes: list[Any] = [None] * len(runnable)
-    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=ctx) as pool:
-        root = str(data_root) if data_root else None
-        futures = {
+    results_out: list[Any] = [None] * len(runnable)
+    root = str(data_root) if data_root else None
+    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=ctx, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # fmt: skip
+        futures = [
             pool.submit(
-                run_one, p.spec.canonical(), str(results), root, device, opts.amp, opts.workers, threads
-            ): i
-            for i, p in enumerate(runnable)
-        }
-        with tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress) as bar:
-            for future, i in futures.items():  # plan order; each waits for its own run
-                try:
-                    outcomes[i] = future.result()
-                except BrokenProcessPool as e:
-                    reason = f"worker process died ({e}); rerun the sweep to resume this run"
-                    outcomes[i] = RunResult("?", Path(), "failed", reason=reason)
-                bar.update(1)
-    return list(zip(runnable, outcomes, strict=True))
+                run_one,
+                p.spec.canonical(),
+                str(results),
+                root,
+                device,
+                opts.amp,
+                opts.workers,
+                threads,
+                restart,
+            )  # fmt: skip
+            for p in runnable
+        ]
+        for i, future in enumerate(futures):  # plan order; each waits for its own run
+            try:
+                results_out[i] = future.result()
+            except BrokenProcessPool:
+                pass  # read back from disk by the caller
+    return results_out
 
 
 # --- submitit: SLURM (or its local stand-in) -----------------------------------------------------
@@ -187,6 +255,7 @@ def submit(
     opts: ExecutorOptions,
     name: str = "mmbalance",
     cluster: str = "slurm",
+    restart: bool = False,
 ) -> list[tuple[Any, Any]]:
     """Submit one job per runnable spec, as a single job array; returns ``(planned, submitit.Job)``.
 
@@ -204,5 +273,5 @@ def submit(
     root = str(Path(data_root).resolve()) if data_root else None  # jobs may start in another folder
     with executor.batch():  # one sbatch call: an array of len(runnable) tasks
         jobs = [executor.submit(RunJob(), p.spec.canonical(), str(Path(results).resolve()), root, device,
-                                opts.amp, opts.workers, opts.threads) for p in runnable]  # fmt: skip
+                                opts.amp, opts.workers, opts.threads, restart) for p in runnable]  # fmt: skip
     return list(zip(runnable, jobs, strict=True))

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -91,7 +92,19 @@ Hex16 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 SplitFingerprint = Annotated[
     str, StringConstraints(pattern=r"^train:[0-9a-f]{16}\|valid:[0-9a-f]{16}\|test:[0-9a-f]{16}$")
 ]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _plain(text: str) -> str:
+    """Free text shown on the page: printable, no markup. The page escapes it too; entries stay clean."""
+    if not text.isprintable():
+        raise ValueError("only printable characters are allowed (no control characters, tabs or newlines)")
+    if "<" in text or ">" in text:
+        raise ValueError("'<' and '>' are not allowed (no markup in leaderboard text)")
+    return text
+
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_plain)]
+OptionalText = Annotated[str, StringConstraints(max_length=200), AfterValidator(_plain)]
 CodeVersion = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z._-]{1,32}(\+[0-9A-Za-z._-]{1,64})?$")]
 
 
@@ -142,9 +155,9 @@ class Stat(Schema):
 
 class Hardware(Schema):
     device: Text
-    device_name: str = Field("", max_length=200)
-    platform: str = Field("", max_length=200)
-    python: str = Field("", max_length=20)
+    device_name: OptionalText = ""
+    platform: OptionalText = ""
+    python: Annotated[str, StringConstraints(max_length=20), AfterValidator(_plain)] = ""
 
 
 class Entry(Schema):

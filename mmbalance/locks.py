@@ -4,7 +4,9 @@ A lock is a file ``<run_dir>/lock`` created with ``O_CREAT | O_EXCL`` (atomic on
 NFSv3+/Lustre, where SLURM clusters keep results). It holds the owner's pid, host and a random
 token; a heartbeat thread touches its mtime while the owner lives. A lock is *stale* when its
 owner is gone: the pid no longer exists on this host, or the heartbeat is older than
-``stale_after`` seconds (an owner on another host, or a frozen node). A stale lock is taken over.
+``stale_after`` seconds (an owner on another host, or a frozen node), or the file is empty or
+half-written and older than ``UNREADABLE_GRACE_S`` (its owner died between creating and writing it:
+a live owner writes its few bytes right after creating the file). A stale lock is taken over.
 
 Taking over is serialised by a second O_EXCL file (``lock.break``), so that two workers that both
 saw the same stale lock cannot both remove it: the second one re-reads the lock under the breaker
@@ -34,6 +36,7 @@ __all__ = ["LockInfo", "RunLock", "read_lock", "is_stale"]
 
 HEARTBEAT_S = 30.0  # how often a live owner touches its lock
 STALE_AFTER_S = 600.0  # a lock untouched this long is stale, whatever its host (20 missed heartbeats)
+UNREADABLE_GRACE_S = 5.0  # an empty/half-written lock this old has no live owner
 
 
 @dataclass(frozen=True)
@@ -79,20 +82,25 @@ def _pid_alive(pid: int) -> bool:
 
 
 def is_stale(info: LockInfo, stale_after: float = STALE_AFTER_S) -> bool:
-    if time.time() - info.heartbeat > stale_after:
+    age = time.time() - info.heartbeat
+    if age > stale_after or (not info.token and age > min(stale_after, UNREADABLE_GRACE_S)):
         return True
     return info.host == socket.gethostname() and not _pid_alive(info.pid)
 
 
 def _create_exclusive(path: Path, doc: dict[str, Any]) -> bool:
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides the mode
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(doc))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # e.g. a full disk: leave no empty lock behind
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 

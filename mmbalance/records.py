@@ -1,6 +1,8 @@
 """Run records on disk: ``results/runs/<run_id>/``.
 
-Files (all written atomically: temp file in the same folder, then ``os.replace``):
+Files (all written atomically: temp file ``.<name>.<random>.tmp`` in the same folder, then ``os.replace``;
+a temp file left by a killed writer is removed by the next owner of the run's lock, ``RunDir.remove_temp``;
+files get the mode the umask allows, so a results folder shared by a group stays readable):
   spec.yaml      the canonical run spec (plus run_id, data fingerprint)
   env.json       code version, package versions, device, python, platform
   metrics.jsonl  one JSON object per finished epoch (train loss, valid/test metrics, probes,
@@ -33,12 +35,27 @@ from typing import Any
 import yaml
 
 DEFAULT_RESULTS = Path("results")
+TEMP_GLOB = ".*.tmp"  # atomic writes' temp files
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; once, at import, before any thread
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+class DamagedRecordError(ValueError):
+    """A run record that cannot be read or resumed from; the message names the file and what to do."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -86,11 +103,21 @@ class RunDir:
 
     # --- status --------------------------------------------------------------------------------
     def status(self) -> str:
-        """``pending`` (no record), ``running``, ``done`` or ``failed``."""
+        """``pending`` (no record), ``running``, ``done`` or ``failed``.
+
+        ``running`` also covers a run whose worker died before its status file was written (the folder
+        holds a lock or a spec); ``status.run_state`` tells live from dead by the lock. A ``done`` run
+        is finished only with a readable ``final.json`` (``finished``).
+        """
         f = self.file("status")
         if not f.exists():
-            return "pending"
+            return "running" if self.path.is_dir() and any(self.path.iterdir()) else "pending"
         return f.read_text().split(":", 1)[0].strip()
+
+    def finished(self) -> dict[str, Any] | None:
+        """``final.json`` of a done run; None when the run is not done or its ``final.json`` is missing
+        or damaged (the runner then rebuilds it from the checkpoint)."""
+        return self.final_or_none() if self.status() == "done" else None
 
     def failure_reason(self) -> str:
         text = self.file("status").read_text() if self.file("status").exists() else ""
@@ -105,6 +132,21 @@ class RunDir:
 
     def final(self) -> dict[str, Any]:
         return json.loads(self.file("final.json").read_text())
+
+    def final_or_none(self) -> dict[str, Any] | None:
+        """``final.json``, or None when it is missing, truncated or not a JSON object."""
+        try:
+            final = self.final()
+        except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return None
+        return final if isinstance(final, dict) else None
+
+    def remove_temp(self) -> list[Path]:
+        """Remove the temp files of writers killed mid-write. Only the lock's owner may call this."""
+        leftovers = sorted(self.path.glob(TEMP_GLOB))
+        for f in leftovers:
+            f.unlink(missing_ok=True)
+        return leftovers
 
     def env(self) -> dict[str, Any]:
         return json.loads(self.file("env.json").read_text())

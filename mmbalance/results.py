@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from mmbalance.records import RunDir, iter_runs
-from mmbalance.status import run_state
+from mmbalance.status import DAMAGED_FINAL, run_state
 
 __all__ = ["PROTOCOLS", "RecordWarning", "load", "run_values", "config_key", "flatten", "one_line"]
 
@@ -97,7 +97,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
         status, reason = "unreadable", f"{rd.file('status')}: {type(e).__name__}: {one_line(e)}"
     final: dict[str, Any] = {}
     values: dict[str, float] = {}
-    if status == "done":
+    if status == "done" or reason == DAMAGED_FINAL:  # marked done: name what cannot be read
         try:
             final = rd.final()
             values = run_values(final, protocol)

@@ -39,11 +39,18 @@ from tqdm.auto import tqdm
 
 import mmbalance
 from mmbalance import metrics
-from mmbalance.data import Batch, DatasetAdapter, collate
+from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.probes import Probes
-from mmbalance.records import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, rows_to_csv
+from mmbalance.records import (
+    DamagedRecordError,
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    rows_to_csv,
+)
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import RunSpec
 
@@ -223,7 +230,8 @@ class Trainer:
         self.model = adapter.build_model(model_params, self.modalities).to(device)
         self.datasets = {s: adapter.split(s) for s in ("train", "valid", "test")}
         if len(self.datasets["train"]) == 0:
-            raise ValueError(f"{spec.dataset}: the train split is empty")
+            raise DataError(f"{spec.dataset}: the train split is empty")
+        adapter.check_train_batches(len(self.datasets["train"]), spec.batch_size)
         self.steps_per_epoch = math.ceil(len(self.datasets["train"]) / spec.batch_size)
         self.optimizer = make_optimizer(spec, self.method.param_groups(self.model))
         self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
@@ -330,23 +338,33 @@ class Trainer:
         )  # fmt: skip
 
     def try_resume(self) -> None:
+        """Load the last epoch checkpoint, if any, and rewrite the records from it: a run killed between
+        its checkpoint and its records (or after its last epoch) resumes with records that match."""
         f = self.rd.file("checkpoint.pt")
         if not f.exists():
             return
-        state = torch.load(f, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
-        if self.probes is not None:
-            self.probes.load(state["probes"])
-        set_rng_state(state["rng"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.history, self.curves = state["history"], state["curves"]
-        self.start_epoch = state["epoch"] + 1
-        self.next_step = state.get("next_step", self.start_epoch * self.steps_per_epoch)
+        try:
+            state = torch.load(f, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.method.load_state_dict(state["method"])
+            if self.probes is not None:
+                self.probes.load(state["probes"])
+            set_rng_state(state["rng"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.history, self.curves = state["history"], state["curves"]
+            self.start_epoch = state["epoch"] + 1
+            self.next_step = state.get("next_step", self.start_epoch * self.steps_per_epoch)
+        except Exception as e:  # truncated or foreign file: whatever torch or the state dicts raise
+            detail = " ".join(str(e).split())[:160]
+            raise DamagedRecordError(
+                f"{f}: damaged checkpoint, cannot resume ({type(e).__name__}: {detail}); "
+                "rerun with --restart to discard this run's checkpoint and records and train it from epoch 0"
+            ) from None
+        self.write_records()
 
     # --- one step, one epoch --------------------------------------------------------------------
     def train_step(self, batch: Batch) -> float:
@@ -513,7 +531,7 @@ class Trainer:
         }
 
     def run(self) -> dict[str, Any]:
-        self.try_resume()
+        """Train from ``start_epoch`` (set by ``try_resume``) to the last epoch; the final record."""
         total = (self.spec.epochs - self.start_epoch) * self.steps_per_epoch
         desc = f"{self.spec.dataset}/{self.spec.method} seed {self.spec.seed}"
         with tqdm(total=total, desc=desc, unit="step", disable=not self.progress, leave=False) as bar:
@@ -563,32 +581,46 @@ def train(
     progress: bool = True,
     amp: bool = False,
     workers: int = 0,
+    restart: bool = False,
 ) -> RunResult:
     """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
 
     ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); ``workers``: data-loader
     processes. Both are execution options like ``device``: not part of the run id, recorded in env.json.
+    ``restart``: an unfinished run discards its checkpoint and records and trains from epoch 0 (the way
+    out of a damaged checkpoint); a finished run is still reused.
     A run that another live worker holds the lock of is returned as ``running elsewhere``.
     """
     adapter, fingerprint, rd = prepare(spec, results, data_root)
-    if rd.status() == "done":
-        return RunResult(rd.run_id, rd.path, "skipped", rd.final())
+    if (final := rd.finished()) is not None:
+        return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:
                 holder = lock.holder.describe() if lock.holder else "another worker"
                 return RunResult(rd.run_id, rd.path, "running elsewhere", reason=f"locked by {holder}")
-            if rd.status() == "done":  # finished by the lock's previous owner after our first look
-                return RunResult(rd.run_id, rd.path, "skipped", rd.final())
-            # Built before any record is written: a method that refuses this model (setup raises
-            # MethodNotApplicable) leaves nothing behind.
+            if (final := rd.finished()) is not None:  # finished by the lock's previous owner meanwhile
+                return RunResult(rd.run_id, rd.path, "skipped", final)
+            rd.remove_temp()  # a killed writer's; only the lock's owner writes here
+            if restart:
+                _discard_records(rd)
+            # Built and resumed before any record is written: a method that refuses this model (setup
+            # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
+            # the folder as it was.
             trainer = Trainer(spec, adapter, rd, resolve_device(device), progress, amp=amp, workers=workers)
+            trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
-    except MethodNotApplicable:
+    except BaseException:
         if rd.path.is_dir() and not any(rd.path.iterdir()):
-            rd.path.rmdir()  # the lock's folder, left empty
+            rd.path.rmdir()  # the lock's folder, left empty: no trace of a run that never started
         raise
+
+
+def _discard_records(rd: RunDir) -> None:
+    for f in rd.path.iterdir():
+        if f.is_file() and not f.name.startswith("lock"):
+            f.unlink()
 
 
 def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -> RunResult:
@@ -604,9 +636,7 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
     except MethodNotApplicable:
         # Refused once it met the model or a batch (e.g. OGM-GE needs late concat fusion): that is not a
         # failed run but no run at all, so nothing of it stays on disk.
-        for f in rd.path.iterdir():
-            if f.name != "lock":
-                f.unlink()
+        _discard_records(rd)
         raise
     except Diverged as e:
         rd.set_status("failed", f"diverged: {e}")

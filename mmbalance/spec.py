@@ -52,7 +52,7 @@ class RunSpec(StrictModel):
     schedule: ScheduleSpec = ScheduleSpec()
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
     probe_every: int = Field(10, ge=0)  # log probes every k training steps; 0 turns probes off
 
     @model_validator(mode="after")
@@ -95,10 +95,19 @@ def _format_validation(e: ValidationError, prefix: str = "") -> str:
         shown = (
             ""
             if err["type"] in ("extra_forbidden", "missing") or isinstance(inp, dict)
-            else f" (got {inp!r})"
+            else f" (got {_short_repr(inp)})"
         )
         lines.append(f"  {loc or '<spec>'}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = (
+        repr(value)
+        if not isinstance(value, int) or abs(value) < 10**limit
+        else f"a {len(str(value))}-digit number"
+    )
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_spec(data: dict[str, Any]) -> RunSpec:
@@ -126,6 +135,8 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
             raise SpecError(f"--set {a!r}: value is not valid YAML: {e}") from None
+        except ValueError as e:  # e.g. an integer longer than Python converts (4300 digits)
+            raise SpecError(f"--set {_short_repr(a)}: {_short_repr(str(e), 120)}") from None
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -191,9 +202,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except ValueError as e:  # an integer longer than Python converts
+        raise SpecError(f"{path}: {_short_repr(str(e), 120)}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

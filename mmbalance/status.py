@@ -5,8 +5,11 @@ A run is
   ``failed``       its status file says ``failed: <reason>``;
   ``running``      status ``running`` and a live lock (its holder is named);
   ``interrupted``  status ``running`` but no lock or a stale one: its worker died; the next sweep
-                   takes the lock over and resumes from the last checkpoint;
+                   takes the lock over and resumes from the last checkpoint. Also a run killed before
+                   its status file was written, and a ``done`` run whose ``final.json`` is missing or
+                   damaged (the next sweep rebuilds it from the checkpoint);
   ``pending``      no record yet (only known when the caller passes the sweep's run ids).
+Every folder under ``runs/`` is listed, with or without a ``spec.yaml``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmbalance.locks import is_stale, read_lock
-from mmbalance.records import RunDir, iter_runs
+from mmbalance.records import RunDir
 
 __all__ = ["RunState", "StatusReport", "run_state", "sweep_status"]
 
@@ -50,17 +53,32 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
         lock = read_lock(rd.file("lock"))
         if lock is not None and not is_stale(lock):
             return RunState(rd.run_id, "running", f"held by {lock.describe()}", label)
-        return RunState(rd.run_id, "interrupted", "resumes from its checkpoint on the next sweep", label)
+        return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)
     if status == "failed":
         return RunState(rd.run_id, "failed", rd.failure_reason(), label)
     if status == "done":
+        if rd.final_or_none() is None:
+            return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)
         return RunState(rd.run_id, "done", "", label)
     return RunState(rd.run_id, "pending", "", label)
+
+
+DAMAGED_FINAL = "final.json is missing or damaged; the next sweep rebuilds it from the checkpoint"
+
+
+def _why_interrupted(rd: RunDir) -> str:
+    if not rd.file("status").exists():
+        return "its worker died before the first record; the next sweep starts it"
+    if rd.file("status").read_text().startswith("done"):
+        return DAMAGED_FINAL
+    return "resumes from its checkpoint on the next sweep"
 
 
 def sweep_status(results: Path | str, run_ids: dict[str, str] | None = None) -> StatusReport:
     """States of the runs under ``results``; with ``run_ids`` ({run_id: label}, a suite's plan) only
     those runs, and the ones without a record count as pending."""
     if run_ids is None:
-        return StatusReport([run_state(rd) for rd in iter_runs(results)])
+        root = Path(results) / "runs"
+        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return StatusReport([run_state(RunDir(p)) for p in folders])
     return StatusReport([run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()])

@@ -22,6 +22,8 @@ are missing is skipped with one line. Runs are content-addressed, so finished ru
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exporte
     load_yaml,
     validate_spec,
 )
+
+WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
 
 
 class Suite(StrictModel):
@@ -119,6 +123,7 @@ def run_local(
     progress: bool = True,
     amp: bool = False,
     workers: int = 0,
+    restart: bool = False,
 ) -> list[tuple[Planned, Any]]:
     """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
     from tqdm.auto import tqdm
@@ -129,14 +134,32 @@ def run_local(
     runnable = [p for p in planned if p.spec is not None]
     for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
         try:
-            outcome = train(
-                p.spec, results, data_root, device=device, progress=progress, amp=amp, workers=workers
-            )
+            outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
+                            workers=workers, restart=restart)  # fmt: skip
         except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
             outcome = RunResult("-", Path(), "not applicable", reason=str(e))
         except Exception as e:  # recorded as failed by train(); keep going with the next run
             outcome = RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
         outcomes.append((p, outcome))
+    return outcomes
+
+
+def wait_for_elsewhere(
+    outcomes: list[tuple[Planned, Any]], rerun: Callable[[list[Planned]], list[tuple[Planned, Any]]],
+    poll_s: float | None = None, say: Callable[[str], None] = print,
+) -> list[tuple[Planned, Any]]:  # fmt: skip
+    """``sweep --wait``: until no run is ``running elsewhere``, wait for the other worker to release its
+    lock, then ``rerun`` those runs here (finished ones are reused, a dead worker's run is resumed)."""
+    from mmbalance.records import RunDir
+    from mmbalance.status import run_state
+
+    outcomes, poll_s = list(outcomes), poll_s or WAIT_POLL_S
+    while waiting := [i for i, (_, r) in enumerate(outcomes) if r.status == "running elsewhere"]:
+        say(f"waiting for {len(waiting)} run(s) running in another process (checking every {poll_s:g} s)")
+        while all(run_state(RunDir(outcomes[i][1].path)).state == "running" for i in waiting):
+            time.sleep(poll_s)
+        for i, outcome in zip(waiting, rerun([outcomes[i][0] for i in waiting]), strict=True):
+            outcomes[i] = outcome
     return outcomes
 
 

@@ -24,6 +24,19 @@ from mmbalance.data import DataError
 from mmbalance.datasets.food101 import detect_layout, extract_features
 
 
+def download(loader, name: str) -> None:
+    """Fill the local cache with ``name``; no network or an unknown name is one ``DataError``."""
+    try:
+        loader.from_pretrained(name)
+    except Exception as e:  # transformers raises OSError, the HTTP client its own errors
+        first = next((line for line in str(e).splitlines() if line.strip()), "")[:200]
+        raise DataError(
+            f"cannot download {name!r} ({type(e).__name__}: {first}); without network, fetch it once "
+            f"elsewhere (hf download {name}) and pass the local folder, or its cached name without "
+            "--allow-download"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, loaders in ((args.text_model, (AutoTokenizer, AutoModel)),
                                   (args.image_model, (AutoImageProcessor, AutoModel))):  # fmt: skip
                 for loader in loaders:
-                    loader.from_pretrained(name)  # fills the local cache
+                    download(loader, name)
         elif "HF_HUB_OFFLINE" not in os.environ:
             os.environ["HF_HUB_OFFLINE"] = "1"
         extract_features(args.root, layout, args.text_model, args.image_model, out, args.max_text_length,
                          args.txt_text, args.batch_size, args.device)  # fmt: skip
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"features -> {out}")
     return 0
 

@@ -212,6 +212,24 @@ def test_joint_trains_one_epoch(root, tmp_path):
     assert 0 <= test["dice_mean"] <= 100
 
 
+@pytest.mark.parametrize(
+    ("train_cases", "batch_size", "message"),
+    [
+        (1, 2, r"1 training volume with train_items='volume'.*or use train_items='slice'"),
+        (3, 2, r"3 training items in batches of 2 leave a final batch of 1.*use batch_size=3"),
+    ],
+)
+def test_training_batches_of_one_are_refused_before_anything_is_written(root, tmp_path, train_cases,
+                                                                        batch_size, message):  # fmt: skip
+    listing = {"train": fixture.CASES[:train_cases], "valid": fixture.CASES[3:], "test": fixture.CASES[3:]}
+    (root / f"split{train_cases}.json").write_text(json.dumps(listing))
+    spec = validate_spec({"dataset": "brats", "dataset_params": {"crop": 32, "split_file": f"split{train_cases}.json"},
+                          "model_params": TINY, "epochs": 1, "batch_size": batch_size})  # fmt: skip
+    with pytest.raises(DataError, match=message):
+        train(spec, results=tmp_path, data_root=root.parent, device="cpu", progress=False)
+    assert not list((tmp_path / "runs").glob("*"))
+
+
 def test_preset_is_a_valid_spec():
     from mmbalance.spec import deep_merge
     from mmbalance.sweep import load_preset

@@ -272,5 +272,5 @@ def test_extract_script(root, tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     with h5py.File(tmp_path / "features_texts_txt.h5") as f:  # layout detected, default name
         assert f["train"]["text"].shape == (14, 50, 32) and f.attrs["txt_text"] == "ingredients"
-    assert main([str(tmp_path), "--text-model", "no-such/model-anywhere"]) == 1
+    assert main([str(tmp_path), "--text-model", "no-such/model-anywhere"]) == 2
     assert "not found locally" in capsys.readouterr().err

@@ -178,6 +178,32 @@ def test_bad_labels_and_ids(copy):
         quiet_split(adapter(copy), "train")
 
 
+@pytest.mark.parametrize(
+    "row", [[0, 0, 0, 0], [0, 7, 0, 0], [1, 1, 0, 0], [0.5, 0.5, 0, 0], [np.nan, 1, 0, 0]]
+)
+def test_mmin_labels_that_are_not_one_hot_name_the_first(copy, row):
+    path = copy / "iemocap" / "target" / "1" / "val_label.npy"
+    labels = np.load(path)
+    labels[1] = row
+    np.save(path, labels)
+    with pytest.raises(DataError, match=rf"{path}: 1 label row\(s\) are not one-hot, the first at index 1: "):
+        quiet_split(adapter(copy), "train")
+
+
+def test_mult_labels_that_are_not_one_hot_name_the_first(tmp_path):
+    path = tmp_path / "iemocap" / "iemocap_data.pkl"
+    path.parent.mkdir()
+    data = fixture.mult_pickle(True)
+    data["test"]["labels"][2, 3] = [0, 0]
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=rf"{path}: test/labels: 1 label row\(s\) .* first at index \(2, 3\)"):
+        adapter(tmp_path, format="mult").split("train")
+    data["test"]["labels"][2, 3] = [np.nan, 1]
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=rf"{path}: test/labels: 1 bad label\(s\), the first at index 2"):
+        adapter(tmp_path, format="mult").split("train")
+
+
 def test_bad_audio_statistics(copy):
     path = copy / "iemocap" / "A" / "comparE_mean_std.h5"
     with h5py.File(path, "a") as f:

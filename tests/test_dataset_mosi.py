@@ -104,12 +104,39 @@ def test_fingerprint_hashes_ids_and_labels(root, tmp_path):
     assert a.fingerprint("train") == adapter(root).fingerprint("train")
     assert a.fingerprint("train") != a.fingerprint("valid")
     data = fixture.mult_pickle(True)
-    data["train"]["labels"][3] += 1.0
+    labels = data["train"]["labels"]
+    labels[3] = 2.9 if labels[3] != 2.9 else -2.9  # another score inside MOSI's [-3, 3]
     write_pickle(tmp_path / "mosi" / "mosi_data.pkl", data)
     assert adapter(tmp_path).fingerprint("train") != a.fingerprint("train")
 
 
 # --- bad inputs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["mult", "mmsa"])
+@pytest.mark.parametrize(("value", "index"), [(10.0, 3), (-3.5, 0), (np.nan, 5), (np.inf, 1)])
+def test_bad_scores_name_the_file_and_the_first_bad_index(tmp_path, source, value, index):
+    data = (fixture.mult_pickle if source == "mult" else fixture.mmsa_pickle)(True)
+    key = "labels" if source == "mult" else "regression_labels"
+    data["valid"][key].reshape(-1)[index] = value
+    path = write_pickle(tmp_path / "mosi" / ("mosi_data.pkl" if source == "mult" else "aligned_50.pkl"), data)
+    with pytest.raises(
+        DataError, match=rf"{path}: valid/{key}: 1 bad label\(s\), the first at index {index}"
+    ):
+        adapter(tmp_path, source=source).split("train")
+
+
+def test_text_bert_ids_outside_the_bert_vocabulary_name_the_sample(root, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=1000, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "small-bert")
+    a = adapter(root, source="mmsa", text="text_bert")
+    params = MosiModelParams(**TINY_MODEL, bert=str(tmp_path / "small-bert"))
+    with pytest.raises(DataError, match=r"aligned_50.pkl: train/text_bert sample 0 has word id \d+, outside "
+                                        r"the vocabulary of .*small-bert \(1000 words\)"):  # fmt: skip
+        a.build_model(params, ["text", "audio"])
+
+
 def test_missing_file_names_the_candidates(tmp_path):
     with pytest.raises(
         DataMissingError,
@@ -234,3 +261,14 @@ def test_one_epoch_writes_a_run_record(root, tmp_path, method):
     final = json.loads((result.path / "final.json").read_text())
     assert set(final["test"]) >= {"mae", "corr", "acc7", "acc2_non0", "f1_non0"}
     assert np.isfinite(final["test"]["mae"])
+
+
+def test_a_model_that_cannot_be_built_leaves_no_run_folder(root, tmp_path, capsys):
+    from mmbalance.cli import main
+
+    argv = ["run", "--dataset", "mosi", "--data-root", str(root), "--results", str(tmp_path), "--quiet",
+            "--set", "dataset_params.source=mmsa", "--set", "dataset_params.text=text_bert"]  # fmt: skip
+    assert main(argv) == 2  # no model_params.bert for the word ids
+    err = capsys.readouterr().err
+    assert err.startswith("error: mosi: text='text_bert'") and err.count("\n") == 1
+    assert not list((tmp_path / "runs").glob("*"))

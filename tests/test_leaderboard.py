@@ -259,11 +259,25 @@ def test_script_in_method_name_and_javascript_url_are_refused(entry, runs, tmp_p
         assert "url: Value error, only http(s) URLs with a host are allowed" in problems(bad, runs, tmp_path)
 
 
+@pytest.mark.parametrize("field", ["submitter", "device_name", "device", "platform"])
+@pytest.mark.parametrize("text", ["<b>me</b>", "a > b", "tab\there", "line\nbreak", "bell\x07"])
+def test_free_text_fields_refuse_markup_and_control_characters(entry, runs, tmp_path, field, text):
+    bad = copy.deepcopy(entry)
+    if field == "submitter":
+        bad["submitter"] = text
+    else:
+        bad["hardware"][0][field] = text
+    msg = problems(bad, runs, tmp_path)
+    assert "are not allowed" in msg or "only printable characters" in msg, msg
+    ok = copy.deepcopy(entry)
+    ok["submitter"] = "Zoë Müller & co. (ETH Zürich), 2026"  # printable text of any script is fine
+    assert lb.validate_entry(ok, lb.load_fingerprints(runs["fingerprints"])).submitter == ok["submitter"]
+
+
 def test_free_text_is_escaped_on_both_pages(entry, runs):
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     data = copy.deepcopy(entry)
-    data["submitter"] = evil
-    data["method_params"] = {"note": evil}
+    data["method_params"] = {"note": evil}  # free-form params: the page escapes them
     data["url"] = 'https://example.org/"><script>alert(1)</script>'
     e = lb.validate_entry(reseal(data), lb.load_fingerprints(runs["fingerprints"]))
     html, md = render_html({"e.json": e}), render_markdown({"e.json": e})
