@@ -8,10 +8,11 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError, DatasetAdapter
+from mmbalance.data import SPLITS, Batch, DataError, DatasetAdapter
 
 __all__ = [
     "ArraySplit",
@@ -24,7 +25,9 @@ __all__ = [
 
 
 class ArraySplit(Dataset):
-    """In-memory split: items ``({modality: (T, D)}, target, id)``; tensors are shared, not copied."""
+    """In-memory split: items ``({modality: (T, D)}, target, id)``; tensors are shared, not copied.
+    A batch is fetched with one indexing per tensor (``__getitems__``, which ``DataLoader`` prefers):
+    the same values as stacking its items, without a Python call per item (a fifth of a small run)."""
 
     def __init__(self, inputs: dict[str, Tensor], target: Tensor, ids: list[str]) -> None:
         self.inputs, self.target, self.ids = inputs, target, ids
@@ -34,6 +37,12 @@ class ArraySplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
         return {m: x[i] for m, x in self.inputs.items()}, self.target[i], self.ids[i]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return Batch(
+            {m: x[idx] for m, x in self.inputs.items()}, self.target[idx], [self.ids[i] for i in indices]
+        )
 
 
 def check_labels(labels: np.ndarray, where: str, low: float = -np.inf, high: float = np.inf) -> None:

@@ -51,9 +51,9 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from torch.utils.data import Dataset
 
 from mmbalance.data import DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.datasets._cmu import ArraySplit
 from mmbalance.models.base import MultimodalModel
 from mmbalance.models.small import late_fusion_cnn, late_fusion_mlp
 from mmbalance.registry import DATASETS
@@ -153,19 +153,6 @@ class SyntheticModelParams(StrictModel):
     width: int = Field(16, ge=1)  # CNN width (segmentation)
 
 
-class ArrayDataset(Dataset):
-    def __init__(self, inputs: dict[str, np.ndarray], target: np.ndarray, prefix: str) -> None:
-        self.inputs = {m: torch.from_numpy(x).float() for m, x in inputs.items()}
-        self.target = torch.from_numpy(target)
-        self.ids = [f"{prefix}-{i:06d}" for i in range(len(target))]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int):
-        return {m: x[i] for m, x in self.inputs.items()}, self.target[i], self.ids[i]
-
-
 @DATASETS.register
 class Synthetic(DatasetAdapter):
     name = "synthetic"
@@ -178,7 +165,7 @@ class Synthetic(DatasetAdapter):
 
     def __init__(self, params: SyntheticParams, root=None) -> None:
         super().__init__(params, root)
-        self._cache: dict[str, ArrayDataset] = {}
+        self._cache: dict[str, ArraySplit] = {}
 
     @property
     def modality_names(self) -> list[str]:
@@ -202,7 +189,7 @@ class Synthetic(DatasetAdapter):
             regions={"label1": (1,), "label2": (2,), "foreground": (1, 2)},
         )
 
-    def split(self, name: str) -> ArrayDataset:
+    def split(self, name: str) -> ArraySplit:
         if name not in SPLIT_OFFSET:
             raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLIT_OFFSET)}")
         if name not in self._cache:
@@ -213,7 +200,9 @@ class Synthetic(DatasetAdapter):
                 "segmentation": self._segmentation,
             }[self.params.task]
             inputs, target = generate(n, np.random.default_rng([self.params.data_seed, SPLIT_OFFSET[name]]))
-            self._cache[name] = ArrayDataset(inputs, target, f"{self.params.task}-{name}")
+            ids = [f"{self.params.task}-{name}-{i:06d}" for i in range(len(target))]
+            tensors = {m: torch.from_numpy(x).float() for m, x in inputs.items()}
+            self._cache[name] = ArraySplit(tensors, torch.from_numpy(target), ids)
         return self._cache[name]
 
     # --- generators -----------------------------------------------------------------------------

@@ -212,6 +212,7 @@ class CGGM(Method):
         self.owner = [i for i, m in enumerate(self.modalities) for _ in scaled[m]]
         # The released loop clips once: the runner's clip when the spec sets one, else the method's.
         self.clip = self.p.clip_grad_norm if ctx.clip_grad_norm is None else None
+        self.model_parameters = list(model.parameters())  # listed once, not walked every step
         name = (
             self.p.cls_optimizer if self.p.cls_optimizer != "same" else type(ctx.optimizer).__name__.lower()
         )
@@ -285,7 +286,7 @@ class CGGM(Method):
                 ]
                 torch._foreach_mul_([g for g, _ in pairs], [c for _, c in pairs])
         if self.clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), self.clip, foreach=True)
+            nn.utils.clip_grad_norm_(self.model_parameters, self.clip, foreach=True)
         self.cls_optimizer.step()
 
     def diagnostics(self) -> dict[str, float]:

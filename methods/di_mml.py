@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import RunContext
+from mmbalance.method import MethodNotApplicable, RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, common_feature_dim, num_outputs, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -104,6 +104,13 @@ class DIMML(UnimodalHeadsMethod):
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         require_concat_fusion(model, "di_mml")  # the stage-2 classifier reads the concatenated features
+        if (
+            ctx.epochs <= self.p.stage1_epochs
+        ):  # else the fusion head is never trained (mfeat at 8 epochs: 16%)
+            raise MethodNotApplicable(
+                f"di_mml: stage1_epochs ({self.p.stage1_epochs}) leaves no stage-2 epoch in a run of "
+                f"{ctx.epochs} epochs; set method_params.stage1_epochs below {ctx.epochs}"
+            )
         self.model, self.num_classes = model, task.num_classes
         self.only: dict[str, Tensor] | None = None  # each modality's "only" dimensions (bool masks)
 

@@ -68,7 +68,9 @@ class Batch:
         return len(self.ids)
 
 
-def collate(items: Sequence[tuple[dict[str, Tensor], Tensor, str]]) -> Batch:
+def collate(items: Sequence[tuple[dict[str, Tensor], Tensor, str]] | Batch) -> Batch:
+    if isinstance(items, Batch):  # fetched whole by the split's ``__getitems__`` (``ArraySplit``)
+        return items
     modalities = items[0][0].keys()
     return Batch(
         {m: torch.stack([it[0][m] for it in items]) for m in modalities},

@@ -228,6 +228,7 @@ class Trainer:
         self.modalities = self.method.model_modalities(self.task.modalities)
         model_params = type(adapter).ModelParams.model_validate(spec.model_params)
         self.model = adapter.build_model(model_params, self.modalities).to(device)
+        self.model_parameters = list(self.model.parameters())  # listed once: clipping walks them every step
         self.datasets = {s: adapter.split(s) for s in ("train", "valid", "test")}
         if len(self.datasets["train"]) == 0:
             raise DataError(f"{spec.dataset}: the train split is empty")
@@ -395,7 +396,7 @@ class Trainer:
             with self.autocast():
                 row.update(self.probes.fit_step(out.features, batch.target, self.task_loss, metric))
         if self.spec.optim.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.optim.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model_parameters, self.spec.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)  # skips the step if AMP overflowed; plain step() otherwise
         self.scaler.update()
         if self.schedule_when == "iteration" and ctx.last_turn:  # the schedule counts batches, not turns
@@ -491,9 +492,8 @@ class Trainer:
         pred, target = torch.cat(preds), torch.cat(targets)
         result: dict[str, Any] = {"loss": loss_sum / len(ids), **self.adapter.evaluate(pred, target, ids)}
         if self.probes is not None:
-            key = self.task.primary_metric
-            result["probe"] = {
-                m: self.adapter.evaluate(torch.cat(p), target, ids)[key] for m, p in probe_preds.items()
+            result["probe"] = {  # the primary metric alone: the same number as evaluate(...)[key]
+                m: self.adapter.primary_value(torch.cat(p), target, ids) for m, p in probe_preds.items()
             }
         return result
 

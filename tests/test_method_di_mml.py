@@ -110,12 +110,12 @@ def test_dimension_selection_and_contrast_hand_computed():
 
 
 def test_stage1_trains_encoders_and_classifiers_stage2_only_the_head(tmp_path):
-    tr = trainer(tmp_path, "di_mml", stage1_epochs=2, contrast_epoch=0)
+    tr = trainer(tmp_path, "di_mml", stage1_epochs=1, contrast_epoch=0)  # 2 epochs: one of each stage
     tr.method.on_epoch_start(tr.ctx)
     assert all(d.dtype == torch.bool for d in tr.method.only.values())
     batch = first_batch(tr)
     own = [*tr.method.heads.parameters(), *tr.method.shared.parameters()]
-    for stage, epoch in (("1", 0), ("2", 2)):
+    for stage, epoch in (("1", 0), ("2", 1)):
         tr.ctx.epoch = epoch
         tr.model.zero_grad(set_to_none=True)
         for p in own:
@@ -133,7 +133,7 @@ def test_stage1_trains_encoders_and_classifiers_stage2_only_the_head(tmp_path):
 
 
 def test_contrast_pulls_only_towards_the_detached_anchor(tmp_path):
-    tr = trainer(tmp_path, "di_mml", stage1_epochs=2, contrast_epoch=0)
+    tr = trainer(tmp_path, "di_mml", stage1_epochs=1, contrast_epoch=0)
     out = tr.model(first_batch(tr).inputs)
     a, v = out.features["m0"], out.features["m1"]
     contrast_loss(a, v, torch.ones(a.shape[1], dtype=torch.bool), 1.0).backward()
@@ -142,8 +142,8 @@ def test_contrast_pulls_only_towards_the_detached_anchor(tmp_path):
 
 
 def test_equivalent_to_the_official_steps(tmp_path):
-    tr = two_modality_trainer(tmp_path, "di_mml", stage1_epochs=3, contrast_epoch=1)
-    tr.ctx.epoch = 1
+    tr = two_modality_trainer(tmp_path, "di_mml", stage1_epochs=1, contrast_epoch=0)  # 2 epochs
+    tr.ctx.epoch = 0
     feats, labels = {m: [] for m in tr.modalities}, []
     tr.model.eval()
     with torch.no_grad():
@@ -161,11 +161,11 @@ def test_equivalent_to_the_official_steps(tmp_path):
     )
 
     def stage1(model, extra, batch, ctx):
-        official_stage1_step(model, extra, batch, ctx, A, V)
+        official_stage1_step(model, extra, batch, ctx, A, V, contrast_epoch=0)
 
     extra = [tr.method.heads, tr.method.shared]
     assert side_by_side(tr, stage1, steps=4, extra=extra) < 1e-6
-    tr.ctx.epoch = 3
+    tr.ctx.epoch = 1
     assert side_by_side(tr, official_stage2_step, steps=3, extra=extra) < 1e-6
 
 
@@ -175,6 +175,10 @@ def test_refusals_and_validation(tmp_path):
             trainer(tmp_path, "di_mml", task=task)
     with pytest.raises(SpecError, match="contrast_epoch"):
         validate_spec({"method": "di_mml", "method_params": {"stage1_epochs": 5, "contrast_epoch": 5}})
+    with pytest.raises(
+        MethodNotApplicable, match=r"stage1_epochs \(2\) leaves no stage-2 epoch in a run of 2"
+    ):
+        trainer(tmp_path, "di_mml", stage1_epochs=2, contrast_epoch=0)  # the fusion head would never train
     model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="concatenated"):
         DIMML().setup(model, type("T", (), {"num_classes": 3})(), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,47 @@ def test_dice_per_region_by_hand():
 def test_dice_empty_region_in_both_counts_as_perfect():
     z = torch.zeros(1, 2, 2, dtype=torch.long)
     assert dice_per_region(z, z, {"ET": (3,)})["dice_ET"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_f1_and_accuracy_equal_scikit_learn_to_the_last_bit(seed):
+    """Our F1 / accuracy (sklearn's arithmetic without its validation) give sklearn's float exactly:
+    multiclass with classes missing from the truth, the prediction or both, and MOSI's boolean labels."""
+    from sklearn import metrics as skm
+
+    from mmbalance.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    cases = [
+        (rng.integers(0, 7, n), rng.integers(2, 9, n)),  # label sets overlap only partly
+        (rng.integers(0, 3, n), np.zeros(n, dtype=np.int64)),  # one predicted class
+        (rng.standard_normal(n) >= 0, rng.standard_normal(n) > 0.5),  # booleans (MOSI Acc-2 / F1)
+    ]
+    for y, pred in cases:
+        assert accuracy_score(y, pred) == skm.accuracy_score(y, pred)
+        for average in ("macro", "weighted"):
+            ours = f1_score(y, pred, average=average)
+            assert ours == skm.f1_score(y, pred, average=average, zero_division=0), (average, y, pred)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dice_per_region_equals_monai_compute_dice(seed):
+    """``dice_per_region`` (our per-item sums) gives the numbers of MONAI's ``compute_dice``
+    (``ignore_empty=False``) averaged over items, including items where a region is empty in both maps."""
+    from monai.metrics import compute_dice
+
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.randint(0, 4, (6, 9, 11), generator=g)
+    target = torch.randint(0, 4, (6, 9, 11), generator=g)
+    target[0] = 0  # no tumour at all in item 0
+    pred[0] = 0
+    target[1][target[1] == 3] = 1  # item 1: region ET empty in the target only
+    regions = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+    ours = dice_per_region(pred, target, regions)
+    for name, labels in regions.items():
+        values = torch.tensor(labels)
+        p = torch.isin(pred, values).unsqueeze(1).float()
+        t = torch.isin(target, values).unsqueeze(1).float()
+        monai = 100.0 * compute_dice(p, t, include_background=True, ignore_empty=False).mean().item()
+        assert ours[f"dice_{name}"] == monai, name
