@@ -24,8 +24,13 @@ from mmbalance.runner import Trainer, prepare, train
 EPOCHS = 3
 
 
+# Methods whose defaults need more epochs than these tests run (DI-MML: 150 of stage 1, then stage 2).
+SHORT_RUN_PARAMS = {"di_mml": {"stage1_epochs": 1, "contrast_epoch": 0}}
+
+
 def method_spec(method: str, **overrides):
-    spec = small_spec(method=method, epochs=EPOCHS, **overrides)
+    params = overrides.pop("method_params", SHORT_RUN_PARAMS.get(method, {}))
+    spec = small_spec(method=method, method_params=params, epochs=EPOCHS, **overrides)
     adapter, _, _ = prepare(spec)
     params = METHODS.get(method).variants(spec.method_params, adapter.task)[0]  # unimodal: the first modality
     return small_spec(method=method, method_params=params, epochs=EPOCHS, **overrides)
