@@ -130,7 +130,9 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
         metric = metric_label(sub["me_metric"].iloc[0])
         prefix = out_dir / f"{name}-{dataset}-{task}"
 
-        fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.2 * len(methods) * len(mods) + 2)), 3.4))
+        fig, ax = plt.subplots(
+            figsize=(min(16.0, max(6.0, 0.2 * len(methods) * len(mods) + 2)), 3.4), layout="constrained"
+        )
         width = 0.8 / len(mods)
         for i, m in enumerate(mods):
             stats = [multi.loc[multi["method"] == k, f"shapley/{m}"].agg(["mean", "std"]) for k in methods]

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DEFAULT_RESULTS = Path("results")
 TEMP_GLOB = ".*.tmp"  # atomic writes' temp files
 
@@ -128,7 +130,8 @@ class RunDir:
 
     # --- readers -------------------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
-        return yaml.safe_load(self.file("spec.yaml").read_text())
+        # libyaml's safe loader when PyYAML has it (the same document, ~10x faster; reports read 1000s)
+        return yaml.load(self.file("spec.yaml").read_text(), Loader=SAFE_LOADER)
 
     def final(self) -> dict[str, Any]:
         return json.loads(self.file("final.json").read_text())
