@@ -40,7 +40,7 @@ format: setup
 
 bench-all: setup
 	$(BIN)/mmbalance sweep $(SUITE) --results $(RESULTS) --jobs $(JOBS)
-	$(BIN)/mmbalance report $(RESULTS) --suite $(SUITE)
+	$(BIN)/mmbalance report $(RESULTS) --suite $(SUITE) --jobs $(JOBS)
 
 reproduce: setup
 	$(BIN)/mmbalance reproduce $(TABLE) --results $(RESULTS)

@@ -345,7 +345,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                 paths = render_from_records(args.table, args.results_dir, args.out, protocol, figures=figures)
             else:
                 protocol = protocol or "best-valid-test"
-                paths = report(args.results_dir, args.suite, args.out, protocol, figures, args.method)
+                paths = report(
+                    args.results_dir, args.suite, args.out, protocol, figures, args.method, args.jobs
+                )
         finally:
             for w in caught:  # a damaged record: one line naming the file; other warnings as usual
                 if issubclass(w.category, RecordWarning):
@@ -522,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", action="append", help="only these methods (repeat: --method joint --method cggm)"
     )
+    p.add_argument("--jobs", type=int, default=1, help="processes drawing the figures (default: 1)")
     _wandb_options(p)
     p.set_defaults(func=cmd_report)
 

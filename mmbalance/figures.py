@@ -15,7 +15,7 @@ Every figure is one file, written as PNG and PDF with a stable name, from record
 - ``critical_difference``: average ranks of the methods across tables, methods the Nemenyi test cannot
   tell apart joined by a bar (Demšar 2006; drawn by scikit-posthocs).
 
-``suite_figures`` (the report's figure step) first checks each run's ``spec.yaml``, ``metrics.jsonl``,
+``suite_figures`` (the report's figure step, in ``--jobs`` processes) first checks each run's ``spec.yaml``, ``metrics.jsonl``,
 ``curves.csv`` and ``grads.npz``: a run whose record cannot be read is skipped with a
 ``results.RecordWarning`` that names the file, and the figures are drawn from the other runs.
 """
@@ -23,8 +23,10 @@ Every figure is one file, written as PNG and PDF with a stable name, from record
 from __future__ import annotations
 
 import json
+import multiprocessing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -348,10 +350,22 @@ def readable(path: Path | str) -> bool:
 
 
 # --- everything for a set of runs -------------------------------------------------------------------
-def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str, jobs: int = 1) -> list[Path]:
     """All figures of a ``report.load_runs`` frame, per dataset and task kind, named
-    ``<name>-<dataset>-<task>-<figure>.{png,pdf}``."""
-    paths: list[Path] = []
+    ``<name>-<dataset>-<task>-<figure>.{png,pdf}``; drawn in ``jobs`` processes (each figure is
+    independent, and drawing is most of a report's time)."""
+    figures = figure_calls(runs, out_dir, name)
+    if jobs <= 1 or len(figures) <= 1:
+        return [p for fn, args, kwargs in figures for p in fn(*args, **kwargs)]
+    context = multiprocessing.get_context("spawn")  # a fresh matplotlib per worker, no forked state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        done = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in figures]
+        return [p for future in done for p in future.result()]
+
+
+def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Callable, tuple, dict]]:
+    """``(function, args, kwargs)`` of every figure ``suite_figures`` draws, in order."""
+    paths: list[tuple[Callable, tuple, dict]] = []
     runs = runs[runs["path"].map(readable).astype(bool)] if not runs.empty else runs
     for (dataset, task), sub in runs.groupby(["dataset", "task"], sort=True):
         prefix = f"{name}-{dataset}-{task}"
@@ -367,14 +381,12 @@ def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
             rows = own[own["config"] == config]
             panels[labels[config]] = [RunDir(_run_path(r)) for _, r in rows.iterrows()]
         for kind in CURVE_KINDS:
-            paths += training_curves(panels, kind, out_dir / f"{prefix}-{kind}", title=f"{dataset} ({task})")
+            stem = out_dir / f"{prefix}-{kind}"
+            paths.append((training_curves, (panels, kind, stem), {"title": f"{dataset} ({task})"}))
         for label, rds in panels.items():
             method = label.split("(")[0]
-            paths += balancing_terms(
-                rds,
-                out_dir / f"{prefix}-balancing-{method}",
-                title=f"{label} on {dataset} ({task}): balancing terms",
-            )
+            title = f"{label} on {dataset} ({task}): balancing terms"
+            paths.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
         metric = sub["selection_metric"].iloc[0]
         for method in methods:
             own = multi[multi["method"] == method]
@@ -386,22 +398,15 @@ def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
                     )
                 )
                 held = pd.concat([multi[multi["method"] != method], own[others == others.mode()[0]]])
-                paths += param_bars(
-                    held,
-                    method,
-                    param,
-                    metric,
-                    out_dir / f"{prefix}-ablation-{method}-{param}",
-                    title=f"{method} on {dataset} ({task}): {param}",
-                )
+                stem = out_dir / f"{prefix}-ablation-{method}-{param}"
+                title = f"{method} on {dataset} ({task}): {param}"
+                paths.append((param_bars, (held, method, param, metric, stem), {"title": title}))
         for _, r in sub.iterrows():
             npz = Path(_run_path(r)) / "grads.npz"
             if npz.exists():
-                paths += tsne_gradients(
-                    npz,
-                    out_dir / f"{prefix}-tsne-{r['method']}-seed{r['seed']}",
-                    title=f"{labels[r['config']]} seed {r['seed']}: gradient t-SNE",
-                )
+                stem = out_dir / f"{prefix}-tsne-{r['method']}-seed{r['seed']}"
+                title = f"{labels[r['config']]} seed {r['seed']}: gradient t-SNE"
+                paths.append((tsne_gradients, (npz, stem), {"title": title}))
     return paths
 
 

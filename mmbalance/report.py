@@ -703,9 +703,11 @@ def report(
     protocol: str = "best-valid-test",
     figures: bool = True,
     methods: Sequence[str] | None = None,
+    jobs: int = 1,
 ) -> list[Path]:
-    """Tables (and figures) of the runs under ``results``: only the suite's runs if given, and only the
-    given ``methods`` (e.g. ``["joint", "cggm"]`` for a with / without figure). Unfinished runs are
+    """Tables (and figures, drawn in ``jobs`` processes) of the runs under ``results``: only the suite's
+    runs if given, and only the given ``methods`` (e.g. ``["joint", "cggm"]`` for a with / without
+    figure). Unfinished runs are
     counted and listed, never averaged; a record that cannot be read is left out with a
     ``results.RecordWarning`` naming the file."""
     out = Path(out) if out is not None else Path(results)
@@ -734,7 +736,7 @@ def report(
     if figures:
         from mmbalance.figures import critical_difference, suite_figures
 
-        paths += suite_figures(finished(runs), out / "figures", name)
+        paths += suite_figures(finished(runs), out / "figures", name, jobs)
         if ranking is not None and ranking.nemenyi is not None:
             paths += critical_difference(
                 ranking.average,

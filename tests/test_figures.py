@@ -93,3 +93,8 @@ def test_suite_figures_from_real_runs(tmp_path):
     assert f"{prefix}-ablation-ogm_ge-alpha.png" in names
     assert any(n.startswith(f"{prefix}-tsne-{method}-seed0") for n in names)
     assert len(paths) == 2 * len(names)  # each PNG has its PDF
+    # Drawn in two processes: the same files, in the same order, and the same PDFs (no dates in them).
+    parallel = suite_figures(load_runs(results), tmp_path / "figures-2", "mini", jobs=2)
+    assert [p.name for p in parallel] == [p.name for p in paths]
+    pdfs = [(a, b) for a, b in zip(paths, parallel, strict=True) if a.suffix == ".pdf"]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in pdfs)

@@ -324,3 +324,46 @@ def test_report_writes_the_modality_table_and_figures(tmp_path):
     names = {p.name for p in paths}
     for fig in ("contributions", "robustness"):
         assert f"all-runs-synthetic-classification-{fig}.png" in names
+
+
+class _NoReuse(modality_eval.ReusedEncoders):
+    """Every encoder call computed anew: the measurement as it was before outputs were reused."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("method", "task"),
+    [("joint", "classification"), ("mla", "classification"), ("greedy", "classification"),
+     ("agm", "classification"), ("ume", "classification"), ("joint", "segmentation"),
+     ("cggm", "regression")],
+)  # fmt: skip
+def test_reused_encoder_outputs_give_the_same_record(tmp_path, monkeypatch, method, task):
+    """Each encoder runs once per distinct input of a batch; the record is identical to float equality
+    with the one where every variant recomputes every encoder (methods that call encoders their own way
+    included), and the reuse does happen."""
+    tr = trainer(tmp_path, method, task=task)
+    tr.ctx.training = False
+    calls, computed = [], []
+    for enc in tr.model.encoders.values():
+        enc.register_forward_hook(lambda *a: calls.append(1))
+    cls = type(next(iter(tr.model.encoders.values())))
+    forward = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: computed.append(1) or forward(self, *a, **k))
+
+    def run():
+        calls.clear(), computed.clear()
+        return measure(tr.model, lambda b: tr.method.forward(tr.model, b, tr.ctx).pred, tr.task,
+                       tr.adapter.primary_value, tr.adapter.compact_prediction, tr.iterate("train"),
+                       tr.iterate("test"), seed=0), len(calls), len(computed)  # fmt: skip
+
+    reused, n_calls, n_computed = run()
+    monkeypatch.setattr(modality_eval, "ReusedEncoders", _NoReuse)
+    fresh, n_calls_fresh, n_computed_fresh = run()
+    assert reused == fresh
+    assert n_calls == n_calls_fresh  # hooks still see every call (the absent replacement relies on them)
+    assert n_computed < n_computed_fresh / 2
