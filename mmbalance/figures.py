@@ -365,7 +365,7 @@ def suite_figures(runs: pd.DataFrame, out_dir: Path, name: str, jobs: int = 1) -
 
 def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Callable, tuple, dict]]:
     """``(function, args, kwargs)`` of every figure ``suite_figures`` draws, in order."""
-    paths: list[tuple[Callable, tuple, dict]] = []
+    calls: list[tuple[Callable, tuple, dict]] = []
     runs = runs[runs["path"].map(readable).astype(bool)] if not runs.empty else runs
     for (dataset, task), sub in runs.groupby(["dataset", "task"], sort=True):
         prefix = f"{name}-{dataset}-{task}"
@@ -382,11 +382,11 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
             panels[labels[config]] = [RunDir(_run_path(r)) for _, r in rows.iterrows()]
         for kind in CURVE_KINDS:
             stem = out_dir / f"{prefix}-{kind}"
-            paths.append((training_curves, (panels, kind, stem), {"title": f"{dataset} ({task})"}))
+            calls.append((training_curves, (panels, kind, stem), {"title": f"{dataset} ({task})"}))
         for label, rds in panels.items():
             method = label.split("(")[0]
             title = f"{label} on {dataset} ({task}): balancing terms"
-            paths.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
+            calls.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
         metric = sub["selection_metric"].iloc[0]
         for method in methods:
             own = multi[multi["method"] == method]
@@ -400,14 +400,14 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
                 held = pd.concat([multi[multi["method"] != method], own[others == others.mode()[0]]])
                 stem = out_dir / f"{prefix}-ablation-{method}-{param}"
                 title = f"{method} on {dataset} ({task}): {param}"
-                paths.append((param_bars, (held, method, param, metric, stem), {"title": title}))
+                calls.append((param_bars, (held, method, param, metric, stem), {"title": title}))
         for _, r in sub.iterrows():
             npz = Path(_run_path(r)) / "grads.npz"
             if npz.exists():
                 stem = out_dir / f"{prefix}-tsne-{r['method']}-seed{r['seed']}"
                 title = f"{labels[r['config']]} seed {r['seed']}: gradient t-SNE"
-                paths.append((tsne_gradients, (npz, stem), {"title": title}))
-    return paths
+                calls.append((tsne_gradients, (npz, stem), {"title": title}))
+    return calls
 
 
 def _run_path(row: pd.Series) -> Path:

@@ -134,7 +134,7 @@ def split_primary(
     """The primary metric of a whole split, the same number as ``classification_metrics`` /
     ``mosi_metrics`` / ``dice_per_region`` give, without computing the other metrics."""
     if kind == "classification":
-        return 100.0 * float(np.mean(pred.argmax(dim=-1).cpu().numpy() == target.cpu().numpy()))
+        return 100.0 * accuracy_score(target.cpu().numpy(), pred.argmax(dim=-1).cpu().numpy())
     if kind == "regression":
         p = pred.detach().reshape(-1).cpu().double().numpy()
         return float(np.abs(p - target.detach().reshape(-1).cpu().double().numpy()).mean())

@@ -16,6 +16,10 @@ from mmbalance.records import RunDir
 TINY = {"n_train": 128, "n_valid": 32, "n_test": 32}
 
 
+# Methods whose defaults need more epochs than the tests' 2-3 epoch runs (DI-MML: 150 of stage 1, then stage 2).
+SHORT_RUN_PARAMS = {"di_mml": {"stage1_epochs": 1, "contrast_epoch": 0}}
+
+
 def trainer(tmp_path: Path, method: str, task: str = "classification", **params) -> runner.Trainer:
     """A Trainer wired exactly as ``train`` wires it (model, optimiser, context, ``method.setup``)."""
     spec = small_spec(method=method, method_params=params, dataset_params={**TINY, "task": task})

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_resume import SHORT_RUN_PARAMS
+from _method_helpers import SHORT_RUN_PARAMS
 
 from mmbalance.fixtures import ave, brats, cremad, food101, iemocap, kinetics_sounds, mosei, mosi, ucf101
 from mmbalance.method import MethodNotApplicable

@@ -9,14 +9,13 @@ from itertools import permutations
 
 import pytest
 import torch
-from _method_helpers import trainer
+from _method_helpers import SHORT_RUN_PARAMS, trainer
 from conftest import small_spec
 from torch import nn
 
 from mmbalance import metrics, modality_eval
 from mmbalance.cli import main
 from mmbalance.data import Batch, TaskInfo
-from mmbalance.method import MethodNotApplicable
 from mmbalance.modality_eval import (
     absent,
     effective_robustness,
@@ -162,11 +161,9 @@ def _absent_leaves_no_trace(model, forward, batch, means, m) -> bool:
 
 @pytest.mark.parametrize("method", sorted(METHODS.names()))
 def test_absent_is_the_same_construction_through_every_method(tmp_path, method):
-    params = {"stage1_epochs": 1, "contrast_epoch": 0} if method == "di_mml" else {}  # 2-epoch runs
-    try:
-        tr = trainer(tmp_path, method, **params)
-    except MethodNotApplicable:
-        pytest.skip(f"{method} does not run on synthetic classification")
+    task = trainer(tmp_path, "joint").task
+    params = METHODS.get(method).variants(SHORT_RUN_PARAMS.get(method, {}), task)[0]  # unimodal: a modality
+    tr = trainer(tmp_path, method, **params)
     tr.model.eval()
     tr.ctx.training = False
 

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from _method_helpers import SHORT_RUN_PARAMS
 from conftest import small_spec
 
 from mmbalance.locks import read_lock
@@ -22,10 +23,6 @@ from mmbalance.registry import METHODS
 from mmbalance.runner import Trainer, prepare, train
 
 EPOCHS = 3
-
-
-# Methods whose defaults need more epochs than these tests run (DI-MML: 150 of stage 1, then stage 2).
-SHORT_RUN_PARAMS = {"di_mml": {"stage1_epochs": 1, "contrast_epoch": 0}}
 
 
 def method_spec(method: str, **overrides):
