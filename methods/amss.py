@@ -123,14 +123,10 @@ class AMSS(Method):
     Params = AMSSParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "AMSS / AMSS+, TPAMI; njustkmg/TPAMI-AMSS AMSS/train_test.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "amss scores each modality by its cross-entropy against the label entropy; "
-                "a regression task has no classes"
-            )
-        super().check(task)
+    unsupported = (
+        "amss scores each modality by its cross-entropy against the label entropy; "
+        "a regression task has no classes"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         require_additive_shares(model, "amss")

@@ -52,7 +52,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import MethodNotApplicable, RunContext
+from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -101,15 +101,11 @@ class BSS(UnimodalHeadsMethod):
     Params = BSSParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "Guan, Jiang & Yang, IJCAI 2025 (BSS); njustkmg/IJCAI25-BSS CREMA-D/train-CL.py, train-SPL.py"
+    unsupported = (
+        "bss orders samples by the agreement of the modalities' class distributions; "
+        "a regression output has no classes"
+    )
     drop_last = True  # train-CL.py:239, train-SPL.py:223
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "bss orders samples by the agreement of the modalities' class distributions; "
-                "a regression output has no classes"
-            )
-        super().check(task)
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.model = model

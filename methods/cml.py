@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -49,13 +49,7 @@ class CML(Method):
     Params = CMLParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "Ma et al., ICML 2023 (CML); as BalanceBenchmark CML_trainer.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "cml penalises prediction confidence; a regression output has no confidence"
-            )
-        super().check(task)
+    unsupported = "cml penalises prediction confidence; a regression output has no confidence"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         require_additive_shares(model, "cml")  # removing a modality = subtracting its share

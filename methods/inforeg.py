@@ -42,7 +42,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import MethodNotApplicable, RunContext
+from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -89,14 +89,10 @@ class InfoReg(UnimodalHeadsMethod):
     Params = InfoRegParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "Huang et al., CVPR 2025 (InfoReg); GeWu-Lab/InfoReg_CVPR2025 main.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "inforeg finds the dominant modality by the softmax probability of the true class; "
-                "a regression task has no classes"
-            )
-        super().check(task)
+    unsupported = (
+        "inforeg finds the dominant modality by the softmax probability of the true class; "
+        "a regression task has no classes"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.modalities = list(ctx.modalities)

@@ -45,7 +45,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -92,14 +92,10 @@ class LFM(Method):
     Params = LFMParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "LFM, NeurIPS 2024; njustkmg/NeurIPS24-LFM Crema_epoch.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "lfm aligns the modalities' class distributions (softmax of their logits); "
-                "a regression output has no classes"
-            )
-        super().check(task)
+    unsupported = (
+        "lfm aligns the modalities' class distributions (softmax of their logits); "
+        "a regression output has no classes"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         require_additive_shares(model, "lfm")

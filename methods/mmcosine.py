@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -57,13 +57,7 @@ class MMCosine(Method):
     Params = MMCosineParams
     tasks = frozenset({"classification"})
     reference = "Xu et al., ICASSP 2023 (MMCosine); GeWu-Lab/MMCosine_ICASSP23 main_CD.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind != "classification":
-            raise MethodNotApplicable(
-                f"mmcosine's logits are cosines to class weight vectors; a {task.kind} task has no classes"
-            )
-        super().check(task)
+    unsupported = "mmcosine's logits are cosines to class weight vectors; a {kind} task has no classes"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         require_additive_shares(model, "mmcosine", heads=(nn.Linear,))  # splits W over the concat

@@ -113,14 +113,10 @@ class OGMGE(Method):
     Params = OGMGEParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "Peng et al., CVPR 2022 (OGM-GE); GeWu-Lab/OGM-GE_CVPR2022 main.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "ogm_ge scores each modality by the softmax probability of the true class; "
-                "a regression task has no classes (use cggm, which handles regression)"
-            )
-        super().check(task)
+    unsupported = (
+        "ogm_ge scores each modality by the softmax probability of the true class; "
+        "a regression task has no classes (use cggm, which handles regression)"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.selected: dict[str, list[nn.Parameter]] = {}

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -71,14 +71,10 @@ class OPM(Method):
     Params = OPMParams
     tasks = frozenset({"classification", "segmentation"})
     reference = "Wei et al., TPAMI 2024 (OPM); GeWu-Lab/BML_TPAMI2024 code/models/Classifier.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind == "regression":
-            raise MethodNotApplicable(
-                "opm sets drop probabilities from the softmax probability of the true class; "
-                "a regression task has no classes"
-            )
-        super().check(task)
+    unsupported = (
+        "opm sets drop probabilities from the softmax probability of the true class; "
+        "a regression task has no classes"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         require_additive_shares(model, "opm")  # the scores come from each modality's share

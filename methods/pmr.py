@@ -56,7 +56,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import Method, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 
@@ -117,14 +117,10 @@ class PMR(Method):
     Params = PMRParams
     tasks = frozenset({"classification"})
     reference = "Fan et al., CVPR 2023 (PMR); fanyunfeng-bit/Modal-Imbalance-PMR main_Prototype_grad.py"
-
-    def check(self, task: TaskInfo) -> None:
-        if task.kind != "classification":
-            raise MethodNotApplicable(
-                f"pmr builds class prototypes (per-class mean features of each sample); a {task.kind} task "
-                "has no per-sample class label (use cggm, which handles regression and segmentation)"
-            )
-        super().check(task)
+    unsupported = (
+        "pmr builds class prototypes (per-class mean features of each sample); a {kind} task "
+        "has no per-sample class label (use cggm, which handles regression and segmentation)"
+    )
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
         self.model, self.modalities, self.num_classes = model, list(ctx.modalities), task.num_classes

@@ -66,7 +66,8 @@ class Method:
     Class attributes:
       ``Params``: pydantic model of the hyper-parameters (spec field ``method_params``), with
         the official defaults.
-      ``tasks``: task kinds the method supports; ``min_modalities``: fewest modalities it needs.
+      ``tasks``: task kinds the method supports (``unsupported``: why the others are refused);
+        ``min_modalities``: fewest modalities it needs.
       ``reference``: paper and official code, shown by ``mmbalance methods``.
     """
 
@@ -75,6 +76,9 @@ class Method:
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     min_modalities: ClassVar[int] = 2
     reference: ClassVar[str] = ""
+    # Why a task kind outside ``tasks`` is refused, in the method's terms (``{kind}``: the task kind); empty:
+    # the generic "supports ... tasks" message.
+    unsupported: ClassVar[str] = ""
     # True: the runner batches each part of ``epoch_samples`` in the given order (a curriculum).
     ordered_samples: ClassVar[bool] = False
     # True: a part's last incomplete batch is dropped (DataLoader's drop_last), unless it is the only one.
@@ -92,7 +96,8 @@ class Method:
         """Raise ``MethodNotApplicable`` if this method cannot run on ``task``."""
         if task.kind not in self.tasks:
             raise MethodNotApplicable(
-                f"method {self.name!r} supports {sorted(self.tasks)} tasks, not {task.kind!r}"
+                self.unsupported.format(kind=task.kind)
+                or f"method {self.name!r} supports {sorted(self.tasks)} tasks, not {task.kind!r}"
             )
         if len(task.modalities) < self.min_modalities:
             raise MethodNotApplicable(
