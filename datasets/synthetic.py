@@ -18,6 +18,19 @@ A ``scenario`` picks the mechanism and its default parameters (``SCENARIOS``; ex
   78.3, m1 / m2 alone 69.4 / 68.8, joint 82.4, unimodal ensemble 88.0 test accuracy; joint's best
   validation epoch is 5 or later. Class prototypes are orthonormal, so a modality's difficulty is set by
   its strength, noise and scale alone.
+
+  ``imbalance`` (lazy only; default 1, the scenario above) is the degree of that mechanism, a number
+  lambda in [0, 1] that moves every parameter in which the modalities differ along a straight line from
+  three identical modalities (lambda = 0: each informative on every sample, 16 dimensions, strength
+  1.5, noise 1, scale 0.5; nothing to be lazy about) to the scenario above (lambda = 1)::
+
+      m0:      informative 1 - 0.3 lambda   dim 16 + 112 lambda   strength 1.5 + 1.5 lambda
+               noise 1 - 0.5 lambda         scale 0.5
+      m1, m2:  informative 1   dim 16   strength 1.5   noise 1   scale 0.5 - 0.3 lambda
+
+  So lambda grows m0's shortcut (the clutter it can memorise and the samples that need it) and shrinks
+  the weak modalities' gradients together. Fixed before any method was run on it (the suite's sweep
+  takes lambda in {0, 0.25, 0.5, 0.75, 1}).
 - ``redundant`` (the suite's default before; data identical to it): every modality shows the same
   label; m0 strong (strength 4, noise 0.5) but pointing to a random wrong class on 10% of samples, m1
   likewise weak, m2 weak and always right. Joint training rests on m0 and under-trains m2, but m0 alone
@@ -41,6 +54,8 @@ latent shown by every modality).
 Classification elsewhere: x_m = scale_m * (R_m [strength_m * mu_{m, c}; clutter] + noise_m * eps) with
 c = y on informative samples and a random other class otherwise (``lazy``: no signal otherwise).
 Everything is a pure function of ``data_seed`` and the split: the same params give the same data.
+``data_seed: null`` (the default) takes the run's seed, so each seed of a suite trains and tests on
+its own draw of the data, and the seed spread measures the data's noise as well as the initialisation's.
 """
 
 from __future__ import annotations
@@ -66,6 +81,18 @@ LAZY = {
     "modalities": 3, "dim": [128, 16, 16], "strength": [3.0, 1.5, 1.5], "noise": [0.5, 1.0, 1.0],
     "scale": [0.5, 0.2, 0.2], "informative": [0.7, 1.0, 1.0],
 }  # fmt: skip
+
+
+def lazy_at(imbalance: float) -> dict[str, Any]:
+    """The ``lazy`` scenario's parameters at imbalance degree lambda (module docstring); 1 gives ``LAZY``."""
+    lam = imbalance
+    return {
+        "modalities": 3, "dim": [16 + round(112 * lam), 16, 16], "strength": [1.5 + 1.5 * lam, 1.5, 1.5],
+        "noise": [1.0 - 0.5 * lam, 1.0, 1.0], "scale": [0.5, 0.5 - 0.3 * lam, 0.5 - 0.3 * lam],
+        "informative": [1.0 - 0.3 * lam, 1.0, 1.0],
+    }  # fmt: skip
+
+
 # Each (task kind, scenario)'s defaults; explicit dataset_params override them. Fixed before any method
 # was run on them (never tune them to a method). The first scenario of a task kind is its default.
 SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
@@ -100,7 +127,8 @@ class SyntheticParams(StrictModel):
     n_train: int = Field(1000, ge=8)
     n_valid: int = Field(500, ge=4)
     n_test: int = Field(500, ge=4)
-    data_seed: int = Field(0, ge=0)
+    imbalance: float | None = Field(None, ge=0, le=1)  # lazy classification: degree lambda (None: 1)
+    data_seed: int | None = Field(None, ge=0)  # None: the run's seed draws the data
 
     @model_validator(mode="before")
     @classmethod
@@ -114,7 +142,14 @@ class SyntheticParams(StrictModel):
         scenario = data.get("scenario") or next(iter(scenarios))
         if scenario not in scenarios:
             raise ValueError(f"scenario {scenario!r} is not one of {list(scenarios)} for task {task!r}")
-        return {**scenarios[scenario], **data, "scenario": scenario}
+        out = {**scenarios[scenario], **data, "scenario": scenario}
+        if scenario == "lazy" and task == "classification":
+            level = 1.0 if data.get("imbalance") is None else data["imbalance"]
+            if isinstance(level, int | float) and 0 <= level <= 1:  # else the field's range reports it
+                out = {**lazy_at(level), **data, "scenario": scenario, "imbalance": level}
+        elif data.get("imbalance") is not None:
+            raise ValueError(f"imbalance applies to the lazy classification scenario only, not {scenario!r}")
+        return out
 
     @property
     def dims(self) -> list[int]:
@@ -162,6 +197,7 @@ class Synthetic(DatasetAdapter):
     Params = SyntheticParams
     ModelParams = SyntheticModelParams
     needs_files = False
+    seed_param = "data_seed"
 
     def __init__(self, params: SyntheticParams, root=None) -> None:
         super().__init__(params, root)

@@ -223,6 +223,33 @@ def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace
     return 1 if n["failed"] or unfinished else 0
 
 
+# --- tune ---------------------------------------------------------------------------------------
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mmbalance.tune import tune
+
+    path, outcomes = tune(args.suite, args.results, storage=args.storage, jobs=args.jobs,
+                          data_root=args.data_root, prune=args.prune, progress=not args.quiet,
+                          say=console.print)  # fmt: skip
+    if path is None:
+        return 1
+    gains = [
+        o.entry
+        for o in outcomes
+        if o.entry and o.entry.best_valid is not None and o.entry.default_valid is not None
+    ]
+    console.print(f"{len(outcomes)} studies, {sum(o.entry.trials for o in outcomes)} trials -> {path}")
+    if gains:
+        console.print(f"validation gain over the defaults: mean {sum(abs(e.best_valid - e.default_valid) for e in gains) / len(gains):.2f} "
+                      f"over {len(gains)} studies; trials in {args.results / 'tuning' / (load_suite_name(args.suite) + '-trials.csv')}")  # fmt: skip
+    return 0
+
+
+def load_suite_name(path: Path) -> str:
+    from mmbalance.sweep import load_suite
+
+    return load_suite(path).name
+
+
 # --- status -------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from mmbalance.status import sweep_status
@@ -475,6 +502,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help=RESTART_HELP)
     _wandb_options(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "tune", help="tune every (block, method) of a suite on validation; writes benchmarks/tuned/"
+    )
+    p.add_argument("suite", type=Path)
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="trial runs go to RESULTS/tuning/runs, the trial table to RESULTS/tuning/ (default: results)")  # fmt: skip
+    p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by workers (default: sqlite:///RESULTS/tuning/SUITE.db)")  # fmt: skip
+    p.add_argument(
+        "--jobs", type=int, default=1, help="studies tuned at once in worker processes (default 1)"
+    )
+    p.add_argument("--prune", action="store_true", help="stop unpromising trials on per-epoch validation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("status", help="counts of done / running / failed / pending runs, failure reasons")
     p.add_argument("results", type=Path)
