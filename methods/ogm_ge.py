@@ -50,6 +50,7 @@ from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["OGMGEParams", "OGMGE", "true_class_scores", "ogm_coefficients", "selected_parameters"]
 
@@ -111,6 +112,15 @@ def _std(g: Tensor) -> Tensor:
 class OGMGE(Method):
     name = "ogm_ge"
     Params = OGMGEParams
+    # The window as fractions of the run: the official one is epochs 0-50 of 100 (README default), the
+    # README's example 20-80; the two ranges do not overlap, so a sampled window is never empty.
+    search_space = {
+        "alpha": Float(
+            0.05, 1.0, log=True, source="README: 0.1 default (VGGSound), 0.8 CREMA-D, 0.3 example"
+        ),
+        "modulation_starts": Epochs(0.0, 0.25, source="README: 0 default, 20 of 100 in its example"),
+        "modulation_ends": Epochs(0.5, 1.0, source="README: 50 of 100 epochs default, 80 in its example"),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Peng et al., CVPR 2022 (OGM-GE); GeWu-Lab/OGM-GE_CVPR2022 main.py"
     unsupported = (
