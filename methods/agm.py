@@ -90,7 +90,7 @@ class AGM(Method):
     Params = AGMParams
     search_space = {
         "alpha": Float(
-            0.1, 5.0, log=True, source="utils/config.py 1.0, README AV-MNIST 2.5; no published grid"
+            0.1, 5.0, log=True, source="utils/config.py 1.0, README AV-MNIST 2.5, kkontras/MLB AGM.json 1.5"
         ),
     }
     reference = "Li et al., ICCV 2023 (AGM); lihong2303/AGM_ICCV2023 model/CREMAD_net.py, URFunny_net.py"

@@ -67,7 +67,9 @@ class MMPareto(UnimodalHeadsMethod):
     name = "mmpareto"
     Params = MMParetoParams
     search_space = {
-        "gamma": Float(1.0, 2.5, source="around the official default 1.5 (hard-coded; no published grid)"),
+        "gamma": Float(
+            1.0, 2.5, source="MMPareto.py 1.5 (hard-coded), kkontras/MLB MMPareto.json 1.25; no grid"
+        ),
     }
     reference = "Wei & Hu, ICML 2024 (MMPareto); GeWu-Lab/MMPareto_ICML2024 code/MMPareto.py"
 
