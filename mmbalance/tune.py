@@ -42,7 +42,7 @@ import torch
 
 from mmbalance.records import atomic_write_text, rows_to_csv
 from mmbalance.registry import METHODS
-from mmbalance.search_space import OPTIM_SPACE, Dim, sample, space_hash
+from mmbalance.search_space import OPTIM_SPACE, Dim, Epochs, sample, space_hash
 from mmbalance.spec import SpecError, validate_spec
 from mmbalance.sweep import Cell, Planned, Suite, TuningSettings, cells, load_suite
 from mmbalance.tuned import TunedEntry, TunedFile, dump_tuned, set_path, tuned_path
@@ -152,8 +152,10 @@ def tune_cell(cell: Cell, suite_name: str, settings: TuningSettings, storage_url
             study_name=name, storage=storage, direction=direction, load_if_exists=True
         )
         trials = study.get_trials()
-        if not trials:
-            study.enqueue_trial(_encode(_defaults(cell, space)), user_attrs={"defaults": True})
+        epochs = validate_spec(cell.doc).epochs
+        defaults = _defaults(cell, space)
+        if not trials:  # the sampler sees the defaults inside its ranges; the run uses them as they are
+            study.enqueue_trial(_encode(_inside(defaults, space, epochs)), user_attrs={"defaults": True})
         for t in trials:  # a trial left running by a killed process: closed, and its values tried again
             if t.state == TrialState.RUNNING:
                 study.tell(t.number, state=TrialState.FAIL)
@@ -161,7 +163,6 @@ def tune_cell(cell: Cell, suite_name: str, settings: TuningSettings, storage_url
         base_seed = int(
             hashlib.sha256(f"{settings.sampler_seed}|{cell.block}|{cell.label}".encode()).hexdigest()[:8], 16
         )
-        epochs = validate_spec(cell.doc).epochs
         while (done := len(_counted(study))) < settings.trials:
             sampler = optuna.samplers.TPESampler(
                 seed=base_seed + done, n_startup_trials=settings.startup_trials
@@ -172,6 +173,10 @@ def tune_cell(cell: Cell, suite_name: str, settings: TuningSettings, storage_url
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
             trial = study.ask()
             values = {path: sample(trial, path, dim, epochs) for path, dim in space.items()}
+            if trial.user_attrs.get("defaults"):
+                values = (
+                    defaults  # e.g. OGM-GE's modulation_ends 50 of a 12-epoch run, as the defaults run it
+                )
             trial.set_user_attr("set", values)
 
             def report(epoch: int, valid: dict[str, Any], trial=trial) -> None:
@@ -196,6 +201,21 @@ def tune_cell(cell: Cell, suite_name: str, settings: TuningSettings, storage_url
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
             study.tell(trial, mean)
     return _outcome(cell, study, space, metric)
+
+
+def _inside(values: dict[str, Any], space: dict[str, Dim], epochs: int) -> dict[str, Any]:
+    """``values`` clamped into their ranges: an official schedule longer than the run (OGM-GE modulates
+    until epoch 50) is, for the run, the same as the range's last epoch."""
+    out = dict(values)
+    for path, dim in space.items():
+        lo, hi = (
+            dim.bounds(epochs)
+            if isinstance(dim, Epochs)
+            else (getattr(dim, "low", None), getattr(dim, "high", None))
+        )
+        if lo is not None and isinstance(out[path], int | float) and not isinstance(out[path], bool):
+            out[path] = type(out[path])(min(max(out[path], lo), hi))
+    return out
 
 
 def _encode(values: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +272,7 @@ def tune(suite_path: Path | str, results: Path | str = "results", storage: str |
     for skipped in (c for c in planned if isinstance(c, Planned)):
         say(f"skip {skipped.label}: {skipped.skip_reason}")
     todo = [c for c in planned if isinstance(c, Cell)]
+    _storage(storage)  # creates the database's tables once, before workers race to
     args = (suite.name, suite.tuning, storage, results, data_root, prune)
     outcomes: list[TuneOutcome] = []
     with tqdm(total=len(todo), desc=f"tune {suite.name}", unit="study", disable=not progress) as bar:
