@@ -204,6 +204,11 @@ class Synthetic(DatasetAdapter):
         self._cache: dict[str, ArraySplit] = {}
 
     @property
+    def data_seed(self) -> int:
+        """The draw's seed: ``data_seed``, which a run fills with its seed when null (0 outside a run)."""
+        return 0 if self.params.data_seed is None else self.params.data_seed
+
+    @property
     def modality_names(self) -> list[str]:
         return [f"m{i}" for i in range(self.params.modalities)]
 
@@ -235,7 +240,7 @@ class Synthetic(DatasetAdapter):
                 "regression": self._regression,
                 "segmentation": self._segmentation,
             }[self.params.task]
-            inputs, target = generate(n, np.random.default_rng([self.params.data_seed, SPLIT_OFFSET[name]]))
+            inputs, target = generate(n, np.random.default_rng([self.data_seed, SPLIT_OFFSET[name]]))
             ids = [f"{self.params.task}-{name}-{i:06d}" for i in range(len(target))]
             tensors = {m: torch.from_numpy(x).float() for m, x in inputs.items()}
             self._cache[name] = ArraySplit(tensors, torch.from_numpy(target), ids)
@@ -244,7 +249,7 @@ class Synthetic(DatasetAdapter):
     # --- generators -----------------------------------------------------------------------------
     def _bases(self) -> list[np.ndarray]:
         """A fixed random orthogonal basis per modality (shared by all splits)."""
-        rng = np.random.default_rng([self.params.data_seed, 99])
+        rng = np.random.default_rng([self.data_seed, 99])
         return [np.linalg.qr(rng.normal(size=(d, d)))[0] for d in self.params.dims[: self.params.modalities]]
 
     def _embed(self, signal: np.ndarray, m: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -265,7 +270,7 @@ class Synthetic(DatasetAdapter):
 
     def _classification(self, n: int, rng: np.random.Generator):
         p = self.params
-        proto_rng = np.random.default_rng([p.data_seed, 98])
+        proto_rng = np.random.default_rng([self.data_seed, 98])
         if p.scenario == "lazy":  # orthonormal: a modality's difficulty is set by strength and noise alone
             square = proto_rng.normal(size=(p.modalities, p.signal_dim, p.signal_dim))
             prototypes = np.linalg.qr(square)[0].transpose(0, 2, 1)[:, : p.num_classes]
