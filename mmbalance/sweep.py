@@ -130,6 +130,10 @@ class Cell:
 
 def load_suite(path: str | Path) -> Suite:
     data = load_yaml(path)
+    if isinstance(
+        data, dict
+    ):  # top-level `x-...` keys hold YAML anchors for the entries (as in Compose files)
+        data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     try:
         return Suite.model_validate(data)
     except ValidationError as e:
