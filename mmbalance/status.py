@@ -41,7 +41,7 @@ class StatusReport:
 
     def counts(self) -> dict[str, int]:
         c = Counter(r.state for r in self.runs)
-        return {s: c.get(s, 0) for s in STATES}
+        return {s: c.get(s, 0) for s in STATES if s != "pruned" or c.get(s)}  # pruned: tuning trials only
 
     def failure_reasons(self) -> dict[str, int]:
         """Distinct failure reasons and how many runs each."""

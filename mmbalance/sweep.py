@@ -129,15 +129,17 @@ class Cell:
 
 
 def load_suite(path: str | Path) -> Suite:
-    data = load_yaml(path)
-    if isinstance(
-        data, dict
-    ):  # top-level `x-...` keys hold YAML anchors for the entries (as in Compose files)
+    return suite_from_doc(load_yaml(path), str(path))
+
+
+def suite_from_doc(data: Any, where: str) -> Suite:
+    """A validated suite; top-level ``x-...`` keys hold YAML anchors for the entries (as in Compose files)."""
+    if isinstance(data, dict):
         data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     try:
         return Suite.model_validate(data)
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid suite:\n{_format_validation(e)}") from None
+        raise SpecError(f"{where}: invalid suite:\n{_format_validation(e)}") from None
 
 
 def _label(spec: RunSpec, with_seed: bool = True) -> str:

@@ -133,7 +133,7 @@ def test_status_counts_states_and_failure_reasons(tmp_path):
     write_lock(dead.file("lock"), dead_pid(), socket.gethostname())
     with RunLock(live.file("lock")):
         report = sweep_status(tmp_path)
-        assert report.counts() == {"done": 1, "running": 1, "interrupted": 1, "failed": 3, "pruned": 0, "pending": 0}
+        assert report.counts() == {"done": 1, "running": 1, "interrupted": 1, "failed": 3, "pending": 0}
         assert report.failure_reasons() == {"diverged: loss is nan at epoch 3, step 2": 2,
                                             "DataError: bad file x.h5": 1}  # fmt: skip
         running = next(r for r in report.runs if r.state == "running")
