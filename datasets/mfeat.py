@@ -173,11 +173,17 @@ class Mfeat(PreloadedAdapter):
         features, labels = read_views(folder, layout, p.views)
         rows = np.arange(len(labels))
         rest, test = train_test_split(
-            rows, test_size=p.test_fraction, stratify=labels, random_state=0 if p.split_seed is None else p.split_seed
+            rows,
+            test_size=p.test_fraction,
+            stratify=labels,
+            random_state=0 if p.split_seed is None else p.split_seed,
         )
         valid_share = p.valid_fraction / (1 - p.test_fraction)
         train, valid = train_test_split(
-            rest, test_size=valid_share, stratify=labels[rest], random_state=0 if p.split_seed is None else p.split_seed
+            rest,
+            test_size=valid_share,
+            stratify=labels[rest],
+            random_state=0 if p.split_seed is None else p.split_seed,
         )
         stats = {v: (x[train].mean(0), x[train].std(0)) for v, x in features.items()}
         splits = {}

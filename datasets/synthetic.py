@@ -60,12 +60,14 @@ its own draw of the data, and the seed spread measures the data's noise as well 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from threadpoolctl import threadpool_limits
 
 from mmbalance.data import DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.datasets._cmu import ArraySplit
@@ -109,6 +111,14 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "segmentation": {"complementary": {"modalities": 3, **TODAY}},
 }  # fmt: skip
+
+
+def _qr(a: np.ndarray) -> np.ndarray:
+    """Q of ``a``'s QR decomposition, on one BLAS thread: for these small matrices threads only cost (a
+    128 x 128 QR took 6 ms on 2 threaded cores, 1 ms on one; over 100 ms beside a busy sweep). The same
+    bits either way, so the data do not depend on the thread count."""
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.qr(a)[0]
 
 
 class SyntheticParams(StrictModel):
@@ -247,10 +257,11 @@ class Synthetic(DatasetAdapter):
         return self._cache[name]
 
     # --- generators -----------------------------------------------------------------------------
+    @functools.cached_property
     def _bases(self) -> list[np.ndarray]:
-        """A fixed random orthogonal basis per modality (shared by all splits)."""
+        """A fixed random orthogonal basis per modality (shared by all splits, so computed once)."""
         rng = np.random.default_rng([self.data_seed, 99])
-        return [np.linalg.qr(rng.normal(size=(d, d)))[0] for d in self.params.dims[: self.params.modalities]]
+        return [_qr(rng.normal(size=(d, d))) for d in self.params.dims[: self.params.modalities]]
 
     def _embed(self, signal: np.ndarray, m: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params
@@ -273,14 +284,14 @@ class Synthetic(DatasetAdapter):
         proto_rng = np.random.default_rng([self.data_seed, 98])
         if p.scenario == "lazy":  # orthonormal: a modality's difficulty is set by strength and noise alone
             square = proto_rng.normal(size=(p.modalities, p.signal_dim, p.signal_dim))
-            prototypes = np.linalg.qr(square)[0].transpose(0, 2, 1)[:, : p.num_classes]
+            prototypes = _qr(square).transpose(0, 2, 1)[:, : p.num_classes]
         else:
             prototypes = proto_rng.normal(size=(p.modalities, p.num_classes, p.signal_dim))
             prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
         y = rng.integers(0, p.num_classes, size=n)
         k = round(p.num_classes ** (1 / p.modalities)) if p.scenario == "complementary" else p.num_classes
         inputs = {}
-        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
+        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases, strict=True)):
             # complementary: modality m shows the m-th base-k digit of y; otherwise y itself.
             truth = (y // k**m) % k if p.scenario == "complementary" else y
             shown, informative = self._shown(m, truth, k, rng)
@@ -300,7 +311,7 @@ class Synthetic(DatasetAdapter):
             u = np.repeat(y[:, None], p.modalities, axis=1)
         y = np.clip(y, -3, 3)  # MOSI's range
         inputs = {}
-        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
+        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases, strict=True)):
             informative = rng.random(n) < p.informative[m]
             signal = np.zeros((n, p.signal_dim))
             signal[:, 0] = np.where(informative, u[:, m], rng.normal(size=n))
