@@ -335,3 +335,37 @@ def _write(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, dump_tuned(tuned, header))
     return path
+
+
+# --- SLURM: workers that share the studies -----------------------------------------------------------
+def tune_worker(suite_path: str, results: str, storage: str, data_root: str | None, prune: bool,
+                threads: int | None) -> list[str]:  # fmt: skip
+    """One worker job: every study of the suite it can lock, up to the budget (the others' are skipped)."""
+    suite, root = load_suite(suite_path), Path(data_root) if data_root else None
+    todo = [c for c in cells(suite, root) if isinstance(c, Cell)]
+    return [
+        _guarded(c, suite.name, suite.tuning, storage, Path(results), root, prune, threads).status
+        for c in todo
+    ]
+
+
+def submit_workers(suite_path: Path | str, results: Path | str, storage: str | None, data_root: Path | None,
+                   prune: bool, opts: Any, cluster: str = "slurm") -> tuple[list[Any], str]:  # fmt: skip
+    """``opts.jobs`` worker jobs as one SLURM array through submitit (``cluster="local"``: subprocesses, for
+    tests); they share one storage (default: the SQLite file, by absolute path; on several hosts use a
+    server database). Returns the jobs and the storage URL."""
+    import submitit
+
+    from mmbalance.executors import slurm_parameters
+
+    suite, results = load_suite(suite_path), Path(results).resolve()
+    storage = storage or f"sqlite:///{results / 'tuning' / (suite.name + '.db')}"
+    _storage(storage)
+    folder = Path(opts.folder) if opts.folder else results / "submitit"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    executor.update_parameters(**slurm_parameters(opts, f"tune-{suite.name}"))
+    root = str(Path(data_root).resolve()) if data_root else None
+    with executor.batch():
+        jobs = [executor.submit(tune_worker, str(Path(suite_path).resolve()), str(results), storage, root, prune,
+                                opts.threads) for _ in range(opts.jobs)]  # fmt: skip
+    return jobs, storage

@@ -201,3 +201,24 @@ def test_the_run_seed_draws_the_data_unless_fixed(dataset, params, seed_field):
     assert fingerprint(0, {seed_field: 7}) == fingerprint(
         1, {seed_field: 7}
     )  # fixed: the same for every seed
+
+
+@pytest.mark.slow
+def test_submitit_workers_share_the_studies_and_give_the_same_file(tmp_path):
+    # Two worker jobs (submitit's local executor: the SLURM path as subprocesses) split the studies by
+    # their locks; the tuned file is the one a single process writes.
+    suite = write_suite(tmp_path)
+    tune(suite, tmp_path / "one", progress=False, say=lambda _: None)
+    alone = (tmp_path / "tuned.yaml").read_text().splitlines()[4:]  # below the header naming the folder
+    args = [
+        "tune",
+        str(suite),
+        "--results",
+        str(tmp_path / "two"),
+        "--executor",
+        "submitit-local",
+        "--jobs",
+        "2",
+    ]
+    assert main([*args, "--wait", "--quiet"]) == 0
+    assert (tmp_path / "tuned.yaml").read_text().splitlines()[4:] == alone
