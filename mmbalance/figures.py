@@ -23,6 +23,7 @@ Every figure is one file, written as PNG and PDF with a stable name, from record
 from __future__ import annotations
 
 import json
+import textwrap
 import multiprocessing
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from mmbalance.comparison import split_blocks  # noqa: E402
 from mmbalance.records import RunDir  # noqa: E402
 from mmbalance.report import config_labels, metric_label  # noqa: E402
 from mmbalance.results import RecordWarning, one_line  # noqa: E402
@@ -298,7 +300,7 @@ def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> lis
 
 
 def critical_difference(
-    average: pd.Series, nemenyi: pd.DataFrame, cd: float, stem: Path, title: str = ""
+    average: pd.Series, nemenyi: pd.DataFrame, cd: float, stem: Path, title: str = "", caption: str = ""
 ) -> list[Path]:
     """Average ranks on an axis (1 = best, on the left), methods joined by a bar where the Nemenyi test
     finds no difference at p < 0.05; the critical difference is given in the title (scikit-posthocs
@@ -311,6 +313,8 @@ def critical_difference(
     )
     what = f"average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
     ax.set_title(f"{title}\n{what}" if title else what, pad=24)
+    if caption:  # the methods left out and why: a ranking that silently drops methods misleads
+        fig.text(0.01, 0.0, textwrap.fill(caption, 130), ha="left", va="top", fontsize=8)
     return _save(fig, stem)
 
 
@@ -367,8 +371,9 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
     """``(function, args, kwargs)`` of every figure ``suite_figures`` draws, in order."""
     calls: list[tuple[Callable, tuple, dict]] = []
     runs = runs[runs["path"].map(readable).astype(bool)] if not runs.empty else runs
-    for (dataset, task), sub in runs.groupby(["dataset", "task"], sort=True):
-        prefix = f"{name}-{dataset}-{task}"
+    for kb in split_blocks(runs):  # one comparison key at a time, as the tables
+        sub, where = kb.runs, kb.title
+        prefix = f"{name}-{kb.slug}"
         full = max(len(m) for m in sub["modalities"])
         multi = sub[sub["modalities"].map(len) == full]
         labels = config_labels(sub)
@@ -382,10 +387,10 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
             panels[labels[config]] = [RunDir(_run_path(r)) for _, r in rows.iterrows()]
         for kind in CURVE_KINDS:
             stem = out_dir / f"{prefix}-{kind}"
-            calls.append((training_curves, (panels, kind, stem), {"title": f"{dataset} ({task})"}))
+            calls.append((training_curves, (panels, kind, stem), {"title": where}))
         for label, rds in panels.items():
             method = label.split("(")[0]
-            title = f"{label} on {dataset} ({task}): balancing terms"
+            title = f"{label} on {where}: balancing terms"
             calls.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
         metric = sub["selection_metric"].iloc[0]
         for method in methods:
@@ -399,7 +404,7 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
                 )
                 held = pd.concat([multi[multi["method"] != method], own[others == others.mode()[0]]])
                 stem = out_dir / f"{prefix}-ablation-{method}-{param}"
-                title = f"{method} on {dataset} ({task}): {param}"
+                title = f"{method} on {where}: {param}"
                 calls.append((param_bars, (held, method, param, metric, stem), {"title": title}))
         for _, r in sub.iterrows():
             npz = Path(_run_path(r)) / "grads.npz"

@@ -400,7 +400,7 @@ def test_average_ranks_friedman_nemenyi_and_cd_figure(tmp_path):
     assert "χ² = 9.00, p = 0.029" in md
     # Nemenyi CD = q_0.05(k=4) / sqrt(2) * sqrt(k (k + 1) / (6 N)) = 2.569 * sqrt(20 / 18) = 2.708
     assert ranking.cd == pytest.approx(2.569 * (20 / 18) ** 0.5, abs=1e-3) and "2.71 ranks" in md
-    assert "Absent or incomplete in a table, so left out: mla." in md
+    assert "Not ranked: mla (absent or incomplete in 2 of 3 tables)." in md
     paths = critical_difference(ranking.average, ranking.nemenyi, ranking.cd, tmp_path / "cd")
     assert [p.name for p in paths] == ["cd.png", "cd.pdf"] and paths[0].stat().st_size > 5000
     report(results, figures=False)
