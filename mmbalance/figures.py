@@ -23,8 +23,8 @@ Every figure is one file, written as PNG and PDF with a stable name, from record
 from __future__ import annotations
 
 import json
-import textwrap
 import multiprocessing
+import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
