@@ -50,6 +50,7 @@ import pandas as pd
 
 from mmbalance import stats
 from mmbalance.comparison import KeyBlock, fingerprint_mismatches, split_blocks
+from mmbalance.provenance import write_runs
 from mmbalance.records import atomic_write_text
 from mmbalance.results import PROTOCOLS, config_key, flatten, load
 
@@ -813,6 +814,9 @@ def report(
     ranking = rank_table(blocks)
     tables = [(b.table, b.csv) for b in blocks] + ([(ranking.table, ranking.csv)] if ranking else [])
     paths = write_tables(tables, out / "tables", name, heading)
+    paths.append(
+        write_runs(out / "tables", name, list(finished(runs)["run_id"]))
+    )  # what a staleness test checks
     from mmbalance.modality_report import write_modality_outputs  # its own table file and figures
 
     paths += write_modality_outputs(finished(runs), out, name, heading, figures)

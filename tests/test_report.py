@@ -293,10 +293,16 @@ def test_shipped_table_suites_are_valid_run_specs(path):
                 assert set(match.get("method_params", {})) <= set(fields), (row.label, match)
 
 
+def _shipped() -> dict[Path, int]:
+    """Every file under the repository's results/ with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in (PAPER_DIR.parent.parent / "results").rglob("*") if p.is_file()}
+
+
 def test_cli_report_and_reproduce(tmp_path, capsys):
     from mmbalance.cli import main
 
-    make_run(tmp_path, "cggm", 0, dataset="iemocap", test={"accuracy": 70.0})
+    shipped = _shipped()
+    rd = make_run(tmp_path, "cggm", 0, dataset="iemocap", test={"accuracy": 70.0})
     assert main(["report", str(tmp_path), "--no-figures", "--protocol", "best-valid"]) == 0
     assert "best validation score" in (tmp_path / "tables" / "all-runs.md").read_text()
     assert main(["report", str(tmp_path / "nowhere")]) == 2  # no runs: one clear line
@@ -305,6 +311,8 @@ def test_cli_report_and_reproduce(tmp_path, capsys):
     assert main(["reproduce", "memory-table", "--results", str(tmp_path), "--quiet"]) == 0
     md = (tmp_path / "tables" / "memory-table.md").read_text()
     assert "| IEMOCAP | n/a | n/a | n/a |" in md and "8 MB to 24 MB" in md
+    assert (tmp_path / "tables" / "memory-table.runs").read_text() == f"{rd.run_id}\n"  # the runs behind it
+    assert _shipped() == shipped  # written to the folder asked for, never to the shipped results/
 
 
 # --- statistics and completeness ----------------------------------------------------------------------------
