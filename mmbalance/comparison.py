@@ -31,6 +31,8 @@ import pandas as pd
 from mmbalance.records import RECORD_ONLY
 
 __all__ = [
+    "BASELINE",
+    "REFERENCES",
     "METHOD_OWN",
     "SEED_DRAWS",
     "seed_draws_data",
@@ -44,6 +46,12 @@ __all__ = [
 ]
 
 METHOD_OWN = ("method", "method_params", "seed")
+BASELINE = "joint"  # what every Δ is against
+# Reference rows: shown, never ranked (the headroom a balancing method aims at), in reports and leaderboard.
+REFERENCES = {
+    "unimodal": "a unimodal model of one modality",
+    "unimodal_ensemble": "the ensemble of separately trained unimodal models",
+}
 SEED_DRAWS = ("data_seed", "split_seed")  # dataset_params set to null: the run seed draws the data
 
 

@@ -49,7 +49,7 @@ from typing import Any
 import pandas as pd
 
 from mmbalance import stats
-from mmbalance.comparison import KeyBlock, fingerprint_mismatches, split_blocks
+from mmbalance.comparison import BASELINE, REFERENCES, KeyBlock, fingerprint_mismatches, split_blocks
 from mmbalance.provenance import write_runs
 from mmbalance.records import atomic_write_text
 from mmbalance.results import PROTOCOLS, config_key, flatten, load
@@ -288,13 +288,7 @@ def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
 
 
 # --- rows ------------------------------------------------------------------------------------------------
-BASELINE = "joint"
 FIXTURE_NOTE = "tiny files in the real format, written by mmbalance.fixtures"
-# Reference rows: shown, never ranked (the headroom a balancing method aims at).
-REFERENCES = {
-    "unimodal": "a unimodal model of one modality",
-    "unimodal_ensemble": "the ensemble of separately trained unimodal models",
-}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
