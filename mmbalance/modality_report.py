@@ -114,7 +114,7 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
 
 
 def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    from mmbalance.figures import _colors, _save, plt
+    from mmbalance.figures import _colors, _fit, _percent_axis, _save, plt
 
     frame = modality_frame(runs)
     paths: list[Path] = []
@@ -141,7 +141,7 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(np.arange(len(methods)), methods, rotation=45, ha="right")
         ax.set_ylabel(f"Shapley value ({metric})")
-        ax.set_title(f"{kb.title}: modality contributions on the test split")
+        ax.set_title(_fit(f"{kb.title}: modality contributions on the test split", fig.get_figwidth()))
         ax.legend(fontsize=8, ncol=len(mods))
         paths += _save(fig, prefix.with_name(prefix.name + "-contributions"))
 
@@ -165,8 +165,11 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
             ax.set_xlabel("noise std / input std")
         for ax in axes[:, 0]:
             ax.set_ylabel(f"test {metric}")
+        _percent_axis(axes.flat[0], sub["me_metric"].iloc[0])  # shared y
         axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"{kb.title}: robustness to Gaussian noise on one modality")
+        fig.suptitle(
+            _fit(f"{kb.title}: robustness to Gaussian noise on one modality", fig.get_figwidth(), 12)
+        )
         paths += _save(fig, prefix.with_name(prefix.name + "-robustness"))
     return paths
 
