@@ -334,10 +334,12 @@ def critical_difference(
     scikit_posthocs.critical_difference_diagram(
         average, nemenyi, ax=ax, label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}"
     )
-    what = f"average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
+    what = f"Average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
     ax.set_title(_fit(f"{title}. {what}" if title else what, 8.0), pad=24)
     if caption:  # the methods left out and why: a ranking that silently drops methods misleads
-        fig.text(0.01, 0.0, _fit(caption, 8.0, 8), ha="left", va="top", fontsize=8)
+        fig.supxlabel(
+            _fit(caption, 8.0, 8), fontsize=8, ha="left", x=0.01
+        )  # inside the layout: never clipped
     return _save(fig, stem)
 
 

@@ -709,7 +709,9 @@ def left_out(blocks: Sequence[Block], scores: pd.DataFrame, common: Sequence[str
 def rank_table(blocks: Sequence[Block]) -> Ranking | None:
     """Average ranks of the methods ranked in every table (blocks: the tables), ``None`` with fewer
     than 2 tables or 2 such methods."""
-    blocks = [b for b in blocks if not b.fixture]  # fixture data is a check of the code, not a result
+    # Fixture data is a check of the code, not a result; a table with one ranked row (a lone ad-hoc
+    # run) ranks nothing and would leave no method common to every table.
+    blocks = [b for b in blocks if not b.fixture and len(b.scores) >= 2]
     if len(blocks) < 2:
         return None
     titles = [b.table.title for b in blocks]
