@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         url = built.html.resolve().as_uri()
         shot = args.out / "leaderboard.png"
         sorted_shot = args.out / "leaderboard-sorted.png"
-        chromium([f"--screenshot={shot}", "--window-size=1400,1300", url], tmp / "profile")
+        chromium([f"--screenshot={shot}", "--window-size=1600,2300", url], tmp / "profile")
         col = args.column
         chromium(
-            [f"--screenshot={sorted_shot}", "--window-size=1400,1300", f"{url}#sort=t0.{col}.asc"],
+            [f"--screenshot={sorted_shot}", "--window-size=1600,2300", f"{url}#sort=t0.{col}.asc"],
             tmp / "profile",
         )
         print(f"{len(built.entries)} entries; screenshots {shot} (ranked), {sorted_shot} (column {col} asc)")
