@@ -413,15 +413,15 @@ def aggregate(
         method = str(group["method"].iloc[0])
         mods = [m for m in group["modalities"] if isinstance(m, tuple)]
         multimodal = method != "unimodal" and (not mods or len(mods[0]) == full)
-        row = Row(config, labels[config], method, multimodal, per_seed, len(seeds), cells,
-                  _unfinished(group),
-                  [s for s in seeds if s not in set(group["seed"])])  # fmt: skip
-        row.extra = sorted(int(s) for s in set(fin["seed"]) - set(seeds))
-        row.fingerprints = dict(
-            zip(asked["seed"], asked.get("data_fingerprint", [None] * len(asked)), strict=True)
+        fingerprints = (
+            dict(zip(asked["seed"], asked["data_fingerprint"], strict=True))
+            if "data_fingerprint" in asked
+            else {}
         )
-        row.fixture = fixture
-        rows.append(row)
+        rows.append(Row(config, labels[config], method, multimodal, per_seed, len(seeds), cells,
+                        unfinished=_unfinished(group), unrecorded=[s for s in seeds if s not in set(group["seed"])],
+                        extra=sorted(int(s) for s in set(fin["seed"]) - set(seeds)), fingerprints=fingerprints,
+                        fixture=fixture))  # fmt: skip
     order = {BASELINE: 0, "unimodal": 1, "unimodal_ensemble": 2}
     return sorted(rows, key=lambda r: (order.get(r.method, 3), r.label))
 
@@ -573,7 +573,18 @@ def key_table(
         body.append(line + [r.n_text])
     notes = _notes(rows, cols, protocol, primary, weak, base, kb)
     title = kb.title
-    csv = pd.DataFrame(
+    csv = _csv_rows(rows, dataset, task, title, primary, protocol)
+    # as displayed, so that methods equal in the table tie in the ranks
+    scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
+    unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
+    return Block(Table(title, header, body, notes), csv, primary, scores, unranked, kb.fixture, kb.slug)
+
+
+def _csv_rows(
+    rows: Sequence[Row], dataset: str, task: str, title: str, primary: str, protocol: str
+) -> pd.DataFrame:
+    """One CSV row per table row and metric: the numbers of the table, for scripts."""
+    return pd.DataFrame(
         [
             {
                 "dataset": dataset,
@@ -598,10 +609,6 @@ def key_table(
             for m, c in r.cells.items()
         ]
     )
-    # as displayed, so that methods equal in the table tie in the ranks
-    scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
-    unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
-    return Block(Table(title, header, body, notes), csv, primary, scores, unranked, kb.fixture, kb.slug)
 
 
 def _notes(

@@ -135,7 +135,8 @@ def test_report_writes_md_tex_csv_of_the_suite_only(tmp_path):
     }
     suite.write_text(yaml.safe_dump(doc))
     paths = report(results, suite=suite, figures=False)
-    assert [p.name for p in paths] == ["mini.md", "mini.tex", "mini.csv"]
+    assert [p.name for p in paths] == ["mini.md", "mini.tex", "mini.csv", "mini.runs"]
+    assert len((results / "tables" / "mini.runs").read_text().split()) == 2  # the suite's runs only
     md = (results / "tables" / "mini.md").read_text()
     assert "70.50 ± 0.71" in md and "10.00" not in md
     make_run(results, "cggm", 0, epochs=3)
