@@ -25,7 +25,7 @@ from rich.table import Table
 from mmbalance.core import DataError, MethodNotApplicable, default_data_root
 from mmbalance.records import DamagedRecordError
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
-from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
+from mmbalance.spec import RunSpec, SpecError, compose, default_preset, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError,
@@ -131,7 +131,8 @@ def _log_to_wandb(
 
 # --- run ----------------------------------------------------------------------------------------
 def run_spec(args: argparse.Namespace) -> RunSpec:
-    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set."""
+    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set; without a
+    preset named, the dataset's default one (``spec.DEFAULT_PRESETS``: synthetic -> the suite's settings)."""
     doc = load_yaml(args.spec) if args.spec else {}
     preset = {"preset": args.preset} if args.preset else {}
     cli = {
@@ -139,7 +140,8 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
         if v is not None
     }
-    return validate_spec(compose(doc, preset, cli, parse_set(args.set)))
+    layers = [doc, preset, cli, parse_set(args.set)]
+    return validate_spec(compose(default_preset(*layers), *layers))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ from pydantic import (
     field_validator,
 )
 
-from mmbalance.records import RunDir, atomic_write_text
+from mmbalance.records import RECORD_ONLY, RunDir, atomic_write_text
 
 __all__ = [
     "Entry",
@@ -526,7 +526,7 @@ def check(
 
 
 # --- submit --------------------------------------------------------------------------------------------
-SHARED_SKIP = ("seed", "run_id", "data_fingerprint")  # spec.yaml keys that are not the shared spec
+SHARED_SKIP = ("seed", *RECORD_ONLY)  # spec.yaml keys that are not the shared spec
 
 
 def _runs_problems(runs: list[RunDir]) -> list[str]:

@@ -172,6 +172,18 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
+# The preset a single run of a dataset gets when none is named: the synthetic data's is the default suite's
+# settings, so that `mmbalance run --dataset synthetic` learns what the suite's tables show.
+DEFAULT_PRESETS = {"synthetic": "synthetic"}
+
+
+def default_preset(*fragments: dict[str, Any]) -> dict[str, Any]:
+    """``{"preset": name}`` for the dataset the fragments name (default: synthetic) when none names a
+    preset; ``{}`` otherwise. Place it lowest in ``compose``."""
+    if any("preset" in f for f in fragments):
+        return {}
+    dataset = next((f["dataset"] for f in reversed(fragments) if "dataset" in f), RunSpec().dataset)
+    return {"preset": DEFAULT_PRESETS[dataset]} if dataset in DEFAULT_PRESETS else {}
 
 
 def load_preset(name: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import yaml
 from conftest import small_spec
 
 from mmbalance import leaderboard as lb
-from mmbalance.leaderboard_page import SORT_SCRIPT, render_html, render_markdown
+from mmbalance.leaderboard_page import SORT_SCRIPT, render_html, render_markdown, tracks
 from mmbalance.records import RunDir
 from mmbalance.runner import data_fingerprint, make_adapter, train
 
@@ -449,3 +449,48 @@ def test_entry_carries_each_seeds_modality_numbers(entry, runs, tmp_path):
     path.write_text(json.dumps(old))
     e = lb.check(path, fingerprints=runs["fingerprints"])
     assert "Imbalance" not in render_markdown({"old.json": e})
+
+
+# --- tracks, references, Δ vs joint, links, filter, ranks (issue 24) ------------------------------------------
+def variant(entry: dict, runs, method: str, gain: float, **spec) -> lb.Entry:
+    """The fixture entry as another method (accuracy + ``gain`` on every seed) or at other settings."""
+    data = copy.deepcopy(entry)
+    data["method"], data["method_params"] = method, {}
+    data["spec"] = {**data["spec"], **spec}
+    for s in data["seeds"]:
+        s["metrics"] = {k: v + gain if k == "accuracy" else v for k, v in s["metrics"].items()}
+    return lb.validate_entry(reseal(data), lb.load_fingerprints(runs["fingerprints"]))
+
+
+def test_tracks_by_comparison_key_references_apart_and_delta_vs_joint(entry, runs):
+    entries = {"joint.json": variant(entry, runs, "joint", 0.0), "cggm.json": variant(entry, runs, "cggm", 2.0),
+               "ens.json": variant(entry, runs, "unimodal_ensemble", 9.0),
+               "fast.json": variant(entry, runs, "pmr", 5.0, optim={**entry["spec"]["optim"], "lr": 0.5})}  # fmt: skip
+    known = {k.fingerprint: k for k in lb.load_fingerprints(runs["fingerprints"]).values()}
+    short, fast = tracks(entries, known)
+    assert (short.config, fast.config) == (
+        "synthetic classification (test); optim.lr=0.01",
+        "synthetic classification (test); optim.lr=0.5",
+    )  # what differs
+    assert fast.title == short.title == "synthetic · classification"
+    assert [n for n, _ in short.ranked] == ["cggm.json", "joint.json"]  # the reference is not ranked...
+    assert [n for n, _ in short.references] == ["ens.json"]  # ...but shown apart
+    assert [n for n, _ in fast.ranked] == ["fast.json"] and fast.joint is None  # never beside lr 0.01
+    md = render_markdown(entries)
+    assert "References (never ranked):" in md and "| † | unimodal\\_ensemble" in md
+    assert "| 1 | cggm ([code](https://github.com/zrguo/CGGM))" in md and "| +2.00 |" in md
+    html = render_html(entries)
+    assert 'class="entries ranked"' in html and 'class="entries refs"' in html and 'id="filter"' in html
+    assert html.count("<h2>") == 2 and 'href="https://github.com/GeWu-Lab' not in html  # only methods shown
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_ranks_follow_the_sort_in_node():
+    cases = "\n".join([
+        "console.log(JSON.stringify(ranks([3, 1, NaN, 3], false)));",  # best first: ties share rank 1
+        "console.log(JSON.stringify(ranks([3, 1, NaN, 3], true)));",
+    ])  # fmt: skip
+    out = subprocess.run(
+        ["node", "-e", SORT_SCRIPT + cases], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.split() == ["[1,3,null,1]", "[2,1,null,2]"]  # NaN has no rank (JSON null)
