@@ -139,6 +139,8 @@ class KeyBlock:
     slug: str  # "synthetic-classification", plus the key's id when the dataset and task have several
     fixture: bool  # trained on fixture files: shown, never ranked
     runs: pd.DataFrame
+    protocol: str = "defaults"  # tuned: settings chosen by `mmbalance tune`; defaults: the method's own
+    block: str | None = None  # the suite's block, when the runs carry one
 
 
 def _without_fixture(key: str) -> tuple[str, bool]:
@@ -148,7 +150,9 @@ def _without_fixture(key: str) -> tuple[str, bool]:
 
 
 def split_blocks(runs: pd.DataFrame) -> list[KeyBlock]:
-    """``runs`` (a ``results.load`` frame) split by its ``key`` column, ordered by title."""
+    """``runs`` (a ``results.load`` frame) split by its ``key`` column, ordered by title. Runs of a suite
+    carry the suite's block name (``tuned_report.assign_blocks``): a key of one block is titled and named
+    after it, in the suite's order."""
     out = []
     for (dataset, task), same in runs.groupby(["dataset", "task"], sort=True, dropna=False):
         task_text = task if isinstance(task, str) else "task unknown"
@@ -156,8 +160,18 @@ def split_blocks(runs: pd.DataFrame) -> list[KeyBlock]:
         labels = differences(_without_fixture(k)[0] for k in keys)  # the fixture mark is said apart
         for key in keys:
             data_key, fixture = _without_fixture(key)
+            own = same[same["key"] == key]
+            protocol = "tuned" if json.loads(data_key).get("tuned") else "defaults"
             title = f"{dataset} ({task_text})" + (f": {labels[data_key]}" if labels[data_key] else "")
             title += " [fixture data: never ranked]" if fixture else ""
             slug = f"{dataset}-{task_text}" + (f"-{key_id(key)}" if len(keys) > 1 else "")
-            out.append(KeyBlock(key, title, slug.replace(" ", "_"), fixture, same[same["key"] == key]))
-    return sorted(out, key=lambda b: b.title)
+            named = set(own["block"].dropna()) if "block" in own.columns else set()
+            block = next(iter(named)) if len(named) == 1 else None
+            if block is not None:
+                title = f"{block}: {dataset} ({task_text}), {protocol} protocol"
+                slug = block + ("" if protocol == "tuned" else f"-{protocol}")
+            out.append(KeyBlock(key, title, slug.replace(" ", "_"), fixture, own, protocol, block))
+    order = (
+        dict(zip(runs["block"], runs["block_order"], strict=True)) if "block_order" in runs.columns else {}
+    )
+    return sorted(out, key=lambda b: (order.get(b.block, len(order)), b.protocol != "tuned", b.title))

@@ -71,7 +71,10 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     frozen: each format draws once, instead of a layout and a tight-bbox pass per format (the figures
     were 85% of ``make bench-all``'s report)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [
+        stem.parent / f"{stem.name}.png",
+        stem.parent / f"{stem.name}.pdf",
+    ]  # names may hold dots (lazy-0.50)
     fig.get_layout_engine().execute(fig)  # the layout alone (text extents), not a full render
     fig.set_layout_engine("none")
     for p in paths:
@@ -396,7 +399,11 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
     """``(function, args, kwargs)`` of every figure ``suite_figures`` draws, in order."""
     calls: list[tuple[Callable, tuple, dict]] = []
     runs = runs[runs["path"].map(readable).astype(bool)] if not runs.empty else runs
-    for kb in split_blocks(runs):  # one comparison key at a time, as the tables
+    blocks = split_blocks(runs)
+    tuned = {kb.block for kb in blocks if kb.protocol == "tuned"}
+    for kb in blocks:  # one comparison key at a time, as the tables
+        if kb.block in tuned and kb.protocol != "tuned" or not (kb.runs["probe_every"] > 0).any():
+            continue  # a suite block's defaults run for the tuned-vs-defaults table; a block without probes
         sub, where = kb.runs, kb.title
         prefix = f"{name}-{kb.slug}"
         full = max(len(m) for m in sub["modalities"])

@@ -286,11 +286,24 @@ def suite_filter(suite: Any) -> list[dict[str, Any]]:
 
 
 def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
+    """The runs of ``suite``: a fragment of it is a subset of the run's spec. Under the tuned protocol a
+    run's chosen values (optimiser settings, its method's parameters) are its own, not the fragment's."""
+    from mmbalance.tuned_report import without_tuning
+
     if runs.empty:
         return runs
     fragments = suite_filter(suite)
-    keep = runs["spec"].map(lambda s: s["seed"] in suite.seeds and any(is_subset(f, s) for f in fragments))
-    return runs[keep]
+    seeds = set(suite.seeds).union(*(e.get("seeds", []) for e in suite.datasets))
+
+    def belongs(spec: dict[str, Any]) -> bool:
+        if spec["seed"] not in seeds:
+            return False
+        if not spec.get("tuned"):
+            return any(is_subset(f, spec) for f in fragments)
+        own = [{k: v for k, v in f.items() if k != "method_params"} for f in fragments]
+        return any(is_subset(f, without_tuning(spec, f)) for f in own)
+
+    return runs[runs["spec"].map(belongs)]
 
 
 # --- rows ------------------------------------------------------------------------------------------------
@@ -308,10 +321,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_labels(runs: pd.DataFrame) -> dict[str, str]:
     """``config -> label``: the method plus the spec fields that differ between rows of the table
     (method parameters only between configurations of the same method)."""
-    specs = {
-        c: _flatten({k: v for k, v in s.items() if k != "seed"})
-        for c, s in zip(runs["config"], runs["spec"], strict=True)
-    }
+    specs = {c: _label_fields(s) for c, s in zip(runs["config"], runs["spec"], strict=True)}
 
     def varying(configs: list[str], keep) -> list[str]:
         keys = sorted({k for c in configs for k in specs[c] if keep(k)})
@@ -330,6 +340,14 @@ def config_labels(runs: pd.DataFrame) -> dict[str, str]:
             ]
             labels[c] = f"{method}({', '.join(parts)})" if parts else str(method)
     return labels
+
+
+def _label_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """The flattened spec fields a row label may show: not the seed, and under the tuned protocol not
+    what tuning chose (its values are in ``benchmarks/tuned/``; the row is the method)."""
+    flat = _flatten({k: v for k, v in spec.items() if k not in ("seed", "tuned")})
+    chosen = set((spec.get("tuned") or {}).get("chosen", []))
+    return {k: v for k, v in flat.items() if k not in chosen}
 
 
 @dataclass
@@ -531,6 +549,8 @@ class Block:
     unranked: list[str] = field(default_factory=list)  # multimodal methods not ranked here (incomplete)
     fixture: bool = False  # fixture data: left out of the ranking across tables
     slug: str = ""  # the file-name part of its figures (``comparison.KeyBlock.slug``)
+    protocol: str = "defaults"  # tuned or defaults (``comparison.KeyBlock.protocol``)
+    task: str = ""
 
 
 def run_tables(
@@ -583,7 +603,8 @@ def key_table(
     # as displayed, so that methods equal in the table tie in the ranks
     scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
     unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
-    return Block(Table(title, header, body, notes), csv, primary, scores, unranked, kb.fixture, kb.slug)
+    return Block(Table(title, header, body, notes), csv, primary, scores, unranked, kb.fixture, kb.slug,
+                 kb.protocol, task if isinstance(task, str) else "")  # fmt: skip
 
 
 def _csv_rows(
@@ -719,7 +740,7 @@ def left_out(blocks: Sequence[Block], scores: pd.DataFrame, common: Sequence[str
     return why
 
 
-def rank_table(blocks: Sequence[Block]) -> Ranking | None:
+def rank_table(blocks: Sequence[Block], title: str = "Average rank across tables") -> Ranking | None:
     """Average ranks of the methods ranked in every table (blocks: the tables), ``None`` with fewer
     than 2 tables or 2 such methods."""
     # Fixture data is a check of the code, not a result; a table with one ranked row (a lone ad-hoc
@@ -769,7 +790,7 @@ def rank_table(blocks: Sequence[Block]) -> Ranking | None:
         ]  # fmt: skip
     )
     nemenyi = stats.nemenyi(oriented) if k >= 3 else None
-    ranking = Ranking(Table("Average rank across tables", header + ["Avg rank"], body, notes), csv, average,
+    ranking = Ranking(Table(title, header + ["Avg rank"], body, notes), csv, average,
                       nemenyi, cd, why)  # fmt: skip
     if why:
         ranking.table.notes.append(ranking.caption() + ".")
@@ -805,12 +826,14 @@ def report(
     ``results.RecordWarning`` naming the file."""
     out = Path(out) if out is not None else Path(results)
     runs = load(results, protocol)
-    name, heading, seeds = "all-runs", f"All runs in {results}", None
+    name, heading, seeds, s = "all-runs", f"All runs in {results}", None, None
     if suite is not None:
         from mmbalance.sweep import load_suite
+        from mmbalance.tuned_report import assign_blocks
 
         s = load_suite(suite)
         runs, name, heading, seeds = select_suite(runs, s), s.name, f"Suite {s.name}", s.seeds
+        runs = assign_blocks(runs, s) if not runs.empty else runs  # tables titled by the suite's blocks
     if methods and not runs.empty:
         runs = runs[runs["method"].isin(methods)]
         name += "-" + "-".join(methods)
@@ -820,8 +843,12 @@ def report(
             f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'} ({what})"
         )
     blocks = run_tables(runs, protocol, seeds=seeds)
-    ranking = rank_table(blocks)
-    tables = [(b.table, b.csv) for b in blocks] + ([(ranking.table, ranking.csv)] if ranking else [])
+    rankings = rankings_of(blocks, s)
+    tables = [(b.table, b.csv) for b in blocks] + [(r.table, r.csv) for _, r in rankings]
+    if s is not None and "block" in runs.columns:
+        from mmbalance.tuned_report import laziness_table, tuned_vs_defaults
+
+        tables += [t for t in (laziness_table(runs, s.protocol), tuned_vs_defaults(runs)) if t is not None]
     paths = write_tables(tables, out / "tables", name, heading)
     paths.append(
         write_runs(out / "tables", name, list(finished(runs)["run_id"]))
@@ -833,13 +860,36 @@ def report(
         from mmbalance.figures import critical_difference, suite_figures
 
         paths += suite_figures(finished(runs), out / "figures", name, jobs)
-        if ranking is not None and ranking.nemenyi is not None:
-            paths += critical_difference(
-                ranking.average,
-                ranking.nemenyi,
-                ranking.cd,
-                out / "figures" / f"{name}-critical-difference",
-                title=f"{heading}: {len(ranking.table.columns) - 2} tables, Friedman + Nemenyi",
-                caption=ranking.caption(),
-            )
+        for suffix, ranking in rankings:
+            if ranking.nemenyi is not None:
+                paths += critical_difference(
+                    ranking.average, ranking.nemenyi, ranking.cd, out / "figures" / f"{name}-critical-difference{suffix}",
+                    title=f"{heading}, {ranking.table.title[0].lower()}{ranking.table.title[1:]}: "
+                          f"{len(ranking.table.columns) - 2} tables, Friedman + Nemenyi",
+                    caption=ranking.caption(),
+                )  # fmt: skip
+        if s is not None and "block" in runs.columns:
+            from mmbalance.tuned_report import gain_figure, gain_frame
+
+            gains = gain_frame(runs, s, s.protocol)
+            if not gains.empty:
+                paths += gain_figure(gains, out / "figures" / f"{name}-gain-vs-imbalance")
     return paths
+
+
+def rankings_of(blocks: Sequence[Block], suite: Any | None) -> list[tuple[str, Ranking]]:
+    """``(figure suffix, ranking)``: across every table; for a suite, across its protocol's tables of every
+    task kind (the methods every kind admits) and across its classification tables (every method that
+    classifies; ``-classification``)."""
+    if suite is None:
+        ranking = rank_table(blocks)
+        return [("", ranking)] if ranking else []
+    own = [b for b in blocks if b.protocol == suite.protocol]
+    candidates = [
+        ("", rank_table(own, f"Average rank across the {suite.protocol}-protocol tables of every task kind"))
+    ]
+    if any(b.task != "classification" for b in own):
+        classification = [b for b in own if b.task == "classification"]
+        title = f"Average rank across the {suite.protocol}-protocol classification tables"
+        candidates.append(("-classification", rank_table(classification, title)))
+    return [(suffix, r) for suffix, r in candidates if r is not None]

@@ -50,7 +50,7 @@ class TunedSpec(StrictModel):
     tuning_seeds: list[int]  # the seeds the trials were averaged over (disjoint from the reported ones)
     shared_space: str  # search_space.space_hash(OPTIM_SPACE)
     method_space: str  # search_space.space_hash(the method's search_space)
-    chosen: list[str] = []  # spec paths tuning set outside method_params (optim.lr, ...)
+    chosen: list[str] = []  # the spec paths tuning set (optim.lr, method_params.alpha, ...)
 
 
 # Fields whose default is left out of the canonical spec, so adding them kept every earlier run id.
