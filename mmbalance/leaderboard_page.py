@@ -27,7 +27,16 @@ from typing import Any
 from urllib.parse import quote
 
 from mmbalance.comparison import BASELINE, REFERENCES, comparison_key, differences
-from mmbalance.leaderboard import DICE, LOWER_IS_BETTER, METRICS, RANGES, Entry, KnownSplit, summarize
+from mmbalance.leaderboard import (
+    DICE,
+    LOWER_IS_BETTER,
+    METRICS,
+    RANGES,
+    Entry,
+    KnownSplit,
+    page_key,
+    summarize,
+)
 
 __all__ = ["render_markdown", "render_html", "tracks", "Track", "method_links", "SORT_SCRIPT"]
 
@@ -154,7 +163,8 @@ def tracks(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | None 
             sign = 1 if primary in LOWER_IS_BETTER else -1
             rows.sort(key=lambda r, m=primary, s=sign: (s * r[1].summary[m].mean, r[0]))
             fingerprint = rows[0][1].data_fingerprint
-            config = known[fingerprint].config if fingerprint in known else "unregistered configuration"
+            where = page_key(rows[0][1])
+            config = known[where].config if where in known else "unregistered configuration"
             config += f"; {labels[key]}" if labels[key] else ""
             out.append(Track(f"{dataset} · {task}", config, fingerprint,
                              [r for r in rows if r[1].method not in REFERENCES],

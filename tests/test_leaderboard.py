@@ -35,9 +35,10 @@ def runs(tmp_path_factory):
         small_spec(method="unimodal", method_params={"modality": "m0"}, seed=3), results, progress=False
     )
     spec = small_spec()
+    # The synthetic data is drawn by the run seed: the registry knows each seed's draw.
     split = {"dataset": "synthetic", "config": "synthetic classification (test)", "task": "classification",
              "params_hash": lb.params_hash(spec.dataset_params),
-             "fingerprint": data_fingerprint(make_adapter(spec))}  # fmt: skip
+             "fingerprints": {s: data_fingerprint(make_adapter(small_spec(seed=s))) for s in range(5)}}  # fmt: skip
     fingerprints = root / "fingerprints.yaml"
     fingerprints.write_text(yaml.safe_dump({"version": 1, "splits": [split]}))
     return {"joint": joint, "unimodal": uni.path, "fingerprints": fingerprints, "root": root}
@@ -63,7 +64,10 @@ def reseal(data: dict) -> dict:
     data["spec_hash"] = lb.spec_hash(data["spec"])
     for s in data["seeds"]:
         s["run_id"] = lb.expected_run_id(
-            data["spec"], s["seed"], data["data_fingerprint"], data["code_version"]
+            data["spec"],
+            s["seed"],
+            s.get("data_fingerprint") or data["data_fingerprint"],
+            data["code_version"],
         )
     names = data["seeds"][0]["metrics"]
     data["summary"] = {k: lb.summarize([s["metrics"][k] for s in data["seeds"]]).model_dump() for k in names}
@@ -192,10 +196,21 @@ def test_unknown_metric_is_refused(entry, runs, tmp_path):
 
 
 def test_wrong_or_unknown_fingerprint_is_refused(entry, runs, tmp_path):
+    assert entry["data_fingerprint"] == lb.PER_SEED  # the seed draws the synthetic data
     bad = copy.deepcopy(entry)
-    bad["data_fingerprint"] = re.sub(r"test:[0-9a-f]{16}", "test:" + "0" * 16, bad["data_fingerprint"])
-    assert "data_fingerprint: train:" in problems(reseal(bad), runs, tmp_path)
-    assert "differs from the suite's known fingerprint" in problems(reseal(bad), runs, tmp_path)
+    seed = bad["seeds"][1]
+    seed["data_fingerprint"] = re.sub(r"test:[0-9a-f]{16}", "test:" + "0" * 16, seed["data_fingerprint"])
+    msg = problems(reseal(bad), runs, tmp_path)
+    assert f"seeds[1].data_fingerprint: {seed['data_fingerprint']} differs from the known fingerprint" in msg
+    bad = copy.deepcopy(entry)  # one seed's data passed off as another's
+    bad["seeds"][0]["data_fingerprint"] = bad["seeds"][1]["data_fingerprint"]
+    assert "seeds[0].data_fingerprint" in problems(reseal(bad), runs, tmp_path)
+    bad = copy.deepcopy(entry)
+    bad["data_fingerprint"] = bad["seeds"][0].pop("data_fingerprint")  # a single fingerprint for all seeds
+    assert "draws its data from the seed; expected 'per-seed'" in problems(reseal(bad), runs, tmp_path)
+    bad = copy.deepcopy(entry)
+    bad["seeds"][2]["seed"] = 7  # no registered draw
+    assert "seeds[2].seed: 7 has no registered data draw" in problems(reseal(bad), runs, tmp_path)
     bad = copy.deepcopy(entry)
     bad["dataset_params"] = {**bad["dataset_params"], "n_test": 32}
     bad["spec"]["dataset_params"] = bad["dataset_params"]
@@ -353,9 +368,12 @@ def test_fingerprint_registry_matches_the_adapters():
     for task in ("classification", "regression", "segmentation"):
         params = cls.Params(task=task).model_dump(mode="json")
         split = known[("synthetic", lb.params_hash(params))]
-        assert split.fingerprint == data_fingerprint(cls(cls.Params(task=task))), (
-            "benchmarks/fingerprints.yaml is out of date: run scripts/fingerprints.py"
-        )
+        assert sorted(split.fingerprints) == list(range(10))  # the seed draws the data: one per seed
+        for seed in (0, 7):
+            drawn = cls(cls.Params(task=task, data_seed=seed))
+            assert split.fingerprints[seed] == data_fingerprint(drawn), (
+                "benchmarks/fingerprints.yaml is out of date: run scripts/fingerprints.py"
+            )
         assert split.task == task
 
 
@@ -466,7 +484,7 @@ def test_tracks_by_comparison_key_references_apart_and_delta_vs_joint(entry, run
     entries = {"joint.json": variant(entry, runs, "joint", 0.0), "cggm.json": variant(entry, runs, "cggm", 2.0),
                "ens.json": variant(entry, runs, "unimodal_ensemble", 9.0),
                "fast.json": variant(entry, runs, "pmr", 5.0, optim={**entry["spec"]["optim"], "lr": 0.5})}  # fmt: skip
-    known = {k.fingerprint: k for k in lb.load_fingerprints(runs["fingerprints"]).values()}
+    known = {k.page_key: k for k in lb.load_fingerprints(runs["fingerprints"]).values()}
     short, fast = tracks(entries, known)
     assert (short.config, fast.config) == (
         "synthetic classification (test); optim.lr=0.01",
