@@ -551,6 +551,7 @@ class Block:
     slug: str = ""  # the file-name part of its figures (``comparison.KeyBlock.slug``)
     protocol: str = "defaults"  # tuned or defaults (``comparison.KeyBlock.protocol``)
     task: str = ""
+    name: str = ""  # the suite's block name, when it has one (column heads of the ranking)
 
 
 def run_tables(
@@ -604,7 +605,7 @@ def key_table(
     scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
     unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
     return Block(Table(title, header, body, notes), csv, primary, scores, unranked, kb.fixture, kb.slug,
-                 kb.protocol, task if isinstance(task, str) else "")  # fmt: skip
+                 kb.protocol, task if isinstance(task, str) else "", kb.block or "")  # fmt: skip
 
 
 def _csv_rows(
@@ -748,7 +749,7 @@ def rank_table(blocks: Sequence[Block], title: str = "Average rank across tables
     blocks = [b for b in blocks if not b.fixture and len(b.scores) >= 2]
     if len(blocks) < 2:
         return None
-    titles = [b.table.title for b in blocks]
+    titles = [b.name or b.table.title for b in blocks]
     scores = pd.DataFrame([pd.Series(b.scores, dtype=float) for b in blocks], index=titles)
     common = [c for c in scores.columns if scores[c].notna().all()]
     if len(common) < 2:

@@ -3,7 +3,7 @@
     python scripts/leaderboard_examples.py [--results results]
 
 Reads the finished runs of `make bench-all` that belong to its suite (``benchmarks/all.yaml``; ad-hoc runs
-in the same folder are left out) on synthetic classification, scenario ``lazy``, groups them by method and
+in the same folder are left out) on synthetic classification, scenario ``lazy`` at imbalance degree 1, under the tuned protocol, groups them by method and
 method params (all seeds of one spec), and calls ``mmbalance submit`` for each group, writing
 ``results/leaderboard/entries/synthetic-classification-<method>.json``. Unimodal runs (one entry per
 modality would be a different model each) are left out; the unimodal ensemble is a reference, kept (the
@@ -31,9 +31,10 @@ def main() -> int:
     args = ap.parse_args()
     runs = select_suite(load(args.results), load_suite(SUITE))
     runs = runs[(runs["status"] == "done") & (runs["dataset"] == "synthetic")]
-    runs = runs[
+    runs = runs[  # the lazy scenario itself (imbalance degree 1), as the suite's protocol ran it
         (runs["dataset_params.task"] == "classification") & (runs["dataset_params.scenario"] == "lazy")
-    ]
+        & (runs["dataset_params.imbalance"] == 1.0) & (runs["spec"].map(lambda s: bool(s.get("tuned"))))
+    ]  # fmt: skip
     runs = runs[runs["method"] != "unimodal"]
     out_dir = args.results / "leaderboard" / "entries"
     out_dir.mkdir(parents=True, exist_ok=True)
