@@ -237,15 +237,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
-    return _sweep_verdict([r.status for _, r in outcomes], len(skipped), args)
+    # A diverged run is a result of the method at its settings (recorded, listed by the report), not a fault.
+    statuses = ["diverged" if r.status == "failed" and r.reason.startswith("diverged") else r.status
+                for _, r in outcomes]  # fmt: skip
+    return _sweep_verdict(statuses, len(skipped), args)
 
 
 def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace) -> int:
-    """The sweep's last line and exit code: 0 only when every run it asked for has finished."""
+    """The sweep's last line and exit code: 0 only when every run it asked for has finished (a run that
+    diverged has: its record says so, and the report lists it)."""
     n = {s: statuses.count(s) for s in ("failed", "running elsewhere", "interrupted", "not started")}
-    done = statuses.count("done") + statuses.count("skipped")
-    others = len(statuses) - done - sum(n.values())  # not applicable once the model was built
-    parts = [f"{done} runs done or reused"] + [f"{k} {s}" for s, k in n.items() if k or s == "failed"]
+    done, diverged = statuses.count("done") + statuses.count("skipped"), statuses.count("diverged")
+    others = len(statuses) - done - diverged - sum(n.values())  # not applicable once the model was built
+    parts = [f"{done} runs done or reused"] + ([f"{diverged} diverged (recorded; the report lists them)"]
+                                               if diverged else [])  # fmt: skip
+    parts += [f"{k} {s}" for s, k in n.items() if k or s == "failed"]
     console.print(
         ", ".join(parts) + (f", {others} not applicable" if others else "") + f", {n_skipped} skipped"
     )
