@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.models.base import MultimodalModel
 from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
+from mmbalance.safe_pickle import check_finite
 
 __all__ = ["AVAdapter", "AVParams", "AVSplit", "holdout", "read_list", "frame_files", "image_transform"]
 
@@ -253,10 +254,9 @@ class AVAdapter(DatasetAdapter):
             raise
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: unreadable audio of clip {clip_id!r}: {e}") from None
-        if spec.dim() != 2 or not torch.isfinite(spec).all():
-            raise DataError(
-                f"{path}: expected a finite 2-D (F, T) spectrogram, got shape {tuple(spec.shape)}"
-            )
+        if spec.dim() != 2:
+            raise DataError(f"{path}: expected a 2-D (F, T) spectrogram, got shape {tuple(spec.shape)}")
+        check_finite(spec.numpy(), path, f"the spectrogram of clip {clip_id!r}")
         return spec.float()
 
     def fingerprint(self, name: str) -> str:

@@ -31,6 +31,7 @@ from mmbalance.registry import DATASETS
 
 __all__ = ["Cremad", "CremadParams", "CLASSES"]
 
+SECONDS = 3  # CramedDataset.py l.59: the clip is tiled / cut to 3 s
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # CramedDataset.py l.24 class_dict order
 
 
@@ -78,5 +79,6 @@ class Cremad(AVAdapter):
     def read_audio(self, path: Path) -> Tensor:
         from mmbalance.audio import ogm_ge_spectrogram, read_wav
 
-        samples, rate = read_wav(path)
+        # 3 s are used (shorter clips are tiled); one more second covers the resampling filter's reach
+        samples, rate = read_wav(path, max_seconds=SECONDS + 1)
         return ogm_ge_spectrogram(samples, rate, pad_mode=self.params.stft_pad)

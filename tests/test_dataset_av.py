@@ -188,7 +188,11 @@ def test_truncated_audio_is_a_one_line_error(root, copy, name):
     [
         ("kinetics_sounds", lambda: np.zeros((2, 3, 4), np.float32), "2-D"),
         ("ave", lambda: {"spec": np.zeros((257, 4))}, "pickled float array"),
-        ("ave", lambda: np.full((257, 4), np.nan, np.float32), "finite"),
+        (
+            "ave",
+            lambda: np.full((257, 4), np.nan, np.float32),
+            r"contains NaN at index \(0, 0\) \(1028 non-finite",
+        ),
     ],
 )
 def test_wrong_audio_content(root, copy, name, payload, message):
@@ -200,6 +204,29 @@ def test_wrong_audio_content(root, copy, name, payload, message):
         path.write_bytes(pickle.dumps(payload()))
     with pytest.raises(DataError, match=message):
         adapter(name, folder).split("test")[0]
+
+
+def test_nan_in_each_audio_format_names_file_and_index(root, copy):
+    """Before: "expected a finite 2-D (F, T) spectrogram, got shape (257, 188)" for all three."""
+    from mmbalance.fixtures._media import fmt_chunk, riff
+
+    cases = {}
+    folder = copy("cremad")
+    wav = folder / "AudioWAV" / f"{_first_clip(folder, 'test.csv', ',')}.wav"
+    samples = np.zeros(8000, "<f4")
+    samples[123] = np.nan
+    wav.write_bytes(riff([fmt_chunk(16000, 1, 32, 3), (b"data", samples.tobytes())]))
+    cases["cremad"] = (folder, wav, r"the WAV data contains NaN at index \(123, 0\)")
+    folder = copy("kinetics_sounds")
+    npy = folder / "test_spec" / f"{_first_clip(folder, 'my_test.txt', ',')}.npy"
+    fbank = np.load(npy)
+    fbank[5, 7] = np.inf
+    np.save(npy, fbank)
+    cases["kinetics_sounds"] = (folder, npy, r"the spectrogram of clip '.*' contains \+inf at index \(5, 7\)")
+    for name, (folder, path, message) in cases.items():
+        with pytest.raises(DataError, match=message) as e:
+            adapter(name, folder).split("test")[0]
+        assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
 
 
 def test_pickle_with_code_is_refused(root, copy):
