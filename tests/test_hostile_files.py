@@ -210,3 +210,46 @@ def test_pickle_object_state_must_match_its_shape(tmp_path):
     path.write_bytes(pickle.dumps(_Claim((_reconstruct, (np.ndarray, (0,), b"b"), state)), protocol=2))
     with pytest.raises(DataError, match=r"short.pkl: object array of shape \(3,\) holds 2 element"):
         load_pickle(path)
+
+
+# --- a file that breaks during training ------------------------------------------------------------------
+def test_unreadable_file_in_training_is_one_line_exit_2_and_leaves_no_run_folder(tmp_path, capsys):
+    """Before: the run folder stayed with status ``failed`` (and the rate bomb's stuck at ``running``).
+    The fixture's fingerprint does not decode WAVs, so the bomb is met by the training loop."""
+    from mmbalance.cli import main
+    from mmbalance.fixtures import cremad
+
+    cremad.write(tmp_path / "data")
+    wav = sorted((tmp_path / "data" / "cremad" / "AudioWAV").iterdir())[0]
+    good = wav.read_bytes()
+    _, data = pcm16(2.0)
+    wav.write_bytes(riff([fmt_chunk(20_000_003), (b"data", data)]))
+    results = tmp_path / "results"
+    argv = ["run", "--dataset", "cremad", "--method", "joint", "--data-root", str(tmp_path / "data"),
+            "--results", str(results), "--quiet", "--device", "cpu"]  # fmt: skip
+    for s in ("dataset_params.image_size=16", "model_params.width=4", "epochs=1", "batch_size=6"):
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {wav}: WAV header claims a sample rate of 20000003 Hz, outside 1000..384000 Hz\n"
+    assert not (results / "runs").exists() or not list((results / "runs").iterdir())
+    wav.write_bytes(good)  # fixed: the run trains, under a new data fingerprint
+    assert main(argv) == 0
+
+
+def test_a_data_loader_workers_error_keeps_the_adapters_message():
+    from torch._utils import ExceptionWrapper
+
+    from mmbalance.runner import _worker_message
+
+    try:
+        raise DataError("x.wav: the WAV data contains NaN at index (3, 0) (1 non-finite value(s) of 9)")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as e:
+        wrapped.reraise()
+    assert str(e.value).startswith("Caught DataError") and "Traceback" in str(e.value)
+    assert (
+        _worker_message(e.value)
+        == "x.wav: the WAV data contains NaN at index (3, 0) (1 non-finite value(s) of 9)"
+    )
