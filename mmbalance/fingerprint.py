@@ -48,16 +48,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _walk(root: Path, entries: Iterable[Path]) -> Iterator[Path]:
-    """Every non-hidden file under ``entries`` (files or folders relative to ``root``), sorted."""
-    for entry in sorted(set(entries)):
-        path = root / entry
-        if path.is_file():
-            yield path
-        elif path.is_dir():
+def _walk(root: Path, entries: Iterable[Path]) -> Iterator[tuple[str, str]]:
+    """(absolute path, path relative to ``root``) of every non-hidden file under ``entries`` (files or
+    folders relative to ``root``), sorted. Plain strings: pathlib costs more than the stat of a file."""
+    base = str(root)
+    for entry in sorted({Path(e).as_posix() for e in entries}):
+        path = os.path.join(base, entry)
+        if os.path.isfile(path):
+            yield path, entry
+        elif os.path.isdir(path):
             for folder, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                yield from (Path(folder) / f for f in sorted(files) if not f.startswith("."))
+                rel = os.path.relpath(folder, base).replace(os.sep, "/")
+                yield from (
+                    (os.path.join(folder, f), f"{rel}/{f}") for f in sorted(files) if not f.startswith(".")
+                )
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,14 @@ class _HashCache:
             self.entries = {}
         self.changed = False
 
-    def sha256(self, path: Path) -> str:
-        st = path.stat()
-        key = str(path.resolve())
-        hit = self.entries.get(key)
+    def sha256(self, path: str) -> str:
+        """``path`` lies under the resolved root (``manifest``), so it is its own key."""
+        st = os.stat(path)
+        hit = self.entries.get(path)
         if hit is not None and hit[:2] == [st.st_size, st.st_mtime_ns]:
             return hit[2]
-        sha = file_sha256(path)
-        self.entries[key] = [st.st_size, st.st_mtime_ns, sha]
+        sha = file_sha256(Path(path))
+        self.entries[path] = [st.st_size, st.st_mtime_ns, sha]
         self.changed = True
         return sha
 
@@ -110,11 +115,11 @@ class _HashCache:
 
 def manifest(root: Path, entries: Iterable[Path], record: bool = True) -> Manifest:
     """The content manifest of the files under ``entries``; ``record`` keeps it for ``datasets --verify``."""
-    root = Path(root)
+    root = Path(root).resolve()
     cache = _HashCache(root)
-    files = {p.relative_to(root).as_posix(): cache.sha256(p) for p in _walk(root, entries)}
+    files = {rel: cache.sha256(path) for path, rel in _walk(root, entries)}
     cache.save()
-    m = Manifest(str(root.resolve()), files)
+    m = Manifest(str(root), files)
     if record:
         target = cache_dir() / "manifests" / f"{_root_key(root)}-{m.digest[:16]}.json"
         if not target.exists():
