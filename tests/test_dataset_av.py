@@ -278,3 +278,27 @@ def test_one_epoch_of_ogm_ge_on_cremad(root, tmp_path):
     result = train(spec, results=tmp_path, data_root=root, device="cpu", progress=False)
     assert result.status == "done", result.reason
     assert 0 <= result.final["test"]["accuracy"] <= 100
+
+
+def test_kinetics_sounds_in_ogm_ges_avdataset_layout(tmp_path):
+    folder = kinetics_sounds.write_ogm_ge(tmp_path)
+    a = adapter("kinetics_sounds", folder, layout="audio_spec_pkl")
+    a.verify()
+    assert a.class_names == kinetics_sounds.CLASS_NAMES  # stat.txt sorted, as AVDataset does
+    assert [len(a.split(s)) for s in ("train", "valid", "test")] == [8, 4, 4]
+    inputs, label, clip = a.split("test")[0]
+    assert tuple(inputs["audio"].shape) == (1, kinetics_sounds.FRAMES, 128)
+    assert clip == f"kstest{int(label)}0_000010_000020"
+    (folder / "my_test.txt").write_text("playing kazoo,x\n")
+    with pytest.raises(DataError, match=r"my_test.txt: line 1 .*class 'playing kazoo' is not in stat.txt"):
+        adapter("kinetics_sounds", folder, layout="audio_spec_pkl").split("test")
+
+
+def test_kinetics_sounds_list_names_are_a_parameter(root, copy):
+    folder = copy("kinetics_sounds")
+    for split in ("train", "test"):
+        (folder / f"my_{split}.txt").rename(folder / f"ks_{split}_list.csv")
+    with pytest.raises(DataMissingError, match="my_train.txt"):
+        adapter("kinetics_sounds", folder).verify()
+    a = adapter("kinetics_sounds", folder, list_file="ks_{split}_list.csv")
+    assert len(a.split("test")) == 4
