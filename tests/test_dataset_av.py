@@ -302,3 +302,20 @@ def test_kinetics_sounds_list_names_are_a_parameter(root, copy):
         adapter("kinetics_sounds", folder).verify()
     a = adapter("kinetics_sounds", folder, list_file="ks_{split}_list.csv")
     assert len(a.split("test")) == 4
+
+
+def test_cremad_in_balancebenchmarks_pt_layout(tmp_path):
+    folder = cremad.write_balancebenchmark(tmp_path)
+    params = {"audio_format": "pt", "audio_dir": "audio_pt", "frames_dir": "visual"}
+    a = adapter("cremad", folder, **params)
+    a.verify()
+    inputs, label, clip = a.split("test")[0]
+    assert tuple(inputs["audio"].shape) == (1, 38, 128)  # the stored tensor, unsqueezed as BalanceBenchmark
+    pt = folder / "audio_pt" / f"{clip}.pt"
+    torch.save({"not": "a tensor"}, pt)
+    with pytest.raises(DataError, match=r"\.pt: expected a float tensor \(F, T\), got dict"):
+        adapter("cremad", folder, **params).split("test")[0]
+    pt.write_bytes(pickle.dumps(Path("x")))  # a plain pickle naming a class: torch's weights_only refuses it
+    with pytest.raises(DataError, match=r"\.pt: not a readable torch tensor file") as e:
+        adapter("cremad", folder, **params).split("test")[0]
+    assert "\n" not in str(e.value)

@@ -253,3 +253,28 @@ def test_a_data_loader_workers_error_keeps_the_adapters_message():
         _worker_message(e.value)
         == "x.wav: the WAV data contains NaN at index (3, 0) (1 non-finite value(s) of 9)"
     )
+
+
+def test_pt_tensor_claiming_a_huge_storage_is_refused_within_the_memory_cap(tmp_path):
+    """BalanceBenchmark's CREMA-D ``.pt`` fbank: a storage record of 16 bytes whose pickle claims
+    2**31 - 1 elements; torch checks the record before allocating, and the reader says so in one line."""
+    import zipfile
+
+    import torch
+
+    torch.save(torch.zeros(4), tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as src, zipfile.ZipFile(tmp_path / "bomb.pt", "w") as out:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("data.pkl"):  # the storage's numel (BININT1 4) and the tensor's size
+                data = data.replace(b"cpuq\x04K\x04t", b"cpuq\x04J\xff\xff\xff\x7ft")
+                data = data.replace(b"K\x00K\x04\x85", b"K\x00J\xff\xff\xff\x7f\x85")
+                assert data.count(b"\xff\xff\xff\x7f") == 2
+            out.writestr(name, data)
+    cases = {"bomb": f"read_tensor_file(Path({str(tmp_path / 'bomb.pt')!r}))"}
+    got = run_bounded(
+        "from pathlib import Path\nfrom mmbalance.datasets.cremad import read_tensor_file", cases
+    )
+    assert got["bomb"]["outcome"] == "DataError", got
+    assert got["bomb"]["message"].startswith(f"{tmp_path / 'bomb.pt'}: not a readable torch tensor file")
+    assert "8589934588" in got["bomb"]["message"]
