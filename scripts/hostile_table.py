@@ -102,10 +102,10 @@ def plain_wavs(folder: Path) -> None:
         wav.write_bytes(riff([fmt_chunk(h.rate, h.channels, h.bits), (b"data", data)]))
 
 
-def child(argv: list[str], env: dict[str, str], timeout: int) -> tuple[object, str, float]:
+def child(argv: list[str], env: dict[str, str], timeout: int, cwd: Path) -> tuple[object, str, float]:
     """(exit code or "timeout", stderr, peak RSS in MB) of one child process."""
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -134,7 +134,9 @@ def run_case(base: Path, dataset: str, write, target: tuple[str, str], how, args
     if args.tree:
         env["PYTHONPATH"] = str(args.tree)
     t0 = time.time()
-    rc, err, peak_mb = child(argv, env, args.timeout)
+    rc, err, peak_mb = child(
+        argv, env, args.timeout, base
+    )  # not the checkout: its mmbalance/ would shadow --tree
     runs = sorted((results / "runs").iterdir()) if (results / "runs").is_dir() else []
     left = ", ".join((r / "status").read_text().split(":")[0].strip() if (r / "status").exists() else "no status"
                      for r in runs) or "none"  # fmt: skip

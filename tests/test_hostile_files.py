@@ -278,3 +278,43 @@ def test_pt_tensor_claiming_a_huge_storage_is_refused_within_the_memory_cap(tmp_
     assert got["bomb"]["outcome"] == "DataError", got
     assert got["bomb"]["message"].startswith(f"{tmp_path / 'bomb.pt'}: not a readable torch tensor file")
     assert "8589934588" in got["bomb"]["message"]
+
+
+# --- h5 ------------------------------------------------------------------------------------------------
+def _h5_claim(path, name: str, shape: tuple[int, ...], dtype: str) -> None:
+    """Replace dataset ``name`` by one that claims ``shape``: chunked and compressed, never written, so
+    the file stays a few KB (the fill value is all a reader would get, after allocating all of it)."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f.create_dataset(name, shape=shape, dtype=dtype, chunks=(1,) * (len(shape) - 2) + shape[-2:][:1] + (1,),
+                         compression="gzip")  # fmt: skip
+
+
+def test_h5_shape_claims_are_refused_within_the_memory_cap(tmp_path):
+    """IEMOCAP's per-utterance features (read whole, MMIN normalises per utterance) and BraTS' label
+    volume (read whole for the tumour slices): a claim of 1e9 x 130 values / 1e4 x 1e4 x 155 voxels."""
+    import h5py
+
+    from mmbalance.fixtures import brats, iemocap
+
+    ie = iemocap.write(tmp_path / "data")
+    with h5py.File(ie / "A" / "comparE.h5") as f:
+        uid = sorted(f)[0]
+    _h5_claim(ie / "A" / "comparE.h5", uid, (10**9, 130), "f4")
+    br = brats.write(tmp_path / "data")
+    volume = sorted((br / "h5").glob("*.h5"))[0]
+    _h5_claim(volume, "label", (10**4, 10**4, 155), "u1")
+    _h5_claim(volume, "image", (4, 10**4, 10**4, 155), "f4")
+    cases = {
+        "iemocap": f"[Iemocap(IemocapParams(), Path({str(ie)!r})).split(s)[0] for s in ('train', 'valid', 'test')]",
+        "brats": f"[Brats(BratsParams(crop=32), Path({str(br)!r})).split(s)[0] for s in ('train', 'valid', 'test')]",
+    }
+    imports = ("from pathlib import Path\nfrom mmbalance.datasets.iemocap import Iemocap, IemocapParams\n"
+               "from mmbalance.datasets.brats import Brats, BratsParams")  # fmt: skip
+    got = run_bounded(imports, cases)
+    assert got["iemocap"]["outcome"] == "DataError", got
+    assert f"comparE.h5: utterance {uid!r} claims shape (1000000000, 130)" in got["iemocap"]["message"]
+    assert got["brats"]["outcome"] == "DataError", got
+    assert f"{volume}: label claims shape (10000, 10000, 155)" in got["brats"]["message"]
