@@ -472,7 +472,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.set and not args.dataset:
         raise SpecError("--set needs --dataset NAME (dataset_params belong to one dataset)")
     rows, problems, changed = [], [], False
-    for name in [args.dataset] if args.dataset else list(DATASETS):
+    for name in [args.dataset] if args.dataset else [n for n, _ in DATASETS.items()]:
         cls = DATASETS.get(name)
         # the run's own spelling (--set dataset_params.audio_dir=...), so renamed folders are looked for
         params = validate_spec({"dataset": name, **parse_set(args.set or [])}).dataset_params
