@@ -103,6 +103,8 @@ def wav_header(path: Path) -> WavHeader:
                 fmt = f.read(min(n, 40))
             elif cid == b"data":
                 data = (offset, n)
+            if fmt is not None and data is not None:
+                break  # chunks after these two are not read (a damaged trailing tag does not matter)
     if fmt is None or len(fmt) < 16 or data is None:
         raise DataError(f"{path}: WAV without a {'data' if fmt else 'fmt '} chunk")
     return _check_fmt(path, fmt, *data)

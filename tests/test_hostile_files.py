@@ -38,6 +38,16 @@ def test_wav_with_extra_chunks_reads_as_the_plain_file(tmp_path):
     np.testing.assert_allclose(a, pcm / 32768, atol=0)
 
 
+def test_wav_with_a_damaged_trailing_chunk_still_reads(tmp_path):
+    """A tag appended after the samples with a size past the end (as some editors write) is never read."""
+    pcm, data = pcm16()
+    path = tmp_path / "tail.wav"
+    path.write_bytes(
+        riff([fmt_chunk(16000), (b"data", data)]) + b"LIST" + (10**6).to_bytes(4, "little") + b"INFO"
+    )
+    np.testing.assert_allclose(read_wav(path)[0], pcm / 32768, atol=0)
+
+
 @pytest.mark.parametrize(("bits", "tag", "dtype"), [(8, 1, "u1"), (24, 1, None), (32, 1, "<i4"), (32, 3, "<f4"),
                                                     (64, 3, "<f8")])  # fmt: skip
 def test_wav_sample_formats_match_scipy(tmp_path, bits, tag, dtype):
