@@ -74,7 +74,10 @@ def pickle_shape_claim(p: Path) -> None:
 
 # (label, dataset, writer, file to break: (folder, suffix), how)
 CASES = [
-    ("WAV 70 KB, header rate 20,000,003 Hz", "cremad", cremad.write, ("AudioWAV", ".wav"), bad_rate(20_000_003, 32000)),
+    ("WAV 70 KB, header rate 20,000,003 Hz, byte rate 32,000", "cremad", cremad.write, ("AudioWAV", ".wav"),
+     bad_rate(20_000_003, 32000)),
+    ("WAV 70 KB, consistent header at 20,000,003 Hz", "cremad", cremad.write, ("AudioWAV", ".wav"),
+     bad_rate(20_000_003, 40_000_006)),
     ("WAV, consistent header at 2,147,483,647 Hz", "cremad", cremad.write, ("AudioWAV", ".wav"),
      bad_rate(2**31 - 1, (2**31 - 1) * 2 % 2**32)),
     ("WAV with id3/bext/cue/LIST chunks (valid)", "cremad", cremad.write, ("AudioWAV", ".wav"),
