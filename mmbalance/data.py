@@ -150,12 +150,14 @@ class DatasetAdapter:
 
     def content_digest(self, record: bool = True) -> str:
         """SHA-256 over the paths and content hashes of every file under ``data_files()`` (cached per
-        file by size and mtime, see ``mmbalance.fingerprint``); "" for generated data."""
-        if not self.needs_files:
+        file by size and mtime, see ``mmbalance.fingerprint``); "" for generated data and for an adapter
+        that lists no files (mfeat reads a package's copy or the UCI files: same data, different bytes)."""
+        files = self.data_files() if self.needs_files else []
+        if not files:
             return ""
         from mmbalance.fingerprint import manifest
 
-        return manifest(self.root, self.data_files(), record=record).digest
+        return manifest(self.root, files, record=record).digest
 
     # --- model, loss, metrics --------------------------------------------------------------
     def build_model(self, model_params: StrictModel, modalities: Sequence[str]) -> MultimodalModel:

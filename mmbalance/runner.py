@@ -93,9 +93,10 @@ def make_method(spec: RunSpec) -> Method:
 
 def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
     """Ids and labels of each split, plus the bytes of every data file (so re-extracted features give a
-    new run id); generated data has no files, and keeps the fingerprint it had before files counted."""
+    new run id); data without listed files (synthetic, mfeat) keeps the ids-and-labels fingerprint."""
     ids_labels = "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in splits)
-    return f"{ids_labels}|files:{adapter.content_digest()[:16]}" if adapter.needs_files else ids_labels
+    digest = adapter.content_digest()
+    return f"{ids_labels}|files:{digest[:16]}" if digest else ids_labels
 
 
 def resolve_device(device: str) -> torch.device:
