@@ -475,22 +475,57 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     root = args.data_root or default_data_root()
-    rows, problems = [], []
-    for name, cls in DATASETS.items():
-        adapter = cls(cls.Params(), root / name)
+    if args.set and not args.dataset:
+        raise SpecError("--set needs --dataset NAME (dataset_params belong to one dataset)")
+    rows, problems, changed = [], [], False
+    for name in [args.dataset] if args.dataset else [n for n, _ in DATASETS.items()]:
+        cls = DATASETS.get(name)
+        # the run's own spelling (--set dataset_params.audio_dir=...), so renamed folders are looked for
+        params = validate_spec({"dataset": name, **parse_set(args.set or [])}).dataset_params
+        adapter = cls(cls.Params.model_validate(params), root / name)
         try:
             adapter.verify()
             found = "found" if cls.needs_files else "generated"
         except DataError as e:
             found = "missing"
             problems.append(str(e))
+        if args.verify and found == "found":
+            changed |= _verify_files(adapter)
         t = adapter.task
         rows.append({"dataset": name, "task": t.kind, "modalities": ", ".join(t.modalities),
                      "looks in": str(adapter.root) if cls.needs_files else "-", "status": found})  # fmt: skip
     console.print(_table(f"datasets (data root: {root}; set --data-root or $MMBALANCE_DATA)", rows))
     for text in problems:  # in full, so the expected layout is readable
         print(f"\n{text}")
-    return 0
+    return 1 if changed else 0
+
+
+def _verify_files(adapter) -> bool:
+    """Print which of the adapter's files changed since the last fingerprint recorded for its root."""
+    import datetime
+
+    from mmbalance.fingerprint import compare, manifest, recorded_manifests
+
+    now = manifest(adapter.root, adapter.data_files(), record=False)
+    recorded = recorded_manifests(adapter.root)
+    if not recorded:
+        print(f"{adapter.name}: {len(now.files)} file(s); no fingerprint recorded yet for {adapter.root}")
+        return False
+    when, last = recorded[0]
+    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    diff = compare(last, now)
+    if not any(diff.values()):
+        print(f"{adapter.name}: {len(now.files)} file(s) unchanged since the fingerprint of {stamp}")
+        return False
+    counts = ", ".join(f"{len(v)} {k}" for k, v in diff.items())
+    print(f"{adapter.name}: {counts} since the fingerprint of {stamp} (files:{last.digest[:16]} -> "
+          f"files:{now.digest[:16]}):")  # fmt: skip
+    for kind, files in diff.items():
+        for f in files[:50]:
+            print(f"  {kind}: {f}")
+        if len(files) > 50:
+            print(f"  ... and {len(files) - 50} more {kind}")
+    return True
 
 
 RESTART_HELP = ("unfinished runs discard their checkpoint and records and train from epoch 0 (e.g. after "
@@ -620,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
         "datasets", help="list the datasets, where they are looked for and whether they are found"
     )
     p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="with --dataset: dataset_params as `run` takes them (dataset_params.audio_dir=spec)")  # fmt: skip
+    p.add_argument("--verify", action="store_true",
+                   help="list the files changed, added or removed since the last data fingerprint of each "
+                        "dataset found (exit 1 if any)")  # fmt: skip
     p.set_defaults(func=cmd_datasets)
     return parser
 

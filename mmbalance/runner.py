@@ -92,7 +92,11 @@ def make_method(spec: RunSpec) -> Method:
 
 
 def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
-    return "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in splits)
+    """Ids and labels of each split, plus the bytes of every data file (so re-extracted features give a
+    new run id); data without listed files (synthetic, mfeat) keeps the ids-and-labels fingerprint."""
+    ids_labels = "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in splits)
+    digest = adapter.content_digest()
+    return f"{ids_labels}|files:{digest[:16]}" if digest else ids_labels
 
 
 def resolve_device(device: str) -> torch.device:
@@ -642,6 +646,16 @@ def _discard_records(rd: RunDir) -> None:
             f.unlink()
 
 
+def _worker_message(e: DataError) -> str:
+    """The adapter's own message of a ``DataError``; a DataLoader worker's comes back as "Caught
+    DataError in DataLoader worker process 0." plus the worker's traceback, whose last line holds it."""
+    text = str(e)
+    if text.startswith("Caught ") and "Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return text
+
+
 def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -> RunResult:
     spec, rd = trainer.spec, trainer.rd
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
@@ -659,6 +673,12 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         # failed run but no run at all, so nothing of it stays on disk.
         _discard_records(rd)
         raise
+    except DataError as e:
+        # A data file that cannot be read (read only now, in training): the data failed, not the method,
+        # and the fixed file changes the data fingerprint, so the run id too; a record or checkpoint kept
+        # here could never be resumed. Nothing stays on disk; the caller gets the one-line error.
+        _discard_records(rd)
+        raise type(e)(_worker_message(e)) from None
     except Diverged as e:
         rd.set_status("failed", f"diverged: {e}")
         return RunResult(rd.run_id, rd.path, "failed", reason=f"diverged: {e}")
