@@ -67,10 +67,13 @@ DAMAGED_FINAL = "final.json is missing or damaged; the next sweep rebuilds it fr
 
 
 def _why_interrupted(rd: RunDir) -> str:
-    if not rd.file("status").exists():
+    text = rd.status_text()
+    if text is None:
         return "its worker died before the first record; the next sweep starts it"
-    if rd.file("status").read_text().startswith("done"):
+    if text.startswith("done"):
         return DAMAGED_FINAL
+    if rd.status() == "running" and not text.startswith("running"):
+        return f"{rd.file('status')} is damaged; the next sweep resumes it from its checkpoint"
     return "resumes from its checkpoint on the next sweep"
 
 
