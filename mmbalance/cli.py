@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -21,16 +22,28 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mmbalance.core import DataError, MethodNotApplicable, default_data_root
+from mmbalance.core import DataError, DeviceError, MethodNotApplicable, default_data_root
 from mmbalance.records import DamagedRecordError
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
+
+
+class UsageError(ValueError):
+    """A command-line option with a value the command cannot use; the message names it."""
+
+
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError,
-               DamagedRecordError)  # fmt: skip
-# The machine's answer, not a bug: no permission, read-only or full file system, over quota.
-DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+               DamagedRecordError, DeviceError, UsageError)  # fmt: skip
+# The machine's answer, not a bug: no permission, read-only or full file system, over quota, a path
+# through a file or with a name longer than the file system allows.
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+               errno.ENAMETOOLONG}  # fmt: skip
+NAME_MAX = 255  # bytes in one file name on every file system a results folder lives on
+# Options that count something, with their least value; checked before a command reads or writes anything.
+COUNTS = {"workers": 0, "jobs": 1, "threads": 1, "cpus": 1, "gpus": 0, "array_parallelism": 1, "time": 1}
+FOLDERS = {"results": "--results", "results_dir": "RESULTS_DIR", "out": "--out", "data_root": "--data-root"}
 
 
 def error_message(e: BaseException) -> str | None:
@@ -44,6 +57,33 @@ def error_message(e: BaseException) -> str | None:
         where = f" {e.filename}" if e.filename else ""
         return f"cannot write{where}: {e.strerror or e}"
     return None
+
+
+def check_folder(option: str, path: Path) -> None:
+    """A folder option must name a folder (or one to create): no file on the way, no name too long."""
+    if long := [p for p in path.parts if len(os.fsencode(p)) > NAME_MAX]:
+        raise UsageError(f"{option}: the name {long[0][:40]}... is {len(os.fsencode(long[0]))} bytes, "
+                         f"more than the {NAME_MAX} a file name may have")  # fmt: skip
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UsageError(f"{option} {path}: {p} is a file, not a folder")
+            return
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Counts and folders of any command, before it reads or writes a run (``--workers -1`` once
+    reached the runner and marked a real run failed)."""
+    for name, least in COUNTS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {value}: must be {least} or more")
+    if getattr(args, "mem_gb", None) is not None and not args.mem_gb > 0:
+        raise UsageError(f"--mem-gb {args.mem_gb}: must be more than 0")
+    for name, option in FOLDERS.items():
+        if isinstance(path := getattr(args, name, None), Path):
+            check_folder(option if name != "results" or args.command != "status" else "RESULTS", path)
 
 
 def _table(title: str, rows: list[dict[str, str]]) -> Table:
@@ -158,6 +198,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
            "sbatch": parse_set(args.sbatch), "amp": args.amp, "workers": args.workers,
            "threads": args.threads}  # fmt: skip
     opts = executors.executor_options(suite.executor, cli)
+    if args.executor == "local":  # a device this machine lacks fails once here, not once per run
+        from mmbalance.runner import resolve_device
+
+        resolve_device(args.device)
     planned = plan(suite, args.data_root)
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
@@ -549,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         return args.func(args)
     except Exception as e:
         message = error_message(e)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
@@ -182,7 +183,12 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
 
 def load_preset(name: str) -> dict[str, Any]:
     """A preset by name (``benchmarks/presets/<name>.yaml``) or by path (a ``.yaml`` file)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
+    is_path = name.endswith((".yaml", ".yml"))
+    path = Path(name) if is_path else PRESETS_DIR / f"{name}.yaml"
+    if not is_path and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):  # no ../ out of presets
+        raise SpecError(
+            f"preset {_short_repr(name)}: a name is letters, digits, '.', '_' or '-' (or give a .yaml path)"
+        )
     if not path.is_file():
         known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
         raise SpecError(f"unknown preset {name!r} ({path} does not exist); known presets: {', '.join(known)}")

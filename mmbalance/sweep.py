@@ -22,15 +22,16 @@ are missing is skipped with one line. Runs are content-addressed, so finished ru
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, StrictInt, ValidationError
 
-from mmbalance.core import DataMissingError, MethodNotApplicable, StrictModel
+from mmbalance.core import DataMissingError, FileName, MethodNotApplicable, StrictModel
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
     PRESETS_DIR,
@@ -47,12 +48,12 @@ WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs anoth
 
 
 class Suite(StrictModel):
-    name: str
+    name: FileName  # becomes file names (report tables): one safe component, never a path
     description: str = ""
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[StrictInt] = Field([0, 1, 2], min_length=1)  # integers only: `true` is not seed 1
     base: dict[str, Any] = {}
-    datasets: list[dict[str, Any]]
-    methods: list[dict[str, Any]]
+    datasets: list[dict[str, Any]] = Field(min_length=1)  # an empty suite is a mistake, not "all done"
+    methods: list[dict[str, Any]] = Field(min_length=1)
     executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
     wandb: dict[str, Any] | None = None  # W&B logging: {project, entity, mode, tags} (mmbalance.wandb_log)
 
@@ -85,6 +86,7 @@ def _label(spec: RunSpec, with_seed: bool = True) -> str:
 def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
     """Expand a suite into run specs; entries that cannot run carry a skip reason instead."""
     planned: list[Planned] = []
+    seen: set[str] = set()  # a run listed twice (a repeated seed or method) is planned once
     for entry in suite.datasets:
         probe = validate_spec(compose(suite.base, entry))  # validates dataset fields before expanding methods
         adapter_cls = DATASETS.get(probe.dataset)
@@ -111,7 +113,9 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
                                 Planned(None, _label(spec, with_seed=False), f"not applicable: {e}")
                             )
                         continue
-                    planned.append(Planned(spec, _label(spec)))
+                    if (key := json.dumps(spec.canonical(), sort_keys=True)) not in seen:
+                        seen.add(key)
+                        planned.append(Planned(spec, _label(spec)))
     return planned
 
 
