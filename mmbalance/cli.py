@@ -345,6 +345,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds_option(values: list[str] | None) -> list[int] | str | None:
+    """``--seeds``: None (one at random), ``all``, or integers."""
+    if values is None or values == ["all"]:
+        return values and "all"
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UsageError(f"--seeds {' '.join(values)[:60]}: expected seed numbers or 'all'") from None
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from mmbalance.leaderboard import EntryError, LeaderboardError, build, check
 
@@ -356,13 +366,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             entry = check(args.file, results=args.results, fingerprints=args.fingerprints)
             console.print(f"{args.file}: valid ({entry.method} on {entry.dataset}, {len(entry.seeds)} seeds)")
             if args.action == "verify":
-                from mmbalance.leaderboard_verify import verify
+                from mmbalance.leaderboard_verify import pick_seeds, verify
 
-                bad = verify(entry, args.seeds, args.data_root, device=args.device)
+                seeds = pick_seeds(entry, _seeds_option(args.seeds))
+                bad = verify(entry, seeds, args.data_root, device=args.device)
                 for m in bad:
                     console.print(f"[red]mismatch[/red] {m}", highlight=False)
-                console.print(f"re-run of seed(s) {args.seeds or [entry.seeds[0].seed]}: "
-                              f"{'numbers reproduced' if not bad else f'{len(bad)} metric(s) differ'}")  # fmt: skip
+                console.print(f"re-run of seed(s) {seeds}: "
+                              f"{'numbers reproduced' if not bad else f'{len(bad)} number(s) differ'}")  # fmt: skip
                 return 1 if bad else 0
         else:
             built = build(args.results, fingerprints=args.fingerprints)
@@ -546,9 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, help="check/verify: the entry JSON")
     p.add_argument("--results", type=Path, default=Path("results"), help="has leaderboard/entries/")
     p.add_argument("--fingerprints", type=Path, default=None, help="default: benchmarks/fingerprints.yaml")
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="verify: seeds to re-run (default: first)"
-    )
+    p.add_argument("--seeds", nargs="+", default=None,
+                   help="verify: seeds to re-run, or 'all' (default: one drawn at random)")  # fmt: skip
     p.add_argument(
         "--data-root", type=Path, default=None, help="verify: folder with one sub-folder per dataset"
     )

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -47,6 +46,8 @@ from pydantic import (
 )
 
 from mmbalance.records import RunDir, atomic_write_text
+from mmbalance.safe_load import DocumentError, load_yaml_file, parse_json
+from mmbalance.spec import check_spec_light
 
 __all__ = [
     "Entry",
@@ -137,7 +138,7 @@ class ModalityNumbers(Schema):
 
 
 class SeedRun(Schema):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**32)  # the runner's seed range
     run_id: Hex16
     best_epoch: int = Field(ge=0)  # the validation-selected epoch the metrics come from
     epochs: int = Field(ge=1)  # epochs trained (a finished run trained spec.epochs)
@@ -190,8 +191,8 @@ class Entry(Schema):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"only http(s) URLs with a host are allowed (got scheme {parts.scheme!r})")
-        if any(c.isspace() or ord(c) < 32 for c in url):
-            raise ValueError("URL contains whitespace or control characters")
+        if any(c.isspace() or not c.isprintable() for c in url):  # isprintable: no RLO, NUL, ESC
+            raise ValueError("URL contains whitespace, control or bidirectional characters")
         return url
 
     @field_validator("date")
@@ -264,8 +265,8 @@ def load_fingerprints(path: Path | str | None = None) -> dict[tuple[str, str], K
     if not path.is_file():
         raise LeaderboardError(f"{path}: fingerprint registry not found")
     try:
-        doc = FingerprintFile.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as e:
+        doc = FingerprintFile.model_validate(load_yaml_file(path))
+    except (DocumentError, ValidationError) as e:
         raise LeaderboardError(f"{path}: invalid fingerprint registry: {e}") from None
     return {(s.dataset, s.params_hash): s for s in doc.splits}
 
@@ -408,6 +409,43 @@ def modality_rule(e: Entry, known: Known) -> list[str]:
     return bad
 
 
+def _unprintable(value: Any, where: str) -> list[str]:
+    """``where`` of every string (key or value) in ``value`` with a character that is not printable:
+    control characters (NUL, ESC, newlines that break a Markdown row) and bidirectional or other
+    format characters (RLO reorders what the page shows)."""
+    if isinstance(value, str):
+        return (
+            []
+            if value.isprintable()
+            else [f"{where}: {value!r:.60} has a control or bidirectional character"]
+        )
+    if isinstance(value, dict):
+        return [
+            p
+            for k, v in value.items()
+            for p in _unprintable(k, f"{where} key") + _unprintable(v, f"{where}.{k}")
+        ]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _unprintable(v, f"{where}[{i}]")]
+    return []
+
+
+def text_rule(e: Entry, known: Known) -> list[str]:
+    """Parameters and package names are shown on the page: printable characters only."""
+    return [
+        p
+        for f in ("method_params", "dataset_params", "spec", "packages")
+        for p in _unprintable(getattr(e, f), f)
+    ]
+
+
+def spec_rule(e: Entry, known: Known) -> list[str]:
+    """The spec is one ``run`` accepts and would record as it is (bounds, names, every field present),
+    for every seed. Method and dataset parameter models need their code (torch) and are checked by
+    ``verify``; here they are bounded like every number (``spec.check_spec_light``)."""
+    return check_spec_light({**e.spec, "seed": e.seeds[0].seed}, "spec")
+
+
 def protocol_rule(e: Entry, known: Known) -> list[str]:
     """Test numbers at the validation-selected epoch (never the best test or validation score over epochs)."""
     if not e.selection.startswith(SELECTION):
@@ -415,7 +453,8 @@ def protocol_rule(e: Entry, known: Known) -> list[str]:
     return []
 
 
-RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, modality_rule, protocol_rule)
+RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, modality_rule, protocol_rule,
+         text_rule, spec_rule)  # fmt: skip
 
 
 def summarize(values: Sequence[float]) -> Stat:
@@ -460,14 +499,13 @@ def read_entry(path: Path | str) -> Any:
             str(path), [f"<file>: {size} bytes exceeds the size limit of {MAX_ENTRY_BYTES} bytes"]
         )
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant,
-                          object_pairs_hook=_unique_keys)  # fmt: skip
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise EntryError(str(path), [f"<file>: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    except json.JSONDecodeError as e:
-        raise EntryError(
-            str(path), [f"<file>: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"]
-        ) from None
+    try:  # depth bounded: an entry nested 30,000 deep once crashed `leaderboard build`
+        return parse_json(text, "<file>", parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except DocumentError as e:
+        raise EntryError(str(path), [str(e)]) from None
     except ValueError as e:
         raise EntryError(str(path), [f"<file>: not valid JSON: {e}"]) from None
 

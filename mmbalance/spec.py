@@ -15,7 +15,7 @@ import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, StrictInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, StrictInt, ValidationError, ValidationInfo, model_validator
 
 import mmbalance
 from mmbalance.core import StrictModel
@@ -67,7 +67,15 @@ class RunSpec(StrictModel):
     probe_every: StrictInt = Field(10, ge=0, le=MAX_PARAM_INT)  # log probes every k steps; 0: no probes
 
     @model_validator(mode="after")
-    def _params_valid(self) -> RunSpec:
+    def _params_valid(self, info: ValidationInfo) -> RunSpec:
+        if info.context and info.context.get("light"):  # check_spec_light: names and bounds, no imports
+            for registry, name in ((METHODS, self.method), (DATASETS, self.dataset)):
+                if name not in registry.names():
+                    registry.get(name)  # raises UnknownNameError listing the choices, imports nothing
+            fields = ("method_params", "dataset_params", "model_params")
+            if too_big := [line for f in fields for line in _too_big(getattr(self, f), f)]:
+                raise ValueError("\n".join(too_big))
+            return self
         # Normalise nested params through their owners' pydantic models (fills in defaults).
         method_cls = METHODS.get(self.method)
         dataset_cls = DATASETS.get(self.dataset)
@@ -155,6 +163,27 @@ def validate_spec(data: dict[str, Any]) -> RunSpec:
             if err["type"] == "value_error" and not err["loc"]:
                 body = str(err["ctx"]["error"])
         raise SpecError(f"invalid run spec:\n{body}") from None
+
+
+def check_spec_light(doc: dict[str, Any], where: str = "spec") -> list[str]:
+    """Why ``doc`` is not a spec that ``run`` would accept and record as it is: every field's type and
+    bound, the method and dataset names, every field present (canonical). The method's and dataset's
+    own params models are not applied (they import torch); ``leaderboard verify`` applies them."""
+    try:
+        spec = RunSpec.model_validate(doc, context={"light": True})
+    except UnknownNameError as e:
+        return [f"{where}: {e}"]
+    except ValidationError as e:
+        lines = _format_validation(e, prefix=where).splitlines()
+        lines = [
+            str(err["ctx"]["error"]) for err in e.errors() if err["type"] == "value_error" and not err["loc"]
+        ] or lines
+        return [line.strip() for text in lines for line in text.splitlines()]
+    canonical = spec.model_dump(mode="json")
+    missing = sorted(set(canonical) - set(doc))
+    if missing:
+        return [f"{where}: missing field(s) {', '.join(missing)} (not the canonical spec `run` records)"]
+    return []
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:
