@@ -45,7 +45,7 @@ from pydantic import (
     field_validator,
 )
 
-from mmbalance.records import RunDir, atomic_write_text
+from mmbalance.records import DamagedRecordError, RunDir, atomic_write_text
 from mmbalance.safe_load import DocumentError, load_yaml_file, parse_json
 from mmbalance.spec import check_spec_light
 
@@ -576,7 +576,28 @@ def _runs_problems(runs: list[RunDir]) -> list[str]:
             bad.append(f"{r.path}: status is {r.status()!r}; only finished runs can be submitted")
         elif not r.file("final.json").is_file() or not r.file("env.json").is_file():
             bad.append(f"{r.path}: final.json or env.json is missing")
+        else:
+            bad += _record_problems(r)
     return bad
+
+
+# What make_entry reads of each record, with the type it needs: a damaged or forged record is named.
+RECORD_FIELDS = {"spec.yaml": {"seed": int, "run_id": str, "data_fingerprint": str, "method": str,
+                               "dataset": str, "method_params": dict, "dataset_params": dict},
+                 "env.json": {"code_version": str, "packages": dict}}  # fmt: skip
+
+
+def _record_problems(r: RunDir) -> list[str]:
+    try:
+        docs = {"spec.yaml": r.spec(), "env.json": r.env()}
+        task = r.final()["task"]  # its shape is checked on reading
+    except DamagedRecordError as e:
+        return [str(e)]
+    if task not in METRICS:
+        return [f"{r.file('final.json')}: task {task!r:.40} is not one of {', '.join(METRICS)}"]
+    return [f"{r.file(name)}: {key!r} is missing or not of type {kind.__name__}"
+            for name, fields in RECORD_FIELDS.items() for key, kind in fields.items()
+            if not isinstance(docs[name].get(key), kind) or isinstance(docs[name].get(key), bool)]  # fmt: skip
 
 
 def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[str]) -> list[str]:
@@ -595,9 +616,9 @@ def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[
 def modality_numbers(final: dict[str, Any]) -> dict[str, Any]:
     """``{"modality": {...}}`` from a run's ``modality_eval`` record, or ``{}`` if it has none."""
     rec = final.get("modality_eval")
-    if rec is None or "error" in rec:
-        return {}
     keys = ("shapley", "imbalance_degree", "equity", "worst_missing")
+    if not isinstance(rec, dict) or "error" in rec or not all(k in rec for k in keys):
+        return {}  # without it, modality_rule names the seed that lacks its numbers
     return {"modality": {k: rec[k] for k in keys}}
 
 
@@ -631,7 +652,8 @@ def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None
     task = finals[0]["task"]
     seed_runs = []
     for s, f, env in sorted(zip(specs, finals, envs, strict=True), key=lambda t: t[0]["seed"]):
-        metrics = {k: float(v) for k, v in f["test"].items() if k in METRICS[task] or DICE.match(k)}
+        metrics = {k: float(v) for k, v in f["test"].items()
+                   if (k in METRICS[task] or DICE.match(k)) and isinstance(v, int | float)}  # fmt: skip
         seed_runs.append({"seed": s["seed"], "run_id": s["run_id"], "best_epoch": f["best_epoch"],
                           "epochs": f["epochs"], "code_version": env["code_version"],
                           "metrics": metrics, **modality_numbers(f)})  # fmt: skip
