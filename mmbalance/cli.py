@@ -297,6 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmbalance.modality_eval import same_record
     from mmbalance.records import RunDir, atomic_write_json
     from mmbalance.runner import evaluate_run
+    from mmbalance.status import tidy_finished
 
     mismatched = 0
     for path in args.run_dirs:
@@ -318,6 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if old is None or args.write:
             atomic_write_json(rd.file("final.json"), {**final, "modality_eval": new})
             verdict += ", written to final.json"
+        tidy_finished(rd)
         worst = new["worst_missing"]
         console.print(
             f"{rd.run_id}: {new['metric']} {new['full']:.4g}; shapley "

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_RESULTS = Path("results")
 TEMP_GLOB = ".*.tmp"  # atomic writes' temp files
+STALE_TEMP_S = 60.0  # an atomic write takes milliseconds: a temp file this old is a killed writer's
 
 
 def _umask() -> int:
@@ -210,6 +212,20 @@ class RunDir:
             return self.final()
         except DamagedRecordError:
             return None
+
+    def remove_stale_temp(self, min_age: float = STALE_TEMP_S) -> list[Path]:
+        """Remove temp files older than ``min_age``: any process may call this, even without the lock
+        (``evaluate --write`` rewrites a finished run's final.json without one), because a live
+        writer's temp file is milliseconds old."""
+        now, leftovers = time.time(), []
+        for f in self.path.glob(TEMP_GLOB):
+            try:
+                if now - f.stat().st_mtime > min_age:
+                    f.unlink()
+                    leftovers.append(f)
+            except FileNotFoundError:  # its writer finished or another reader removed it
+                pass
+        return leftovers
 
     def remove_temp(self) -> list[Path]:
         """Remove the temp files of writers killed mid-write. Only the lock's owner may call this."""

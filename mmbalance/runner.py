@@ -54,6 +54,7 @@ from mmbalance.records import (
 )
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import RunSpec, SpecError
+from mmbalance.status import tidy_finished
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pandas", "scikit-learn", "monai", "pydantic")
 
@@ -622,6 +623,7 @@ def train(
                 f"{folder}: a file where a folder of run records should be; move it away"
             )
     if (final := rd.finished()) is not None:
+        tidy_finished(rd)
         return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
     try:

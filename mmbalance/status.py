@@ -21,7 +21,7 @@ from pathlib import Path
 from mmbalance.locks import is_stale, read_lock
 from mmbalance.records import RunDir
 
-__all__ = ["RunState", "StatusReport", "run_state", "sweep_status"]
+__all__ = ["RunState", "StatusReport", "run_state", "sweep_status", "tidy_finished"]
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
 
@@ -59,8 +59,19 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
     if status == "done":
         if rd.final_or_none() is None:
             return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)
+        tidy_finished(rd)
         return RunState(rd.run_id, "done", "", label)
     return RunState(rd.run_id, "pending", "", label)
+
+
+def tidy_finished(rd: RunDir) -> None:
+    """What killed processes left in a finished run: temp files of a writer killed mid-write and a lock
+    whose owner died while releasing it. A finished run never takes its lock again, so any reader
+    (``status``, ``evaluate``, the next ``run``) removes them once they are provably stale."""
+    rd.remove_stale_temp()
+    lock = read_lock(rd.file("lock"))
+    if lock is not None and is_stale(lock):
+        rd.file("lock").unlink(missing_ok=True)
 
 
 DAMAGED_FINAL = "final.json is missing or damaged; the next sweep rebuilds it from the checkpoint"
