@@ -32,7 +32,7 @@ class SpecError(ValueError):
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
 MAX_LR = 10.0
-MAX_PARAM_INT = 2**31 - 1  # any integer in method/dataset/model params (torch sizes, numpy seeds)
+MAX_PARAM_INT = 2**32 - 1  # any integer in method/dataset/model params: numpy seeds; no size is near it
 
 
 class OptimSpec(StrictModel):
@@ -142,9 +142,15 @@ def _short_repr(value: Any, limit: int = 60) -> str:
     text = (
         _REPR.repr(value)
         if not isinstance(value, int) or abs(value) < 10**limit
-        else f"a {value.bit_length() * 30103 // 100000 + 1}-digit number"
+        else f"a {_digits(value)}-digit number"
     )
     return _clip(text, limit)
+
+
+def _digits(value: int) -> int:
+    """Decimal digits of ``value`` without ``str()``, which refuses more than 4300 of them."""
+    n = max(1, int(abs(value).bit_length() * 0.30103))  # log10(2): exact or one short
+    return n + (abs(value) >= 10**n)
 
 
 def _clip(text: str, limit: int) -> str:
