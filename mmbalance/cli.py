@@ -189,10 +189,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- sweep --------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mmbalance import executors
     from mmbalance.sweep import load_suite, plan, run_local, summary_rows, wait_for_elsewhere
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite)  # before torch is imported: a bad suite is refused at once
+    from mmbalance import executors
+
     cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
            "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
            "sbatch": parse_set(args.sbatch), "amp": args.amp, "workers": args.workers,

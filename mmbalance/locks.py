@@ -39,6 +39,7 @@ __all__ = ["LockInfo", "RunLock", "read_lock", "is_stale"]
 HEARTBEAT_S = 30.0  # how often a live owner touches its lock
 STALE_AFTER_S = 600.0  # a lock untouched this long is stale, whatever its host (20 missed heartbeats)
 UNREADABLE_GRACE_S = 5.0  # an empty/half-written lock this old has no live owner
+LOCK_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,12 @@ def read_lock(path: Path) -> LockInfo | None:
     pid 0 on host '?' with the file's mtime, so it goes stale by age and is never trusted forever."""
     try:
         mtime = path.stat().st_mtime
-        doc: dict[str, Any] = json.loads(path.read_text())
+        with path.open("rb") as f:
+            doc: dict[str, Any] = json.loads(f.read(LOCK_BYTES))  # a lock is ~100 bytes: read no more
         return LockInfo(int(doc["pid"]), str(doc["host"]), str(doc["token"]), float(doc["started"]), mtime)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # damaged or forged: unreadable
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:

@@ -30,9 +30,10 @@ ENTRY = REPO / "results" / "leaderboard" / "entries" / "synthetic-classification
 SMALL = ["--set", "epochs=2", "--set", "batch_size=32", "--set", "dataset_params.n_train=64",
          "--set", "dataset_params.n_valid=16", "--set", "dataset_params.n_test=16"]  # fmt: skip
 LIMIT_AS = 8 << 30
-# The package from PYTHONPATH (--root), not the editable install's finder, which would win otherwise.
-BOOT = ("import os, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
-        "getattr(f, '__module__', '')]; sys.path.insert(0, os.environ['PYTHONPATH']); ")  # fmt: skip
+# Another checkout (--root, with mmbalance/methods and mmbalance/datasets linked to its folders) is
+# imported instead of the editable install, whose finder would win over sys.path otherwise.
+BOOT = ("import os, sys\nif os.environ.get('ATTACK_ROOT'):\n    sys.meta_path[:] = [f for f in sys.meta_path "
+        "if 'editable' not in getattr(f, '__module__', '')]; sys.path.insert(0, os.environ['ATTACK_ROOT'])\n")  # fmt: skip
 
 
 def bomb() -> str:
@@ -167,6 +168,10 @@ def attacks(tmp: Path, run_dir: Path, spec_file: Path) -> list[tuple[str, list[s
     ]
 
 
+def env(root: Path) -> dict[str, str]:
+    return {**os.environ, "ATTACK_ROOT": "" if root.resolve() == REPO else str(root)}
+
+
 def measure(python: str, root: Path, argv: list[str], timeout: float) -> tuple[str, int, float, float, str]:
     """exit code (or ``timeout``), stderr lines, seconds, peak RSS in MiB, the error line (or the last)."""
     code = BOOT + "from mmbalance.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -174,7 +179,7 @@ def measure(python: str, root: Path, argv: list[str], timeout: float) -> tuple[s
     with tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
         proc = subprocess.Popen([python, "-c", code, *argv], stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, "PYTHONPATH": str(root)}, preexec_fn=limit)  # fmt: skip
+                                env=env(root), preexec_fn=limit)  # fmt: skip
         status = f"timeout ({timeout:g} s)"
         while time.monotonic() - t0 < timeout:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage of this child alone
@@ -204,7 +209,7 @@ def main() -> int:
         template = tmp / "template"
         boot = BOOT + "from mmbalance.cli import main; sys.exit(main(sys.argv[1:]))"
         subprocess.run([python, "-c", boot, "run", "--results", str(template), "--quiet", *SMALL],
-                       check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(args.root)})  # fmt: skip
+                       check=True, capture_output=True, env=env(args.root))  # fmt: skip
         (run_dir,) = (template / "runs").iterdir()
         spec = {k: v for k, v in yaml.safe_load((run_dir / "spec.yaml").read_text()).items()
                 if k not in ("run_id", "data_fingerprint")}  # fmt: skip

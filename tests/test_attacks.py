@@ -367,3 +367,12 @@ def test_leftovers_of_killed_processes_in_a_finished_run_are_removed(finished, t
     run_main(["status", str(tmp_path / "results")], capsys, code=0)
     assert sorted(f.name for f in rd.path.glob(".*")) == [".env.json.fresh.tmp"]
     assert not rd.file("lock").exists() and rd.status() == "done"
+
+
+def test_a_forged_lock_is_unreadable_not_a_crash(finished, tmp_path, capsys):
+    rd, _ = copy_run(finished, tmp_path)
+    rd.set_status("running")
+    rd.file("lock").write_text("[" * 30_000)
+    old = time.time() - 60
+    os.utime(rd.file("lock"), (old, old))
+    assert "1 interrupted" in run_main(["status", str(tmp_path / "results")], capsys, code=0)
