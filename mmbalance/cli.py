@@ -67,7 +67,9 @@ def check_folder(option: str, path: Path) -> None:
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise UsageError(f"{option} {path}: {p} is a file, not a folder")
+                raise UsageError(
+                    f"{option} {path}: " + ("" if p == path else f"{p} ") + "is a file, not a folder"
+                )
             return
 
 
