@@ -376,3 +376,23 @@ def test_a_forged_lock_is_unreadable_not_a_crash(finished, tmp_path, capsys):
     old = time.time() - 60
     os.utime(rd.file("lock"), (old, old))
     assert "1 interrupted" in run_main(["status", str(tmp_path / "results")], capsys, code=0)
+
+
+def test_a_lock_is_never_seen_empty_and_a_dead_creators_file_is_removed(tmp_path, monkeypatch):
+    from mmbalance import locks
+    from mmbalance.locks import RunLock, read_lock
+
+    def killed(src: str, dst: str) -> None:  # killed after writing its file, before linking it
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(locks.os, "link", killed)
+        with pytest.raises(KeyboardInterrupt):
+            RunLock(tmp_path / "lock").acquire()
+    assert not (tmp_path / "lock").exists()  # no empty lock for a retry to wait on
+    leftover = tmp_path / ".lock.dead.new"  # what a SIGKILL at that moment leaves
+    leftover.write_text("{}")
+    os.utime(leftover, (time.time() - 60, time.time() - 60))
+    with RunLock(tmp_path / "lock") as lock:
+        assert lock.acquired and read_lock(tmp_path / "lock").pid == os.getpid()
+        assert not leftover.exists()
