@@ -39,7 +39,7 @@ BOOT = ("import os, sys\nif os.environ.get('ATTACK_ROOT'):\n    sys.meta_path[:]
 def bomb() -> str:
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "seed: *a8", "seeds: *a8"]) + "\n"  # fields whose values are validated
 
 
 def reseal(entry: dict, path: Path) -> str:
@@ -154,7 +154,11 @@ def attacks(tmp: Path, run_dir: Path, spec_file: Path) -> list[tuple[str, list[s
         ),
         ("epochs = a 500-digit integer", ["run", "--set", "epochs=" + "9" * 500, "--results", res], None),
         ("--set seed=true", ["run", "--set", "seed=true", "--dry-run"], None),
-        ("--workers -1 on a finished run", [*run_again, "--workers", "-1"], None),
+        (
+            "--workers -1 on an interrupted run",
+            [*run_again, "--workers", "-1"],
+            damage("status", b"running\n"),
+        ),
         (
             "suite name ../../x: report --suite",
             ["report", str(tmp), "--suite", str(tmp / "escape.yaml"), "--out", str(tmp / "o" / "p")],

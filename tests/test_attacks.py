@@ -34,7 +34,8 @@ def bomb(levels: int = 9) -> str:
     """A ~600-byte "billion laughs": 9 ** levels strings once its aliases are expanded."""
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
-    return "\n".join(lines) + "\n"
+    last = f"*a{levels - 1}"
+    return "\n".join([*lines, f"seed: {last}", f"seeds: {last}"]) + "\n"  # fields whose values are validated
 
 
 def error_line(capsys) -> str:
