@@ -43,6 +43,7 @@ DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 NAME_MAX = 255  # bytes in one file name on every file system a results folder lives on
 # Options that count something, with their least value; checked before a command reads or writes anything.
 COUNTS = {"workers": 0, "jobs": 1, "threads": 1, "cpus": 1, "gpus": 0, "array_parallelism": 1, "time": 1}
+# Folder options (submit's --out is a file); the status command's results folder is positional.
 FOLDERS = {"results": "--results", "results_dir": "RESULTS_DIR", "out": "--out", "data_root": "--data-root"}
 
 
@@ -84,7 +85,7 @@ def check_options(args: argparse.Namespace) -> None:
     if getattr(args, "mem_gb", None) is not None and not args.mem_gb > 0:
         raise UsageError(f"--mem-gb {args.mem_gb}: must be more than 0")
     for name, option in FOLDERS.items():
-        if isinstance(path := getattr(args, name, None), Path):
+        if isinstance(path := getattr(args, name, None), Path) and (name, args.command) != ("out", "submit"):
             check_folder(option if name != "results" or args.command != "status" else "RESULTS", path)
 
 
@@ -352,8 +353,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _seeds_option(values: list[str] | None) -> list[int] | str | None:
     """``--seeds``: None (one at random), ``all``, or integers."""
-    if values is None or values == ["all"]:
-        return values and "all"
+    if values is None:
+        return None
+    if values == ["all"]:
+        return "all"
     try:
         return [int(v) for v in values]
     except ValueError:
