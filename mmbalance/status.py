@@ -59,7 +59,6 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
     if status == "done":
         if rd.final_or_none() is None:
             return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)
-        tidy_finished(rd)
         return RunState(rd.run_id, "done", "", label)
     return RunState(rd.run_id, "pending", "", label)
 
@@ -67,11 +66,15 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
 def tidy_finished(rd: RunDir) -> None:
     """What killed processes left in a finished run: temp files of a writer killed mid-write and a lock
     whose owner died while releasing it. A finished run never takes its lock again, so any reader
-    (``status``, ``evaluate``, the next ``run``) removes them once they are provably stale."""
-    rd.remove_stale_temp()
-    lock = read_lock(rd.file("lock"))
-    if lock is not None and is_stale(lock):
-        rd.file("lock").unlink(missing_ok=True)
+    (``status``, ``evaluate``, the next ``run``) removes them once they are provably stale. Best effort:
+    a reader without write permission leaves them (reports never call this: they only read)."""
+    try:
+        rd.remove_stale_temp()
+        lock = read_lock(rd.file("lock"))
+        if lock is not None and is_stale(lock):
+            rd.file("lock").unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 DAMAGED_FINAL = "final.json is missing or damaged; the next sweep rebuilds it from the checkpoint"
@@ -90,9 +93,17 @@ def _why_interrupted(rd: RunDir) -> str:
 
 def sweep_status(results: Path | str, run_ids: dict[str, str] | None = None) -> StatusReport:
     """States of the runs under ``results``; with ``run_ids`` ({run_id: label}, a suite's plan) only
-    those runs, and the ones without a record count as pending."""
+    those runs, and the ones without a record count as pending. Finished runs are tidied on the way
+    (``tidy_finished``)."""
     if run_ids is None:
         root = Path(results) / "runs"
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        return StatusReport([run_state(RunDir(p)) for p in folders])
-    return StatusReport([run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()])
+        report = StatusReport([run_state(RunDir(p)) for p in folders])
+    else:
+        report = StatusReport(
+            [run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()]
+        )
+    for r in report.runs:
+        if r.state == "done":
+            tidy_finished(RunDir.of(Path(results), r.run_id))
+    return report
