@@ -440,9 +440,9 @@ def text_rule(e: Entry, known: Known) -> list[str]:
 
 
 def spec_rule(e: Entry, known: Known) -> list[str]:
-    """The spec is one ``run`` accepts and would record as it is (bounds, names, every field present),
-    for every seed. Method and dataset parameter models need their code (torch) and are checked by
-    ``verify``; here they are bounded like every number (``spec.check_spec_light``)."""
+    """The spec is one ``run`` accepts and would record as it is (bounds, names, every field present;
+    the seeds share it and their range is the schema's). Method and dataset parameter models need their
+    code (torch) and are applied by ``verify``; here those params are bounded like every number."""
     return check_spec_light({**e.spec, "seed": e.seeds[0].seed}, "spec")
 
 
