@@ -401,6 +401,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmbalance.results import RecordWarning
 
     figures, protocol = not args.no_figures, args.protocol
+    if unknown := sorted(set(args.method or ()) - set(METHODS.names())):  # they become file names too
+        raise UsageError(
+            f"--method {', '.join(unknown)[:80]}: not a method; valid choices: {', '.join(METHODS.names())}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RecordWarning)
         try:

@@ -397,3 +397,9 @@ def test_a_lock_is_never_seen_empty_and_a_dead_creators_file_is_removed(tmp_path
     with RunLock(tmp_path / "lock") as lock:
         assert lock.acquired and read_lock(tmp_path / "lock").pid == os.getpid()
         assert not leftover.exists()
+
+
+def test_report_method_names_are_registered_names_not_paths(tmp_path, capsys):
+    argv = ["report", str(tmp_path), "--method", "../../../x", "--no-figures"]
+    assert "--method ../../../x: not a method; valid choices: agm" in run_main(argv, capsys)
+    assert not list(tmp_path.parent.parent.glob("x.*"))
