@@ -41,6 +41,7 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_RESULTS = Path("results")
 TEMP_GLOB = ".*.tmp"  # atomic writes' temp files
+METRICS_BYTES = 64 << 20  # metrics.jsonl: ~2 KiB an epoch, so far beyond any real run
 STALE_TEMP_S = 60.0  # an atomic write takes milliseconds: a temp file this old is a killed writer's
 
 
@@ -242,7 +243,7 @@ class RunDir:
         if not f.exists():
             return []
         try:
-            lines = read_text(f, 64 << 20).splitlines()
+            lines = read_text(f, METRICS_BYTES).splitlines()
             rows = [parse_json(line, f"{f}, line {i}") for i, line in enumerate(lines, 1) if line.strip()]
         except DocumentError as e:
             raise DamagedRecordError(f"{e}; damaged run record") from None

@@ -26,7 +26,7 @@ import yaml
 
 __all__ = ["DocumentError", "read_text", "parse_yaml", "parse_json", "load_yaml_file", "check_depth"]
 
-MAX_BYTES = 1 << 20  # specs, suites and records are a few KiB; metrics.jsonl of 1000 epochs ~1 MiB
+MAX_BYTES = 1 << 20  # specs, suites and records are a few KiB (metrics.jsonl has its own limit)
 MAX_DEPTH = 64  # the deepest real document (a suite, a final.json) nests 6 levels
 MAX_NODES = 200_000  # after alias expansion; the largest real document has ~2,000
 
