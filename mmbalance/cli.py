@@ -2,8 +2,9 @@
 
 Each subcommand is a ``cmd_<name>(args) -> int`` plus its parser in ``build_parser``. Expected
 errors (bad spec, unknown name, missing or bad data, a method that does not apply, a damaged
-checkpoint, a results folder that cannot be written) print one clear message and exit with code 2
-(``error_message`` is the one place that knows them); nothing is written.
+checkpoint or record, a results folder that cannot be written, an option out of range or a device that
+is not here) print one clear message and exit with code 2 (``error_message`` is the one place that knows
+them); nothing is written. ``check_options`` checks counts and folders before any command runs.
 Exit codes: 0 all asked runs finished, 1 some failed or are not finished yet (running elsewhere,
 interrupted), 2 bad input. This module imports no torch (see ``core.py``):
 each command imports what it uses, so ``--help``, ``methods``, ``status`` and ``leaderboard check``

@@ -17,7 +17,10 @@ files get the mode the umask allows, so a results folder shared by a group stays
   grads.npz      optional, after the run: gradient samples per modality for the t-SNE figure
                  (written by ``scripts/grad_samples.py``; see ``figures.tsne_gradients``)
 
-Readers (reports, leaderboard) use only this module, never the runner.
+Readers (reports, leaderboard) use only this module, never the runner. Every record is read through
+``safe_load`` (bounded size and nesting, strict UTF-8) and its shape checked: a damaged ``final.json`` or
+``status`` makes the run interrupted (rebuilt by the next run), never done; the others raise
+``DamagedRecordError`` naming the file.
 """
 
 from __future__ import annotations
