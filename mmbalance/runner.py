@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 import mmbalance
 from mmbalance import metrics
+from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
 from mmbalance.method import Method, MethodNotApplicable, RunContext
@@ -54,7 +55,8 @@ from mmbalance.records import (
     rows_to_csv,
 )
 from mmbalance.registry import DATASETS, METHODS
-from mmbalance.spec import RunSpec
+from mmbalance.spec import RunSpec, SpecError
+from mmbalance.status import tidy_finished
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pandas", "scikit-learn", "monai", "pydantic")
 
@@ -100,9 +102,23 @@ def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train"
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine before anything is
+    written (``DeviceError``: a name torch does not know, or a GPU that is not here)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DeviceError(f"--device {device}: no CUDA GPU on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"--device {device}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {device}: only cpu and cuda are supported")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -326,11 +342,17 @@ class Trainer:
         for name in ("best.pt", "checkpoint.pt"):
             f = self.rd.file(name)
             if f.exists():
-                state = torch.load(f, map_location=self.device, weights_only=False)
-                if state["epoch"] == epoch:
+                try:
+                    state = torch.load(f, map_location=self.device, weights_only=False)
+                    if state["epoch"] != epoch:
+                        continue
                     self.model.load_state_dict(state["model"])
                     self.method.load_state_dict(state["method"])
-                    return
+                except Exception as e:  # truncated, zeros, a foreign file: whatever torch or the dicts raise
+                    detail = " ".join(str(e).split())[:160]
+                    raise DamagedRecordError(f"{f}: damaged ({type(e).__name__}: {detail}); "
+                                             "the run must be trained again to measure it") from None  # fmt: skip
+                return
         raise FileNotFoundError(
             f"{self.rd.path}: no best.pt or checkpoint.pt of the selected epoch {epoch}; "
             "the run must be trained again to measure its selected model"
@@ -613,8 +635,17 @@ def train(
     ``on_epoch(epoch, valid)``: called after each epoch (tuning: the pruner); raising ``Pruned`` stops the
     run with status ``pruned`` (its checkpoint stays, so calling ``train`` again resumes it).
     """
+    if workers < 0:  # before anything is read or written: an option never touches a run's records
+        raise SpecError(f"--workers {workers}: must be 0 (load in this process) or more")
+    dev = resolve_device(device)
     adapter, fingerprint, rd = prepare(spec, results, data_root)
+    for folder in (rd.path.parent, rd.path):
+        if folder.exists() and not folder.is_dir():
+            raise DamagedRecordError(
+                f"{folder}: a file where a folder of run records should be; move it away"
+            )
     if (final := rd.finished()) is not None:
+        tidy_finished(rd)
         return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
     try:
@@ -630,8 +661,7 @@ def train(
             # Built and resumed before any record is written: a method that refuses this model (setup
             # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
             # the folder as it was.
-            trainer = Trainer(spec, adapter, rd, resolve_device(device), progress, amp=amp, workers=workers,
-                              on_epoch=on_epoch)  # fmt: skip
+            trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch)
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:

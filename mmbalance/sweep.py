@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, StrictInt, ValidationError, model_validator
 
-from mmbalance.core import DataMissingError, MethodNotApplicable, StrictModel
+from mmbalance.core import DataMissingError, FileName, MethodNotApplicable, StrictModel
 from mmbalance.data import TaskInfo
 from mmbalance.registry import METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
@@ -72,12 +72,12 @@ class TuningSettings(StrictModel):
 
 
 class Suite(StrictModel):
-    name: str
+    name: FileName  # becomes file names (report tables): one safe component, never a path
     description: str = ""
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[StrictInt] = Field([0, 1, 2], min_length=1)  # integers only: `true` is not seed 1
     base: dict[str, Any] = {}
-    datasets: list[dict[str, Any]]
-    methods: list[dict[str, Any]]
+    datasets: list[dict[str, Any]] = Field(min_length=1)  # an empty suite is a mistake, not "all done"
+    methods: list[dict[str, Any]] = Field(min_length=1)
     protocol: Literal["defaults", "tuned"] = "defaults"
     tuning: TuningSettings = TuningSettings()
     executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
@@ -200,6 +200,7 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
         except (OSError, ValueError) as e:
             raise SpecError(str(e)) from None
     planned: list[Planned] = []
+    seen: set[str] = set()  # a run listed twice (a repeated seed or method) is planned once
     for cell in cells(suite, data_root):
         if isinstance(cell, Planned):
             planned.append(cell)
@@ -215,9 +216,11 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
         for doc in docs:
             for seed in cell.seeds:
                 spec = validate_spec({**doc, "seed": seed})
-                planned.append(
-                    Planned(spec, _label(spec) + (" (tuned)" if spec.tuned else ""), block=cell.block)
-                )
+                if (key := json.dumps(spec.canonical(), sort_keys=True)) not in seen:
+                    seen.add(key)
+                    planned.append(
+                        Planned(spec, _label(spec) + (" (tuned)" if spec.tuned else ""), block=cell.block)
+                    )
     return planned
 
 
