@@ -106,8 +106,8 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
             "Robustness: MultiBench's area under the metric vs Gaussian-noise-level curve (levels 0..0.9 of "
             "each input's train std), and its effective robustness against joint training; mean over modalities.",
         ]
-        csv = pd.DataFrame([{"dataset": dataset, "task": task, "method": r.label, "metric": c, "mean": cell.mean,
-                             "std": cell.std, "n": cell.n, "mark": cell.mark, "block": kb.title}
+        csv = pd.DataFrame([{"dataset": dataset, "task": task, "block": kb.title, "method": r.label, "metric": c, "mean": cell.mean,
+                             "std": cell.std, "n": cell.n, "mark": cell.mark}
                             for r in agg for c, cell in r.cells.items()])  # fmt: skip
         out.append((Table(f"{kb.title}: modality contributions and robustness", header, rows, notes), csv))
     return out

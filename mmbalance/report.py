@@ -589,6 +589,7 @@ def _csv_rows(
             {
                 "dataset": dataset,
                 "task": task,
+                "block": title,
                 "method": r.label,
                 "metric": m,
                 "mean": c.mean,
@@ -603,7 +604,6 @@ def _csv_rows(
                 "delta_vs_joint": r.delta.mean if r.delta is not None and m == primary else None,
                 "p_holm": r.p if m == primary else None,
                 "protocol": protocol,
-                "block": title,  # the comparison key's table (last: earlier columns keep their place)
             }
             for r in rows
             for m, c in r.cells.items()
