@@ -422,7 +422,7 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
             calls.append((training_curves, (panels, kind, stem), {"title": where}))
         for label, rds in panels.items():
             method = label.split("(")[0]
-            title = f"{label} on {where}: balancing terms"
+            title = f"{label} on {where}"
             calls.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
         metric = sub["selection_metric"].iloc[0]
         for method in methods:
