@@ -35,12 +35,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveInt, StrictInt, ValidationError, model_validator
 
 from mmbalance.core import DataMissingError, FileName, MethodNotApplicable, StrictModel
-from mmbalance.data import TaskInfo
 from mmbalance.registry import METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
     PRESETS_DIR,
@@ -53,6 +52,9 @@ from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exporte
     validate_spec,
 )
 from mmbalance.tuned import apply_tuned, load_tuned, tuned_path
+
+if TYPE_CHECKING:  # the data contract imports MONAI; reports plan suites without it
+    from mmbalance.data import TaskInfo
 
 WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
 
