@@ -852,7 +852,7 @@ def report(
         tables += [t for t in (laziness_table(runs, s.protocol), tuned_vs_defaults(runs)) if t is not None]
     paths = write_tables(tables, out / "tables", name, heading)
     paths.append(
-        write_runs(out / "tables", name, list(finished(runs)["run_id"]))
+        write_runs(out / "tables", name, list(runs["run_id"]))  # finished or not: a diverged run is in the table
     )  # what a staleness test checks
     from mmbalance.modality_report import write_modality_outputs  # its own table file and figures
 
