@@ -247,6 +247,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     skipped: dict[str, dict[str, str]] = {}
     left_out: list[str] = []
+    decisions: list[AmpComparison] = []
+
+    def write() -> str:  # after every model: a run cut short still leaves its tables
+        cggm_text, cggm_doc = cggm_extra(rows)
+        text = [header, "", summary(rows, skipped, left_out), "",
+                f"CGGM's extra memory (paper: {PAPER_CGGM_MB} MB over its four datasets):", "", cggm_text]  # fmt: skip
+        if decisions:
+            text += ["", f"AMP decisions on the {args.amp_model} shape:", "",
+                     amp_table(decisions, "fp16 + loss scaling" if cuda else "bf16")]  # fmt: skip
+        text += ["", f"total {time.perf_counter() - t_start:.0f} s"]
+        doc = {"header": header, "device": device_name, "size": args.size, "rows": rows, "skipped": skipped,
+               "left_out": left_out, "cggm_extra_mb": cggm_doc, "amp_decisions": [vars(c) for c in decisions]}  # fmt: skip
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.out / f"{stem}.md").write_text("\n".join(text) + "\n")
+        return "\n".join(text)
+
+    slug = "-".join(device_name.lower().replace("nvidia", "").split()) if cuda else "cpu"
+    stem = f"gpu-{slug}-{args.size}{'-' + args.tag if args.tag else ''}"
     for name in args.models:
         if time.perf_counter() - t_start > args.budget:
             left_out.append(name)
@@ -255,38 +274,27 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             ns = SimpleNamespace(size=args.size, model_params={}, amp=amp, warmup=args.warmup,
                                  steps=args.steps, repeats=args.repeats, clip=None)  # fmt: skip
-            got = bench_shape(name, SHAPES[name], list(METHODS), ns, device, preset=name, monitor=monitor,
-                              skipped=skipped.setdefault(name, {}))  # fmt: skip
+            try:
+                got = bench_shape(name, SHAPES[name], list(METHODS), ns, device, preset=name, monitor=monitor,
+                                  skipped=skipped.setdefault(name, {}))  # fmt: skip
+            except Exception as e:  # out of memory, a kernel missing: the other models still run
+                left_out.append(f"{name} {'AMP' if amp else 'fp32'} ({type(e).__name__}: {str(e)[:160]})")
+                print(f"  {name}: failed: {left_out[-1]}", flush=True)
+                got = []
             for r in got:
                 r["amp"], r["samples_per_s"] = amp, r["batch"] / (r["ms_per_step"] / 1000)
             rows += got
             print(f"  {name} {'AMP' if amp else 'fp32'}: {time.perf_counter() - t0:.0f} s", flush=True)
             if cuda:
                 torch.cuda.empty_cache()
+        write()
 
-    decisions: list[AmpComparison] = []
     if args.amp_steps > 0 and time.perf_counter() - t_start <= args.budget:
         t0 = time.perf_counter()
         methods = [m for m in METHODS if m in COEFFICIENT_KEY and m not in skipped.get(args.amp_model, {})]
         decisions = amp_decisions(args.amp_model, methods, args, device, args.amp_steps)
         print(f"  AMP decisions on {args.amp_model}: {time.perf_counter() - t0:.0f} s", flush=True)
-
-    cggm_text, cggm_doc = cggm_extra(rows)
-    text = [header, "", summary(rows, skipped, left_out), "",
-            f"CGGM's extra memory (paper: {PAPER_CGGM_MB} MB over its four datasets):", "", cggm_text]  # fmt: skip
-    if decisions:
-        text += ["", f"AMP decisions on the {args.amp_model} shape:", "",
-                 amp_table(decisions, "fp16 + loss scaling" if cuda else "bf16")]  # fmt: skip
-    text += ["", f"total {time.perf_counter() - t_start:.0f} s"]
-    report = "\n".join(text)
-    print("\n" + report, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = "-".join(device_name.lower().replace("nvidia", "").split()) if cuda else "cpu"
-    stem = f"gpu-{slug}-{args.size}{'-' + args.tag if args.tag else ''}"
-    doc = {"header": header, "device": device_name, "size": args.size, "rows": rows, "skipped": skipped,
-           "left_out": left_out, "cggm_extra_mb": cggm_doc, "amp_decisions": [vars(c) for c in decisions]}  # fmt: skip
-    (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(report + "\n")
+    print("\n" + write(), flush=True)
     print(f"written {args.out / stem}.md and .json")
     return 0
 
