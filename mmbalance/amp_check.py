@@ -22,16 +22,20 @@ import torch
 
 from mmbalance.data import Batch
 
-# The diagnostics key of each method's per-modality coefficient (``<key>/<modality>``); the smallest
-# value is the modality the method slows down (PMR, OGM-GE, CGGM, AGM, MLB: gradient scale; MMPareto:
-# the weight of the multimodal gradient; InfoReg: the regularisation strength is inverted, see below).
-COEFFICIENT_KEY: dict[str, str] = {
-    "agm": "coeff",
-    "cggm": "coeff",
-    "mlb": "coeff",
-    "mmpareto": "k_mm",
-    "ogm_ge": "coeff",
-    "pmr": "coeff",
+# Each method's per-modality coefficient in its diagnostics (``<key>/<modality>``) and its sign: the
+# smallest signed value is the modality the method holds back at that step. OGM-GE, PMR, CGGM, AGM, MLB:
+# the gradient scale; AMSS: the share of parameters kept; MSAM: the modality's weight; MMPareto: the
+# weight of the multimodal gradient; InfoReg: its regularisation strength, largest = held back (sign -1).
+COEFFICIENT_KEY: dict[str, tuple[str, int]] = {
+    "agm": ("coeff", 1),
+    "amss": ("keep", 1),
+    "cggm": ("coeff", 1),
+    "inforeg": ("beta", -1),
+    "mlb": ("coeff", 1),
+    "mmpareto": ("k_mm", 1),
+    "msam": ("weight", 1),
+    "ogm_ge": ("coeff", 1),
+    "pmr": ("coeff", 1),
 }
 
 
@@ -43,20 +47,26 @@ class AmpComparison:
     max_abs_diff: float  # largest |AMP - fp32| over steps and modalities
     decided: int  # steps where fp32 holds one modality back by more than the margin
     agree: int  # of those, steps where AMP holds back the same modality
+    overflow: int = 0  # AMP steps thrown away by fp16 loss scaling (not compared)
 
     def passes(self, atol: float) -> bool:
         return self.finite and self.max_abs_diff <= atol and self.agree == self.decided
 
 
-def trajectory(trainer, batches: Sequence[Batch], key: str) -> list[list[float]]:
-    """The method's per-modality coefficients after each of ``batches`` (one runner step each)."""
+def trajectory(trainer, batches: Sequence[Batch]) -> list[list[float] | None]:
+    """The method's signed per-modality coefficients after each of ``batches`` (one runner step each);
+    ``None`` for a step that fp16 loss scaling threw away (overflow: the method did not run)."""
+    key, sign = COEFFICIENT_KEY[trainer.spec.method]
     out = []
     for i, batch in enumerate(batches):
         torch.manual_seed(i)  # the same dropout masks and method noise in both precisions
         trainer.ctx.step = trainer.ctx.step_in_epoch = i
         trainer.train_batch(batch)
+        if trainer.overflowed():  # the step's gradients are still there: this step overflowed
+            out.append(None)
+            continue
         diag = trainer.method.diagnostics()
-        out.append([float(diag[f"{key}/{m}"]) for m in trainer.modalities])
+        out.append([sign * float(diag[f"{key}/{m}"]) for m in trainer.modalities])
     return out
 
 
@@ -66,13 +76,17 @@ def held_back(coeffs: Sequence[float], margin: float) -> int | None:
     return order[0] if coeffs[order[1]] - coeffs[order[0]] > margin else None
 
 
-def compare(method: str, fp32: list[list[float]], amp: list[list[float]], margin: float) -> AmpComparison:
-    finite = all(math.isfinite(c) for row in amp for c in row)
-    diff = max((abs(a - b) for ra, rb in zip(amp, fp32, strict=True) for a, b in zip(ra, rb, strict=True)),
-               default=0.0)  # fmt: skip
+def compare(
+    method: str, fp32: list[list[float]], amp: list[list[float] | None], margin: float
+) -> AmpComparison:
+    """AMP's coefficients against fp32's, step by step; AMP's overflow steps are counted, not compared."""
+    pairs = [(ra, rb) for ra, rb in zip(amp, fp32, strict=True) if ra is not None]
+    finite = all(math.isfinite(c) for ra, _ in pairs for c in ra)
+    diff = max((abs(a - b) for ra, rb in pairs for a, b in zip(ra, rb, strict=True)), default=0.0)
     decided = agree = 0
-    for ra, rb in zip(amp, fp32, strict=True):
+    for ra, rb in pairs:
         if (choice := held_back(rb, margin)) is not None:
             decided += 1
             agree += int(min(range(len(ra)), key=lambda i: ra[i]) == choice)
-    return AmpComparison(method, len(fp32), finite, diff if finite else math.inf, decided, agree)
+    overflow = len(amp) - len(pairs)
+    return AmpComparison(method, len(fp32), finite, diff if finite else math.inf, decided, agree, overflow)

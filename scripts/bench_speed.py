@@ -211,7 +211,9 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
     """
     small = args.size == "small"
     inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
-    batch_size = shape.small_batch if small and shape.small_batch else shape.batch
+    batch_size = getattr(args, "batch", None) or (
+        shape.small_batch if small and shape.small_batch else shape.batch
+    )
     model_params = {**(shape.small_model if small else {}), **args.model_params}
     target = shape.small_target if small and shape.small_target else shape.target
     adapter = shaped_adapter(name, shape, inputs, target, n=2 * batch_size)

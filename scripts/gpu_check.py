@@ -50,7 +50,7 @@ from mmbalance.spec import compose
 MODELS = ("mosi", "iemocap", "food101", "cremad", "brats")  # cheapest first: BraTS is most of the time
 METHODS = ("joint", "ogm_ge", "pmr", "cggm")
 PAPER_CGGM_MB = "8-24"  # CGGM appendix: additional memory of the classifiers over its four datasets
-AMP_ATOL, AMP_MARGIN = 0.05, 0.005  # the tolerances of tests/test_amp.py
+AMP_ATOL, AMP_MARGIN = 0.05, 0.002  # the tolerances of tests/test_amp.py
 
 
 def nvml_handle(pynvml: Any, device: torch.device) -> Any:
@@ -113,7 +113,7 @@ def amp_decisions(
     small = args.size == "small"
     inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
     target = shape.small_target if small and shape.small_target else shape.target
-    batch_size = shape.small_batch if small and shape.small_batch else shape.batch
+    batch_size = args.batch or (shape.small_batch if small and shape.small_batch else shape.batch)
     model_params = shape.small_model if small else {}
     adapter = shaped_adapter(name, shape, inputs, target, n=steps * batch_size)
     data = adapter.split("train")
@@ -125,7 +125,7 @@ def amp_decisions(
         seen = {}
         for amp in (False, True):
             tr = build_trainer(name, m, adapter, batch_size, model_params, device, amp, tmp, preset=name)
-            seen[amp] = trajectory(tr, batches, COEFFICIENT_KEY[m])
+            seen[amp] = trajectory(tr, batches)
             del tr
         out.append(compare(m, seen[False], seen[True], AMP_MARGIN))
     return out
@@ -202,10 +202,11 @@ def amp_table(results: list[AmpComparison], precision: str) -> str:
     lines = [f"AMP ({precision}) against fp32, {results[0].steps if results else 0} steps from the same weights "
              f"on the same batches; |coefficient difference| <= {AMP_ATOL}, held-back modality compared where "
              f"fp32's choice is clear by > {AMP_MARGIN}:", "",
-             "| method | finite | max abs diff | clear choices | same choice | passes |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "| method | finite | max abs diff | clear choices | same choice | overflow steps | passes |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in results:
         lines.append(f"| {c.method} | {c.finite} | {c.max_abs_diff:.2g} | {c.decided} | {c.agree} | "
-                     f"{c.passes(AMP_ATOL)} |")  # fmt: skip
+                     f"{c.overflow} | {c.passes(AMP_ATOL)} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("paper", "small"), default=None,
                         help="paper: the presets' shapes (default on CUDA); small: CPU-sized (default on CPU)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="one batch size for every model (default: each preset's)"
+    )
     parser.add_argument("--steps", type=int, default=5, help="steps per method per round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument("--busy", type=float, default=None, help="seconds per method for utilisation "
@@ -272,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for amp in (False, True):
             t0 = time.perf_counter()
-            ns = SimpleNamespace(size=args.size, model_params={}, amp=amp, warmup=args.warmup,
-                                 steps=args.steps, repeats=args.repeats, clip=None)  # fmt: skip
+            ns = SimpleNamespace(size=args.size, model_params={}, amp=amp, warmup=args.warmup, steps=args.steps,
+                                 repeats=args.repeats, clip=None, batch=args.batch)  # fmt: skip
             try:
                 got = bench_shape(name, SHAPES[name], list(METHODS), ns, device, preset=name, monitor=monitor,
                                   skipped=skipped.setdefault(name, {}))  # fmt: skip
