@@ -41,6 +41,7 @@ import mmbalance
 from mmbalance import metrics
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
+from mmbalance.memory import MB, method_state
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.probes import Probes
 from mmbalance.records import (
@@ -409,6 +410,18 @@ class Trainer:
             self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss_value, **row, **diag})
         return loss_value
 
+    def train_peak_mb(self) -> float | None:
+        """CUDA: peak allocated memory (MB) since the epoch began (model, optimiser and method state,
+        activations); the CGGM paper's extra memory is CGGM's peak minus joint training's. None off CUDA,
+        where no allocator counts it."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / MB
+
+    def method_memory_mb(self) -> dict[str, float]:
+        """MB of tensors the method holds beyond the model (``memory.method_state``), after training."""
+        return {k: v / MB for k, v in method_state(self.method, self.model, self.optimizer).items()}
+
     def overflowed(self) -> bool:
         """Whether loss scaling overflowed this step (a non-finite unscaled gradient); always False
         without it (fp32, bf16), at no cost. One host sync per step under fp16."""
@@ -550,9 +563,12 @@ class Trainer:
             for epoch in range(self.start_epoch, self.spec.epochs):
                 # Wall seconds of each phase (metrics.jsonl only; final.json stays free of timings, so a
                 # rerun reproduces it byte for byte). The official CGGM epoch is train + valid, no test.
+                if self.device.type == "cuda":  # the training phase's own peak, apart from evaluation's
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 t0 = time.perf_counter()
                 train_loss = self.train_epoch(epoch, bar)
                 t1 = time.perf_counter()
+                peak = self.train_peak_mb()
                 valid = self.evaluate("valid")
                 t2 = time.perf_counter()
                 test = self.evaluate("test")
@@ -565,6 +581,7 @@ class Trainer:
                     "epoch": epoch, "train_loss": train_loss, "valid": valid, "test": test,
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": t3 - t0,
                     "train_seconds": t1 - t0, "valid_seconds": t2 - t1, "test_seconds": t3 - t2,
+                    **({"train_peak_mb": peak} if peak is not None else {}),
                 })  # fmt: skip
                 if self.best_epoch()["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
                     self.save_selected(epoch)
@@ -659,14 +676,14 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         rd.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
+    held = trainer.method_memory_mb()  # before modality_eval loads the selected epoch's state
     t0 = time.process_time()
     try:
         final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
     except (ValueError, RuntimeError) as e:  # evaluation only: the trained run stays; `evaluate` can retry
         final["modality_eval"] = {"error": f"{type(e).__name__}: {e}"}
-    atomic_write_json(
-        rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0}
-    )
+    atomic_write_json(rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0,
+                                            "method_memory_mb": held})  # fmt: skip
     atomic_write_json(rd.file("final.json"), final)
     rd.set_status("done")
     return RunResult(rd.run_id, rd.path, "done", final)
