@@ -72,6 +72,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU (default: off)",
     )
     p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA: deterministic kernels only, cuDNN benchmark mode off (default: off; recorded "
+                        "in env.json)")  # fmt: skip
 
 
 def _wandb_options(p: argparse.ArgumentParser) -> None:
@@ -130,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         amp=bool(args.amp),
         workers=args.workers or 0,
         restart=args.restart,
+        deterministic=bool(args.deterministic),
     )
     if result.status == "running elsewhere":
         console.print(f"run {result.run_id} is running elsewhere ({result.reason}); nothing done")
@@ -156,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
            "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
            "sbatch": parse_set(args.sbatch), "amp": args.amp, "workers": args.workers,
-           "threads": args.threads}  # fmt: skip
+           "threads": args.threads, "deterministic": args.deterministic}  # fmt: skip
     opts = executors.executor_options(suite.executor, cli)
     planned = plan(suite, args.data_root)
     skipped = [p for p in planned if p.spec is None]
@@ -181,7 +185,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         outcomes = run_local(planned, args.results, args.data_root, device=args.device,
                              progress=not args.quiet, amp=opts.amp, workers=opts.workers,
-                             restart=args.restart)  # fmt: skip
+                             restart=args.restart, deterministic=opts.deterministic)  # fmt: skip
     if args.wait:  # runs another process holds: wait for it, then take over what it left
         outcomes = wait_for_elsewhere(
             outcomes,
@@ -193,6 +197,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 progress=False,
                 amp=opts.amp,
                 workers=opts.workers,
+                deterministic=opts.deterministic,
             ),  # fmt: skip
             say=console.print,
         )

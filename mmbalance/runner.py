@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import platform
 import random
 import subprocess
@@ -91,6 +92,20 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> dict[str, Any]:
+    """CUDA kernel choice; what it chose goes into env.json. By default cuDNN times its algorithms per
+    input shape and keeps the fastest (benchmark mode: faster, and the choice may differ between runs).
+    ``deterministic``: only deterministic kernels, benchmark off (torch raises on an op that has none),
+    so a rerun on the same machine gives the same numbers. The CPU's kernels need neither."""
+    if device.type == "cuda":
+        if deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        torch.use_deterministic_algorithms(deterministic)
+    return {"deterministic": deterministic, "cudnn_benchmark": device.type == "cuda" and not deterministic}
 
 
 def seed_everything(seed: int) -> None:
@@ -209,6 +224,7 @@ class Trainer:
         progress: bool,
         amp: bool = False,
         workers: int = 0,
+        deterministic: bool = False,
     ) -> None:
         self.spec, self.adapter, self.rd, self.device, self.progress = (
             spec,
@@ -220,6 +236,8 @@ class Trainer:
         # Mixed precision: fp16 + loss scaling on CUDA, bf16 (no scaling needed) elsewhere. Off: both are
         # no-ops, so CPU runs keep their exact numbers.
         self.amp, self.workers = amp, workers
+        self.backends = configure_backends(device, deterministic)
+        self.eval_loaders: dict[str, DataLoader] = {}
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and self.amp_dtype == torch.float16)
         self.task = adapter.task
@@ -253,17 +271,27 @@ class Trainer:
     def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
         # stream 0 is the training order, stream 1 the methods' shuffled passes (``iterate``).
+        # Valid and test passes in order draw nothing at random: one loader whose workers persist across
+        # epochs. A training pass gets fresh workers: their random streams (augmentation) start from the
+        # epoch's seed, so that a resumed run draws what an uninterrupted one does.
+        persist = self.workers > 0 and not shuffle and split != "train"
+        if persist and split in self.eval_loaders:
+            return self.eval_loaders[split]
         g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch + stream * 1_000_000_007)
         # The sampler (and so the order) lives in this process, so loader workers do not change the batches.
-        return DataLoader(
+        loader = DataLoader(
             self.datasets[split],
             batch_size=self.spec.batch_size,
             shuffle=shuffle,
             generator=g,
             collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda",  # page-locked: the copy to the GPU runs asynchronously
             num_workers=self.workers,
+            persistent_workers=persist,
         )
+        if persist:
+            self.eval_loaders[split] = loader
+        return loader
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -611,11 +639,13 @@ def train(
     amp: bool = False,
     workers: int = 0,
     restart: bool = False,
+    deterministic: bool = False,
 ) -> RunResult:
     """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
 
     ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); ``workers``: data-loader
     processes. Both are execution options like ``device``: not part of the run id, recorded in env.json.
+    ``deterministic``: deterministic CUDA kernels, cuDNN benchmark mode off (``configure_backends``).
     ``restart``: an unfinished run discards its checkpoint and records and trains from epoch 0 (the way
     out of a damaged checkpoint); a finished run is still reused.
     A run that another live worker holds the lock of is returned as ``running elsewhere``.
@@ -637,7 +667,8 @@ def train(
             # Built and resumed before any record is written: a method that refuses this model (setup
             # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
             # the folder as it was.
-            trainer = Trainer(spec, adapter, rd, resolve_device(device), progress, amp=amp, workers=workers)
+            trainer = Trainer(spec, adapter, rd, resolve_device(device), progress, amp=amp, workers=workers,
+                              deterministic=deterministic)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:
@@ -657,7 +688,8 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
     atomic_write_json(
-        rd.file("env.json"), {**environment(trainer.device), "amp": amp, "loader_workers": workers}
+        rd.file("env.json"),
+        {**environment(trainer.device), "amp": amp, "loader_workers": workers, **trainer.backends},
     )
     rd.set_status("running")
     try:
