@@ -71,7 +71,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU (default: off)",
     )
-    p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader processes per run (default: on CUDA, for data read from files, one per "
+                        "torch thread less one, at most 8; else 0)")  # fmt: skip
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA: deterministic kernels only, cuDNN benchmark mode off (default: off; recorded "
                         "in env.json)")  # fmt: skip
@@ -131,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         amp=bool(args.amp),
-        workers=args.workers or 0,
+        workers=args.workers,
         restart=args.restart,
         deterministic=bool(args.deterministic),
     )

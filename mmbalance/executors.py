@@ -54,7 +54,7 @@ class ExecutorOptions(StrictModel):
     setup: list[str] = []  # shell lines before each job (module load, conda activate)
     folder: str | None = None  # submitit logs and pickles (default: <results>/submitit)
     amp: bool = False  # mixed precision
-    workers: int = Field(0, ge=0)  # data-loader worker processes per run
+    workers: int | None = Field(None, ge=0)  # data-loader processes per run (None: runner.auto_workers)
     deterministic: bool = False  # deterministic CUDA kernels, cuDNN benchmark off (runner.configure_backends)
     # torch threads per run; default: this machine's cores / jobs locally, $SLURM_CPUS_PER_TASK on SLURM.
     # Pin it (e.g. 1) to compare numbers across machines: float reductions depend on the thread count.
@@ -79,7 +79,7 @@ def run_one(
     data_root: str | None,
     device: str,
     amp: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     threads: int | None = None,
     restart: bool = False,
     deterministic: bool = False,

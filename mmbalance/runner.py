@@ -108,6 +108,18 @@ def configure_backends(device: torch.device, deterministic: bool) -> dict[str, A
     return {"deterministic": deterministic, "cudnn_benchmark": device.type == "cuda" and not deterministic}
 
 
+def auto_workers(adapter: DatasetAdapter, device: torch.device) -> int:
+    """Loader processes when ``--workers`` is not given: on CUDA, for data read from files as items are
+    drawn, one per torch thread less one, at most 8 (the threads are this run's share of the machine:
+    cores / jobs, or $SLURM_CPUS_PER_TASK), so that reading and decoding overlap the GPU's step. None on
+    the CPU, whose cores compute the step, nor for data held in memory. Workers draw their own random
+    augmentations, so the numbers of such datasets depend on the count: env.json records it; give
+    ``--workers N`` to compare runs across machines."""
+    if device.type != "cuda" or not adapter.reads_items():
+        return 0
+    return min(8, max(1, torch.get_num_threads() - 1))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -637,14 +649,15 @@ def train(
     device: str = "auto",
     progress: bool = True,
     amp: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     restart: bool = False,
     deterministic: bool = False,
 ) -> RunResult:
     """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
 
     ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); ``workers``: data-loader
-    processes. Both are execution options like ``device``: not part of the run id, recorded in env.json.
+    processes (None: ``auto_workers``). Both are execution options like ``device``: not part of the run
+    id, recorded in env.json.
     ``deterministic``: deterministic CUDA kernels, cuDNN benchmark mode off (``configure_backends``).
     ``restart``: an unfinished run discards its checkpoint and records and trains from epoch 0 (the way
     out of a damaged checkpoint); a finished run is still reused.
@@ -667,7 +680,9 @@ def train(
             # Built and resumed before any record is written: a method that refuses this model (setup
             # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
             # the folder as it was.
-            trainer = Trainer(spec, adapter, rd, resolve_device(device), progress, amp=amp, workers=workers,
+            dev = resolve_device(device)
+            workers = auto_workers(adapter, dev) if workers is None else workers
+            trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers,
                               deterministic=deterministic)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)

@@ -122,7 +122,7 @@ def run_local(
     device: str = "auto",
     progress: bool = True,
     amp: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     restart: bool = False,
     deterministic: bool = False,
 ) -> list[tuple[Planned, Any]]:

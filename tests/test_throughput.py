@@ -76,3 +76,28 @@ def test_sweeps_pass_deterministic_on():
     assert executors.executor_options({}, {"deterministic": True}).deterministic is True
     assert executors.executor_options({"deterministic": True}, {"deterministic": None}).deterministic is True
     assert executors.executor_options({}, {}).deterministic is False
+
+
+def test_workers_default_from_the_cpu_count_for_file_backed_data_on_cuda(monkeypatch):
+    from mmbalance.registry import DATASETS
+
+    def adapter(name: str, **params):
+        cls = DATASETS.get(name)
+        return cls(cls.Params.model_validate(params))
+
+    files = [adapter("brats"), adapter("cremad"), adapter("food101"), adapter("iemocap")]
+    memory = [adapter("synthetic"), adapter("mosi"), adapter("iemocap", format="mult")]
+    assert all(a.reads_items() for a in files) and not any(a.reads_items() for a in memory)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for threads, want in ((16, 8), (4, 3), (1, 1)):  # one per thread less one, at least 1, at most 8
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        assert [runner.auto_workers(a, cuda) for a in files] == [want] * len(files)
+    assert [runner.auto_workers(a, cuda) for a in memory] == [0, 0, 0]
+    assert runner.auto_workers(files[0], cpu) == 0  # the CPU's cores compute the step
+
+
+def test_a_run_records_the_workers_it_used(tmp_path):
+    done = runner.train(
+        small_spec(epochs=1, dataset_params=TINY), results=tmp_path, progress=False, device="cpu"
+    )
+    assert json.loads((done.path / "env.json").read_text())["loader_workers"] == 0  # in-memory data: none
