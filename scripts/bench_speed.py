@@ -18,9 +18,11 @@ run once before timing and are not in the per-step time.
   ``torch.cuda.max_memory_allocated`` minus what was allocated before the trainer was built; CPU the
   growth of the process's peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` after
   ``malloc_trim``; Linux only). Both cover the model, optimiser state, method modules and activations.
-- method state: bytes of tensors the method holds beyond the model (its modules' parameters and
-  buffers, its optimisers' state, prototypes, ...), and the state of non-model parameters in the main
-  optimiser. For CGGM that is the paper's "additional memory of the classifiers" (8-24 MB).
+- method state (``mmbalance.memory.method_state``): bytes of tensors the method holds beyond the model
+  (its modules' parameters, buffers and gradients, its optimisers' state, prototypes, ...), and the state
+  of non-model parameters in the main optimiser. For CGGM: its classifiers (the paper: 8-24 MB extra).
+- shapes and model sizes: ``SHAPES`` below; ``scripts/gpu_check.py`` runs ``bench_shape`` on
+  the presets' specs (``build_trainer(preset=...)``) and adds GPU utilisation through its ``monitor``.
 
 Results go to ``results/bench/speed-<device>-<size>.{json,md}``.
 """
