@@ -68,6 +68,14 @@ class Shape:
     small_inputs: dict[str, tuple[int, ...]] | None = None  # --size small: other item shapes
     small_target: tuple[int, ...] | None = None
 
+    def at(self, size: str, batch: int | None = None) -> tuple[dict, tuple[int, ...], int, dict]:
+        """(item shapes, target shape, batch size, model_params) at ``size`` (paper / small); ``batch``
+        overrides the batch size."""
+        if size != "small":
+            return self.inputs, self.target, batch or self.batch, {}
+        return (self.small_inputs or self.inputs, self.small_target or self.target,
+                batch or self.small_batch or self.batch, self.small_model)  # fmt: skip
+
 
 BRATS = ("flair", "t1ce", "t1", "t2")
 BRATS_SMALL = {"layers": [1, 1, 1, 1], "width": 16, "aspp_channels": 32, "decoder_channels": 32}
@@ -211,13 +219,8 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
     pass with ``steps(n)`` (runs n more steps of the method, alone on the device); what it returns
     (utilisation) joins the method's row. ``skipped``: filled with the methods that do not apply and why.
     """
-    small = args.size == "small"
-    inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
-    batch_size = getattr(args, "batch", None) or (
-        shape.small_batch if small and shape.small_batch else shape.batch
-    )
-    model_params = {**(shape.small_model if small else {}), **args.model_params}
-    target = shape.small_target if small and shape.small_target else shape.target
+    inputs, target, batch_size, model_params = shape.at(args.size, getattr(args, "batch", None))
+    model_params = {**model_params, **args.model_params}
     adapter = shaped_adapter(name, shape, inputs, target, n=2 * batch_size)
     batch = collate([adapter.split("train")[i] for i in range(batch_size)]).to(device)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))

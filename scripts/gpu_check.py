@@ -44,6 +44,7 @@ from bench_speed import SHAPES, bench_shape, build_trainer, cpu_name, fmt, shape
 
 from mmbalance.amp_check import COEFFICIENT_KEY, AmpComparison, compare, trajectory
 from mmbalance.data import collate
+from mmbalance.memory import MB, method_state, tensor_bytes
 from mmbalance.runner import resolve_device
 from mmbalance.spec import compose
 
@@ -109,13 +110,8 @@ def amp_decisions(
 ) -> list[AmpComparison]:
     """``amp_check.compare`` of each method on one shape: the same batches (one random batch per step)
     from the same initial weights, fp32 against AMP."""
-    shape = SHAPES[name]
-    small = args.size == "small"
-    inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
-    target = shape.small_target if small and shape.small_target else shape.target
-    batch_size = args.batch or (shape.small_batch if small and shape.small_batch else shape.batch)
-    model_params = shape.small_model if small else {}
-    adapter = shaped_adapter(name, shape, inputs, target, n=steps * batch_size)
+    inputs, target, batch_size, model_params = SHAPES[name].at(args.size, args.batch)
+    adapter = shaped_adapter(name, SHAPES[name], inputs, target, n=steps * batch_size)
     data = adapter.split("train")
     batches = [collate([data[i] for i in range(k * batch_size, (k + 1) * batch_size)]).to(device)
                for k in range(steps)]  # fmt: skip
@@ -180,6 +176,24 @@ def summary(rows: list[dict], skipped: dict[str, dict[str, str]], left_out: list
     return "\n".join(lines)
 
 
+def classifiers_at_presets(models: list[str], device: torch.device) -> str:
+    """CGGM's classifiers at each preset's paper-size model: parameters, gradients and optimiser state
+    after one step (batch 2: they do not depend on it). Exact byte counts, the same on any device."""
+    lines = ["| model | classifier params MB | gradients MB | optimiser state MB | total MB | model params MB | "
+             "paper MB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in models:
+        inputs, target, _, _ = SHAPES[name].at("paper")
+        adapter = shaped_adapter(name, SHAPES[name], inputs, target, n=2)
+        tr = build_trainer(name, "cggm", adapter, 2, {}, device, False, Path(tempfile.mkdtemp()), preset=name)
+        tr.train_batch(collate([adapter.split("train")[i] for i in range(2)]).to(device))
+        mb = {k: v / MB for k, v in method_state(tr.method, tr.model, tr.optimizer).items()}
+        total = mb["modules"] + mb["gradients"] + mb["optimiser_state"]
+        model = tensor_bytes(tr.model.parameters()) / MB
+        lines.append(f"| {name} | {mb['modules']:.2f} | {mb['gradients']:.2f} | {mb['optimiser_state']:.2f} | "
+                     f"{total:.2f} | {model:.1f} | {PAPER_CGGM_MB} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def cggm_extra(rows: list[dict]) -> tuple[str, dict]:
     """CGGM's extra memory per model: peak minus joint's peak, and the classifiers' own tensors."""
     idx, doc = by_method(rows), {}
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp-model", default="cremad", choices=list(MODELS),
                         help="the shape of the AMP decision check")  # fmt: skip
     parser.add_argument("--budget", type=float, default=400, help="seconds; no model starts after this")
+    parser.add_argument("--classifiers", action="store_true",
+                        help="only CGGM's classifiers' own memory at the presets' paper-size models (any device)")  # fmt: skip
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
@@ -247,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.repeats} rounds x {args.steps} steps, median; utilisation over {busy:g} s per method; "
               f"AMP = {'fp16 + loss scaling' if cuda else 'bf16'}; specs: benchmarks/presets/<model>.yaml")  # fmt: skip
     print(header, flush=True)
+    if args.classifiers:
+        text = classifiers_at_presets(args.models, device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / "cggm-classifiers-presets.md"
+        out.write_text(f"CGGM's classifiers at the presets' paper-size models, after one step ({device_name}; "
+                       f"exact byte counts, the same on any device):\n\n{text}\n")  # fmt: skip
+        print(f"{text}\nwritten {out}")
+        return 0
 
     rows: list[dict] = []
     skipped: dict[str, dict[str, str]] = {}
