@@ -89,3 +89,15 @@ def test_gpu_check_cpu_dry_run_every_model(tmp_path):
     assert {r["method"] for r in doc["rows"] if r["dataset"] == "cremad"} == set(gpu_check.METHODS)
     assert [c["method"] for c in doc["amp_decisions"]] == ["ogm_ge", "pmr", "cggm"]
     assert "iemocap/ogm_ge: model_params {'fusion': 'concat'" in md  # the preset's own model, named
+
+
+def test_classifiers_at_the_presets(tmp_path):
+    assert (
+        gpu_check.main(["--classifiers", "--models", "mosi", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    )
+    md = (tmp_path / "cggm-classifiers-presets.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| mosi |"))
+    params, grads, optim, total = (float(x) for x in row.split("|")[2:6])
+    # Three linear classifiers on the 30-d modality features, trained by Adam (two moments each).
+    assert params == grads > 0 and optim == pytest.approx(2 * params, abs=0.02)
+    assert total == pytest.approx(params + grads + optim, abs=0.02)  # each rounded to 0.01
