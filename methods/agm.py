@@ -53,6 +53,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import masked_inputs, scale_grad, shapley_values
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["AGMParams", "AGM", "agm_coefficients"]
 
@@ -87,6 +88,11 @@ def agm_coefficients(scores: Tensor, running: Tensor, alpha: float, clamp: float
 class AGM(Method):
     name = "agm"
     Params = AGMParams
+    search_space = {
+        "alpha": Float(
+            0.1, 5.0, log=True, source="utils/config.py 1.0, README AV-MNIST 2.5, kkontras/MLB AGM.json 1.5"
+        ),
+    }
     reference = "Li et al., ICCV 2023 (AGM); lihong2303/AGM_ICCV2023 model/CREMAD_net.py, URFunny_net.py"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

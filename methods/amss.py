@@ -63,6 +63,7 @@ from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["AMSSParams", "AMSS", "amss_coefficients", "filter_mask"]
 
@@ -121,6 +122,11 @@ def filter_mask(grad: Tensor, weight: Tensor, keep: float, p: AMSSParams) -> Ten
 class AMSS(Method):
     name = "amss"
     Params = AMSSParams
+    search_space = {
+        "temperature": Float(
+            0.05, 1.0, log=True, source="argparse 0.2 (README audio-visual), 0.5 (text-image)"
+        ),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "AMSS / AMSS+, TPAMI; njustkmg/TPAMI-AMSS AMSS/train_test.py"
     unsupported = (

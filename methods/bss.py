@@ -56,6 +56,7 @@ from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["BSSParams", "BSS", "sample_scores", "pace", "min_max"]
 
@@ -99,6 +100,15 @@ def sample_scores(
 class BSS(UnimodalHeadsMethod):
     name = "bss"
     Params = BSSParams
+    # The unimodal weight stays at 0.9: with the fused one searched, the ratio of the two is free, and their
+    # common scale is the learning rate's.
+    search_space = {
+        "fused_weight": Float(0.05, 1.0, log=True, source="around train-CL.py's 0.1 (no published grid)"),
+        "lambda_0": Float(0.05, 0.5, log=True, source="around train-CL.py's 0.1 (no published grid)"),
+        "grow_epochs": Epochs(
+            0.15, 0.75, minimum=1, source="train-CL.py: T_grow 40 of 120 epochs; suite 4 of 12"
+        ),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Guan, Jiang & Yang, IJCAI 2025 (BSS); njustkmg/IJCAI25-BSS CREMA-D/train-CL.py, train-SPL.py"
     unsupported = (

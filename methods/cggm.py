@@ -98,6 +98,7 @@ from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_scores", "scaled_parameters"]
 
@@ -195,6 +196,14 @@ def _column_blocks(model: MultimodalModel, classifiers: nn.ModuleDict) -> dict[s
 class CGGM(Method):
     name = "cggm"
     Params = CGGMParams
+    search_space = {
+        "rho": Float(
+            0.8, 2.0, source="--rou 1.3 (MOSI, IEMOCAP, Food; README), 1.0 (BraTS); no published grid"
+        ),
+        "lam": Float(0.01, 1.0, log=True, source="--lamda 0.2 (MOSI, IEMOCAP), 0.1 (BraTS), 0.05 (Food)"),
+        # How fast the classifiers' accuracies move sets the coefficients; the official rates are Adam's.
+        "cls_lr": Float(1e-4, 5e-2, log=True, source="classifiers' lr 5e-4, 6e-3 (BraTS); no published grid"),
+    }
     reference = "Guo et al., NeurIPS 2024 (CGGM); zrguo/CGGM src/msatrain.py, foodtrain.py, segtrain.py"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

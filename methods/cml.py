@@ -30,6 +30,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["CMLParams", "CML", "confidence_penalty"]
 
@@ -47,6 +48,9 @@ def confidence_penalty(fewer: Tensor, more: Tensor) -> Tensor:
 class CML(Method):
     name = "cml"
     Params = CMLParams
+    search_space = {
+        "lam": Float(0.01, 1.0, log=True, source="around BalanceBenchmark's 0.1 (no published grid)"),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Ma et al., ICML 2023 (CML); as BalanceBenchmark CML_trainer.py"
     unsupported = "cml penalises prediction confidence; a regression output has no confidence"

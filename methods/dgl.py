@@ -47,6 +47,7 @@ from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["DGLParams", "DGL", "zero_padded_logits"]
 
@@ -71,6 +72,9 @@ def zero_padded_logits(model: MultimodalModel, features: dict[str, Tensor]) -> d
 class DGL(Method):
     name = "dgl"
     Params = DGLParams
+    search_space = {
+        "alpha": Float(0.5, 8.0, log=True, source="main_dgl.py 4; cramed_dgl.sh 4, 5; ks_dgl.sh 2, 3"),
+    }
     reference = (
         "Disentangled Gradient Learning, ICCV 2025; shicaiwei123/ICCV2025-GDL main_dgl.py, fusion_modules.py"
     )

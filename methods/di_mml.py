@@ -51,6 +51,7 @@ from mmbalance.method import MethodNotApplicable, RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, common_feature_dim, num_outputs, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["DIMMLParams", "DIMML", "discriminative_dims", "contrast_loss"]
 
@@ -92,6 +93,16 @@ def contrast_loss(anchor: Tensor, other: Tensor, dims: Tensor, temperature: floa
 class DIMML(UnimodalHeadsMethod):
     name = "di_mml"
     Params = DIMMLParams
+    # The validator wants contrast_epoch < stage1_epochs: the two ranges are disjoint, so every sample is
+    # valid in runs of 3 epochs or more.
+    search_space = {
+        "stage1_epochs": Epochs(0.5, 0.85, minimum=2, source="main_CFT.py: 150 + 20 epochs; suite 6 of 12"),
+        "contrast_epoch": Epochs(0.0, 0.35, source="main_CFT.py: from epoch 20 of 170; suite 3 of 12"),
+        "weight": Float(0.25, 4.0, log=True, source="around --weight 1 (no published grid)"),
+        "temperature": Float(
+            1.0, 50.0, log=True, source="argparse 1; README runs 10 (AVE, UCF), 50 (CREMA-D)"
+        ),
+    }
     tasks = frozenset({"classification"})
     reference = "Fan et al., ACM MM 2024 (DI-MML); fanyunfeng-bit/DI-MML main_CFT.py, main_CFT_stage2.py"
 

@@ -39,6 +39,7 @@ from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs
 
 __all__ = ["GBlendingParams", "GBlending", "blend_weights"]
 
@@ -70,6 +71,11 @@ def blend_weights(start: dict[str, tuple[float, float]], end: dict[str, tuple[fl
 class GBlending(UnimodalHeadsMethod):
     name = "gblending"
     Params = GBlendingParams
+    search_space = {
+        "super_epoch": Epochs(
+            0.15, 0.5, minimum=1, source="BalanceBenchmark's 10 (no published grid); suite 4 of 12"
+        ),
+    }
     reference = "Wang, Tran & Feiszli, CVPR 2020 (Gradient-Blending); weights as BalanceBenchmark's trainer"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

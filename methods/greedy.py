@@ -47,6 +47,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import num_outputs
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float, Int
 
 __all__ = ["GreedyParams", "Greedy", "MMTM", "bdr"]
 
@@ -90,6 +91,13 @@ def _sq_ratio(params: list[nn.Parameter]) -> float:
 class Greedy(Method):
     name = "greedy"
     Params = GreedyParams
+    search_space = {
+        "epsilon": Float(0.001, 0.1, log=True, source="around the gin config's 0.01 (no published grid)"),
+        "window": Int(
+            2, 20, log=True, source="around the gin curation_windowsize 5 steps (no published grid)"
+        ),
+        "starting_epoch": Epochs(0.0, 0.25, source="gin: from epoch 2 (1-based) of up to 300"),
+    }
     reference = "Wu et al., Characterizing and Overcoming the Greedy Nature of Learning in Multi-modal DNNs, ICML 2022"  # noqa: E501
 
     def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:

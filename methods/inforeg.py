@@ -46,6 +46,7 @@ from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["InfoRegParams", "InfoReg", "window_indicator", "proximal_beta"]
 
@@ -87,6 +88,12 @@ def fisher_layers(encoder: nn.Module) -> list[nn.Parameter]:
 class InfoReg(UnimodalHeadsMethod):
     name = "inforeg"
     Params = InfoRegParams
+    search_space = {
+        "beta": Float(0.1, 3.0, log=True, source="main.py 0.95 (audio), 0.1 (visual); no published grid"),
+        "threshold": Float(
+            0.01, 0.2, log=True, source="main.py 0.04, an earlier commit 0.05; no published grid"
+        ),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Huang et al., CVPR 2025 (InfoReg); GeWu-Lab/InfoReg_CVPR2025 main.py"
     unsupported = (

@@ -49,6 +49,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Choice
 
 __all__ = ["LFMParams", "LFM", "fitted_weights", "alignment"]
 
@@ -90,6 +91,11 @@ def alignment(logits: list[Tensor]) -> Tensor:
 class LFM(Method):
     name = "lfm"
     Params = LFMParams
+    # The weights follow a fitted curve with no coefficient of their own (``scale`` multiplies the whole loss,
+    # which the shared learning rate already covers); what a short run can change is how it reads the curve.
+    search_space = {
+        "stretch": Choice((False, True), source="released absolute-epoch curve / over the run (suite: true)"),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "LFM, NeurIPS 2024; njustkmg/NeurIPS24-LFM Crema_epoch.py"
     unsupported = (

@@ -42,6 +42,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import UnimodalHeads
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MILESParams", "MILES", "utilisation", "lr_scales"]
 
@@ -76,6 +77,15 @@ def lr_scales(u: dict[str, float], threshold: float, reduction: float) -> dict[s
 class MILES(Method):
     name = "miles"
     Params = MILESParams
+    search_space = {
+        "threshold": Float(
+            0.05, 0.5, source="around the reimplementation's tau 0.2 (paper's grid not available)"
+        ),
+        "reduction": Float(
+            0.1, 0.9, source="around the reimplementation's mu 0.5 (paper's grid not available)"
+        ),
+        "gamma": Float(0.25, 4.0, log=True, source="around the reimplementation's 1 (no published grid)"),
+    }
     tasks = frozenset({"classification"})
     reference = "Guerra-Manzanares & Shamout, MILES: Modality-Informed Learning Rate Scheduler, IJCNN 2025"
 

@@ -53,6 +53,7 @@ from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.method_parts import common_feature_dim, num_outputs
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MLAParams", "MLA", "gs_update", "entropy_weights"]
 
@@ -85,6 +86,11 @@ def entropy_weights(logits: dict[str, Tensor]) -> dict[str, Tensor]:
 class MLA(Method):
     name = "mla"
     Params = MLAParams
+    search_space = {
+        "alpha_base": Float(
+            0.01, 0.5, log=True, source="around GSPlugin's 0.1 (utils.py; no published grid)"
+        ),
+    }
     tasks = frozenset({"classification", "regression"})
     reference = (
         "Zhang et al., Multimodal Representation Learning by Alternating Unimodal Adaptation, CVPR 2024"

@@ -50,6 +50,7 @@ from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod
 from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MLBParams", "MLB", "mlb_scores", "mlb_coefficients"]
 
@@ -99,6 +100,9 @@ def mlb_coefficients(
 class MLB(UnimodalHeadsMethod):
     name = "mlb"
     Params = MLBParams
+    search_space = {
+        "alpha": Float(0.1, 3.0, log=True, source="around MLB.json's 0.8 (CREMA-D, AVE; no published grid)"),
+    }
     reference = "Kontras et al., BMVC 2024 (MLB); kkontras/MLB agents/general_agent/helpers/Bias_Infusion.py"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

@@ -33,6 +33,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MMCosineParams", "MMCosine", "cosine_logits"]
 
@@ -55,6 +56,9 @@ def cosine_logits(features: dict[str, Tensor], weight: Tensor, scaling: float) -
 class MMCosine(Method):
     name = "mmcosine"
     Params = MMCosineParams
+    search_space = {
+        "scaling": Float(5.0, 30.0, log=True, source="argparse 10 (main_CD.py), BalanceBenchmark 15"),
+    }
     tasks = frozenset({"classification"})
     reference = "Xu et al., ICASSP 2023 (MMCosine); GeWu-Lab/MMCosine_ICASSP23 main_CD.py"
     unsupported = "mmcosine's logits are cosines to class weight vectors; a {kind} task has no classes"

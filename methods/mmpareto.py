@@ -35,6 +35,7 @@ from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, flat, min_norm_2
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MMParetoParams", "MMPareto", "pareto_weights", "pareto_grad"]
 
@@ -65,6 +66,11 @@ def pareto_grad(
 class MMPareto(UnimodalHeadsMethod):
     name = "mmpareto"
     Params = MMParetoParams
+    search_space = {
+        "gamma": Float(
+            1.0, 2.5, source="MMPareto.py 1.5 (hard-coded), kkontras/MLB MMPareto.json 1.25; no grid"
+        ),
+    }
     reference = "Wei & Hu, ICML 2024 (MMPareto); GeWu-Lab/MMPareto_ICML2024 code/MMPareto.py"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

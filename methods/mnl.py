@@ -37,6 +37,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import UnimodalHeads
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MNLParams", "MNL", "negative_learning_loss", "hardest_negative"]
 
@@ -67,6 +68,9 @@ def negative_learning_loss(z_d: Tensor, z_w: Tensor, target: Tensor, j: Tensor, 
 class MNL(Method):
     name = "mnl"
     Params = MNLParams
+    search_space = {
+        "weight1": Float(0.1, 2.0, log=True, source="around train_latefusion.py's 0.7 (no published grid)"),
+    }
     tasks = frozenset({"classification"})
     reference = "Gong et al., Multimodal Negative Learning, NeurIPS 2025"
 

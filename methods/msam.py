@@ -47,6 +47,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import accuracy, masked_inputs, shapley_values
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Float
 
 __all__ = ["MSAMParams", "MSAM", "dominance_weights"]
 
@@ -68,6 +69,11 @@ def dominance_weights(phi: dict[str, float]) -> dict[str, float]:
 class MSAM(Method):
     name = "msam"
     Params = MSAMParams
+    search_space = {
+        "rho": Float(
+            0.01, 0.5, log=True, source="SAM's grid {0.01 ... 0.5} (Foret et al., ICLR 2021); no M-SAM grid"
+        ),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Nowdeh et al., Modality-Aware SAM, NeurIPS 2025 (arXiv 2510.24919)"
 

@@ -50,6 +50,7 @@ from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["OGMGEParams", "OGMGE", "true_class_scores", "ogm_coefficients", "selected_parameters"]
 
@@ -111,6 +112,19 @@ def _std(g: Tensor) -> Tensor:
 class OGMGE(Method):
     name = "ogm_ge"
     Params = OGMGEParams
+    # alpha: the README's values and a CREMA-D re-run's (MLB's release configs, BMVC 2024). The window as
+    # fractions of the run: epochs 0-50 of 100 by default, 20-80 in the README's example; the two ranges do
+    # not overlap, so a sampled window is never empty.
+    search_space = {
+        "alpha": Float(
+            0.05,
+            1.5,
+            log=True,
+            source="README 0.1 (VGGSound), 0.8 (CREMA-D), 0.3; kkontras/MLB OGM.json 1.25",
+        ),
+        "modulation_starts": Epochs(0.0, 0.25, source="README: 0 default, 20 of 100 in its example"),
+        "modulation_ends": Epochs(0.5, 1.0, source="README: 50 of 100 epochs default, 80 in its example"),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Peng et al., CVPR 2022 (OGM-GE); GeWu-Lab/OGM-GE_CVPR2022 main.py"
     unsupported = (

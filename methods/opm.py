@@ -34,6 +34,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["OPMParams", "OPM", "drop_probabilities", "drop_features"]
 
@@ -69,6 +70,12 @@ def drop_features(features: dict[str, Tensor], q: Tensor, mask: Tensor) -> tuple
 class OPM(Method):
     name = "opm"
     Params = OPMParams
+    search_space = {
+        "q_base": Float(0.1, 0.9, source="around train_opm.sh's 0.5 (no published grid)"),
+        "lam": Float(0.1, 2.0, log=True, source="around train_opm.sh's 0.5 (no published grid)"),
+        "p_exe": Float(0.3, 1.0, source="around train_opm.sh's 0.7 (no published grid)"),
+        "warmup_epochs": Epochs(0.0, 0.25, source="main.py: 6 warm-up epochs of ~100; suite 2 of 12"),
+    }
     tasks = frozenset({"classification", "segmentation"})
     reference = "Wei et al., TPAMI 2024 (OPM); GeWu-Lab/BML_TPAMI2024 code/models/Classifier.py"
     unsupported = (

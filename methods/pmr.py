@@ -59,6 +59,7 @@ from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Choice, Epochs, Float
 
 __all__ = ["PMRParams", "PMR", "class_prototypes", "prototype_logits", "pmr_coefficients"]
 
@@ -115,6 +116,16 @@ def stack_padded(features: Sequence[Tensor]) -> Tensor:
 class PMR(Method):
     name = "pmr"
     Params = PMRParams
+    # Every released run starts the window at 0 (bash.sh), so only its end is searched.
+    search_space = {
+        "alpha": Float(
+            0.1, 5.0, log=True, source="bash.sh: 1 CG-MNIST, 2 AVE/CREMA-D, 3 and 5 CREMA-D, 0.5 AVE"
+        ),
+        "modulation_ends": Epochs(
+            0.45, 1.0, source="bash.sh: 70 of 130 epochs (AVE, CREMA-D), 60 of 100 (CG-MNIST)"
+        ),
+        "momentum": Choice((0.0, 0.2, 0.5), source="bash.sh: 0.0 every main run, 0.2 and 0.5 AVE ablations"),
+    }
     tasks = frozenset({"classification"})
     reference = "Fan et al., CVPR 2023 (PMR); fanyunfeng-bit/Modal-Imbalance-PMR main_Prototype_grad.py"
     unsupported = (

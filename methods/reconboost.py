@@ -46,6 +46,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import common_feature_dim, num_outputs
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["ReconBoostParams", "ReconBoost", "boosting_loss"]
 
@@ -71,6 +72,15 @@ def boosting_loss(logits: Tensor, join_logits: Tensor, target: Tensor, w1: float
 class ReconBoost(Method):
     name = "reconboost"
     Params = ReconBoostParams
+    # w1 > w2 keeps every sample's boosting weight w1 - w2 p positive. ``alpha`` is not searched: its GA
+    # term has no gradient unless ``ga_gradient`` (the released code). Stage lengths: the official 4 + 4
+    # epochs repeat over hundreds of epochs; here a stage is a share of the run, at least one epoch each.
+    search_space = {
+        "weight1": Float(2.0, 10.0, log=True, source="around train.py's 5 (no published grid)"),
+        "weight2": Float(0.25, 1.0, log=True, source="train.py's 1, at the top (no published grid)"),
+        "epochs_per_stage": Epochs(0.05, 0.25, minimum=1, source="train.py 4 per stage; suite 1 of 12"),
+        "correct_epochs": Epochs(0.05, 0.25, minimum=1, source="train.py 4 per stage; suite 1 of 12"),
+    }
     tasks = frozenset({"classification"})
     reference = "Hua et al., ReconBoost: Boosting Can Achieve Modality Reconcilement, ICML 2024"
 

@@ -38,6 +38,7 @@ from mmbalance.data import StrictModel, TaskInfo
 from mmbalance.method import Method, RunContext
 from mmbalance.models.base import MultimodalModel
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float, Int
 
 __all__ = ["ReLearningParams", "ReLearning", "purity", "reinit_weight"]
 
@@ -73,6 +74,13 @@ def reinit_weight(purity_train: float, purity_valid: float, move_lambda: float) 
 class ReLearning(Method):
     name = "relearning"
     Params = ReLearningParams
+    search_space = {
+        "reinit_epoch": Epochs(
+            0.15, 0.6, minimum=1, source="--reinit_epoch 20 (CREMA-D script); suite 5 of 12"
+        ),
+        "reinit_num": Int(1, 5, source="around --reinit_num 3 (no published grid)"),
+        "move_lambda": Float(0.5, 10.0, log=True, source="around our 3.0 (no stored default or grid)"),
+    }
     tasks = frozenset({"classification"})
     reference = "Wei et al., Diagnosing and Re-learning for Balanced Multimodal Learning, ECCV 2024"
 

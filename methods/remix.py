@@ -47,6 +47,7 @@ from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, logits_with_features_zeroed, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 __all__ = ["RemixParams", "Remix", "kl_to_uniform", "assign"]
 
@@ -73,6 +74,13 @@ def assign(kl: Tensor) -> Tensor:
 class Remix(UnimodalHeadsMethod):
     name = "remix"
     Params = RemixParams
+    search_space = {
+        "warmup": Epochs(0.05, 0.4, minimum=1, source="run_train.sh: 10 of 60 epochs; suite 2 of 12"),
+        "warmup_weight": Float(
+            0.1, 2.0, log=True, source="around train.py's alpha = beta = 0.5 (no published grid)"
+        ),
+        "gamma": Float(0.25, 4.0, log=True, source="around train.py's gamma 1 (no published grid)"),
+    }
     tasks = frozenset({"classification"})
     reference = "Ma et al., ICML 2025 (Data Remixing); MatthewMaxy/Remix_ICML2025 train.py"
 

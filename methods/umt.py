@@ -35,6 +35,7 @@ from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs, Float
 
 from .ume import UME
 
@@ -50,6 +51,15 @@ class UMTParams(StrictModel):
 class UMT(UME):
     name = "umt"
     Params = UMTParams
+    search_space = {
+        "scaling": Float(
+            1.0, 50.0, log=True, source="around BalanceBenchmark's default 10 (no published grid)"
+        ),
+        # Stage 1 is this suite's (the paper trains its teachers beforehand); default half of the run.
+        "teacher_epochs": Epochs(
+            0.25, 0.75, minimum=1, source="suite: half of the run (no official staging)"
+        ),
+    }
     reference = "Du et al., ICML 2023 (Uni-Modal Teacher); loss as BalanceBenchmark UMT_trainer.py"
 
     def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:

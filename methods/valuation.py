@@ -48,6 +48,7 @@ from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import logits_with_features_zeroed, require_concat_fusion, shapley_values
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
+from mmbalance.search_space import Epochs
 
 __all__ = ["ValuationParams", "Valuation", "copies", "sample_contributions"]
 
@@ -89,6 +90,9 @@ def sample_contributions(
 class Valuation(Method):
     name = "valuation"
     Params = ValuationParams
+    search_space = {
+        "warmup": Epochs(0.05, 0.3, minimum=1, source="sample_level.py: 5 of 60 epochs; suite 1 of 12"),
+    }
     tasks = frozenset({"classification"})
     reference = "Wei et al., CVPR 2024 (sample-level modality valuation); GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation"
 

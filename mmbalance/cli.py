@@ -16,6 +16,7 @@ import argparse
 import errno
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -53,6 +54,33 @@ def _table(title: str, rows: list[dict[str, str]]) -> Table:
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])
     return table
+
+
+def _scaleout_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    g = p.add_argument_group("scale-out (defaults from the suite's `executor:` section)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: here (--jobs N: N worker processes); slurm: a job array through submitit; "
+        "submitit-local: the slurm path run as local subprocesses (for debugging)",
+    )
+    g.add_argument("--jobs", type=int, default=None, help="local worker processes (default 1)")
+    g.add_argument("--partition", default=None, help="slurm partition")
+    g.add_argument("--time", type=int, default=None, metavar="MINUTES", help="slurm time limit per run")
+    g.add_argument("--gpus", type=int, default=None, help="GPUs per run (default 1)")
+    g.add_argument("--cpus", type=int, default=None, help="CPU cores per run (default 4)")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory per run")
+    g.add_argument("--array-parallelism", type=int, default=None, help="array tasks at once (default 64)")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option, e.g. --sbatch account=mylab --sbatch qos=high",
+    )
+    g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    return g
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -154,16 +182,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # --- sweep --------------------------------------------------------------------------------------
+def _executor_options(args: argparse.Namespace, section: dict[str, Any]) -> Any:
+    from mmbalance import executors
+
+    cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
+           "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
+           "sbatch": parse_set(args.sbatch), "amp": getattr(args, "amp", None),
+           "workers": getattr(args, "workers", None), "threads": args.threads,
+           "deterministic": getattr(args, "deterministic", None)}  # fmt: skip
+    return executors.executor_options(section, cli)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mmbalance import executors
     from mmbalance.sweep import load_suite, plan, run_local, summary_rows, wait_for_elsewhere
 
     suite = load_suite(args.suite)
-    cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
-           "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
-           "sbatch": parse_set(args.sbatch), "amp": args.amp, "workers": args.workers,
-           "threads": args.threads, "deterministic": args.deterministic}  # fmt: skip
-    opts = executors.executor_options(suite.executor, cli)
+    opts = _executor_options(args, suite.executor)
     planned = plan(suite, args.data_root)
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
@@ -228,6 +263,47 @@ def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace
         console.print(f"[yellow]{unfinished} runs are not finished[/yellow] ({hint}: {again}); "
                       "a report now would miss them", highlight=False)  # fmt: skip
     return 1 if n["failed"] or unfinished else 0
+
+
+# --- tune ---------------------------------------------------------------------------------------
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mmbalance.sweep import load_suite
+    from mmbalance.tune import submit_workers, tune
+
+    suite = load_suite(args.suite)
+    opts = _executor_options(args, suite.executor)
+    if args.executor != "local":
+        jobs, storage = submit_workers(args.suite, args.results, args.storage, args.data_root, args.prune, opts,
+                                       cluster="slurm" if args.executor == "slurm" else "local")  # fmt: skip
+        console.print(f"submitted {len(jobs)} tuning workers (job array {jobs[0].job_id.split('_')[0]}) sharing "
+                      f"the studies through {storage}; when they are done, write the tuned file with: "
+                      f"mmbalance tune {args.suite} --results {args.results} --storage {storage}")  # fmt: skip
+        if not args.wait:
+            return 0
+        for job in jobs:
+            job.result()
+        args.storage = storage
+    path, outcomes = tune(args.suite, args.results, storage=args.storage, jobs=opts.jobs,
+                          data_root=args.data_root, prune=args.prune, progress=not args.quiet,
+                          say=console.print)  # fmt: skip
+    if path is None:
+        return 1
+    gains = [
+        o.entry
+        for o in outcomes
+        if o.entry and o.entry.best_valid is not None and o.entry.default_valid is not None
+    ]
+    console.print(f"{len(outcomes)} studies, {sum(o.entry.trials for o in outcomes)} trials -> {path}")
+    if gains:
+        console.print(f"validation gain over the defaults: mean {sum(abs(e.best_valid - e.default_valid) for e in gains) / len(gains):.2f} "
+                      f"over {len(gains)} studies; trials in {args.results / 'tuning' / (load_suite_name(args.suite) + '-trials.csv')}")  # fmt: skip
+    return 0
+
+
+def load_suite_name(path: Path) -> str:
+    from mmbalance.sweep import load_suite
+
+    return load_suite(path).name
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -453,35 +529,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
     p.add_argument("suite", type=Path)
     _common(p)
-    g = p.add_argument_group("scale-out (defaults from the suite's `executor:` section)")
-    g.add_argument(
-        "--executor",
-        choices=("local", "slurm", "submitit-local"),
-        default="local",
-        help="local: here (--jobs N: N worker processes); slurm: a job array through submitit; "
-        "submitit-local: the slurm path run as local subprocesses (for debugging)",
-    )
-    g.add_argument("--jobs", type=int, default=None, help="local worker processes (default 1)")
-    g.add_argument("--partition", default=None, help="slurm partition")
-    g.add_argument("--time", type=int, default=None, metavar="MINUTES", help="slurm time limit per run")
-    g.add_argument("--gpus", type=int, default=None, help="GPUs per run (default 1)")
-    g.add_argument("--cpus", type=int, default=None, help="CPU cores per run (default 4)")
-    g.add_argument("--mem-gb", type=float, default=None, help="memory per run")
-    g.add_argument("--array-parallelism", type=int, default=None, help="array tasks at once (default 64)")
-    g.add_argument(
-        "--sbatch",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra sbatch option, e.g. --sbatch account=mylab --sbatch qos=high",
-    )
-    g.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    g = _scaleout_options(p)
     g.add_argument("--wait", action="store_true",
                    help="wait for runs another process is training (and, on slurm, for the jobs), then "
                         "finish them here; without it such runs make the exit code 1")  # fmt: skip
     p.add_argument("--restart", action="store_true", help=RESTART_HELP)
     _wandb_options(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "tune", help="tune every (block, method) of a suite on validation; writes benchmarks/tuned/"
+    )
+    p.add_argument("suite", type=Path)
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="trial runs go to RESULTS/tuning/runs, the trial table to RESULTS/tuning/ (default: results)")  # fmt: skip
+    p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by workers (default: sqlite:///RESULTS/tuning/SUITE.db)")  # fmt: skip
+    p.add_argument("--prune", action="store_true", help="stop unpromising trials on per-epoch validation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = _scaleout_options(p)  # --jobs: studies at once here; on slurm, worker jobs that share the studies
+    g.add_argument(
+        "--wait", action="store_true", help="slurm: wait for the workers, then write the tuned file"
+    )
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("status", help="counts of done / running / failed / pending runs, failure reasons")
     p.add_argument("results", type=Path)

@@ -92,6 +92,9 @@ class DatasetAdapter:
     Params: ClassVar[type[StrictModel]] = NoParams
     ModelParams: ClassVar[type[StrictModel]] = NoParams
     needs_files: ClassVar[bool] = True  # False for generated data
+    # The Params field (a seed of the data or of its split) that the run's seed fills when it is null, so
+    # that seeds vary the data where the data allows (synthetic draws, mfeat's split); None: fixed data.
+    seed_param: ClassVar[str | None] = None
 
     def __init__(self, params: StrictModel, root: Path | None = None) -> None:
         self.params = params

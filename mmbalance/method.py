@@ -28,6 +28,7 @@ from torch import Tensor
 from mmbalance.core import ALL_TASKS, MethodNotApplicable
 from mmbalance.data import Batch, NoParams, StrictModel, TaskInfo
 from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.search_space import Dim
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Method:
       ``tasks``: task kinds the method supports (``unsupported``: why the others are refused);
         ``min_modalities``: fewest modalities it needs.
       ``reference``: paper and official code, shown by ``mmbalance methods``.
+      ``search_space``: what ``mmbalance tune`` may change, by ``Params`` field (``search_space.py``),
+        each dimension citing the paper's or official code's range; the optimiser space is shared.
     """
 
     name: ClassVar[str]
@@ -76,6 +79,7 @@ class Method:
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     min_modalities: ClassVar[int] = 2
     reference: ClassVar[str] = ""
+    search_space: ClassVar[dict[str, Dim]] = {}
     # Why a task kind outside ``tasks`` is refused, in the method's terms (``{kind}``: the task kind); empty:
     # the generic "supports ... tasks" message.
     unsupported: ClassVar[str] = ""

@@ -255,11 +255,12 @@ def dataset_docs(suite: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Per dataset entry of ``suite``: its merged spec fields (``spec.compose``: preset < base < entry)
     and its preset's ``method_overrides``."""
     from mmbalance.spec import compose, load_preset  # reads YAML only; plans nothing
+    from mmbalance.sweep import spec_fragment
 
     docs = []
     for entry in suite.datasets:
         preset = load_preset(entry["preset"]) if "preset" in entry else {}
-        docs.append((compose(suite.base, entry), preset.get("method_overrides", {})))
+        docs.append((compose(suite.base, spec_fragment(entry)), preset.get("method_overrides", {})))
     return docs
 
 
@@ -267,8 +268,13 @@ def suite_filter(suite: Any) -> list[dict[str, Any]]:
     """The spec fragments a run of ``suite`` must contain (one per dataset x method entry); a run
     belongs to the suite when one fragment is a subset of its spec."""
     from mmbalance.spec import compose
+    from mmbalance.sweep import spec_fragment
 
-    return [{"method": "joint", **compose(suite.base, d, m)} for d in suite.datasets for m in suite.methods]
+    return [
+        {"method": "joint", **compose(suite.base, spec_fragment(d), m)}
+        for d in suite.datasets
+        for m in suite.methods
+    ]
 
 
 def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:

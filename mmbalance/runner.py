@@ -27,6 +27,7 @@ import platform
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -63,6 +64,10 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class Pruned(RuntimeError):
+    """An ``on_epoch`` callback stopped the run (a tuning trial's pruner); recorded as ``pruned``."""
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -76,7 +81,10 @@ class RunResult:
 def make_adapter(spec: RunSpec, data_root: Path | None = None) -> DatasetAdapter:
     cls = DATASETS.get(spec.dataset)
     root = Path(data_root) / spec.dataset if data_root is not None else None
-    return cls(cls.Params.model_validate(spec.dataset_params), root)
+    params = cls.Params.model_validate(spec.dataset_params)
+    if cls.seed_param is not None and getattr(params, cls.seed_param) is None:
+        params = params.model_copy(update={cls.seed_param: spec.seed})  # the run's seed draws the data
+    return cls(params, root)
 
 
 def make_method(spec: RunSpec) -> Method:
@@ -84,8 +92,8 @@ def make_method(spec: RunSpec) -> Method:
     return cls(cls.Params.model_validate(spec.method_params))
 
 
-def data_fingerprint(adapter: DatasetAdapter) -> str:
-    return "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in ("train", "valid", "test"))
+def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
+    return "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in splits)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -236,8 +244,10 @@ class Trainer:
         progress: bool,
         amp: bool = False,
         workers: int = 0,
+        on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
         deterministic: bool = False,
     ) -> None:
+        self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
         self.spec, self.adapter, self.rd, self.device, self.progress = (
             spec,
             adapter,
@@ -260,7 +270,7 @@ class Trainer:
         model_params = type(adapter).ModelParams.model_validate(spec.model_params)
         self.model = adapter.build_model(model_params, self.modalities).to(device)
         self.model_parameters = list(self.model.parameters())  # listed once: clipping walks them every step
-        self.datasets = {s: adapter.split(s) for s in ("train", "valid", "test")}
+        self.datasets = {s: adapter.split(s) for s in spec.splits}
         if len(self.datasets["train"]) == 0:
             raise DataError(f"{spec.dataset}: the train split is empty")
         adapter.check_train_batches(len(self.datasets["train"]), spec.batch_size)
@@ -582,7 +592,7 @@ class Trainer:
             "protocol": f"test metrics at the best validation epoch (by valid {key})",
             "best_epoch": best["epoch"],
             "selection_metric": key,
-            "test": best["test"],
+            **({"test": best["test"]} if "test" in best else {}),
             "valid": best["valid"],
             # The CGGM code's protocol: best validation score over epochs, no test split.
             "best_valid_over_epochs": {
@@ -611,22 +621,26 @@ class Trainer:
                 peak = self.train_peak_mb()
                 valid = self.evaluate("valid")
                 t2 = time.perf_counter()
-                test = self.evaluate("test")
+                test = self.evaluate("test") if self.spec.evaluate_test else None  # tuning: never read
                 t3 = time.perf_counter()
                 if self.schedule_when == "epoch":
                     self.scheduler.step()
                 elif self.schedule_when == "plateau":
                     self.scheduler.step(valid["loss"])
                 self.history.append({
-                    "epoch": epoch, "train_loss": train_loss, "valid": valid, "test": test,
+                    "epoch": epoch, "train_loss": train_loss, "valid": valid,
+                    **({"test": test} if test is not None else {}),
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": t3 - t0,
-                    "train_seconds": t1 - t0, "valid_seconds": t2 - t1, "test_seconds": t3 - t2,
+                    "train_seconds": t1 - t0, "valid_seconds": t2 - t1,
+                    **({"test_seconds": t3 - t2} if test is not None else {}),
                     **({"train_peak_mb": peak} if peak is not None else {}),
                 })  # fmt: skip
                 if self.best_epoch()["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
                     self.save_selected(epoch)
                 self.save_checkpoint(epoch)
                 self.write_records()
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, valid)
                 bar.set_postfix(
                     {f"valid {self.task.primary_metric}": f"{valid[self.task.primary_metric]:.3f}"}
                 )
@@ -637,7 +651,7 @@ def prepare(spec: RunSpec, results: Path | str = "results", data_root: Path | No
     """Adapter, run id and run directory of a spec (verifies the data is present)."""
     adapter = make_adapter(spec, data_root)
     adapter.verify()
-    fingerprint = data_fingerprint(adapter)
+    fingerprint = data_fingerprint(adapter, spec.splits)
     run_id = spec.run_id(fingerprint)
     return adapter, fingerprint, RunDir.of(Path(results), run_id)
 
@@ -651,6 +665,7 @@ def train(
     amp: bool = False,
     workers: int | None = None,
     restart: bool = False,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     deterministic: bool = False,
 ) -> RunResult:
     """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
@@ -662,6 +677,8 @@ def train(
     ``restart``: an unfinished run discards its checkpoint and records and trains from epoch 0 (the way
     out of a damaged checkpoint); a finished run is still reused.
     A run that another live worker holds the lock of is returned as ``running elsewhere``.
+    ``on_epoch(epoch, valid)``: called after each epoch (tuning: the pruner); raising ``Pruned`` stops the
+    run with status ``pruned`` (its checkpoint stays, so calling ``train`` again resumes it).
     """
     adapter, fingerprint, rd = prepare(spec, results, data_root)
     if (final := rd.finished()) is not None:
@@ -682,7 +699,7 @@ def train(
             # the folder as it was.
             dev = resolve_device(device)
             workers = auto_workers(adapter, dev) if workers is None else workers
-            trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers,
+            trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
                               deterministic=deterministic)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
@@ -717,20 +734,26 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
     except Diverged as e:
         rd.set_status("failed", f"diverged: {e}")
         return RunResult(rd.run_id, rd.path, "failed", reason=f"diverged: {e}")
+    except Pruned as e:
+        rd.set_status("pruned", str(e))
+        return RunResult(rd.run_id, rd.path, "pruned", reason=str(e))
     except KeyboardInterrupt:
         raise  # stays "running"; the next call resumes from the checkpoint
     except Exception as e:
         rd.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
-    held = trainer.method_memory_mb()  # before modality_eval loads the selected epoch's state
-    t0 = time.process_time()
-    try:
-        final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
-    except (ValueError, RuntimeError) as e:  # evaluation only: the trained run stays; `evaluate` can retry
-        final["modality_eval"] = {"error": f"{type(e).__name__}: {e}"}
-    atomic_write_json(rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0,
-                                            "method_memory_mb": held})  # fmt: skip
+    # The method's own tensors, before modality_eval loads the selected epoch's state.
+    atomic_write_json(rd.file("env.json"), {**rd.env(), "method_memory_mb": trainer.method_memory_mb()})
+    if spec.evaluate_test:  # modality evaluation scores the test split; tuning trials never read it
+        t0 = time.process_time()
+        try:
+            final["modality_eval"] = trainer.modality_eval(final["best_epoch"])
+        except (ValueError, RuntimeError) as e:  # evaluation only: the trained run stays; `evaluate` retries
+            final["modality_eval"] = {"error": f"{type(e).__name__}: {e}"}
+        atomic_write_json(
+            rd.file("env.json"), {**rd.env(), "modality_eval_cpu_seconds": time.process_time() - t0}
+        )
     atomic_write_json(rd.file("final.json"), final)
     rd.set_status("done")
     return RunResult(rd.run_id, rd.path, "done", final)

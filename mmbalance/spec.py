@@ -42,6 +42,21 @@ class ScheduleSpec(StrictModel):
     min_lr: float = Field(0.0, ge=0)  # cosine: final lr
 
 
+class TunedSpec(StrictModel):
+    """What chose a run's settings under the tuned protocol (``mmbalance tune``, ``benchmarks/tuned/``):
+    the same budget of trials per (block, method) over the shared optimiser space and the method's own."""
+
+    budget: PositiveInt  # trials per (block, method)
+    tuning_seeds: list[int]  # the seeds the trials were averaged over (disjoint from the reported ones)
+    shared_space: str  # search_space.space_hash(OPTIM_SPACE)
+    method_space: str  # search_space.space_hash(the method's search_space)
+    chosen: list[str] = []  # spec paths tuning set outside method_params (optim.lr, ...)
+
+
+# Fields whose default is left out of the canonical spec, so adding them kept every earlier run id.
+OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True}
+
+
 class RunSpec(StrictModel):
     dataset: str = "synthetic"
     dataset_params: dict[str, Any] = {}
@@ -54,6 +69,9 @@ class RunSpec(StrictModel):
     batch_size: PositiveInt = 64
     seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
     probe_every: int = Field(10, ge=0)  # log probes every k training steps; 0 turns probes off
+    tuned: TunedSpec | None = None  # None: the default protocol (the method's own defaults)
+    # False for tuning trials: the test split is never built, read or fingerprinted, only validation.
+    evaluate_test: bool = True
 
     @model_validator(mode="after")
     def _params_valid(self) -> RunSpec:
@@ -73,7 +91,13 @@ class RunSpec(StrictModel):
         return self
 
     def canonical(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        doc = self.model_dump(mode="json")
+        return {k: v for k, v in doc.items() if k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k]}
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this run builds and reads."""
+        return ("train", "valid", "test") if self.evaluate_test else ("train", "valid")
 
     def run_id(self, data_fingerprint: str = "") -> str:
         """Hash of the canonical spec, the data fingerprint and the suite version."""

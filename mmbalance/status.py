@@ -8,6 +8,7 @@ A run is
                    takes the lock over and resumes from the last checkpoint. Also a run killed before
                    its status file was written, and a ``done`` run whose ``final.json`` is missing or
                    damaged (the next sweep rebuilds it from the checkpoint);
+  ``pruned``       a tuning trial its pruner stopped (``tune --prune``); calling it again resumes it;
   ``pending``      no record yet (only known when the caller passes the sweep's run ids).
 Every folder under ``runs/`` is listed, with or without a ``spec.yaml``.
 """
@@ -23,7 +24,7 @@ from mmbalance.records import RunDir
 
 __all__ = ["RunState", "StatusReport", "run_state", "sweep_status"]
 
-STATES = ("done", "running", "interrupted", "failed", "pending")
+STATES = ("done", "running", "interrupted", "failed", "pruned", "pending")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class StatusReport:
 
     def counts(self) -> dict[str, int]:
         c = Counter(r.state for r in self.runs)
-        return {s: c.get(s, 0) for s in STATES}
+        return {s: c.get(s, 0) for s in STATES if s != "pruned" or c.get(s)}  # pruned: tuning trials only
 
     def failure_reasons(self) -> dict[str, int]:
         """Distinct failure reasons and how many runs each."""
@@ -54,8 +55,8 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
         if lock is not None and not is_stale(lock):
             return RunState(rd.run_id, "running", f"held by {lock.describe()}", label)
         return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)
-    if status == "failed":
-        return RunState(rd.run_id, "failed", rd.failure_reason(), label)
+    if status in ("failed", "pruned"):
+        return RunState(rd.run_id, status, rd.failure_reason(), label)
     if status == "done":
         if rd.final_or_none() is None:
             return RunState(rd.run_id, "interrupted", _why_interrupted(rd), label)

@@ -18,6 +18,14 @@ only to runs of that method (e.g. CGGM's rho and lambda per dataset). Merge orde
 code defaults < preset (with its method_overrides) < base < dataset entry < method entry, then the seed.
 A method that does not apply to a dataset's task is skipped with its reason; a dataset whose files
 are missing is skipped with one line. Runs are content-addressed, so finished runs are reused.
+
+Each dataset entry is a *block* (a row of the critical-difference ranking): ``block: NAME`` names it
+(default: the dataset and its task), ``seeds: [...]`` overrides the suite's seeds for it. Under
+``protocol: tuned`` every (block, method) runs with what ``mmbalance tune`` chose for it
+(``benchmarks/tuned/<suite>.yaml``, see ``tuned.py``); ``with_defaults: true`` on a block runs it
+under the default protocol too, for the tuned-vs-defaults column. ``tuning:`` sets the search
+(``tune.py``): trials per (block, method), the tuning seeds (disjoint from the reported ones), the
+sampler's seed.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import PositiveInt, ValidationError, model_validator
 
 from mmbalance.core import DataMissingError, MethodNotApplicable, StrictModel
-from mmbalance.registry import DATASETS, METHODS
+from mmbalance.data import TaskInfo
+from mmbalance.registry import METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
     PRESETS_DIR,
     RunSpec,
@@ -42,8 +51,23 @@ from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exporte
     load_yaml,
     validate_spec,
 )
+from mmbalance.tuned import apply_tuned, load_tuned, tuned_path
 
 WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
+
+
+# Keys of a suite's dataset entry that belong to the suite, not to the run spec.
+BLOCK_KEYS = ("block", "seeds", "with_defaults")
+
+
+class TuningSettings(StrictModel):
+    """``mmbalance tune``: the same budget for every (block, method) (``tune.py``)."""
+
+    trials: PositiveInt = 8  # per (block, method); trial 0 is the defaults
+    seeds: list[int] = [100, 101]  # the objective is the validation score averaged over these
+    sampler_seed: int = 0
+    startup_trials: PositiveInt = 4  # trials drawn at random before TPE models the scores
+    file: str | None = None  # the tuned settings (default: benchmarks/tuned/<suite name>.yaml)
 
 
 class Suite(StrictModel):
@@ -53,8 +77,33 @@ class Suite(StrictModel):
     base: dict[str, Any] = {}
     datasets: list[dict[str, Any]]
     methods: list[dict[str, Any]]
+    protocol: Literal["defaults", "tuned"] = "defaults"
+    tuning: TuningSettings = TuningSettings()
     executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
     wandb: dict[str, Any] | None = None  # W&B logging: {project, entity, mode, tags} (mmbalance.wandb_log)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> Suite:
+        names = [block_name(e) for e in self.datasets]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(
+                f"datasets: block names must be unique, {', '.join(dupes)} repeat (set `block:`)"
+            )
+        reported = set(self.seeds).union(*(e.get("seeds", []) for e in self.datasets))
+        if shared := sorted(reported & set(self.tuning.seeds)):
+            raise ValueError(f"tuning.seeds {shared} are also reported seeds: tuning must not see them")
+        return self
+
+
+def block_name(entry: dict[str, Any]) -> str:
+    """A dataset entry's block: its ``block`` field, else the dataset and its task."""
+    task = (entry.get("dataset_params") or {}).get("task")
+    return entry.get("block") or f"{entry.get('dataset', 'synthetic')}{'/' + task if task else ''}"
+
+
+def spec_fragment(entry: dict[str, Any]) -> dict[str, Any]:
+    """A dataset entry without its block keys: the spec fields it sets."""
+    return {k: v for k, v in entry.items() if k not in BLOCK_KEYS}
 
 
 @dataclass
@@ -62,56 +111,112 @@ class Planned:
     spec: RunSpec | None
     label: str  # dataset/method(params) seed, for progress and summaries
     skip_reason: str = ""
+    block: str = ""
+
+
+@dataclass
+class Cell:
+    """One (block, method variant) of a suite: what ``tune`` searches and ``plan`` expands by seed."""
+
+    block: str
+    method: str
+    label: str  # the method and its non-default params: the key in benchmarks/tuned/
+    doc: dict[str, Any]  # the spec document under the default protocol, without a seed
+    variant: dict[str, Any]  # the variant's method_params (unimodal: the modality)
+    seeds: list[int]
+    with_defaults: bool
+    task: TaskInfo
 
 
 def load_suite(path: str | Path) -> Suite:
-    data = load_yaml(path)
+    return suite_from_doc(load_yaml(path), str(path))
+
+
+def suite_from_doc(data: Any, where: str) -> Suite:
+    """A validated suite; top-level ``x-...`` keys hold YAML anchors for the entries (as in Compose files)."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     try:
         return Suite.model_validate(data)
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid suite:\n{_format_validation(e)}") from None
+        raise SpecError(f"{where}: invalid suite:\n{_format_validation(e)}") from None
 
 
 def _label(spec: RunSpec, with_seed: bool = True) -> str:
     """``dataset/task method(non-default params) seed N``."""
     task = spec.dataset_params.get("task")
-    defaults = METHODS.get(spec.method).Params().model_dump(mode="json")
-    changed = {k: v for k, v in spec.method_params.items() if v != defaults.get(k)}
-    params = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
     seed = f" seed {spec.seed}" if with_seed else ""
-    return f"{spec.dataset}{'/' + task if task else ''} {spec.method}{'(' + params + ')' if params else ''}{seed}"
+    return f"{spec.dataset}{'/' + task if task else ''} {method_label(spec.method, spec.method_params)}{seed}"
 
 
-def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
-    """Expand a suite into run specs; entries that cannot run carry a skip reason instead."""
-    planned: list[Planned] = []
+def method_label(method: str, params: dict[str, Any]) -> str:
+    """``method(non-default params)``: a method entry's name within its block."""
+    defaults = METHODS.get(method).Params().model_dump(mode="json")
+    changed = {k: v for k, v in params.items() if v != defaults.get(k)}
+    shown = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+    return f"{method}{'(' + shown + ')' if shown else ''}"
+
+
+def cells(suite: Suite, data_root: Path | None = None) -> list[Cell | Planned]:
+    """The suite's (block, method variant) cells in suite order; what cannot run is a skipped ``Planned``."""
+    from mmbalance.runner import make_adapter  # training code only where a plan is made, not for reports
+
+    out: list[Cell | Planned] = []
     for entry in suite.datasets:
-        probe = validate_spec(compose(suite.base, entry))  # validates dataset fields before expanding methods
-        adapter_cls = DATASETS.get(probe.dataset)
-        root = Path(data_root) / probe.dataset if data_root is not None else None
-        adapter = adapter_cls(adapter_cls.Params.model_validate(probe.dataset_params), root)
+        fragment, block = spec_fragment(entry), block_name(entry)
+        probe = validate_spec(compose(suite.base, fragment))  # validates dataset fields before expanding
+        adapter = make_adapter(probe, data_root)
         try:
             adapter.verify()
         except DataMissingError as e:
             first = str(e).splitlines()[0]
-            planned.append(Planned(None, f"{probe.dataset} (all methods)", f"data missing: {first}"))
+            out.append(Planned(None, f"{probe.dataset} (all methods)", f"data missing: {first}", block))
             continue
         for method_entry in suite.methods:
             method_name = method_entry.get("method", "joint")
-            doc = compose(suite.base, entry, {"method": method_name, **method_entry})
+            doc = compose(suite.base, fragment, {"method": method_name, **method_entry})
             method_cls = METHODS.get(method_name)
             for params in method_cls.variants(doc.get("method_params", {}), adapter.task):
-                for seed in suite.seeds:
-                    spec = validate_spec({**doc, "method_params": params, "seed": seed})
-                    try:
-                        method_cls(method_cls.Params.model_validate(spec.method_params)).check(adapter.task)
-                    except MethodNotApplicable as e:
-                        if seed == suite.seeds[0]:  # one line for all seeds
-                            planned.append(
-                                Planned(None, _label(spec, with_seed=False), f"not applicable: {e}")
-                            )
-                        continue
-                    planned.append(Planned(spec, _label(spec)))
+                spec = validate_spec({**doc, "method_params": params})
+                try:
+                    method_cls(method_cls.Params.model_validate(spec.method_params)).check(adapter.task)
+                except MethodNotApplicable as e:
+                    out.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}", block))
+                    continue
+                out.append(Cell(block, method_name, method_label(method_name, spec.method_params),
+                                {**doc, "method_params": params}, params, entry.get("seeds", suite.seeds),
+                                bool(entry.get("with_defaults")), adapter.task))  # fmt: skip
+    return out
+
+
+def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
+    """Expand a suite into run specs; entries that cannot run carry a skip reason instead.
+    Under ``protocol: tuned`` each cell takes its tuned settings (a cell without any is an error)."""
+    tuned = None
+    if suite.protocol == "tuned":
+        try:
+            tuned = load_tuned(tuned_path(suite.name, suite.tuning.file))
+        except (OSError, ValueError) as e:
+            raise SpecError(str(e)) from None
+    planned: list[Planned] = []
+    for cell in cells(suite, data_root):
+        if isinstance(cell, Planned):
+            planned.append(cell)
+            continue
+        docs = [cell.doc]
+        if tuned is not None:
+            entry = tuned.blocks.get(cell.block, {}).get(cell.label)
+            if entry is None:
+                raise SpecError(f"{tuned_path(suite.name, suite.tuning.file)}: no tuned settings for block "
+                                f"{cell.block!r}, method {cell.label!r}; run `mmbalance tune` on the suite "
+                                "(make tune) or set `protocol: defaults`")  # fmt: skip
+            docs = [apply_tuned(cell.doc, entry, tuned)] + ([cell.doc] if cell.with_defaults else [])
+        for doc in docs:
+            for seed in cell.seeds:
+                spec = validate_spec({**doc, "seed": seed})
+                planned.append(
+                    Planned(spec, _label(spec) + (" (tuned)" if spec.tuned else ""), block=cell.block)
+                )
     return planned
 
 

@@ -29,7 +29,7 @@ from mmbalance.leaderboard import FINGERPRINTS, params_hash
 from mmbalance.registry import DATASETS, UnknownNameError
 from mmbalance.runner import data_fingerprint
 from mmbalance.spec import SpecError, compose, load_yaml
-from mmbalance.sweep import Suite
+from mmbalance.sweep import Suite, spec_fragment, suite_from_doc
 
 HEADER = """\
 # Known split fingerprints of the suite's dataset configurations (train|valid|test, 16 hex each: the
@@ -46,7 +46,7 @@ def _suites(benchmarks: Path) -> list[tuple[Suite, str]]:
         doc = load_yaml(path)
         doc = doc.get("suite", doc)
         if isinstance(doc, dict) and "datasets" in doc and "methods" in doc:
-            out.append((Suite.model_validate(doc), str(path.relative_to(benchmarks))))
+            out.append((suite_from_doc(doc, str(path)), str(path.relative_to(benchmarks))))
     return out
 
 
@@ -57,7 +57,7 @@ def configurations(benchmarks: Path) -> list[tuple[str, dict[str, Any], str]]:
     for suite, where in _suites(benchmarks):
         for d in suite.datasets:
             try:
-                doc = compose(suite.base, d)
+                doc = compose(suite.base, spec_fragment(d))
             except SpecError as e:
                 print(f"skip a dataset of {where}: {e}", file=sys.stderr)
                 continue
