@@ -49,6 +49,7 @@ from torch.utils.data import Dataset
 
 from mmbalance.data import Batch, DataError, DatasetAdapter, TaskInfo, collate
 from mmbalance.memory import MB, PeakMemory, method_state, tensor_bytes
+from mmbalance.method import MethodNotApplicable
 from mmbalance.records import RunDir
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.runner import Trainer, resolve_device
@@ -241,8 +242,15 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
                 skipped[m] = reason
     times: dict[str, list[float]] = {m: [] for m in trainers}
     for _ in range(args.repeats):
-        for m, tr in trainers.items():
-            times[m].append(run_steps(tr, batch, args.steps))
+        for m, tr in list(trainers.items()):
+            try:
+                times[m].append(run_steps(tr, batch, args.steps))
+            except MethodNotApplicable as e:  # refused at its first hook: fp16 overflow steps run none
+                del trainers[m], times[m]
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                print(f"  {name}: skip {m}: {reason}", flush=True)
+                if skipped is not None:
+                    skipped[m] = reason
     states = {m: method_state(tr.method, tr.model, tr.optimizer) for m, tr in trainers.items()}
     order = list(trainers)
     trainers.clear()
