@@ -25,7 +25,7 @@ from rich.table import Table
 from mmbalance.core import DataError, MethodNotApplicable, default_data_root
 from mmbalance.records import DamagedRecordError
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
-from mmbalance.spec import RunSpec, SpecError, compose, load_yaml, parse_set, validate_spec
+from mmbalance.spec import RunSpec, SpecError, compose, default_preset, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError,
@@ -136,7 +136,8 @@ def _log_to_wandb(
 
 # --- run ----------------------------------------------------------------------------------------
 def run_spec(args: argparse.Namespace) -> RunSpec:
-    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set."""
+    """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set; without a
+    preset named, the dataset's default one (``spec.DEFAULT_PRESETS``: synthetic -> the suite's settings)."""
     doc = load_yaml(args.spec) if args.spec else {}
     preset = {"preset": args.preset} if args.preset else {}
     cli = {
@@ -144,7 +145,8 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
         if v is not None
     }
-    return validate_spec(compose(doc, preset, cli, parse_set(args.set)))
+    layers = [doc, preset, cli, parse_set(args.set)]
+    return validate_spec(compose(default_preset(*layers), *layers))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -243,15 +245,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = summary_rows(outcomes, skipped)
     if rows:
         console.print(_table(f"sweep {suite.name}", rows))
-    return _sweep_verdict([r.status for _, r in outcomes], len(skipped), args)
+    # A diverged run is a result of the method at its settings (recorded, listed by the report), not a fault.
+    statuses = ["diverged" if r.status == "failed" and r.reason.startswith("diverged") else r.status
+                for _, r in outcomes]  # fmt: skip
+    return _sweep_verdict(statuses, len(skipped), args)
 
 
 def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace) -> int:
-    """The sweep's last line and exit code: 0 only when every run it asked for has finished."""
+    """The sweep's last line and exit code: 0 only when every run it asked for has finished (a run that
+    diverged has: its record says so, and the report lists it)."""
     n = {s: statuses.count(s) for s in ("failed", "running elsewhere", "interrupted", "not started")}
-    done = statuses.count("done") + statuses.count("skipped")
-    others = len(statuses) - done - sum(n.values())  # not applicable once the model was built
-    parts = [f"{done} runs done or reused"] + [f"{k} {s}" for s, k in n.items() if k or s == "failed"]
+    done, diverged = statuses.count("done") + statuses.count("skipped"), statuses.count("diverged")
+    others = len(statuses) - done - diverged - sum(n.values())  # not applicable once the model was built
+    parts = [f"{done} runs done or reused"] + ([f"{diverged} diverged (recorded; the report lists them)"]
+                                               if diverged else [])  # fmt: skip
+    parts += [f"{k} {s}" for s, k in n.items() if k or s == "failed"]
     console.print(
         ", ".join(parts) + (f", {others} not applicable" if others else "") + f", {n_skipped} skipped"
     )

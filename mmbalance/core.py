@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict
 
 DATA_ROOT_ENV = "MMBALANCE_DATA"
 ALL_TASKS = frozenset({"classification", "regression", "segmentation"})
+# Written by every ``mmbalance.fixtures`` writer into the dataset folder: runs on those tiny files record
+# ``data_fixture: true`` in spec.yaml, and reports label them and never rank them.
+FIXTURE_MARK = "MMBALANCE_FIXTURE"
 
 
 class StrictModel(BaseModel):

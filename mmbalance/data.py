@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from mmbalance import metrics
 from mmbalance.core import (  # noqa: F401 (re-exported: adapters import them from here)
     DATA_ROOT_ENV,
+    FIXTURE_MARK,
     DataError,
     DataMissingError,
     NoParams,
@@ -99,6 +100,11 @@ class DatasetAdapter:
     def __init__(self, params: StrictModel, root: Path | None = None) -> None:
         self.params = params
         self.root = Path(root) if root is not None else default_data_root() / self.name
+
+    @property
+    def fixture(self) -> bool:
+        """The files are ``mmbalance.fixtures``' tiny copies of the real format (marked by their writer)."""
+        return self.needs_files and (self.root / FIXTURE_MARK).is_file()
 
     # --- what the dataset is -------------------------------------------------------------
     @property

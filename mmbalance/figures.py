@@ -3,13 +3,19 @@
 Every figure is one file, written as PNG and PDF with a stable name, from records alone:
 
 - ``training_curves``: per-modality curves over training, one panel per method side by side (joint
-  first, so "with and without a method" read left to right), mean over seeds with a ±1 std band:
+  first, so "with and without a method" read left to right), median over seeds with an interquartile band
+  (a mean ± std lets one seed that blows up set the scale of every panel):
   ``probe_acc`` (validation metric of each modality's linear probe, per epoch, from ``metrics.jsonl``),
   ``grad_norm`` (L2 norm of each encoder's gradient) and ``grad_cos`` (cosine between the fused and the
   unimodal gradient of each encoder), per logged step from ``curves.csv``; see ``probes.py``.
-- ``balancing_terms``: a method's ``diag/<term>/<modality>`` curves, one panel per term.
+- ``balancing_terms``: a method's ``diag/<term>/<modality>`` curves, one panel per term (median and
+  interquartile range over seeds; a symmetric-log axis for terms that span decades).
 - ``param_bars``: final metric of a method for each value of one parameter (the rho / lambda
-  ablations), with joint training as a dashed line and band.
+  ablations), as a dot plot with mean ± std intervals over seeds, joint training as a dashed line and
+  band; an accuracy axis never runs past 100.
+
+Every panel is titled, and every axis labelled, from one catalogue (``quantities.py``); titles are
+wrapped to the figure's width.
 - ``tsne_gradients``: t-SNE of gradient samples from the optional ``grads.npz`` record that
   ``scripts/grad_samples.py`` writes next to a finished run (the records hold no gradients otherwise).
 - ``critical_difference``: average ranks of the methods across tables, methods the Nemenyi test cannot
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +44,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from mmbalance.comparison import split_blocks  # noqa: E402
+from mmbalance.quantities import CURVES, quantity  # noqa: E402
 from mmbalance.records import RunDir  # noqa: E402
 from mmbalance.report import config_labels, metric_label  # noqa: E402
 from mmbalance.results import RecordWarning, one_line  # noqa: E402
@@ -52,11 +61,7 @@ __all__ = [
     "CURVE_KINDS",
 ]
 
-CURVE_KINDS = {
-    "probe_acc": "validation {metric} of a linear probe per modality",
-    "grad_norm": "encoder gradient norm ‖∇θ_m L‖₂",
-    "grad_cos": "cos(unimodal gradient, fused gradient)",
-}
+CURVE_KINDS = tuple(CURVES)
 SMOOTH = 5  # rolling mean over this many logged steps (the raw per-batch values are noisy)
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 110})
 
@@ -66,7 +71,10 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     frozen: each format draws once, instead of a layout and a tight-bbox pass per format (the figures
     were 85% of ``make bench-all``'s report)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [
+        stem.parent / f"{stem.name}.png",
+        stem.parent / f"{stem.name}.pdf",
+    ]  # names may hold dots (lazy-0.50)
     fig.get_layout_engine().execute(fig)  # the layout alone (text extents), not a full render
     fig.set_layout_engine("none")
     for p in paths:
@@ -82,13 +90,27 @@ def _colors(modalities: Sequence[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(modalities)}
 
 
+BAND = "median over seeds, band: interquartile range"
+
+
 def _band(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, color, label: str) -> None:
-    """Mean over seeds (rows sharing ``x``) with a ±1 std band."""
-    stats = frame.groupby(x)[y].agg(["mean", "std"]).fillna(0.0)
-    ax.plot(stats.index, stats["mean"], color=color, label=label, lw=1.6)
-    ax.fill_between(
-        stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.2
-    )
+    """Median over seeds (rows sharing ``x``) with the interquartile range as a band: robust to one seed
+    whose term explodes (CGGM's B_m reaches 1e6 on 2 of 5 seeds), which a mean ± std is not."""
+    q = frame.groupby(x)[y].quantile([0.25, 0.5, 0.75]).unstack()
+    ax.plot(q.index, q[0.5], color=color, label=label, lw=1.6)
+    ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.2)
+
+
+def _fit(text: str, width_in: float, fontsize: float = 11.0) -> str:
+    """``text`` wrapped to a figure or panel ``width_in`` inches wide (about 0.55 em per character)."""
+    return textwrap.fill(text, max(20, int(width_in * 72 / (0.55 * fontsize))))
+
+
+def _percent_axis(ax: plt.Axes, metric: str) -> None:
+    """An accuracy-like axis (percent) never runs past 100."""
+    if metric not in ("mae", "corr", "loss"):
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, min(top, 100.0))
 
 
 def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:
@@ -156,24 +178,23 @@ def training_curves(
             if not sub.empty:
                 _band(ax, sub, "x", "value", colors[m], m)
         n = frame["seed"].nunique()
-        ax.set_title(f"{label} (n={n} seed{'s' if n > 1 else ''})")
+        ax.set_title(_fit(f"{label} (n={n} seed{'s' if n > 1 else ''})", 4.0))
         ax.set_xlabel("epoch" if kind == "probe_acc" else "training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if kind == "grad_cos":
             ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-    ylabel = {
-        "probe_acc": f"probe {metric_label(metric)}" + (" (%)" if metric != "mae" else ""),
-        "grad_norm": "gradient L2 norm",
-        "grad_cos": "cosine similarity",
-    }[kind]
+    q = CURVES[kind]
+    ylabel = f"probe {metric_label(metric)}" + (" (%)" if metric not in ("mae", "corr") else "")
     for row in axes:
-        row[0].set_ylabel(ylabel)
-    if kind == "grad_norm":
-        axes[0][0].set_yscale("log")  # shared y: every panel follows
+        row[0].set_ylabel(ylabel if kind == "probe_acc" else q.axis_label)
+    if q.scale != "linear":
+        axes[0][0].set_yscale(q.scale)  # shared y: every panel follows
+    if kind == "probe_acc":
+        _percent_axis(axes[0][0], metric)
     axes[0][ncols - 1].legend(title="modality", loc="best", fontsize=9)
-    what = CURVE_KINDS[kind].format(metric=metric_label(metric))
-    fig.suptitle(f"{title}: {what}" if title else what)
+    what = q.name.replace("accuracy", metric_label(metric)) if kind == "probe_acc" else q.name
+    fig.suptitle(_fit(f"{title}: {what} ({BAND})" if title else f"{what} ({BAND})", 4.2 * ncols, 12))
     return _save(fig, stem)
 
 
@@ -189,32 +210,37 @@ def balancing_terms(runs: Sequence[RunDir], stem: Path, title: str = "") -> list
         return []
     curves = pd.concat(frames, ignore_index=True)
     modalities = runs[0].final()["modalities"]
-    groups: dict[str, dict[str, str]] = {}  # term -> {line label: column}
+    method = runs[0].spec()["method"]
+    groups: dict[str, dict[str, str]] = {}  # term -> {line label: column}; a scalar term is its own panel
     for col in (c for c in curves.columns if c.startswith("diag/")):
         key = col.removeprefix("diag/")
         term, _, last = key.rpartition("/")
         if term and last in modalities:
             groups.setdefault(term, {})[last] = col
         else:
-            groups.setdefault("other", {})[key] = col
+            groups.setdefault(key, {})[key] = col
     if not groups:
         return []
-    colors = _colors(list(modalities) + [k for k in groups.get("other", {})])
+    colors = _colors(list(modalities) + [k for k in groups if k not in modalities])
     fig, axes = plt.subplots(
-        1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False, layout="constrained"
+        1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False, layout="constrained"
     )
     for ax, (term, lines) in zip(axes[0], groups.items(), strict=True):
+        q = quantity(term, method)
         for name, col in lines.items():
             sub = curves[["step", col, "seed"]].dropna().copy()
             sub[col] = sub.groupby("seed")[col].transform(lambda s: s.rolling(SMOOTH, min_periods=1).mean())
             _band(ax, sub, "step", col, colors[name], name)
-        ax.set_title(term if term != "other" else "scalar terms")
+        ax.set_title(_fit(q.name, 4.0))
+        ax.set_ylabel(q.axis_label)
+        if q.scale != "linear":
+            ax.set_yscale(q.scale, **({"linthresh": 1.0} if q.scale == "symlog" else {}))
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        if term == "other" or ax is axes[0][-1] or "other" in groups and ax is axes[0][-2]:
-            ax.legend(title="modality" if term != "other" else None, fontsize=9)
-    axes[0][0].set_ylabel("value (mean over seeds)")
-    fig.suptitle(title or "balancing terms per modality")
+        if len(lines) > 1:
+            ax.legend(title="modality", fontsize=9)
+    what = f"balancing terms ({BAND})"
+    fig.suptitle(_fit(f"{title}: {what}" if title else what, 4.2 * len(groups), 12))
     return _save(fig, stem)
 
 
@@ -235,26 +261,28 @@ def param_bars(
     if own.empty or values.isna().all():
         return []
     stats = own.assign(value=values).groupby("value")[metric].agg(["mean", "std", "count"]).sort_index()
-    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * len(stats), 3.6), layout="constrained")
+    width = 2.6 + 0.9 * len(stats)
+    fig, ax = plt.subplots(figsize=(width, 3.6), layout="constrained")
     xs = np.arange(len(stats))
-    ax.bar(
-        xs, stats["mean"], yerr=stats["std"].fillna(0), capsize=4, color="tab:blue", alpha=0.85, label=method
-    )
+    # Dots with intervals, not bars: a bar's length reads as the value, so a bar axis must start at zero,
+    # which would flatten differences of a point or two; a dot plot may zoom in honestly.
+    ax.errorbar(xs, stats["mean"], yerr=stats["std"].fillna(0), fmt="o", ms=7, capsize=5, color="tab:blue",
+                label=f"{method} (mean ± std)")  # fmt: skip
+    for x, (mean, n) in zip(xs, zip(stats["mean"], stats["count"], strict=True), strict=True):
+        ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(8, -3), fontsize=8, color="0.35")
     base = runs[runs["method"] == baseline][metric]
     if not base.empty:
         mu, sd = base.mean(), base.std() if len(base) > 1 else 0.0
-        ax.axhline(mu, color="tab:red", ls="--", lw=1.4, label=f"{baseline} ({mu:.2f})")
+        ax.axhline(mu, color="tab:red", ls="--", lw=1.4, label=f"{baseline} ({mu:.2f} ± {sd:.2f})")
         ax.axhspan(mu - sd, mu + sd, color="tab:red", alpha=0.12)
     ax.set_xticks(xs, [str(v) for v in stats.index])
+    ax.set_xlim(-0.6, len(stats) - 0.4)
     ax.set_xlabel(f"{param}")
     ax.set_ylabel(metric_label(metric) + ("" if metric in ("mae", "corr") else " (%)"))
-    lo = min(stats["mean"].min(), base.mean() if not base.empty else np.inf)
-    hi = max(stats["mean"].max(), base.mean() if not base.empty else -np.inf)
-    pad = max(1e-3, 0.5 * (hi - lo) + stats["std"].fillna(0).max())
-    ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+    _percent_axis(ax, metric)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right")
-    ax.set_title(title or f"{method}: {param} ablation")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(_fit(title or f"{method}: {param} ablation", width))
     return _save(fig, stem)
 
 
@@ -298,7 +326,7 @@ def tsne_gradients(npz: Path, stem: Path, title: str = "", seed: int = 0) -> lis
 
 
 def critical_difference(
-    average: pd.Series, nemenyi: pd.DataFrame, cd: float, stem: Path, title: str = ""
+    average: pd.Series, nemenyi: pd.DataFrame, cd: float, stem: Path, title: str = "", caption: str = ""
 ) -> list[Path]:
     """Average ranks on an axis (1 = best, on the left), methods joined by a bar where the Nemenyi test
     finds no difference at p < 0.05; the critical difference is given in the title (scikit-posthocs
@@ -309,8 +337,12 @@ def critical_difference(
     scikit_posthocs.critical_difference_diagram(
         average, nemenyi, ax=ax, label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}"
     )
-    what = f"average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
-    ax.set_title(f"{title}\n{what}" if title else what, pad=24)
+    what = f"Average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
+    ax.set_title(_fit(f"{title}. {what}" if title else what, 8.0), pad=24)
+    if caption:  # the methods left out and why: a ranking that silently drops methods misleads
+        fig.supxlabel(
+            _fit(caption, 8.0, 8), fontsize=8, ha="left", x=0.01
+        )  # inside the layout: never clipped
     return _save(fig, stem)
 
 
@@ -367,8 +399,13 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
     """``(function, args, kwargs)`` of every figure ``suite_figures`` draws, in order."""
     calls: list[tuple[Callable, tuple, dict]] = []
     runs = runs[runs["path"].map(readable).astype(bool)] if not runs.empty else runs
-    for (dataset, task), sub in runs.groupby(["dataset", "task"], sort=True):
-        prefix = f"{name}-{dataset}-{task}"
+    blocks = split_blocks(runs)
+    tuned = {kb.block for kb in blocks if kb.protocol == "tuned"}
+    for kb in blocks:  # one comparison key at a time, as the tables
+        if kb.block in tuned and kb.protocol != "tuned" or not (kb.runs["probe_every"] > 0).any():
+            continue  # a suite block's defaults run for the tuned-vs-defaults table; a block without probes
+        sub, where = kb.runs, kb.title
+        prefix = f"{name}-{kb.slug}"
         full = max(len(m) for m in sub["modalities"])
         multi = sub[sub["modalities"].map(len) == full]
         labels = config_labels(sub)
@@ -382,10 +419,10 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
             panels[labels[config]] = [RunDir(_run_path(r)) for _, r in rows.iterrows()]
         for kind in CURVE_KINDS:
             stem = out_dir / f"{prefix}-{kind}"
-            calls.append((training_curves, (panels, kind, stem), {"title": f"{dataset} ({task})"}))
+            calls.append((training_curves, (panels, kind, stem), {"title": where}))
         for label, rds in panels.items():
             method = label.split("(")[0]
-            title = f"{label} on {dataset} ({task}): balancing terms"
+            title = f"{label} on {where}: balancing terms"
             calls.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
         metric = sub["selection_metric"].iloc[0]
         for method in methods:
@@ -399,7 +436,7 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
                 )
                 held = pd.concat([multi[multi["method"] != method], own[others == others.mode()[0]]])
                 stem = out_dir / f"{prefix}-ablation-{method}-{param}"
-                title = f"{method} on {dataset} ({task}): {param}"
+                title = f"{method} on {where}: {param}"
                 calls.append((param_bars, (held, method, param, metric, stem), {"title": title}))
         for _, r in sub.iterrows():
             npz = Path(_run_path(r)) / "grads.npz"

@@ -44,9 +44,11 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
-from mmbalance.records import RunDir, atomic_write_text
+from mmbalance.comparison import seed_draws_data
+from mmbalance.records import RECORD_ONLY, RunDir, atomic_write_text
 
 __all__ = [
     "Entry",
@@ -92,6 +94,9 @@ Hex16 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 SplitFingerprint = Annotated[
     str, StringConstraints(pattern=r"^train:[0-9a-f]{16}\|valid:[0-9a-f]{16}\|test:[0-9a-f]{16}$")
 ]
+# Where the run seed draws the data (synthetic data, mfeat's split: dataset_params data_seed / split_seed
+# null), every seed has its own fingerprint: the entry says "per-seed" and each seed carries its own.
+PER_SEED = "per-seed"
 
 
 def _plain(text: str) -> str:
@@ -146,6 +151,7 @@ class SeedRun(Schema):
         min_length=1, max_length=32
     )
     modality: ModalityNumbers | None = None  # absent in entries of runs recorded before modality_eval
+    data_fingerprint: SplitFingerprint | None = None  # the seed's own data, when the seed draws it
 
 
 class Stat(Schema):
@@ -168,7 +174,7 @@ class Entry(Schema):
     dataset_params: dict[str, Any]
     dataset_params_hash: Hex16
     task: TaskKind
-    data_fingerprint: SplitFingerprint
+    data_fingerprint: SplitFingerprint | Literal["per-seed"]
     spec: dict[str, Any]  # the run spec shared by every seed (seed removed)
     spec_hash: Hex16
     selection: Text  # how each seed's numbers were chosen (final.json "protocol")
@@ -214,7 +220,23 @@ class KnownSplit(Schema):
     config: Text  # what this configuration is, for people (e.g. "synthetic classification defaults")
     params_hash: Hex16
     task: TaskKind
-    fingerprint: SplitFingerprint
+    fingerprint: SplitFingerprint | None = None
+    fingerprints: dict[int, SplitFingerprint] = {}  # per seed, where the seed draws the data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> KnownSplit:
+        if (self.fingerprint is None) == (not self.fingerprints):
+            raise ValueError("a known split has either `fingerprint` or per-seed `fingerprints`")
+        return self
+
+    @property
+    def page_key(self) -> str:
+        """What the page looks its configuration up by (``page_key`` of an entry)."""
+        return self.fingerprint or f"{self.dataset}/{self.params_hash}"
+
+
+def page_key(e: Entry) -> str:
+    return e.data_fingerprint if e.data_fingerprint != PER_SEED else f"{e.dataset}/{e.dataset_params_hash}"
 
 
 class FingerprintFile(Schema):
@@ -311,6 +333,20 @@ def data_rule(e: Entry, known: Known) -> list[str]:
             f"data_fingerprint: no known split for dataset {e.dataset!r} with dataset_params_hash "
             f"{e.dataset_params_hash} (the suite's configurations are in benchmarks/fingerprints.yaml)"
         ]
+    if split.fingerprints:  # the seed draws the data: each seed's own fingerprint
+        if e.data_fingerprint != PER_SEED:
+            return [f"data_fingerprint: {split.config} draws its data from the seed; expected {PER_SEED!r} "
+                    "and each seed's own fingerprint in seeds[]"]  # fmt: skip
+        bad = []
+        for i, s in enumerate(e.seeds):
+            want = split.fingerprints.get(s.seed)
+            if want is None:
+                bad.append(f"seeds[{i}].seed: {s.seed} has no registered data draw for {split.config} "
+                           f"(seeds {min(split.fingerprints)}-{max(split.fingerprints)})")  # fmt: skip
+            elif s.data_fingerprint != want:
+                bad.append(f"seeds[{i}].data_fingerprint: {s.data_fingerprint} differs from the known "
+                           f"fingerprint {want} of seed {s.seed} for {split.config}")  # fmt: skip
+        return bad
     if split.fingerprint != e.data_fingerprint:
         return [
             f"data_fingerprint: {e.data_fingerprint} differs from the suite's known fingerprint "
@@ -342,7 +378,8 @@ def seeds_rule(e: Entry, known: Known) -> list[str]:
             bad.append(
                 f"seeds[{i}].code_version: {s.code_version} is not of package version {e.code_version}"
             )
-        rid = expected_run_id(e.spec, s.seed, e.data_fingerprint, e.code_version)
+        data = s.data_fingerprint if e.data_fingerprint == PER_SEED else e.data_fingerprint
+        rid = expected_run_id(e.spec, s.seed, data or "", e.code_version)
         if s.run_id != rid:
             bad.append(f"seeds[{i}].run_id: {s.run_id} is not the run id of this spec, seed {s.seed}, "
                        f"data and code version ({rid})")  # fmt: skip
@@ -526,7 +563,7 @@ def check(
 
 
 # --- submit --------------------------------------------------------------------------------------------
-SHARED_SKIP = ("seed", "run_id", "data_fingerprint")  # spec.yaml keys that are not the shared spec
+SHARED_SKIP = ("seed", *RECORD_ONLY)  # spec.yaml keys that are not the shared spec
 
 
 def _runs_problems(runs: list[RunDir]) -> list[str]:
@@ -574,7 +611,8 @@ def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None
     specs, finals, envs = [r.spec() for r in runs], [r.final() for r in runs], [r.env() for r in runs]
     # Method and dataset first: they are the usual mistake and deserve their own line.
     keys = ["method", "dataset"] + sorted({k for s in specs for k in s} - {"method", "dataset", *SHARED_SKIP})
-    bad = _differences(specs, runs, keys + ["data_fingerprint"])
+    per_seed = seed_draws_data(specs[0])  # each seed its own data: no shared fingerprint to check
+    bad = _differences(specs, runs, keys + ([] if per_seed else ["data_fingerprint"]))
     bad += _differences(
         [{"version": e["code_version"].split("+")[0], **e} for e in envs], runs, ["version", "packages"]
     )  # the commit may differ between seeds; it is kept per seed
@@ -596,7 +634,8 @@ def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None
         metrics = {k: float(v) for k, v in f["test"].items() if k in METRICS[task] or DICE.match(k)}
         seed_runs.append({"seed": s["seed"], "run_id": s["run_id"], "best_epoch": f["best_epoch"],
                           "epochs": f["epochs"], "code_version": env["code_version"],
-                          "metrics": metrics, **modality_numbers(f)})  # fmt: skip
+                          "metrics": metrics, **modality_numbers(f),
+                          **({"data_fingerprint": s["data_fingerprint"]} if per_seed else {})})  # fmt: skip
     names = seed_runs[0]["metrics"]
     summary = {k: summarize([sr["metrics"][k] for sr in seed_runs]).model_dump() for k in names}
     hardware = []
@@ -612,7 +651,7 @@ def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None
         "dataset_params": shared["dataset_params"],
         "dataset_params_hash": params_hash(shared["dataset_params"]),
         "task": task,
-        "data_fingerprint": specs[0]["data_fingerprint"],
+        "data_fingerprint": PER_SEED if per_seed else specs[0]["data_fingerprint"],
         "spec": shared,
         "spec_hash": spec_hash(shared),
         "selection": finals[0]["protocol"],
@@ -662,7 +701,7 @@ def build(results: Path | str = "results", fingerprints: Path | str | None = Non
         raise LeaderboardError(f"{len(errors)} bad leaderboard entr{'y' if len(errors) == 1 else 'ies'}:\n"
                                + "\n".join(errors))  # fmt: skip
     md, html = root / "README.md", root / "index.html"
-    by_fingerprint = {k.fingerprint: k for k in known.values()}
+    by_fingerprint = {k.page_key: k for k in known.values()}
     atomic_write_text(md, render_markdown(good, by_fingerprint))
     atomic_write_text(html, render_html(good, by_fingerprint))
     return Built(good, md, html)

@@ -1,10 +1,16 @@
 """Render validated leaderboard entries as Markdown and as one static HTML page.
 
-One table per dataset configuration (dataset, task and split fingerprint: numbers measured on other
-data are never ranked together), rows ranked by the task's primary metric. The HTML page has no
-external assets and works from ``file://``: CSS and a small sorting script are inline, and a
-Content-Security-Policy allows only that script (by its hash), so nothing injected could run even
-if escaping failed. Every user-supplied string is escaped; URLs were restricted to http(s) on entry.
+One *track* per comparison key (``comparison.py``, as the report tables): entries whose specs are equal
+but for the method and its parameters, on the same data, so an entry trained 20 epochs at lr 0.01 never
+ranks beside entries trained 12 epochs at lr 0.05. A track's title says what tells it from the other
+tracks of its dataset. Rows are ranked by the task's primary metric, with the Δ to the track's joint
+entry (paired over the seeds both have); reference entries (unimodal models, the unimodal ensemble) are
+shown apart, never ranked. Each method links to its paper and official code (``Method.reference``).
+
+The HTML page has no external assets and works from ``file://``: CSS and a small script (sorting,
+ranks that follow the sort, a filter box) are inline, and a Content-Security-Policy allows only that
+script (by its hash), so nothing injected could run even if escaping failed. Every user-supplied string
+is escaped; URLs were restricted to http(s) on entry.
 """
 
 from __future__ import annotations
@@ -15,12 +21,24 @@ import html
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
-from mmbalance.leaderboard import DICE, LOWER_IS_BETTER, METRICS, RANGES, Entry, KnownSplit, summarize
+from mmbalance.comparison import BASELINE, REFERENCES, comparison_key, differences
+from mmbalance.leaderboard import (
+    DICE,
+    LOWER_IS_BETTER,
+    METRICS,
+    RANGES,
+    Entry,
+    KnownSplit,
+    page_key,
+    summarize,
+)
 
-__all__ = ["render_markdown", "render_html", "groups", "SORT_SCRIPT"]
+__all__ = ["render_markdown", "render_html", "tracks", "Track", "method_links", "SORT_SCRIPT"]
 
 # sortOrder is pure (unit-tested with node); the DOM part only runs in a browser.
 SORT_SCRIPT = """\
@@ -34,12 +52,29 @@ function sortOrder(values, ascending) {
     return x === y ? a - b : (x < y ? -sign : sign);
   });
 }
+// Rank of each value in the sort's direction: 1 + how many are strictly better (ties share); NaN: none.
+function ranks(values, ascending) {
+  return values.map(v => Number.isNaN(v) ? NaN :
+    1 + values.filter(w => !Number.isNaN(w) && (ascending ? w < v : w > v)).length);
+}
 function sortTable(table, col, ascending) {
   const body = table.tBodies[0], rows = Array.from(body.rows);
   const values = rows.map(r => parseFloat(r.cells[col].dataset.value));
   for (const i of sortOrder(values, ascending)) body.appendChild(rows[i]);
+  if (table.classList.contains("ranked")) {  // the # column follows the sort (references have none)
+    const r = ranks(values, ascending);
+    rows.forEach((row, i) => { row.cells[0].textContent = Number.isNaN(r[i]) ? "–" : String(r[i]); });
+  }
   for (const th of table.tHead.rows[0].cells) th.removeAttribute("aria-sort");
   table.tHead.rows[0].cells[col].setAttribute("aria-sort", ascending ? "ascending" : "descending");
+}
+// Rows whose text (method, hyper-parameters, submitter, ...) contains every word of the query.
+function filterRows(query) {
+  const words = query.toLowerCase().split(/\\s+/).filter(w => w);
+  for (const row of document.querySelectorAll("table.entries tbody tr")) {
+    const text = row.textContent.toLowerCase();
+    row.hidden = !words.every(w => text.includes(w));
+  }
 }
 // #sort=<table id>.<column>.<asc|desc> keeps the order in the address (and lets a test load it).
 function applyHash() {
@@ -57,6 +92,8 @@ if (typeof document !== "undefined") {
       sortTable(table, th.cellIndex, asc);
     });
   }
+  const box = document.getElementById("filter");
+  if (box) box.addEventListener("input", () => filterRows(box.value));
   window.addEventListener("hashchange", applyHash);
   applyHash();
 }
@@ -74,19 +111,92 @@ th[aria-sort=ascending] button::after{content:" \\25B2"}
 th[aria-sort=descending] button::after{content:" \\25BC"}
 .hp{font-family:ui-monospace,monospace;font-size:.85em;color:#444}.meta{color:#666;font-size:.9em}
 code{font-size:.9em}
+.refs{opacity:.85}.refs caption,.ranked caption{text-align:left;font-weight:600;padding:.3em 0}
+input[type=search]{font:inherit;padding:.3em .5em;width:28em;max-width:100%}
+.ref{color:#555;font-size:.85em}
 """
 
 
-def groups(entries: Mapping[str, Entry]) -> list[tuple[tuple[str, str, str], list[tuple[str, Entry]]]]:
-    """Entries grouped by (dataset, task, split fingerprint), each group ranked best first."""
-    out: dict[tuple[str, str, str], list[tuple[str, Entry]]] = {}
+@dataclass
+class Track:
+    """Entries of one comparison key: the ranked ones best first, and the references apart."""
+
+    title: str  # "synthetic · classification"
+    config: str  # the registered configuration, plus what tells this track from its dataset's others
+    fingerprint: str
+    ranked: list[tuple[str, Entry]]
+    references: list[tuple[str, Entry]]
+
+    @property
+    def joint(self) -> Entry | None:
+        return next((e for _, e in self.ranked if e.method == BASELINE), None)
+
+
+def _key(e: Entry) -> str:
+    return comparison_key(e.spec, e.data_fingerprint)
+
+
+def primary_ranks(rows: list[tuple[str, Entry]]) -> list[int]:
+    """1 + how many entries are strictly better in the primary metric (ties share a rank; the page's
+    script ranks the same way after a sort)."""
+    key = rows[0][1].primary() if rows else ""
+    sign = 1 if key in LOWER_IS_BETTER else -1
+    values = [sign * e.summary[key].mean for _, e in rows]
+    return [1 + sum(w < v for w in values) for v in values]
+
+
+def tracks(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | None = None) -> list[Track]:
+    """Entries grouped by comparison key, ranked best first by the primary metric, references apart."""
+    known = known or {}
+    by_key: dict[str, list[tuple[str, Entry]]] = {}
     for name, e in sorted(entries.items()):
-        out.setdefault((e.dataset, e.task, e.data_fingerprint), []).append((name, e))
-    for rows in out.values():
-        key = rows[0][1].primary()
-        sign = 1 if key in LOWER_IS_BETTER else -1
-        rows.sort(key=lambda r: (sign * r[1].summary[key].mean, r[0]))
-    return sorted(out.items())
+        by_key.setdefault(_key(e), []).append((name, e))
+    by_dataset: dict[tuple[str, str], list[str]] = {}
+    for key, rows in by_key.items():
+        by_dataset.setdefault((rows[0][1].dataset, rows[0][1].task), []).append(key)
+    out = []
+    for (dataset, task), keys in sorted(by_dataset.items()):
+        labels = differences(keys)
+        for key in keys:
+            rows = by_key[key]
+            primary = rows[0][1].primary()
+            sign = 1 if primary in LOWER_IS_BETTER else -1
+            rows.sort(key=lambda r, m=primary, s=sign: (s * r[1].summary[m].mean, r[0]))
+            fingerprint = rows[0][1].data_fingerprint
+            where = page_key(rows[0][1])
+            config = known[where].config if where in known else "unregistered configuration"
+            config += f"; {labels[key]}" if labels[key] else ""
+            out.append(Track(f"{dataset} · {task}", config, fingerprint,
+                             [r for r in rows if r[1].method not in REFERENCES],
+                             [r for r in rows if r[1].method in REFERENCES]))  # fmt: skip
+    return sorted(out, key=lambda t: (t.title, t.config))
+
+
+def delta_vs_joint(e: Entry, joint: Entry | None) -> float | None:
+    """Mean over the seeds both have of (entry − joint) in the primary metric; None for joint itself."""
+    if joint is None or e is joint:
+        return None
+    key = e.primary()
+    base = {s.seed: s.metrics[key] for s in joint.seeds if key in s.metrics}
+    diffs = [s.metrics[key] - base[s.seed] for s in e.seeds if s.seed in base and key in s.metrics]
+    return sum(diffs) / len(diffs) if diffs else None
+
+
+CODE_REPO = re.compile(r";\s*(?:as\s+)?([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)")  # "...; owner/repo path.py"
+ARXIV = re.compile(r"arXiv[ :](\d{4}\.\d{4,5})")
+
+
+@cache
+def method_links(method: str) -> tuple[str, list[tuple[str, str]]]:
+    """A method's reference text (``Method.reference``: paper; official code) and the links it names:
+    the GitHub repository of its official code, an arXiv id. Read from the registry's listing (no torch)."""
+    from mmbalance.registry import METHODS
+
+    listing = {m["name"]: m for m in METHODS.listing()}
+    text = str(listing.get(method, {}).get("reference", ""))
+    links = [("code", f"https://github.com/{m.group(1)}") for m in CODE_REPO.finditer(text)][:1]
+    links += [("paper", f"https://arxiv.org/abs/{m.group(1)}") for m in ARXIV.finditer(text)][:1]
+    return text, links
 
 
 def metric_columns(rows: list[tuple[str, Entry]]) -> list[str]:
@@ -151,12 +261,6 @@ def fmt(name: str, value: float) -> str:
     return f"{value:.3f}" if name in RANGES else f"{value:.2f}"
 
 
-def _title(key: tuple[str, str, str], known: Mapping[str, KnownSplit]) -> tuple[str, str]:
-    dataset, task, fingerprint = key
-    config = known[fingerprint].config if fingerprint in known else "unregistered configuration"
-    return f"{dataset} · {task}", config
-
-
 # --- Markdown ---------------------------------------------------------------------------------------------
 def md_text(s: str) -> str:
     """Text safe in a Markdown table cell: HTML escaped, Markdown syntax and pipes backslashed."""
@@ -167,34 +271,57 @@ def md_url(url: str) -> str:
     return quote(url, safe=":/?#&=%+@,;~-._!$'*")  # parentheses, brackets, spaces and quotes encoded
 
 
+def _md_method(e: Entry) -> str:
+    text, links = method_links(e.method)
+    out = md_text(e.method) + "".join(f" ([{k}]({md_url(u)}))" for k, u in links)
+    return out + (f" ([entry link]({md_url(e.url)}))" if e.url else "")
+
+
+def _md_rows(rows: list[tuple[str, Entry]], metrics: list[str], extra, joint: Entry | None, ranked: bool):
+    lines = []
+    for rank, (name, e) in zip(primary_ranks(rows) if ranked else ["†"] * len(rows), rows, strict=True):
+        cells = [str(rank), _md_method(e), md_text(", ".join(hyperparameters(e)))]
+        cells += [f"{fmt(m, e.summary[m].mean)} ± {fmt(m, e.summary[m].std)}" if m in e.summary else "–"
+                  for m in metrics]  # fmt: skip
+        delta = delta_vs_joint(e, joint)
+        cells.append("–" if delta is None else f"{delta:+.{3 if e.primary() in RANGES else 2}f}")
+        stats = modality_stats(e)
+        cells += [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k, _, _ in extra]
+        cells += [str(len(e.seeds)), md_text(e.submitter), md_text(code(e)[0]), e.date.date().isoformat(),
+                  f"[json](entries/{md_url(name)})"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | None = None) -> str:
-    known = known or {}
     lines = ["# mmbalance leaderboard", "",
              "Generated by `mmbalance leaderboard build` from the validated entries in `entries/`; "
              "do not edit. "
              "Each number is the mean ± sample std (ddof=1) over seeds of the test metric at the best "
-             "validation epoch.", ""]  # fmt: skip
+             "validation epoch. One table per track: entries trained alike (same data, model, epochs and "
+             "optimiser) but for the method and its parameters. Δ vs joint: mean over the seeds both have "
+             "of (entry − the track's joint entry) in the primary metric. † Reference entries (unimodal "
+             "models, the unimodal ensemble) are shown apart and never ranked.", ""]  # fmt: skip
     if not entries:
         lines.append("No entries yet: `mmbalance submit RUN_DIR... --name NAME --out FILE`.")
-    for key, rows in groups(entries):
-        title, config = _title(key, known)
-        metrics = metric_columns(rows)
-        extra = modality_columns(rows, rows[0][1].primary())
-        lines += [f"## {md_text(title)}", "", f"{md_text(config)}; split fingerprint `{key[2]}`", ""]
-        head = ["#", "Method", "Hyper-parameters", *metrics, *(label for _, label, _ in extra), "Seeds",
-                "Submitter", "Code", "Date", "Entry"]  # fmt: skip
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for rank, (name, e) in enumerate(rows, 1):
-            cells = [str(rank), md_text(e.method) + (f" ([link]({md_url(e.url)}))" if e.url else ""),
-                     md_text(", ".join(hyperparameters(e)))]  # fmt: skip
-            cells += [f"{fmt(m, e.summary[m].mean)} ± {fmt(m, e.summary[m].std)}" if m in e.summary else "–"
-                      for m in metrics]  # fmt: skip
-            stats = modality_stats(e)
-            cells += [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k, _, _ in extra]
-            cells += [str(len(e.seeds)), md_text(e.submitter), md_text(code(e)[0]), e.date.date().isoformat(),
-                      f"[json](entries/{md_url(name)})"]  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+    for t in tracks(entries, known):
+        everyone = t.ranked + t.references
+        metrics, primary = metric_columns(everyone), everyone[0][1].primary()
+        extra = modality_columns(everyone, primary)
+        lines += [
+            f"## {md_text(t.title)}",
+            "",
+            f"{md_text(t.config)}; split fingerprint `{t.fingerprint}`",
+            "",
+        ]
+        head = ["#", "Method", "Hyper-parameters", *metrics, f"Δ {primary} vs joint",
+                *(label for _, label, _ in extra), "Seeds", "Submitter", "Code", "Date", "Entry"]  # fmt: skip
+        for rows, ranked in ((t.ranked, True), (t.references, False)):
+            if not rows:
+                continue
+            lines += [] if ranked else ["References (never ranked):", ""]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += _md_rows(rows, metrics, extra, t.joint, ranked) + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -207,17 +334,29 @@ def _sortable_th(label: str, better: str) -> str:
     return f'<th data-better="{better}"><button type="button">{esc(label)}</button></th>'
 
 
-def _table(table_id: str, rows: list[tuple[str, Entry]]) -> list[str]:
+def _html_method(e: Entry) -> str:
+    text, links = method_links(e.method)
+    out = f"<strong>{esc(e.method)}</strong>"
+    out += "".join(f' <a href="{esc(u)}" rel="noopener noreferrer">{k}</a>' for k, u in links)
+    return out + (f'<div class="ref">{esc(text)}</div>' if text else "")
+
+
+def _table(table_id: str, rows: list[tuple[str, Entry]], joint: Entry | None, ranked: bool) -> list[str]:
     metrics = metric_columns(rows)
-    head = ["<th>#</th>", "<th>Method</th>", "<th>Hyper-parameters</th>"]
+    primary = rows[0][1].primary()
+    head = ["<th>#</th>", "<th>Method (paper, code)</th>", "<th>Hyper-parameters</th>"]
     head += [_sortable_th(m, "lower" if m in LOWER_IS_BETTER else "higher") for m in metrics]
-    extra = modality_columns(rows, rows[0][1].primary())
+    head.append(_sortable_th(f"Δ {primary} vs joint", "lower" if primary in LOWER_IS_BETTER else "higher"))
+    extra = modality_columns(rows, primary)
     head += [_sortable_th(label, better) for _, label, better in extra]
-    head += [_sortable_th("Seeds", "higher"), "<th>Submitter</th>", "<th>Code</th>",
+    head += [_sortable_th("Seeds", "higher"), "<th>Submitter</th>", "<th>Code version</th>",
              _sortable_th("Date", "higher"), "<th>Links</th>"]  # fmt: skip
-    out = [f'<table id="{table_id}">', "<thead><tr>" + "".join(head) + "</tr></thead>", "<tbody>"]
-    for rank, (name, e) in enumerate(rows, 1):
-        cells = [f'<td class="num">{rank}</td>', f"<td><strong>{esc(e.method)}</strong></td>",
+    caption = "Ranked" if ranked else "References (never ranked)"
+    out = [f'<table id="{table_id}" class="entries {"ranked" if ranked else "refs"}">',
+           f"<caption>{caption}</caption>",
+           "<thead><tr>" + "".join(head) + "</tr></thead>", "<tbody>"]  # fmt: skip
+    for rank, (name, e) in zip(primary_ranks(rows) if ranked else ["†"] * len(rows), rows, strict=True):
+        cells = [f'<td class="num">{rank}</td>', f"<td>{_html_method(e)}</td>",
                  f'<td class="hp">{"<br>".join(esc(h) for h in hyperparameters(e))}</td>']  # fmt: skip
         for m in metrics:
             if m in e.summary:
@@ -227,6 +366,9 @@ def _table(table_id: str, rows: list[tuple[str, Entry]]) -> list[str]:
                              f"{fmt(m, s.mean)} ± {fmt(m, s.std)}</td>")  # fmt: skip
             else:
                 cells.append('<td class="num" data-value="NaN">–</td>')
+        delta = delta_vs_joint(e, joint)
+        shown = "–" if delta is None else f"{delta:+.{3 if primary in RANGES else 2}f}"
+        cells.append(f'<td class="num" data-value="{"NaN" if delta is None else repr(delta)}">{shown}</td>')
         stats = modality_stats(e)
         for k, _, _ in extra:
             mean, std, per_seed = stats[k]
@@ -235,7 +377,7 @@ def _table(table_id: str, rows: list[tuple[str, Entry]]) -> list[str]:
             )
         links = [f'<a href="entries/{esc(quote(name))}">json</a>']
         if e.url:
-            links.append(f'<a href="{esc(e.url)}" rel="noopener noreferrer nofollow">paper/code</a>')
+            links.append(f'<a href="{esc(e.url)}" rel="noopener noreferrer nofollow">entry link</a>')
         cells += [f'<td class="num" data-value="{len(e.seeds)}">{len(e.seeds)}</td>',
                   f"<td>{esc(e.submitter)}</td>",
                   f'<td><code title="{esc(code(e)[1])}">{esc(code(e)[0])}</code></td>',
@@ -246,20 +388,26 @@ def _table(table_id: str, rows: list[tuple[str, Entry]]) -> list[str]:
 
 
 def render_html(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | None = None) -> str:
-    known = known or {}
     digest = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; base-uri 'none'"
     body = ["<h1>mmbalance leaderboard</h1>",
             '<p class="meta">Mean ± sample std (ddof=1) over seeds of the test metric at the best validation '
-            "epoch. Click a metric to sort; hover a value for the per-seed numbers. Generated by "
-            "<code>mmbalance leaderboard build</code> from validated entries; do not edit.</p>"]  # fmt: skip
+            "epoch. One table per track: entries trained alike (same data, model, epochs and optimiser) but "
+            "for the method and its parameters. Δ vs joint: mean over the seeds both have of (entry − the "
+            "track's joint entry). Reference entries are shown apart, never ranked. Click a column to sort "
+            "(the ranks follow); hover a value for the per-seed numbers. Generated by "
+            "<code>mmbalance leaderboard build</code> from validated entries; do not edit.</p>",
+            '<p><input type="search" id="filter" placeholder="Filter: method, hyper-parameter, submitter..." '
+            'aria-label="Filter entries"></p>']  # fmt: skip
     if not entries:
         body.append("<p>No entries yet.</p>")
-    for i, (key, rows) in enumerate(groups(entries)):
-        title, config = _title(key, known)
-        body.append(f"<h2>{esc(title)}</h2>")
-        body.append(f'<p class="meta">{esc(config)}; split fingerprint <code>{esc(key[2])}</code></p>')
-        body += _table(f"t{i}", rows)
+    for i, t in enumerate(tracks(entries, known)):
+        body.append(f"<h2>{esc(t.title)}</h2>")
+        body.append(
+            f'<p class="meta">{esc(t.config)}; split fingerprint <code>{esc(t.fingerprint)}</code></p>'
+        )
+        body += _table(f"t{i}", t.ranked, t.joint, True) if t.ranked else []
+        body += _table(f"r{i}", t.references, t.joint, False) if t.references else []
     return "\n".join([
         "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">',

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmbalance.comparison import split_blocks
 from mmbalance.modality_scores import effective_robustness
 from mmbalance.records import RunDir
 from mmbalance.report import DECIMALS, Table, aggregate, metric_label, rank_marks
@@ -53,12 +54,10 @@ def modality_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _effective(frame: pd.DataFrame) -> list[float | None]:
     """Per run: MultiBench's effective robustness of each modality's noise curve against joint training's
-    mean curve on the same dataset and task kind (MultiBench's reference is late fusion), averaged."""
+    mean curve under the same comparison key (MultiBench's reference is late fusion), averaged."""
     out = []
     for _, r in frame.iterrows():
-        ref = frame[
-            (frame["method"] == "joint") & (frame["dataset"] == r["dataset"]) & (frame["task"] == r["task"])
-        ]
+        ref = frame[(frame["method"] == "joint") & (frame["key"] == r["key"])]
         curves = r["me_record"]["noise"]
         values = []
         for m, curve in curves.items():
@@ -74,7 +73,8 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
     out: list[tuple[Table, pd.DataFrame]] = []
     if frame.empty:
         return out
-    for (dataset, task), sub in frame.groupby(["dataset", "task"], sort=True):
+    for kb in split_blocks(frame):
+        sub, dataset, task = kb.runs, kb.runs["dataset"].iloc[0], kb.runs["task"].iloc[0]
         metric, higher = sub["me_metric"].iloc[0], bool(sub["me_higher"].iloc[0])
         mods = list(max(sub["modalities"], key=len))
         label = metric_label(metric)
@@ -106,29 +106,28 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
             "Robustness: MultiBench's area under the metric vs Gaussian-noise-level curve (levels 0..0.9 of "
             "each input's train std), and its effective robustness against joint training; mean over modalities.",
         ]
-        csv = pd.DataFrame([{"dataset": dataset, "task": task, "method": r.label, "metric": c, "mean": cell.mean,
+        csv = pd.DataFrame([{"dataset": dataset, "task": task, "block": kb.title, "method": r.label, "metric": c, "mean": cell.mean,
                              "std": cell.std, "n": cell.n, "mark": cell.mark}
                             for r in agg for c, cell in r.cells.items()])  # fmt: skip
-        out.append(
-            (Table(f"{dataset} ({task}): modality contributions and robustness", header, rows, notes), csv)
-        )
+        out.append((Table(f"{kb.title}: modality contributions and robustness", header, rows, notes), csv))
     return out
 
 
 def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    from mmbalance.figures import _colors, _save, plt
+    from mmbalance.figures import _colors, _fit, _percent_axis, _save, plt
 
     frame = modality_frame(runs)
     paths: list[Path] = []
     if frame.empty:
         return paths
-    for (dataset, task), sub in frame.groupby(["dataset", "task"], sort=True):
+    for kb in split_blocks(frame):
+        sub = kb.runs
         mods = list(max(sub["modalities"], key=len))
         multi = sub[sub["modalities"].map(len) == len(mods)]
         methods = sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
         colors = _colors(mods)
         metric = metric_label(sub["me_metric"].iloc[0])
-        prefix = out_dir / f"{name}-{dataset}-{task}"
+        prefix = out_dir / f"{name}-{kb.slug}"
 
         fig, ax = plt.subplots(
             figsize=(min(16.0, max(6.0, 0.2 * len(methods) * len(mods) + 2)), 3.4), layout="constrained"
@@ -142,7 +141,7 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(np.arange(len(methods)), methods, rotation=45, ha="right")
         ax.set_ylabel(f"Shapley value ({metric})")
-        ax.set_title(f"{dataset} ({task}): modality contributions on the test split")
+        ax.set_title(_fit(f"{kb.title}: modality contributions on the test split", fig.get_figwidth()))
         ax.legend(fontsize=8, ncol=len(mods))
         paths += _save(fig, prefix.with_name(prefix.name + "-contributions"))
 
@@ -166,8 +165,11 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
             ax.set_xlabel("noise std / input std")
         for ax in axes[:, 0]:
             ax.set_ylabel(f"test {metric}")
+        _percent_axis(axes.flat[0], sub["me_metric"].iloc[0])  # shared y
         axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"{dataset} ({task}): robustness to Gaussian noise on one modality")
+        fig.suptitle(
+            _fit(f"{kb.title}: robustness to Gaussian noise on one modality", fig.get_figwidth(), 12)
+        )
         paths += _save(fig, prefix.with_name(prefix.name + "-robustness"))
     return paths
 

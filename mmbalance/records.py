@@ -35,6 +35,8 @@ from typing import Any
 import yaml
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Fields spec.yaml adds to the canonical run spec (the record, not the experiment): strip them to rebuild it.
+RECORD_ONLY = ("run_id", "data_fingerprint", "data_fixture")
 
 DEFAULT_RESULTS = Path("results")
 TEMP_GLOB = ".*.tmp"  # atomic writes' temp files

@@ -10,16 +10,22 @@ Two protocols pick the value of a run (both are stored in ``final.json``):
 - ``best-valid``: the best validation score of each metric over the epochs, no test split: what the
   CGGM code reports, so that our numbers can be set beside the published ones like for like.
 
-One table per dataset and task kind. A row is one *configuration*: the canonical run spec without its
-seed. Its label is the method plus the spec fields that tell it apart from the other rows of its table
-(``unimodal(modality=m2)``, ``cggm(rho=1.0)``, ``joint(epochs=5)``). A cell is ``mean ± std`` over the
-configuration's finished seeds (sample std, ddof=1; none with one seed). Per row:
+One table per *comparison key* (``comparison.py``): runs whose specs are equal but for the method, its own
+parameters and the seed, on the same data. A folder with several keys (ad-hoc runs at another learning
+rate, say) gives one table per key, titled by what differs; a table of fixture-data runs is labelled so
+and never ranked. A row is one *configuration*: the canonical run spec without its seed. Its label is the
+method plus the spec fields that tell it apart from the other rows of its table (``unimodal(modality=m2)``,
+``cggm(rho=1.0)``). A cell is ``mean ± std`` over the configuration's finished seeds among those asked
+(sample std, ddof=1; none with one seed). Per row:
 
-- ``n``: finished seeds out of those asked (the suite's seeds; without a suite, the seeds any run of the
-  table has). A row with fewer is *incomplete*: it is shown, never ranked, and its unfinished runs
-  (failed, interrupted, running, unreadable) are listed under the table with their reason.
-- ``Δ vs joint``: the primary metric's mean difference to joint training over the seeds both have, a
-  paired t-test, Holm-corrected over the table's tested rows (``stats.py`` says why not Wilcoxon).
+- ``n``: finished seeds out of those asked: the suite's seeds; without a suite, the seeds the table's rows
+  share (held by at least half of its rows, so one stray run at another seed marks nothing incomplete;
+  such extra seeds are listed under the table and left out of the means). A row with fewer is
+  *incomplete*: it is shown, never ranked, and its unfinished runs (failed, interrupted, running,
+  unreadable) are listed under the table with their reason.
+- ``Δ vs joint``: the primary metric's mean difference to the joint training run of the same key over the
+  seeds both have, a paired t-test, Holm-corrected over the table's tested rows (``stats.py`` says why not
+  Wilcoxon). When the seed draws the data, a pair whose data fingerprints differ is flagged and left out.
 - Best and second best per metric among the *ranked* rows: complete, multimodal balancing methods and
   joint. Reference rows are never ranked: the unimodal models (the best one is marked) and the unimodal
   ensemble (``unimodal_ensemble``), the headroom a balancing method aims at.
@@ -43,6 +49,8 @@ from typing import Any
 import pandas as pd
 
 from mmbalance import stats
+from mmbalance.comparison import BASELINE, REFERENCES, KeyBlock, fingerprint_mismatches, split_blocks
+from mmbalance.provenance import write_runs
 from mmbalance.records import atomic_write_text
 from mmbalance.results import PROTOCOLS, config_key, flatten, load
 
@@ -278,20 +286,28 @@ def suite_filter(suite: Any) -> list[dict[str, Any]]:
 
 
 def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
+    """The runs of ``suite``: a fragment of it is a subset of the run's spec. Under the tuned protocol a
+    run's chosen values (optimiser settings, its method's parameters) are its own, not the fragment's."""
+    from mmbalance.tuned_report import without_tuning
+
     if runs.empty:
         return runs
     fragments = suite_filter(suite)
-    keep = runs["spec"].map(lambda s: s["seed"] in suite.seeds and any(is_subset(f, s) for f in fragments))
-    return runs[keep]
+    seeds = set(suite.seeds).union(*(e.get("seeds", []) for e in suite.datasets))
+
+    def belongs(spec: dict[str, Any]) -> bool:
+        if spec["seed"] not in seeds:
+            return False
+        if not spec.get("tuned"):
+            return any(is_subset(f, spec) for f in fragments)
+        own = [{k: v for k, v in f.items() if k != "method_params"} for f in fragments]
+        return any(is_subset(f, without_tuning(spec, f)) for f in own)
+
+    return runs[runs["spec"].map(belongs)]
 
 
 # --- rows ------------------------------------------------------------------------------------------------
-BASELINE = "joint"
-# Reference rows: shown, never ranked (the headroom a balancing method aims at).
-REFERENCES = {
-    "unimodal": "a unimodal model of one modality",
-    "unimodal_ensemble": "the ensemble of separately trained unimodal models",
-}
+FIXTURE_NOTE = "tiny files in the real format, written by mmbalance.fixtures"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -305,10 +321,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_labels(runs: pd.DataFrame) -> dict[str, str]:
     """``config -> label``: the method plus the spec fields that differ between rows of the table
     (method parameters only between configurations of the same method)."""
-    specs = {
-        c: _flatten({k: v for k, v in s.items() if k != "seed"})
-        for c, s in zip(runs["config"], runs["spec"], strict=True)
-    }
+    specs = {c: _label_fields(s) for c, s in zip(runs["config"], runs["spec"], strict=True)}
 
     def varying(configs: list[str], keep) -> list[str]:
         keys = sorted({k for c in configs for k in specs[c] if keep(k)})
@@ -329,6 +342,14 @@ def config_labels(runs: pd.DataFrame) -> dict[str, str]:
     return labels
 
 
+def _label_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """The flattened spec fields a row label may show: not the seed, and under the tuned protocol not
+    what tuning chose (its values are in ``benchmarks/tuned/``; the row is the method)."""
+    flat = _flatten({k: v for k, v in spec.items() if k not in ("seed", "tuned")})
+    chosen = set((spec.get("tuned") or {}).get("chosen", []))
+    return {k: v for k, v in flat.items() if k not in chosen}
+
+
 @dataclass
 class Row:
     """One configuration of a table: its label, a ``Cell`` per metric over its finished seeds, and the
@@ -346,6 +367,10 @@ class Row:
     best_unimodal: bool = False
     delta: Cell | None = None  # primary metric, row − joint over the seeds both have
     p: float | None = None  # Holm-adjusted paired t-test p-value
+    extra: list[int] = field(default_factory=list)  # finished seeds beyond those asked (not in the means)
+    fingerprints: dict[int, str | None] = field(default_factory=dict)  # finished seed -> data fingerprint
+    fixture: bool = False  # trained on fixture files: never ranked
+    unpaired: list[int] = field(default_factory=list)  # seeds whose data differs from joint's (not paired)
 
     @property
     def seeds(self) -> int:
@@ -361,7 +386,7 @@ class Row:
 
     @property
     def ranked(self) -> bool:
-        return self.multimodal and not self.reference and self.complete
+        return self.multimodal and not self.reference and self.complete and not self.fixture
 
     @property
     def shown_label(self) -> str:
@@ -381,36 +406,46 @@ def _unfinished(runs: pd.DataFrame) -> list[str]:
     ]
 
 
-def aggregate(runs: pd.DataFrame, metrics: Sequence[str], seeds: Sequence[int] | None = None) -> list[Row]:
+def shared_seeds(runs: pd.DataFrame) -> list[int]:
+    """The seeds the configurations of one table share: those at least half of them have a record of.
+    Not "every row" (one row run at fewer seeds would shrink every other row's n) nor "any row" (one
+    stray run at another seed would mark every other row incomplete)."""
+    per_config = runs.groupby("config", sort=False)["seed"].agg(lambda s: set(s.tolist()))
+    counts = pd.Series([s for seeds in per_config for s in seeds]).value_counts()
+    return sorted(int(s) for s, n in counts.items() if n >= len(per_config) / 2)
+
+
+def aggregate(
+    runs: pd.DataFrame, metrics: Sequence[str], seeds: Sequence[int] | None = None, fixture: bool = False
+) -> list[Row]:
     """mean, std (ddof=1) and n per configuration and metric over the finished runs of ``runs`` (one
-    table, every status); ``seeds``: those asked of every row (default: the seeds any run of the table
-    has). Rows: joint, the unimodal baselines, the unimodal ensemble, then the other methods by name (a
-    stable order, whatever order the run folders are read in)."""
+    table, every status) at the seeds asked: ``seeds`` (a suite's) or the seeds the rows share
+    (``shared_seeds``). Rows: joint, the unimodal baselines, the unimodal ensemble, then the other
+    methods by name (a stable order, whatever order the run folders are read in)."""
     labels = config_labels(runs)
-    seeds = sorted(runs["seed"].unique()) if seeds is None else list(seeds)
+    seeds = shared_seeds(runs) if seeds is None else list(seeds)
     done = finished(runs)
     full = max((len(m) for m in done["modalities"] if isinstance(m, tuple)), default=0)
     rows = []
     for config, group in runs.groupby("config", sort=False):
         fin = finished(group)
-        per_seed = fin.groupby("seed")[[m for m in metrics if m in fin]].mean().reindex(columns=list(metrics))
+        asked = fin[fin["seed"].isin(seeds)]
+        per_seed = (
+            asked.groupby("seed")[[m for m in metrics if m in fin]].mean().reindex(columns=list(metrics))
+        )
         cells = {m: Cell.of(per_seed[m], m) for m in metrics}
         method = str(group["method"].iloc[0])
         mods = [m for m in group["modalities"] if isinstance(m, tuple)]
         multimodal = method != "unimodal" and (not mods or len(mods[0]) == full)
-        rows.append(
-            Row(
-                config,
-                labels[config],
-                method,
-                multimodal,
-                per_seed,
-                len(seeds),
-                cells,
-                _unfinished(group),
-                [s for s in seeds if s not in set(group["seed"])],
-            )
+        fingerprints = (
+            dict(zip(asked["seed"], asked["data_fingerprint"], strict=True))
+            if "data_fingerprint" in asked
+            else {}
         )
+        rows.append(Row(config, labels[config], method, multimodal, per_seed, len(seeds), cells,
+                        unfinished=_unfinished(group), unrecorded=[s for s in seeds if s not in set(group["seed"])],
+                        extra=sorted(int(s) for s in set(fin["seed"]) - set(seeds)), fingerprints=fingerprints,
+                        fixture=fixture))  # fmt: skip
     order = {BASELINE: 0, "unimodal": 1, "unimodal_ensemble": 2}
     return sorted(rows, key=lambda r: (order.get(r.method, 3), r.label))
 
@@ -433,7 +468,10 @@ def compare_to_baseline(rows: Sequence[Row], metric: str) -> Row | None:
     for r in rows:
         if r is base:
             continue
-        delta, p, _ = stats.paired_vs_baseline(base.per_seed[metric], r.per_seed[metric])
+        # seed-drawn data: the key omits the fingerprint, so check that each pair saw the same data
+        r.unpaired = fingerprint_mismatches(base.fingerprints, r.fingerprints)
+        paired = r.per_seed[metric].drop(index=r.unpaired)
+        delta, p, _ = stats.paired_vs_baseline(base.per_seed[metric], paired)
         r.delta = Cell(delta, decimals=DECIMALS.get(metric, 2), signed=True)
         if p is not None and r.complete and base.complete:
             raw[r.config] = p
@@ -478,7 +516,8 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     """The final-metric columns of a ``results.load`` frame (not the spec's, not the probes)."""
     # the loader's flattening (an empty method_params stays a column of its own)
     spec_keys = {k for s in runs["spec"] for k in flatten(s)} if "spec" in runs else set()
-    meta = {"run_id", "path", "status", "reason", "spec", "config", "task", "modalities",
+    meta = {"run_id", "path", "status", "reason", "spec", "config", "task", "modalities", "key", "fixture",
+            "data_fingerprint",
             "selection_metric", "best_epoch", "epochs_done", "seconds"}  # fmt: skip
     return [c for c in runs.columns if c not in meta and c not in spec_keys and not c.startswith("probe/")]
 
@@ -501,13 +540,18 @@ def weak_modality(runs: pd.DataFrame) -> str | None:
 # --- tables ----------------------------------------------------------------------------------------------
 @dataclass
 class Block:
-    """The table of one dataset and task kind, its CSV rows, and what the cross-table ranking needs."""
+    """The table of one comparison key, its CSV rows, and what the cross-table ranking needs."""
 
     table: Table
     csv: pd.DataFrame
     metric: str  # the primary metric, the one compared and ranked
     scores: dict[str, float]  # ranked row label -> mean of the primary metric, rounded as shown
     unranked: list[str] = field(default_factory=list)  # multimodal methods not ranked here (incomplete)
+    fixture: bool = False  # fixture data: left out of the ranking across tables
+    slug: str = ""  # the file-name part of its figures (``comparison.KeyBlock.slug``)
+    protocol: str = "defaults"  # tuned or defaults (``comparison.KeyBlock.protocol``)
+    task: str = ""
+    name: str = ""  # the suite's block name, when it has one (column heads of the ranking)
 
 
 def run_tables(
@@ -516,74 +560,98 @@ def run_tables(
     metrics: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[Block]:
-    """One table per dataset and task kind from a ``results.load`` frame (every status); ``seeds``:
-    seeds per row (the suite's)."""
-    out = []
-    for (dataset, task), runs_t in runs.groupby(["dataset", "task"], sort=True, dropna=False):
-        done = finished(runs_t)
-        cols = list(metrics) if metrics else default_metrics(done, task)
-        weak = weak_modality(done)
-        probe_cols = [f"probe/{weak}"] if weak else []
-        primary = next((m for m in runs_t["selection_metric"] if isinstance(m, str)), cols[0] if cols else "")
-        compared = [primary] if primary and primary not in cols else []
-        rows = aggregate(runs_t, cols + probe_cols + compared, seeds)
-        for r in rows:
-            for m in probe_cols:  # the probes report the task's primary metric
-                r.cells[m].decimals = DECIMALS.get(primary, 2)
-        for m in cols:
-            rank_marks([r.cells[m] for r in rows], higher_is_better(m), [r.ranked for r in rows])
-        base = compare_to_baseline(rows, primary) if primary else None
-        if primary:
-            mark_best_unimodal(rows, primary)
+    """One table per comparison key from a ``results.load`` frame (every status); ``seeds``: seeds per
+    row (the suite's)."""
+    return [key_table(kb, protocol, metrics, seeds) for kb in split_blocks(runs)]
 
-        header = ["Method"] + [metric_label(m) for m in cols]
-        header += [f"{weak} probe {metric_label(primary)} (weak)" for _ in probe_cols]
+
+def key_table(
+    kb: KeyBlock, protocol: str, metrics: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> Block:
+    """The table of one comparison key: rows, marks, Δ vs joint, notes and CSV rows."""
+    runs_t = kb.runs
+    dataset, task = runs_t["dataset"].iloc[0], runs_t["task"].iloc[0]
+    done = finished(runs_t)
+    cols = list(metrics) if metrics else default_metrics(done, task)
+    weak = weak_modality(done)
+    probe_cols = [f"probe/{weak}"] if weak else []
+    primary = next((m for m in runs_t["selection_metric"] if isinstance(m, str)), cols[0] if cols else "")
+    compared = [primary] if primary and primary not in cols else []
+    rows = aggregate(runs_t, cols + probe_cols + compared, seeds, kb.fixture)
+    for r in rows:
+        for m in probe_cols:  # the probes report the task's primary metric
+            r.cells[m].decimals = DECIMALS.get(primary, 2)
+    for m in cols:
+        rank_marks([r.cells[m] for r in rows], higher_is_better(m), [r.ranked for r in rows])
+    base = compare_to_baseline(rows, primary) if primary else None
+    if primary:
+        mark_best_unimodal(rows, primary)
+
+    header = ["Method"] + [metric_label(m) for m in cols]
+    header += [f"{weak} probe {metric_label(primary)} (weak)" for _ in probe_cols]
+    if base is not None:
+        header += [f"Δ {metric_label(primary)} vs joint", "p (Holm)"]
+    header += ["n"]
+    body: list[list[str | Cell]] = []
+    for r in rows:
+        line: list[str | Cell] = [r.shown_label, *(r.cells[m] for m in cols + probe_cols)]
         if base is not None:
-            header += [f"Δ {metric_label(primary)} vs joint", "p (Holm)"]
-        header += ["n"]
-        body: list[list[str | Cell]] = []
-        for r in rows:
-            line: list[str | Cell] = [r.shown_label, *(r.cells[m] for m in cols + probe_cols)]
-            if base is not None:
-                line += [r.delta or "", _p_text(r.p) if r is not base else ""]
-            body.append(line + [r.n_text])
-        notes = _notes(rows, cols, protocol, primary, weak, base)
-        title = f"{dataset} ({task if isinstance(task, str) else 'task unknown'})"
-        csv = pd.DataFrame(
-            [
-                {
-                    "dataset": dataset,
-                    "task": task,
-                    "method": r.label,
-                    "metric": m,
-                    "mean": c.mean,
-                    "std": c.std,
-                    "n": c.n,
-                    "n_asked": r.asked,
-                    "complete": r.complete,
-                    "ranked": r.ranked,
-                    "reference": r.reference,
-                    "best_unimodal": r.best_unimodal,
-                    "mark": c.mark,
-                    "delta_vs_joint": r.delta.mean if r.delta is not None and m == primary else None,
-                    "p_holm": r.p if m == primary else None,
-                    "protocol": protocol,
-                }
-                for r in rows
-                for m, c in r.cells.items()
-            ]
-        )
-        # as displayed, so that methods equal in the table tie in the ranks
-        scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
-        unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
-        out.append(Block(Table(title, header, body, notes), csv, primary, scores, unranked))
-    return out
+            line += [r.delta or "", _p_text(r.p) if r is not base else ""]
+        body.append(line + [r.n_text])
+    notes = _notes(rows, cols, protocol, primary, weak, base, kb)
+    title = kb.title
+    csv = _csv_rows(rows, dataset, task, title, primary, protocol)
+    # as displayed, so that methods equal in the table tie in the ranks
+    scores = {r.label: r.cells[primary].rounded() for r in rows if primary and r.ranked}
+    unranked = [r.label for r in rows if r.multimodal and not r.reference and not r.ranked]
+    return Block(Table(title, header, body, notes), csv, primary, scores, unranked, kb.fixture, kb.slug,
+                 kb.protocol, task if isinstance(task, str) else "", kb.block or "")  # fmt: skip
+
+
+def _csv_rows(
+    rows: Sequence[Row], dataset: str, task: str, title: str, primary: str, protocol: str
+) -> pd.DataFrame:
+    """One CSV row per table row and metric: the numbers of the table, for scripts."""
+    return pd.DataFrame(
+        [
+            {
+                "dataset": dataset,
+                "task": task,
+                "block": title,
+                "method": r.label,
+                "metric": m,
+                "mean": c.mean,
+                "std": c.std,
+                "n": c.n,
+                "n_asked": r.asked,
+                "complete": r.complete,
+                "ranked": r.ranked,
+                "reference": r.reference,
+                "best_unimodal": r.best_unimodal,
+                "mark": c.mark,
+                "delta_vs_joint": r.delta.mean if r.delta is not None and m == primary else None,
+                "p_holm": r.p if m == primary else None,
+                "protocol": protocol,
+            }
+            for r in rows
+            for m, c in r.cells.items()
+        ]
+    )
 
 
 def _notes(
-    rows: Sequence[Row], cols: Sequence[str], protocol: str, primary: str, weak: str | None, base: Row | None
+    rows: Sequence[Row],
+    cols: Sequence[str],
+    protocol: str,
+    primary: str,
+    weak: str | None,
+    base: Row | None,
+    kb: KeyBlock,
 ) -> list[str]:
     notes = [
+        f"Fixture data ({FIXTURE_NOTE}): a check of the code path, not a result; never ranked."
+    ] * kb.fixture
+    notes += [
         f"Protocol: {PROTOCOLS[protocol]}. Mean ± std (sample std, ddof=1) over the finished seeds; "
         "n: seeds finished / seeds asked.",
         "Best in bold, second best in italics (underlined in LaTeX), among the ranked rows: complete "
@@ -614,6 +682,15 @@ def _notes(
     notes += [friedman_note] if friedman_note else []
     if any(not r.complete for r in rows):
         notes.append("Incomplete rows (fewer finished seeds than asked) are shown but never ranked.")
+    extra = sorted({s for r in rows for s in r.extra})
+    notes += [
+        f"Seed {s} finished by only some rows ({', '.join(r.label for r in rows if s in r.extra)}): "
+        "not in the means, the tests or n." for s in extra
+    ]  # fmt: skip
+    notes += [
+        f"{r.label}: data fingerprint differs from {base.label}'s at seed(s) "
+        f"{', '.join(map(str, r.unpaired))}; those seeds are not paired." for r in rows if r.unpaired
+    ]  # fmt: skip
     unfinished = [f"- {r.label} {u}" for r in rows for u in r.unfinished]
     unrecorded = sorted({s for r in rows for s in r.unrecorded})
     unfinished += [
@@ -635,14 +712,44 @@ class Ranking:
     average: pd.Series  # method -> average rank (1 = best), sorted
     nemenyi: pd.DataFrame | None  # pairwise p-values (None with fewer than 3 methods)
     cd: float  # Nemenyi critical difference at stats.ALPHA
+    left_out: dict[str, str] = field(default_factory=dict)  # method -> why it is not ranked
+
+    def caption(self) -> str:
+        """Which methods the ranking leaves out, and why (the critical-difference figure's caption)."""
+        if not self.left_out:
+            return ""
+        by_reason: dict[str, list[str]] = {}
+        for m, why in self.left_out.items():
+            by_reason.setdefault(why, []).append(m)
+        return "Not ranked: " + "; ".join(f"{', '.join(sorted(ms))} ({why})" for why, ms in by_reason.items())
 
 
-def rank_table(blocks: Sequence[Block]) -> Ranking | None:
+def left_out(blocks: Sequence[Block], scores: pd.DataFrame, common: Sequence[str]) -> dict[str, str]:
+    """Method -> why the ranking across ``blocks`` leaves it out: a reference row, absent from some
+    tables (a method that refuses a task kind), or incomplete in one."""
+    why: dict[str, str] = {}
+    for b in blocks:
+        refs = b.csv[b.csv["reference"]]["method"] if "reference" in b.csv else []
+        why.update({str(m).split("(")[0]: "reference rows, never ranked" for m in refs})
+    for m in scores.columns:
+        if m not in common:
+            absent = [t for t in scores.index if pd.isna(scores.loc[t, m])]
+            why[m] = f"absent or incomplete in {len(absent)} of {len(scores)} tables"
+    for b in blocks:
+        for m in b.unranked:
+            why.setdefault(m, "incomplete in a table")
+    return why
+
+
+def rank_table(blocks: Sequence[Block], title: str = "Average rank across tables") -> Ranking | None:
     """Average ranks of the methods ranked in every table (blocks: the tables), ``None`` with fewer
     than 2 tables or 2 such methods."""
+    # Fixture data is a check of the code, not a result; a table with one ranked row (a lone ad-hoc
+    # run) ranks nothing and would leave no method common to every table.
+    blocks = [b for b in blocks if not b.fixture and len(b.scores) >= 2]
     if len(blocks) < 2:
         return None
-    titles = [b.table.title for b in blocks]
+    titles = [b.name or b.table.title for b in blocks]
     scores = pd.DataFrame([pd.Series(b.scores, dtype=float) for b in blocks], index=titles)
     common = [c for c in scores.columns if scores[c].notna().all()]
     if len(common) < 2:
@@ -671,9 +778,7 @@ def rank_table(blocks: Sequence[Block]) -> Ranking | None:
             f"difference at α = {stats.ALPHA}: {cd:.2f} ranks; two methods whose average ranks differ by "
             "less are not told apart (see the critical-difference figure)."
         )
-    left = {c for c in scores.columns if c not in common} | {m for b in blocks for m in b.unranked}
-    if left:
-        notes.append(f"Absent or incomplete in a table, so left out: {', '.join(sorted(left))}.")
+    why = left_out(blocks, scores, common)
     csv = pd.DataFrame(
         [
             {"dataset": "all", "task": t, "method": m, "metric": "rank", "mean": ranks.loc[t, m]}
@@ -685,8 +790,12 @@ def rank_table(blocks: Sequence[Block]) -> Ranking | None:
             for m in average.index
         ]  # fmt: skip
     )
-    table = Table("Average rank across tables", header + ["Avg rank"], body, notes)
-    return Ranking(table, csv, average, stats.nemenyi(oriented) if k >= 3 else None, cd)
+    nemenyi = stats.nemenyi(oriented) if k >= 3 else None
+    ranking = Ranking(Table(title, header + ["Avg rank"], body, notes), csv, average,
+                      nemenyi, cd, why)  # fmt: skip
+    if why:
+        ranking.table.notes.append(ranking.caption() + ".")
+    return ranking
 
 
 def write_tables(
@@ -718,12 +827,14 @@ def report(
     ``results.RecordWarning`` naming the file."""
     out = Path(out) if out is not None else Path(results)
     runs = load(results, protocol)
-    name, heading, seeds = "all-runs", f"All runs in {results}", None
+    name, heading, seeds, s = "all-runs", f"All runs in {results}", None, None
     if suite is not None:
         from mmbalance.sweep import load_suite
+        from mmbalance.tuned_report import assign_blocks
 
         s = load_suite(suite)
         runs, name, heading, seeds = select_suite(runs, s), s.name, f"Suite {s.name}", s.seeds
+        runs = assign_blocks(runs, s) if not runs.empty else runs  # tables titled by the suite's blocks
     if methods and not runs.empty:
         runs = runs[runs["method"].isin(methods)]
         name += "-" + "-".join(methods)
@@ -733,9 +844,16 @@ def report(
             f"no finished runs{' of suite ' + name if suite else ''} under {Path(results) / 'runs'} ({what})"
         )
     blocks = run_tables(runs, protocol, seeds=seeds)
-    ranking = rank_table(blocks)
-    tables = [(b.table, b.csv) for b in blocks] + ([(ranking.table, ranking.csv)] if ranking else [])
+    rankings = rankings_of(blocks, s)
+    tables = [(b.table, b.csv) for b in blocks] + [(r.table, r.csv) for _, r in rankings]
+    if s is not None and "block" in runs.columns:
+        from mmbalance.tuned_report import laziness_table, tuned_vs_defaults
+
+        tables += [t for t in (laziness_table(runs, s.protocol), tuned_vs_defaults(runs)) if t is not None]
     paths = write_tables(tables, out / "tables", name, heading)
+    paths.append(
+        write_runs(out / "tables", name, list(finished(runs)["run_id"]))
+    )  # what a staleness test checks
     from mmbalance.modality_report import write_modality_outputs  # its own table file and figures
 
     paths += write_modality_outputs(finished(runs), out, name, heading, figures)
@@ -743,12 +861,36 @@ def report(
         from mmbalance.figures import critical_difference, suite_figures
 
         paths += suite_figures(finished(runs), out / "figures", name, jobs)
-        if ranking is not None and ranking.nemenyi is not None:
-            paths += critical_difference(
-                ranking.average,
-                ranking.nemenyi,
-                ranking.cd,
-                out / "figures" / f"{name}-critical-difference",
-                title=f"{heading}: {len(blocks)} tables, Friedman + Nemenyi",
-            )
+        for suffix, ranking in rankings:
+            if ranking.nemenyi is not None:
+                paths += critical_difference(
+                    ranking.average, ranking.nemenyi, ranking.cd, out / "figures" / f"{name}-critical-difference{suffix}",
+                    title=f"{heading}, {ranking.table.title[0].lower()}{ranking.table.title[1:]}: "
+                          f"{len(ranking.table.columns) - 2} tables, Friedman + Nemenyi",
+                    caption=ranking.caption(),
+                )  # fmt: skip
+        if s is not None and "block" in runs.columns:
+            from mmbalance.tuned_report import gain_figure, gain_frame
+
+            gains = gain_frame(runs, s, s.protocol)
+            if not gains.empty:
+                paths += gain_figure(gains, out / "figures" / f"{name}-gain-vs-imbalance")
     return paths
+
+
+def rankings_of(blocks: Sequence[Block], suite: Any | None) -> list[tuple[str, Ranking]]:
+    """``(figure suffix, ranking)``: across every table; for a suite, across its protocol's tables of every
+    task kind (the methods every kind admits) and across its classification tables (every method that
+    classifies; ``-classification``)."""
+    if suite is None:
+        ranking = rank_table(blocks)
+        return [("", ranking)] if ranking else []
+    own = [b for b in blocks if b.protocol == suite.protocol]
+    candidates = [
+        ("", rank_table(own, f"Average rank across the {suite.protocol}-protocol tables of every task kind"))
+    ]
+    if any(b.task != "classification" for b in own):
+        classification = [b for b in own if b.task == "classification"]
+        title = f"Average rank across the {suite.protocol}-protocol classification tables"
+        candidates.append(("-classification", rank_table(classification, title)))
+    return [(suffix, r) for suffix, r in candidates if r is not None]

@@ -13,6 +13,9 @@ Columns:
 - the run spec flattened into columns (``dataset``, ``method``, ``seed``, ``epochs``, ``method_params.rho``,
   ``optim.lr``, ``dataset_params.task``, ...), plus ``spec`` (the nested dict) and ``config`` (the spec
   without its seed as canonical JSON: the runs of one configuration differ only in their seed);
+- ``data_fingerprint`` and ``fixture`` (the run trained on ``mmbalance.fixtures`` files: tiny copies of a
+  real format, never a result) from ``spec.yaml``; ``key``: the comparison key (``comparison.py``): runs
+  of one key differ only in the method, its own parameters and the seed, so only they are compared;
 - ``task``, ``modalities`` (tuple), ``selection_metric``, ``best_epoch``, ``epochs_done`` and ``seconds``
   (training time summed over the recorded epochs);
 - memory: ``peak_memory_mb`` (CUDA runs: the largest training-phase peak of allocated memory over the
@@ -35,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from mmbalance.records import RunDir, iter_runs
+from mmbalance.comparison import comparison_key
+from mmbalance.records import RECORD_ONLY, RunDir, iter_runs
 from mmbalance.status import DAMAGED_FINAL, run_state
 
 __all__ = ["PROTOCOLS", "RecordWarning", "load", "run_values", "config_key", "flatten", "one_line"]
@@ -45,7 +50,6 @@ PROTOCOLS = {
     "best-valid-test": "test metrics at the best validation epoch",
     "best-valid": "best validation score of each metric over epochs, no test split (CGGM code's protocol)",
 }
-RECORD_ONLY = ("run_id", "data_fingerprint")  # fields spec.yaml adds to the canonical spec
 IDENTITY = ("dataset", "method", "seed")  # what a table needs to place a run
 READ_ERRORS = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError)
 
@@ -117,6 +121,16 @@ def _extra_memory(runs: pd.DataFrame) -> pd.Series:
                      index=runs.index, dtype=float)  # fmt: skip
 
 
+def _data_origin(rd: RunDir) -> tuple[str | None, bool]:
+    """The data fingerprint and fixture mark spec.yaml records ((None, False) when it cannot be read:
+    ``_fill_fingerprints`` then takes them from the runs of the same configuration)."""
+    try:
+        doc = rd.spec()
+        return doc.get("data_fingerprint"), bool(doc.get("data_fixture", False))
+    except (*READ_ERRORS, yaml.YAMLError):
+        return None, False
+
+
 def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
     try:
         state = run_state(rd)
@@ -148,6 +162,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
             )
             return {}
     epochs_done, seconds, peak = _epoch_totals(rd)
+    fingerprint, fixture = _data_origin(rd)
     params = spec.get("dataset_params")
     task = final.get("task") or (params.get("task") if isinstance(params, dict) else None)
     return {
@@ -158,6 +173,9 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
         **flatten(spec),
         "spec": spec,
         "config": config_key(spec),
+        "data_fingerprint": fingerprint,
+        "fixture": fixture,
+        "key": comparison_key(spec, fingerprint, fixture),
         "task": task,
         "modalities": tuple(final["modalities"]) if "modalities" in final else None,
         "selection_metric": final.get("selection_metric"),
@@ -194,7 +212,20 @@ def load(results: Path | str = "results", protocol: str = "best-valid-test") -> 
     rows = [r for r in (_row(rd, protocol) for rd in iter_runs(results)) if r]
     if not rows:
         return pd.DataFrame(columns=["run_id", "path", "status", "reason", "dataset", "task", "method", "seed",
-                                     "spec", "config", "modalities", "selection_metric", "seconds"])  # fmt: skip
-    runs = _fill_from_done(pd.DataFrame(rows))
+                                     "spec", "config", "data_fingerprint", "fixture", "key", "modalities",
+                                     "selection_metric", "seconds"])  # fmt: skip
+    runs = _fill_fingerprints(_fill_from_done(pd.DataFrame(rows)))
     runs["extra_memory_mb"] = _extra_memory(runs)
+    return runs
+
+
+def _fill_fingerprints(runs: pd.DataFrame) -> pd.DataFrame:
+    """A run whose spec.yaml cannot be read (its final.json still holds the spec) takes the data
+    fingerprint of its configuration's other runs, so that it stays in their table."""
+    known = runs.dropna(subset=["data_fingerprint"]).groupby("config")["data_fingerprint"].first()
+    lost = runs["data_fingerprint"].isna() & runs["config"].isin(known.index)
+    for i in runs.index[lost]:
+        spec, fp = runs.at[i, "spec"], known[runs.at[i, "config"]]
+        runs.at[i, "data_fingerprint"] = fp
+        runs.at[i, "key"] = comparison_key(spec, fp, bool(runs.at[i, "fixture"]))
     return runs

@@ -47,6 +47,7 @@ from mmbalance.memory import MB, method_state
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.probes import Probes
 from mmbalance.records import (
+    RECORD_ONLY,
     DamagedRecordError,
     RunDir,
     atomic_write_bytes,
@@ -718,6 +719,8 @@ def _discard_records(rd: RunDir) -> None:
 def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -> RunResult:
     spec, rd = trainer.spec, trainer.rd
     spec_doc = {"run_id": rd.run_id, "data_fingerprint": fingerprint, **spec.canonical()}
+    if trainer.adapter.fixture:  # reports label such runs and never rank them
+        spec_doc = {**spec_doc, "data_fixture": True}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
     atomic_write_json(
         rd.file("env.json"),
@@ -768,7 +771,7 @@ def evaluate_run(run_dir: Path | str, data_root: Path | None = None, device: str
     if rd.status() != "done":
         raise ValueError(f"{rd.path}: status is {rd.status()!r}, not 'done'; only finished runs are scored")
     doc = rd.spec()
-    spec = validate_spec({k: v for k, v in doc.items() if k not in ("run_id", "data_fingerprint")})
+    spec = validate_spec({k: v for k, v in doc.items() if k not in RECORD_ONLY})
     adapter = make_adapter(spec, data_root)
     adapter.verify()
     if (fp := data_fingerprint(adapter)) != doc.get("data_fingerprint"):

@@ -50,7 +50,7 @@ class TunedSpec(StrictModel):
     tuning_seeds: list[int]  # the seeds the trials were averaged over (disjoint from the reported ones)
     shared_space: str  # search_space.space_hash(OPTIM_SPACE)
     method_space: str  # search_space.space_hash(the method's search_space)
-    chosen: list[str] = []  # spec paths tuning set outside method_params (optim.lr, ...)
+    chosen: list[str] = []  # the spec paths tuning set (optim.lr, method_params.alpha, ...)
 
 
 # Fields whose default is left out of the canonical spec, so adding them kept every earlier run id.
@@ -172,6 +172,18 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "presets"
+# The preset a single run of a dataset gets when none is named: the synthetic data's is the default suite's
+# settings, so that `mmbalance run --dataset synthetic` learns what the suite's tables show.
+DEFAULT_PRESETS = {"synthetic": "synthetic"}
+
+
+def default_preset(*fragments: dict[str, Any]) -> dict[str, Any]:
+    """``{"preset": name}`` for the dataset the fragments name (default: synthetic) when none names a
+    preset; ``{}`` otherwise. Place it lowest in ``compose``."""
+    if any("preset" in f for f in fragments):
+        return {}
+    dataset = next((f["dataset"] for f in reversed(fragments) if "dataset" in f), RunSpec().dataset)
+    return {"preset": DEFAULT_PRESETS[dataset]} if dataset in DEFAULT_PRESETS else {}
 
 
 def load_preset(name: str) -> dict[str, Any]:

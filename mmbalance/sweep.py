@@ -30,6 +30,7 @@ sampler's seed.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -270,10 +271,26 @@ def wait_for_elsewhere(
 
 
 def run_ids(planned: list[Planned], data_root: Path | None = None) -> dict[str, str]:
-    """``{run_id: label}`` of the runnable specs (what ``mmbalance status --suite`` looks for)."""
-    from mmbalance.runner import prepare
+    """``{run_id: label}`` of the runnable specs (what ``mmbalance status --suite`` looks for). The data
+    fingerprint is computed once per data configuration (dataset, its params, and the seed where the seed
+    draws the data), not once per run: a suite has hundreds of runs and a handful of datasets."""
+    from mmbalance.comparison import seed_draws_data
+    from mmbalance.runner import data_fingerprint, make_adapter
 
-    return {prepare(p.spec, Path("."), data_root)[2].run_id: p.label for p in planned if p.spec is not None}
+    fingerprints: dict[tuple, str] = {}
+    out = {}
+    for p in planned:
+        if p.spec is None:
+            continue
+        spec = p.spec.canonical()
+        data = (spec["dataset"], json.dumps(spec["dataset_params"], sort_keys=True),
+                spec["seed"] if seed_draws_data(spec) else None)  # fmt: skip
+        if data not in fingerprints:
+            adapter = make_adapter(p.spec, data_root)
+            adapter.verify()
+            fingerprints[data] = data_fingerprint(adapter)
+        out[p.spec.run_id(fingerprints[data])] = p.label
+    return out
 
 
 def summary_rows(outcomes: list[tuple[Planned, Any]], skipped: list[Planned]) -> list[dict[str, str]]:

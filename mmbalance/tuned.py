@@ -78,7 +78,7 @@ def apply_tuned(doc: dict[str, Any], entry: TunedEntry, tuned: TunedFile) -> dic
     """The spec document of ``doc`` (a block's method entry, default protocol) under the tuned protocol."""
     for path, value in entry.set.items():
         doc = set_path(doc, path, value)
-    chosen = sorted(p for p in entry.set if not p.startswith("method_params."))
+    chosen = sorted(entry.set)
     return {
         **doc,
         "tuned": {

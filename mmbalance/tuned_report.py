@@ -42,17 +42,18 @@ def assign_blocks(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
         f.pop("method", None)
 
     def block(spec: dict[str, Any]) -> str | None:
-        matches = [(_leaves(f), name) for name, f in fragments if is_subset(f, _without_tuning(spec, f))]
+        matches = [(_leaves(f), name) for name, f in fragments if is_subset(f, without_tuning(spec, f))]
         return max(matches)[1] if matches else None
 
     out = runs.copy()
     out["block"] = out["spec"].map(block)
+    out["block_order"] = out["block"].map({name: i for i, (name, _) in enumerate(fragments)})
     out["protocol"] = out["spec"].map(lambda s: "tuned" if s.get("tuned") else "defaults")
     out["label"] = out["spec"].map(_label)
     return out
 
 
-def _without_tuning(spec: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
+def without_tuning(spec: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
     """A tuned run's spec with the values tuning chose put back to the fragment's, for block matching."""
     chosen = (spec.get("tuned") or {}).get("chosen", [])
     if not chosen:

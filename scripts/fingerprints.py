@@ -31,6 +31,8 @@ from mmbalance.runner import data_fingerprint
 from mmbalance.spec import SpecError, compose, load_yaml
 from mmbalance.sweep import Suite, spec_fragment, suite_from_doc
 
+REGISTERED_SEEDS = range(10)  # where the seed draws the data: the draws of seeds 0-9 are known
+
 HEADER = """\
 # Known split fingerprints of the suite's dataset configurations (train|valid|test, 16 hex each: the
 # SHA-256 of each split's ids and labels). A leaderboard entry must carry the fingerprint listed for its
@@ -85,8 +87,14 @@ def known_splits(benchmarks: Path, data_root: Path | None) -> list[dict[str, Any
         except DataMissingError:
             print(f"skip {label}: data not found under {adapter.root}", file=sys.stderr)
             continue
-        rows[key] = {"dataset": dataset, "config": label, "params_hash": key[1], "task": adapter.task.kind,
-                     "fingerprint": data_fingerprint(adapter)}  # fmt: skip
+        row = {"dataset": dataset, "config": label, "params_hash": key[1], "task": adapter.task.kind}
+        if cls.seed_param is not None and getattr(adapter.params, cls.seed_param) is None:
+            # The run seed draws the data: the fingerprint of each seed's draw, as make_adapter builds it.
+            row["fingerprints"] = {seed: data_fingerprint(cls(adapter.params.model_copy(update={cls.seed_param: seed}),
+                                                              adapter.root)) for seed in REGISTERED_SEEDS}  # fmt: skip
+        else:
+            row["fingerprint"] = data_fingerprint(adapter)
+        rows[key] = row
     return list(rows.values())
 
 

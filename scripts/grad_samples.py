@@ -32,14 +32,14 @@ from torch import Tensor, nn
 
 from mmbalance.data import collate
 from mmbalance.probes import Probes
-from mmbalance.records import RunDir, atomic_write_bytes
+from mmbalance.records import RECORD_ONLY, RunDir, atomic_write_bytes
 from mmbalance.runner import make_adapter
 from mmbalance.spec import validate_spec
 
 
 def load_model(rd: RunDir, data_root: Path | None):
     """The run's adapter, spec and model with its final weights, and the probes' state."""
-    doc = {k: v for k, v in rd.spec().items() if k not in ("run_id", "data_fingerprint")}
+    doc = {k: v for k, v in rd.spec().items() if k not in RECORD_ONLY}
     spec = validate_spec(doc)
     adapter = make_adapter(spec, data_root)
     modalities = rd.final()["modalities"]

@@ -1,6 +1,9 @@
 """The benchmark issue's four checks on a results folder, from run records alone.
 
-    python scripts/imbalance_evidence.py results [--dataset synthetic] [--epochs 12]
+    python scripts/imbalance_evidence.py results [--dataset synthetic] [--imbalance 1] [--protocol defaults]
+
+On the runs of one block: synthetic classification at imbalance degree 1 (the ``lazy`` scenario) by default,
+under the default protocol (the suite's fixed settings; ``--protocol tuned``: what tuning chose).
 
 (a) the unimodal ensemble beats joint training by >= 4 points (test accuracy, mean over seeds);
 (b) the weakest modality's probe inside the joint model is >= 10 points below that modality trained alone;
@@ -24,11 +27,16 @@ def main() -> int:
     ap.add_argument("results")
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--task", default="classification")
+    ap.add_argument("--imbalance", type=float, default=1.0, help="synthetic: the block's imbalance degree")
+    ap.add_argument("--protocol", choices=("defaults", "tuned"), default="defaults")
     args = ap.parse_args()
     df = load(args.results)
     df = df[(df["status"] == "done") & (df["dataset"] == args.dataset)]
     if "dataset_params.task" in df:
         df = df[df["dataset_params.task"].fillna(args.task) == args.task]
+    if "dataset_params.imbalance" in df:
+        df = df[df["dataset_params.imbalance"].fillna(args.imbalance) == args.imbalance]
+    df = df[df["spec"].map(lambda s: bool(s.get("tuned"))) == (args.protocol == "tuned")]
     acc = df.groupby("method")["accuracy"].mean()
     joint = df[df["method"] == "joint"]
     alone = df[df["method"] == "unimodal"].groupby("method_params.modality")["accuracy"].mean()

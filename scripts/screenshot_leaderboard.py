@@ -1,10 +1,13 @@
 """Open the built leaderboard page in headless Chromium: take a screenshot and check that sorting works.
 
-Without ``--results`` it first makes a small demo board in a temporary folder (three seeds each of joint
-training and of the m0-only model on a small synthetic set, with a fingerprint registry for that set).
+Without ``--results`` it first makes a small demo board in a temporary folder: two tracks on a small
+synthetic set (SGD at lr 0.05 and at lr 0.01), three seeds each of joint training, CGGM and PMR in the
+first and of joint training and CGGM in the second, and the unimodal ensemble as a reference (shown
+apart, never ranked), with a fingerprint registry for that set.
 Sorting is checked through the page's own script: the page is loaded with ``#sort=t0.<col>.asc`` and
-``.desc`` (the address a header click writes) and the row order of Chromium's DOM dump is compared with
-the order of the cells' values. Needs ``chromium`` (Debian: ``apt-get install chromium``).
+``.desc`` (the address a header click writes); the row order of Chromium's DOM dump must follow the
+cells' values and the ``#`` column the ranks of that order. Needs ``chromium`` (Debian: ``apt-get
+install chromium``).
 
 Usage::
 
@@ -39,11 +42,17 @@ def demo_board(root: Path) -> tuple[Path, Path]:
     from mmbalance.spec import validate_spec
 
     torch.set_num_threads(1)
-    base = {"dataset_params": {"n_train": 256, "n_valid": 128, "n_test": 128}, "epochs": 3, "batch_size": 32}
+    base = {"dataset_params": {"n_train": 256, "n_valid": 128, "n_test": 128}, "epochs": 3, "batch_size": 32,
+            "optim": {"lr": 0.05}}  # fmt: skip
     results = root / "results"
+    slow = {"optim": {"lr": 0.01}}  # another track: never ranked beside the lr 0.05 entries
     variants = {
         "joint": {"method": "joint"},
-        "m0-only": {"method": "unimodal", "method_params": {"modality": "m0"}},
+        "cggm": {"method": "cggm"},
+        "pmr": {"method": "pmr"},
+        "ensemble": {"method": "unimodal_ensemble"},
+        "joint-lr0.01": {"method": "joint", **slow},
+        "cggm-lr0.01": {"method": "cggm", **slow},
     }
     spec = validate_spec(base)
     fingerprints = root / "fingerprints.yaml"
@@ -62,12 +71,13 @@ def demo_board(root: Path) -> tuple[Path, Path]:
 
 
 class Rows(HTMLParser):
-    """``data-value`` of column ``col`` of each body row of table ``table_id``, in DOM order."""
+    """``data-value`` of column ``col`` and the text of the ``#`` column of each body row of table
+    ``table_id``, in DOM order."""
 
     def __init__(self, table_id: str, col: int) -> None:
         super().__init__()
         self.table_id, self.col = table_id, col
-        self.inside, self.in_body, self.cell, self.values = False, False, -1, []
+        self.inside, self.in_body, self.cell, self.values, self.ranks = False, False, -1, [], []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -81,6 +91,10 @@ class Rows(HTMLParser):
             self.cell += 1
             if self.cell == self.col:
                 self.values.append(float(a.get("data-value", "nan")))
+
+    def handle_data(self, data):
+        if self.in_body and self.cell == 0 and data.strip():
+            self.ranks.append(data.strip())
 
     def handle_endtag(self, tag):
         if tag == "table":
@@ -110,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         url = built.html.resolve().as_uri()
         shot = args.out / "leaderboard.png"
         sorted_shot = args.out / "leaderboard-sorted.png"
-        chromium([f"--screenshot={shot}", "--window-size=1400,700", url], tmp / "profile")
+        chromium([f"--screenshot={shot}", "--window-size=1600,2300", url], tmp / "profile")
         col = args.column
         chromium(
-            [f"--screenshot={sorted_shot}", "--window-size=1400,700", f"{url}#sort=t0.{col}.asc"],
+            [f"--screenshot={sorted_shot}", "--window-size=1600,2300", f"{url}#sort=t0.{col}.asc"],
             tmp / "profile",
         )
         print(f"{len(built.entries)} entries; screenshots {shot} (ranked), {sorted_shot} (column {col} asc)")
@@ -125,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.feed(dom)
             values = [v for v in rows.values if not math.isnan(v)]
             want = sorted(values, reverse=direction == "desc")
+            better = (lambda w, v: w < v) if direction == "asc" else (lambda w, v: w > v)
+            ranks = [str(1 + sum(better(w, v) for w in values)) for v in values]  # ties share a rank
             sorted_ok = len(values) >= 2 and values == want and 'aria-sort="' in dom
-            ok &= sorted_ok
-            print(f"sort column {col} {direction}: {values} -> {'ok' if sorted_ok else 'NOT SORTED'}")
+            ranks_ok = rows.ranks[: len(values)] == ranks
+            ok &= sorted_ok and ranks_ok
+            print(
+                f"sort column {col} {direction}: {values} -> {'ok' if sorted_ok else 'NOT SORTED'}; "
+                f"ranks {rows.ranks} -> {'follow the sort' if ranks_ok else 'DO NOT FOLLOW'}"
+            )
     return 0 if ok else 1
 
 

@@ -30,16 +30,21 @@ def make_run(
     diag: bool = False,
     epochs: int = 3,
     status: str = "done",
+    spec: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    fixture: bool = False,
 ) -> RunDir:
     """Write one run; metrics default to an accuracy of 50. ``status``: ``done``, ``failed: <reason>``
-    (no final.json) or ``running`` (no final.json, no lock: an interrupted run)."""
+    (no final.json) or ``running`` (no final.json, no lock: an interrupted run). ``spec``: further spec
+    fields (``optim``, ``tuned``, ...); ``fingerprint`` and ``fixture`` go to spec.yaml as the runner's."""
     spec = {"dataset": dataset, "dataset_params": {"task": task}, "method": method,
-            "method_params": method_params or {}, "epochs": epochs, "seed": seed}  # fmt: skip
+            "method_params": method_params or {}, "epochs": epochs, "seed": seed, **(spec or {})}  # fmt: skip
     primary = {"classification": "accuracy", "regression": "mae", "segmentation": "dice_mean"}[task]
     test = test or {primary: 50.0}
     valid = valid or dict(test)
     probe = probe if probe is not None else {m: 40.0 + i for i, m in enumerate(modalities)}
-    run_id = f"{method}-{hashlib.sha256(config_key(spec).encode()).hexdigest()[:8]}-{seed}"
+    blob = config_key(spec) + (fingerprint or "")
+    run_id = f"{method}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}-{seed}"
     rd = RunDir.of(results, run_id)
     rd.path.mkdir(parents=True)
     final = {
@@ -50,7 +55,9 @@ def make_run(
     }  # fmt: skip
     if status == "done":
         rd.file("final.json").write_text(json.dumps(final))
-    rd.file("spec.yaml").write_text(yaml.safe_dump({"run_id": run_id, **spec}))
+    origin = {"data_fingerprint": fingerprint} if fingerprint else {}
+    origin |= {"data_fixture": True} if fixture else {}
+    rd.file("spec.yaml").write_text(yaml.safe_dump({"run_id": run_id, **origin, **spec}))
     history = [{"epoch": e, "valid": {primary: 30.0 + 10 * e, "probe": {m: 30.0 + e * (i + 1) for i, m in
                 enumerate(modalities)}}, "test": {}, "seconds": 1.5} for e in range(epochs)]  # fmt: skip
     rd.file("metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))

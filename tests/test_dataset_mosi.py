@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mmbalance.data import DataError, DataMissingError, collate
 from mmbalance.datasets import mosi as mosi_mod
 from mmbalance.datasets.mosi import Mosi, MosiModelParams, MosiParams
 from mmbalance.fixtures import mosi as fixture
+from mmbalance.results import load
 from mmbalance.runner import train
 from mmbalance.spec import validate_spec
 
@@ -261,6 +263,9 @@ def test_one_epoch_writes_a_run_record(root, tmp_path, method):
     final = json.loads((result.path / "final.json").read_text())
     assert set(final["test"]) >= {"mae", "corr", "acc7", "acc2_non0", "f1_non0"}
     assert np.isfinite(final["test"]["mae"])
+    # fixture files are marked by their writer: the record says so, and reports never rank the run
+    assert yaml.safe_load((result.path / "spec.yaml").read_text())["data_fixture"] is True
+    assert load(tmp_path)["fixture"].tolist() == [True]
 
 
 def test_a_model_that_cannot_be_built_leaves_no_run_folder(root, tmp_path, capsys):

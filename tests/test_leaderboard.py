@@ -15,7 +15,7 @@ import yaml
 from conftest import small_spec
 
 from mmbalance import leaderboard as lb
-from mmbalance.leaderboard_page import SORT_SCRIPT, render_html, render_markdown
+from mmbalance.leaderboard_page import SORT_SCRIPT, render_html, render_markdown, tracks
 from mmbalance.records import RunDir
 from mmbalance.runner import data_fingerprint, make_adapter, train
 
@@ -35,9 +35,10 @@ def runs(tmp_path_factory):
         small_spec(method="unimodal", method_params={"modality": "m0"}, seed=3), results, progress=False
     )
     spec = small_spec()
+    # The synthetic data is drawn by the run seed: the registry knows each seed's draw.
     split = {"dataset": "synthetic", "config": "synthetic classification (test)", "task": "classification",
              "params_hash": lb.params_hash(spec.dataset_params),
-             "fingerprint": data_fingerprint(make_adapter(spec))}  # fmt: skip
+             "fingerprints": {s: data_fingerprint(make_adapter(small_spec(seed=s))) for s in range(5)}}  # fmt: skip
     fingerprints = root / "fingerprints.yaml"
     fingerprints.write_text(yaml.safe_dump({"version": 1, "splits": [split]}))
     return {"joint": joint, "unimodal": uni.path, "fingerprints": fingerprints, "root": root}
@@ -63,7 +64,10 @@ def reseal(data: dict) -> dict:
     data["spec_hash"] = lb.spec_hash(data["spec"])
     for s in data["seeds"]:
         s["run_id"] = lb.expected_run_id(
-            data["spec"], s["seed"], data["data_fingerprint"], data["code_version"]
+            data["spec"],
+            s["seed"],
+            s.get("data_fingerprint") or data["data_fingerprint"],
+            data["code_version"],
         )
     names = data["seeds"][0]["metrics"]
     data["summary"] = {k: lb.summarize([s["metrics"][k] for s in data["seeds"]]).model_dump() for k in names}
@@ -192,10 +196,21 @@ def test_unknown_metric_is_refused(entry, runs, tmp_path):
 
 
 def test_wrong_or_unknown_fingerprint_is_refused(entry, runs, tmp_path):
+    assert entry["data_fingerprint"] == lb.PER_SEED  # the seed draws the synthetic data
     bad = copy.deepcopy(entry)
-    bad["data_fingerprint"] = re.sub(r"test:[0-9a-f]{16}", "test:" + "0" * 16, bad["data_fingerprint"])
-    assert "data_fingerprint: train:" in problems(reseal(bad), runs, tmp_path)
-    assert "differs from the suite's known fingerprint" in problems(reseal(bad), runs, tmp_path)
+    seed = bad["seeds"][1]
+    seed["data_fingerprint"] = re.sub(r"test:[0-9a-f]{16}", "test:" + "0" * 16, seed["data_fingerprint"])
+    msg = problems(reseal(bad), runs, tmp_path)
+    assert f"seeds[1].data_fingerprint: {seed['data_fingerprint']} differs from the known fingerprint" in msg
+    bad = copy.deepcopy(entry)  # one seed's data passed off as another's
+    bad["seeds"][0]["data_fingerprint"] = bad["seeds"][1]["data_fingerprint"]
+    assert "seeds[0].data_fingerprint" in problems(reseal(bad), runs, tmp_path)
+    bad = copy.deepcopy(entry)
+    bad["data_fingerprint"] = bad["seeds"][0].pop("data_fingerprint")  # a single fingerprint for all seeds
+    assert "draws its data from the seed; expected 'per-seed'" in problems(reseal(bad), runs, tmp_path)
+    bad = copy.deepcopy(entry)
+    bad["seeds"][2]["seed"] = 7  # no registered draw
+    assert "seeds[2].seed: 7 has no registered data draw" in problems(reseal(bad), runs, tmp_path)
     bad = copy.deepcopy(entry)
     bad["dataset_params"] = {**bad["dataset_params"], "n_test": 32}
     bad["spec"]["dataset_params"] = bad["dataset_params"]
@@ -353,9 +368,12 @@ def test_fingerprint_registry_matches_the_adapters():
     for task in ("classification", "regression", "segmentation"):
         params = cls.Params(task=task).model_dump(mode="json")
         split = known[("synthetic", lb.params_hash(params))]
-        assert split.fingerprint == data_fingerprint(cls(cls.Params(task=task))), (
-            "benchmarks/fingerprints.yaml is out of date: run scripts/fingerprints.py"
-        )
+        assert sorted(split.fingerprints) == list(range(10))  # the seed draws the data: one per seed
+        for seed in (0, 7):
+            drawn = cls(cls.Params(task=task, data_seed=seed))
+            assert split.fingerprints[seed] == data_fingerprint(drawn), (
+                "benchmarks/fingerprints.yaml is out of date: run scripts/fingerprints.py"
+            )
         assert split.task == task
 
 
@@ -449,3 +467,48 @@ def test_entry_carries_each_seeds_modality_numbers(entry, runs, tmp_path):
     path.write_text(json.dumps(old))
     e = lb.check(path, fingerprints=runs["fingerprints"])
     assert "Imbalance" not in render_markdown({"old.json": e})
+
+
+# --- tracks, references, Δ vs joint, links, filter, ranks (issue 24) ------------------------------------------
+def variant(entry: dict, runs, method: str, gain: float, **spec) -> lb.Entry:
+    """The fixture entry as another method (accuracy + ``gain`` on every seed) or at other settings."""
+    data = copy.deepcopy(entry)
+    data["method"], data["method_params"] = method, {}
+    data["spec"] = {**data["spec"], **spec}
+    for s in data["seeds"]:
+        s["metrics"] = {k: v + gain if k == "accuracy" else v for k, v in s["metrics"].items()}
+    return lb.validate_entry(reseal(data), lb.load_fingerprints(runs["fingerprints"]))
+
+
+def test_tracks_by_comparison_key_references_apart_and_delta_vs_joint(entry, runs):
+    entries = {"joint.json": variant(entry, runs, "joint", 0.0), "cggm.json": variant(entry, runs, "cggm", 2.0),
+               "ens.json": variant(entry, runs, "unimodal_ensemble", 9.0),
+               "fast.json": variant(entry, runs, "pmr", 5.0, optim={**entry["spec"]["optim"], "lr": 0.5})}  # fmt: skip
+    known = {k.page_key: k for k in lb.load_fingerprints(runs["fingerprints"]).values()}
+    short, fast = tracks(entries, known)
+    assert (short.config, fast.config) == (
+        "synthetic classification (test); optim.lr=0.01",
+        "synthetic classification (test); optim.lr=0.5",
+    )  # what differs
+    assert fast.title == short.title == "synthetic · classification"
+    assert [n for n, _ in short.ranked] == ["cggm.json", "joint.json"]  # the reference is not ranked...
+    assert [n for n, _ in short.references] == ["ens.json"]  # ...but shown apart
+    assert [n for n, _ in fast.ranked] == ["fast.json"] and fast.joint is None  # never beside lr 0.01
+    md = render_markdown(entries)
+    assert "References (never ranked):" in md and "| † | unimodal\\_ensemble" in md
+    assert "| 1 | cggm ([code](https://github.com/zrguo/CGGM))" in md and "| +2.00 |" in md
+    html = render_html(entries)
+    assert 'class="entries ranked"' in html and 'class="entries refs"' in html and 'id="filter"' in html
+    assert html.count("<h2>") == 2 and 'href="https://github.com/GeWu-Lab' not in html  # only methods shown
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_ranks_follow_the_sort_in_node():
+    cases = "\n".join([
+        "console.log(JSON.stringify(ranks([3, 1, NaN, 3], false)));",  # best first: ties share rank 1
+        "console.log(JSON.stringify(ranks([3, 1, NaN, 3], true)));",
+    ])  # fmt: skip
+    out = subprocess.run(
+        ["node", "-e", SORT_SCRIPT + cases], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.split() == ["[1,3,null,1]", "[2,1,null,2]"]  # NaN has no rank (JSON null)

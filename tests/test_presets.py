@@ -100,3 +100,19 @@ def test_bad_presets_are_one_line_errors(capsys):
     assert "unknown preset 'nosuch'" in capsys.readouterr().err
     with pytest.raises(SpecError, match="method_overrides: unknown method"):
         compose({"method_overrides": {"cgm": {"epochs": 1}}})
+
+
+def test_a_synthetic_run_without_a_preset_gets_the_default_suites_settings(capsys):
+    """Issue 24: the first README command trained at the code defaults (lr 0.01) and learned nothing."""
+    from mmbalance.sweep import load_suite
+
+    assert main(["run", "--dataset", "synthetic", "--method", "cggm", "--dry-run", "--set", "epochs=3"]) == 0
+    spec = yaml.safe_load(capsys.readouterr().out)
+    assert spec["optim"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
+                             "clip_grad_norm": None} and spec["epochs"] == 3  # fmt: skip
+    joint = next(p.spec for p in plan(load_suite("benchmarks/all.yaml")) if p.spec is not None).canonical()
+    assert (joint["dataset"], joint["method"], joint["seed"]) == ("synthetic", "joint", 0)
+    assert main(["run", "--method", "joint", "--dry-run"]) == 0  # synthetic is the default dataset
+    assert yaml.safe_load(capsys.readouterr().out) == joint  # one source: the suite's base names the preset
+    assert main(["run", "--preset", "mosi", "--dry-run"]) == 0  # a named preset is not replaced
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["name"] == "adam"

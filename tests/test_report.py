@@ -135,7 +135,8 @@ def test_report_writes_md_tex_csv_of_the_suite_only(tmp_path):
     }
     suite.write_text(yaml.safe_dump(doc))
     paths = report(results, suite=suite, figures=False)
-    assert [p.name for p in paths] == ["mini.md", "mini.tex", "mini.csv"]
+    assert [p.name for p in paths] == ["mini.md", "mini.tex", "mini.csv", "mini.runs"]
+    assert len((results / "tables" / "mini.runs").read_text().split()) == 2  # the suite's runs only
     md = (results / "tables" / "mini.md").read_text()
     assert "70.50 ± 0.71" in md and "10.00" not in md
     make_run(results, "cggm", 0, epochs=3)
@@ -293,10 +294,16 @@ def test_shipped_table_suites_are_valid_run_specs(path):
                 assert set(match.get("method_params", {})) <= set(fields), (row.label, match)
 
 
+def _shipped() -> dict[Path, int]:
+    """Every file under the repository's results/ with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in (PAPER_DIR.parent.parent / "results").rglob("*") if p.is_file()}
+
+
 def test_cli_report_and_reproduce(tmp_path, capsys):
     from mmbalance.cli import main
 
-    make_run(tmp_path, "cggm", 0, dataset="iemocap", test={"accuracy": 70.0})
+    shipped = _shipped()
+    rd = make_run(tmp_path, "cggm", 0, dataset="iemocap", test={"accuracy": 70.0})
     assert main(["report", str(tmp_path), "--no-figures", "--protocol", "best-valid"]) == 0
     assert "best validation score" in (tmp_path / "tables" / "all-runs.md").read_text()
     assert main(["report", str(tmp_path / "nowhere")]) == 2  # no runs: one clear line
@@ -305,6 +312,8 @@ def test_cli_report_and_reproduce(tmp_path, capsys):
     assert main(["reproduce", "memory-table", "--results", str(tmp_path), "--quiet"]) == 0
     md = (tmp_path / "tables" / "memory-table.md").read_text()
     assert "| IEMOCAP | n/a | n/a | n/a |" in md and "8 MB to 24 MB" in md
+    assert (tmp_path / "tables" / "memory-table.runs").read_text() == f"{rd.run_id}\n"  # the runs behind it
+    assert _shipped() == shipped  # written to the folder asked for, never to the shipped results/
 
 
 # --- statistics and completeness ----------------------------------------------------------------------------
@@ -400,7 +409,7 @@ def test_average_ranks_friedman_nemenyi_and_cd_figure(tmp_path):
     assert "χ² = 9.00, p = 0.029" in md
     # Nemenyi CD = q_0.05(k=4) / sqrt(2) * sqrt(k (k + 1) / (6 N)) = 2.569 * sqrt(20 / 18) = 2.708
     assert ranking.cd == pytest.approx(2.569 * (20 / 18) ** 0.5, abs=1e-3) and "2.71 ranks" in md
-    assert "Absent or incomplete in a table, so left out: mla." in md
+    assert "Not ranked: mla (absent or incomplete in 2 of 3 tables)." in md
     paths = critical_difference(ranking.average, ranking.nemenyi, ranking.cd, tmp_path / "cd")
     assert [p.name for p in paths] == ["cd.png", "cd.pdf"] and paths[0].stat().st_size > 5000
     report(results, figures=False)

@@ -335,3 +335,17 @@ def test_loader_workers_give_the_same_run(tmp_path, spec_factory):
     plain = train(spec, tmp_path / "plain", device="cpu", progress=False)
     workers = train(spec, tmp_path / "workers", device="cpu", progress=False, workers=2)
     assert workers.final == plain.final
+
+
+def test_sweep_verdict_counts_diverged_runs_as_results(capsys):
+    from argparse import Namespace
+
+    from mmbalance.cli import _sweep_verdict
+
+    args = Namespace(suite="s.yaml", results="results")
+    assert _sweep_verdict(["done", "diverged", "skipped"], 1, args) == 0  # a measured outcome, reported
+    assert (
+        "2 runs done or reused, 1 diverged (recorded; the report lists them), 0 failed"
+        in capsys.readouterr().out
+    )
+    assert _sweep_verdict(["done", "failed"], 0, args) == 1  # a fault still fails the sweep
