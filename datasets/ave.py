@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.datasets._av import AVAdapter, AVParams, read_list
+from mmbalance.datasets._av import AVAdapter, AVParams, read_list, read_pickled_spectrogram
 from mmbalance.registry import DATASETS
 
 __all__ = ["Ave", "AveParams", "CLASSES"]
@@ -84,14 +84,4 @@ class Ave(AVAdapter):
         return self.root / self.frames_root / clip_id
 
     def read_audio(self, path: Path) -> Tensor:
-        import numpy as np
-        import torch
-
-        from mmbalance.data import DataError
-        from mmbalance.safe_pickle import load_pickle
-
-        spec = load_pickle(path)
-        if not isinstance(spec, np.ndarray) or spec.dtype.kind != "f":
-            got = getattr(spec, "dtype", type(spec).__name__)
-            raise DataError(f"{path}: expected a pickled float array (257, 1004), got {got}")
-        return torch.from_numpy(spec.astype(np.float32))
+        return read_pickled_spectrogram(path)  # (257, 1004), PMR's audio_preprocessing.py

@@ -56,6 +56,7 @@ MODALITIES = ("flair", "t1ce", "t1", "t2")  # channel order of ``image`` (the CG
 RAW_SUFFIXES = ("flair", "t1ce", "t1", "t2", "seg")
 CASE_NAME = re.compile(r"BraTS\d{4}_\d+")  # BraTS2021_00000
 LABEL_VALUES = (0, 1, 2, 3, 4)
+MAX_VOLUME_VOXELS = 2**26  # 67 M voxels; BraTS volumes have 240 x 240 x 155 = 8.9 M
 REGIONS = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
 # CGGM's BraTSData: noise with probability 0.1, std ~ U(0, 0.1) ("variance" in its code, used as std).
 NOISE_P, NOISE_STD = 0.1, (0.0, 0.1)
@@ -181,6 +182,9 @@ def read_volume(path: Path) -> tuple[h5py.Dataset, h5py.Dataset]:
         raise DataError(
             f"{path}: expected image (4, H, W, D) and label (H, W, D), got {image.shape} and {label.shape}"
         )
+    if label.size > MAX_VOLUME_VOXELS:  # the label is read whole: check the claim before it allocates
+        raise DataError(f"{path}: label claims shape {label.shape}, more than the {MAX_VOLUME_VOXELS} voxels "
+                        "a volume can have (damaged file?)")  # fmt: skip
     return image, label
 
 

@@ -33,6 +33,7 @@ Modalities in CGGM's order: text, audio, vision.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ __all__ = ["Iemocap", "IemocapParams", "IemocapModelParams", "H5Split"]
 MODALITIES = ("text", "audio", "vision")
 MMIN_FEATURES = {"text": "L/bert_large.h5", "audio": "A/comparE.h5", "vision": "V/denseface.h5"}
 MMIN_AUDIO_STATS = "A/comparE_mean_std.h5"
+# 64 MB of float32 per utterance: comparE of a 5-minute utterance (3,000 x 130) is 0.4 M; more is a damaged file
+MAX_UTTERANCE_VALUES = 2**24
 MMIN_SETS = {"train": "trn", "valid": "val", "test": "tst"}
 MULT_FILES = {True: "iemocap_data.pkl", False: "iemocap_data_noalign.pkl"}
 MULT_EMOTIONS = ("neutral", "happy", "sad", "angry")  # MulT eval_metrics.eval_iemocap order
@@ -227,6 +230,9 @@ class Iemocap(PreloadedAdapter):
                 if len(shape) != 2 or (dim is not None and shape[1] != dim):
                     want = f"(T, {dim})" if dim is not None else "(T, D)"
                     raise DataError(f"{path}: utterance {u!r} has shape {shape}, expected {want}")
+                if math.prod(shape) > MAX_UTTERANCE_VALUES:  # checked before any read allocates it
+                    raise DataError(f"{path}: utterance {u!r} claims shape {shape}, more than the "
+                                    f"{MAX_UTTERANCE_VALUES} values an utterance's features can have")  # fmt: skip
                 dim = shape[1]
                 too_long += shape[0] > length
         if too_long:

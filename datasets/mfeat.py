@@ -68,8 +68,8 @@ class MfeatParams(StrictModel):
 
 
 class MfeatModelParams(StrictModel):
-    hidden: int = Field(64, ge=1)
-    feature_dim: int = Field(16, ge=1)
+    hidden: int = Field(64, ge=1, le=4096)  # bounded: an absurd width is refused, not left to the allocator
+    feature_dim: int = Field(16, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0, lt=1)
 
 

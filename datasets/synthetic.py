@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -121,6 +121,13 @@ def _qr(a: np.ndarray) -> np.ndarray:
         return np.linalg.qr(a)[0]
 
 
+MAX_SAMPLES = 1_000_000  # per split
+MAX_DIM = 65_536
+MAX_VALUES = 1 << 28  # input values over the three splits: 1 GiB of float32
+MAX_WIDTH = 4096  # hidden and feature sizes of the model
+Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
+
+
 class SyntheticParams(StrictModel):
     task: str = Field("classification", pattern="^(classification|regression|segmentation)$")
     scenario: str | None = None  # lazy | redundant | complementary; None: the task kind's default
@@ -130,13 +137,14 @@ class SyntheticParams(StrictModel):
     scale: list[float] = [1.0] * 8  # overall input scale per modality (small: small gradients, slow learning)
     informative: list[float]  # fraction of samples where the modality carries the signal
     weights: list[float] = []  # complementary regression: y = sum_m w_m u_m
-    num_classes: int = Field(4, ge=2)  # classification (segmentation always has 3 labels)
-    dim: int | list[int] = 64  # input size, one for all modalities or one per modality
-    signal_dim: int = Field(4, ge=1)
-    size: int = Field(16, ge=8)  # segmentation image side
-    n_train: int = Field(1000, ge=8)
-    n_valid: int = Field(500, ge=4)
-    n_test: int = Field(500, ge=4)
+    num_classes: int = Field(4, ge=2, le=10_000)  # classification (segmentation always has 3 labels)
+    dim: Dim | list[Dim] = 64  # input size, one for all modalities or one per modality
+    signal_dim: int = Field(4, ge=1, le=MAX_DIM)
+    size: int = Field(16, ge=8, le=1024)  # segmentation image side
+    # Bounded so that an absurd size is refused here, not by the allocator (see _lengths for the total).
+    n_train: int = Field(1000, ge=8, le=MAX_SAMPLES)
+    n_valid: int = Field(500, ge=4, le=MAX_SAMPLES)
+    n_test: int = Field(500, ge=4, le=MAX_SAMPLES)
     imbalance: float | None = Field(None, ge=0, le=1)  # lazy classification: degree lambda (None: 1)
     data_seed: int | None = Field(None, ge=0)  # None: the run's seed draws the data
 
@@ -165,6 +173,10 @@ class SyntheticParams(StrictModel):
     def dims(self) -> list[int]:
         return [self.dim] * self.modalities if isinstance(self.dim, int) else list(self.dim)
 
+    def input_values(self) -> int:
+        per_sample = self.modalities * self.size**2 if self.task == "segmentation" else sum(self.dims)
+        return (self.n_train + self.n_valid + self.n_test) * per_sample
+
     @model_validator(mode="after")
     def _lengths(self) -> SyntheticParams:
         used = ("strength", "noise", "scale", "informative")
@@ -178,6 +190,9 @@ class SyntheticParams(StrictModel):
         dims = self.dims
         if len(dims) < self.modalities:
             raise ValueError(f"dim has {len(dims)} values, need one per modality ({self.modalities})")
+        if (values := self.input_values()) > MAX_VALUES:
+            raise ValueError(f"the splits hold {values} input values (samples x input size, all modalities), "
+                             f"more than {MAX_VALUES} (1 GiB of float32)")  # fmt: skip
         if self.signal_dim > min(dims):
             raise ValueError(f"signal_dim ({self.signal_dim}) must not exceed dim ({min(dims)})")
         if self.scenario == "lazy" and self.task == "classification" and self.num_classes > self.signal_dim:
@@ -192,10 +207,10 @@ class SyntheticParams(StrictModel):
 
 
 class SyntheticModelParams(StrictModel):
-    hidden: int = Field(64, ge=1)  # MLP hidden width (vector tasks)
-    feature_dim: int = Field(16, ge=1)  # per-modality feature size fed to the fusion head
+    hidden: int = Field(64, ge=1, le=MAX_WIDTH)  # MLP hidden width (vector tasks)
+    feature_dim: int = Field(16, ge=1, le=MAX_WIDTH)  # per-modality feature size fed to the fusion head
     dropout: float = Field(0.0, ge=0, lt=1)
-    width: int = Field(16, ge=1)  # CNN width (segmentation)
+    width: int = Field(16, ge=1, le=1024)  # CNN width (segmentation)
 
 
 @DATASETS.register

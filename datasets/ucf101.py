@@ -13,7 +13,8 @@ Files under the dataset root (``$MMBALANCE_DATA/ucf101`` or ``--data-root``), as
 
 Items: ``visual`` (3, 3, H, W) RGB frames normalised with ImageNet statistics, ``flow`` (2, 3, H, W) u/v
 stacked as channels, unnormalised (``a_norm=False``, l.98-99); 3 of each per clip, one per equal segment
-(random in training, the middle in evaluation, l.112-132). Training flips the frames horizontally
+(random in training, frames 1, 3, 5 of 6 in evaluation as BalanceBenchmark's ``i*seg + max(seg//2, 1)``
+with 1-based names, l.112-132). Training flips the frames horizontally
 (l.72-83); where BalanceBenchmark draws a separate flip for u and for v, one flip is drawn per u/v pair here,
 and the flow frames are returned channels-first (C, T, H, W) like the RGB clip. Model: a ResNet-18 per
 modality (2-channel ``conv1`` for flow, BalanceBenchmark ``resnet18_encoder.py`` l.81-82), late concat.
@@ -59,6 +60,17 @@ class Ucf101Params(AVParams):
     flow_v_dir: str = "flow_v"
 
 
+def pick_ucf_frames(n: int, count: int, train: bool) -> list[int]:
+    """0-based indices of ``count`` frames out of ``n``, as BalanceBenchmark picks UCF-101's (l.109-116,
+    l.126-132): 1-based frame ``randint(i*seg + 1, i*seg + seg)`` in training (``pick_frames``'s random
+    frame per segment), ``i*seg + max(seg // 2, 1)`` in evaluation: frames 1, 3, 5 of 6, one before the
+    middle frame the CREMA-D / Kinetics-Sounds loaders take (``seg // 2`` into a 0-based list)."""
+    if train:
+        return pick_frames(n, count, train=True)
+    seg = n // count
+    return [i * seg + max(seg // 2, 1) - 1 for i in range(count)]
+
+
 class Ucf101Split(Dataset):
     def __init__(self, adapter: Ucf101, rows: Sequence[tuple[str, int]], train: bool) -> None:
         p = adapter.params
@@ -83,11 +95,11 @@ class Ucf101Split(Dataset):
     def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor, str]:
         clip, p = self.ids[i], self.p
         rgb = [self.root / p.rgb_dir / clip / f"frame_{k + 1:05d}.jpg"
-               for k in pick_frames(p.rgb_frames, p.num_frames, self.train)]  # fmt: skip
+               for k in pick_ucf_frames(p.rgb_frames, p.num_frames, self.train)]  # fmt: skip
         visual = torch.stack([self.rgb_transform(load_image(f)) for f in rgb], dim=1)
         u_dir, v_dir, n = self._flow_frames(clip)
         flow = []
-        for k in pick_frames(n, p.num_frames, self.train):
+        for k in pick_ucf_frames(n, p.num_frames, self.train):
             name = f"frame{k + 1:06d}.jpg"
             pair = torch.cat([self.flow_transform(load_image(d / name).convert("L")) for d in (u_dir, v_dir)])
             flip = self.train and bool(torch.rand(()) < 0.5)

@@ -1,8 +1,12 @@
 """Audio front ends of the audio-visual balancing papers, in torch ops (torchaudio and librosa do not install
-beside our pinned torch; scipy reads and resamples the WAV).
+beside our pinned torch; the WAV is parsed here, scipy resamples it).
 
 - ``read_wav`` + ``resample``: ``librosa.load(path, sr=...)``: mono float in [-1, 1] at the target rate
   (scipy's polyphase filter where librosa uses soxr / resampy: the same band limit, not bit-identical).
+  The header is checked before a sample is read (rate within ``WAV_RATES``, chunks within the file, format
+  consistent), chunks other than ``fmt ``/``data`` are skipped as libsndfile skips them, and only the
+  seconds a front end uses are read, so a hostile header cannot make the process allocate more than the
+  file and the preset allow.
 - ``log_spectrogram``: OGM-GE's CREMA-D audio (GeWu-Lab/OGM-GE_CVPR2022 @ 343dc1d,
   ``dataset/CramedDataset.py`` l.57-63): load at 22050 Hz, tile to 3 s, clip to [-1, 1],
   ``librosa.stft(n_fft=512, hop_length=353)`` (periodic Hann window of 512, centred frames), then
@@ -21,13 +25,22 @@ beside our pinned torch; scipy reads and resamples the WAV).
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mmbalance.core import DataError
+from mmbalance.safe_pickle import check_finite
+
 __all__ = [
+    "WavHeader",
+    "wav_header",
     "read_wav",
     "resample",
     "log_spectrogram",
@@ -41,25 +54,105 @@ KS_NORM_MEAN, KS_NORM_STD = -4.503877, 5.141276  # process_audio.py l.32-33 (Aud
 KS_TARGET_FRAMES = 1024  # process_audio.py l.38
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """(samples float32 in [-1, 1], mono, sample rate) of a PCM or float WAV file."""
-    import struct
-    import warnings
+WAV_RATES = (
+    1_000,
+    384_000,
+)  # Hz: 384 kHz is the highest rate audio interfaces record; more is a damaged header
+_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+_SAMPLE_BITS = {_PCM: (8, 16, 24, 32), _FLOAT: (32, 64)}
 
-    from scipy.io import wavfile
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", wavfile.WavFileWarning)  # e.g. a truncated data chunk
-            rate, data = wavfile.read(path)
-    except (struct.error, EOFError, ValueError, wavfile.WavFileWarning) as e:
-        raise ValueError(f"not a readable WAV file ({type(e).__name__}: {e})") from None
-    if data.dtype.kind == "i":
-        data = data / float(2 ** (8 * data.dtype.itemsize - 1))
-    elif data.dtype.kind == "u":  # 8-bit WAV is unsigned, centred at 128
-        data = (data.astype(np.float64) - 128) / 128
-    data = np.asarray(data, dtype=np.float32)
-    return (data.mean(axis=1) if data.ndim == 2 else data), int(rate)
+@dataclass(frozen=True)
+class WavHeader:
+    """What a WAV's ``fmt `` and ``data`` chunks claim, checked against each other and the file size."""
+
+    rate: int
+    channels: int
+    bits: int
+    float: bool  # IEEE float samples; else PCM integers
+    data_offset: int
+    frames: int
+
+
+def _chunks(f: BinaryIO, size: int, path: Path) -> Iterator[tuple[bytes, int, int]]:
+    """(id, offset of the payload, payload size) of each RIFF chunk, stopping at the end of the file."""
+    pos = 12
+    while pos + 8 <= size:
+        f.seek(pos)
+        cid, n = struct.unpack("<4sI", f.read(8))
+        if pos + 8 + n > size:
+            raise DataError(f"{path}: WAV chunk {cid!r} claims {n} bytes, the file ends {size - pos - 8} "
+                            "bytes later (truncated?)")  # fmt: skip
+        yield cid, pos + 8, n
+        pos += 8 + n + (n & 1)  # chunks are word-aligned: an odd size is followed by a pad byte
+
+
+def wav_header(path: Path) -> WavHeader:
+    """Parse and check a RIFF/WAVE header without reading the samples. Chunks other than ``fmt `` and
+    ``data`` (``LIST``, ``id3 ``, ``bext``, ``cue ``, ``JUNK``, ...) are skipped, as libsndfile (librosa)
+    does; a header that contradicts itself or the file size is refused."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise DataError(f"{path}: not a RIFF/WAVE file (starts with {head[:12]!r})")
+        fmt, data = None, None
+        for cid, offset, n in _chunks(f, size, path):
+            if cid == b"fmt ":
+                f.seek(offset)
+                fmt = f.read(min(n, 40))
+            elif cid == b"data":
+                data = (offset, n)
+            if fmt is not None and data is not None:
+                break  # chunks after these two are not read (a damaged trailing tag does not matter)
+    if fmt is None or len(fmt) < 16 or data is None:
+        raise DataError(f"{path}: WAV without a {'data' if fmt else 'fmt '} chunk")
+    return _check_fmt(path, fmt, *data)
+
+
+def _check_fmt(path: Path, fmt: bytes, data_offset: int, data_size: int) -> WavHeader:
+    tag, channels, rate, _, block, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == _EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the format tag
+    if tag not in _SAMPLE_BITS:
+        raise DataError(f"{path}: WAV format tag {tag:#06x} is not PCM or IEEE float")
+    if bits not in _SAMPLE_BITS[tag] or not 1 <= channels <= 64 or block != channels * bits // 8:
+        raise DataError(f"{path}: inconsistent WAV format: {channels} channel(s), {bits} bits, "
+                        f"block of {block} bytes")  # fmt: skip
+    lo, hi = WAV_RATES
+    if not lo <= rate <= hi:
+        raise DataError(f"{path}: WAV header claims a sample rate of {rate} Hz, outside {lo}..{hi} Hz")
+    return WavHeader(rate, channels, bits, tag == _FLOAT, data_offset, data_size // block)
+
+
+def _decode(raw: bytes, h: WavHeader) -> np.ndarray:
+    """Interleaved little-endian samples -> float (frames, channels) in [-1, 1]."""
+    if h.float:
+        return np.frombuffer(raw, dtype=f"<f{h.bits // 8}").astype(np.float32).reshape(-1, h.channels)
+    if h.bits == 8:  # 8-bit WAV is unsigned, centred at 128
+        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128) / 128
+    elif h.bits == 24:  # three bytes per sample: place them in the top of an int32
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] << 8 | b[:, 1] << 16 | b[:, 2] << 24) >> 8) / float(2**23)
+    else:
+        x = np.frombuffer(raw, dtype=f"<i{h.bits // 8}") / float(2 ** (h.bits - 1))
+    return np.asarray(x, dtype=np.float32).reshape(-1, h.channels)
+
+
+def read_wav(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """(samples float32 in [-1, 1], mono, sample rate) of a PCM or float WAV file.
+
+    ``max_seconds``: read at most that much from the start (what a front end that cuts the clip uses),
+    so the memory taken is bounded by the preset, not by the file."""
+    path = Path(path)
+    h = wav_header(path)
+    frames = h.frames if max_seconds is None else min(h.frames, math.ceil(max_seconds * h.rate))
+    with path.open("rb") as f:
+        f.seek(h.data_offset)
+        raw = f.read(frames * h.channels * h.bits // 8)
+    x = _decode(raw, h)
+    check_finite(x, path, "the WAV data")
+    return (x.mean(axis=1) if h.channels > 1 else x[:, 0]), h.rate
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:

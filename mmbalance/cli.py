@@ -2,8 +2,9 @@
 
 Each subcommand is a ``cmd_<name>(args) -> int`` plus its parser in ``build_parser``. Expected
 errors (bad spec, unknown name, missing or bad data, a method that does not apply, a damaged
-checkpoint, a results folder that cannot be written) print one clear message and exit with code 2
-(``error_message`` is the one place that knows them); nothing is written.
+checkpoint or record, a results folder that cannot be written, an option out of range or a device that
+is not here) print one clear message and exit with code 2 (``error_message`` is the one place that knows
+them); nothing is written. ``check_options`` checks counts and folders before any command runs.
 Exit codes: 0 all asked runs finished, 1 some failed or are not finished yet (running elsewhere,
 interrupted), 2 bad input. This module imports no torch (see ``core.py``):
 each command imports what it uses, so ``--help``, ``methods``, ``status`` and ``leaderboard check``
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,29 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mmbalance.core import DataError, MethodNotApplicable, default_data_root
+from mmbalance.core import DataError, DeviceError, MethodNotApplicable, default_data_root
 from mmbalance.records import DamagedRecordError
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 from mmbalance.spec import RunSpec, SpecError, compose, default_preset, load_yaml, parse_set, validate_spec
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
+
+
+class UsageError(ValueError):
+    """A command-line option with a value the command cannot use; the message names it."""
+
+
 USER_ERRORS = (SpecError, UnknownNameError, DataError, MethodNotApplicable, FileNotFoundError,
-               DamagedRecordError)  # fmt: skip
-# The machine's answer, not a bug: no permission, read-only or full file system, over quota.
-DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+               DamagedRecordError, DeviceError, UsageError)  # fmt: skip
+# The machine's answer, not a bug: no permission, read-only or full file system, over quota, a path
+# through a file or with a name longer than the file system allows.
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+               errno.ENAMETOOLONG}  # fmt: skip
+NAME_MAX = 255  # bytes in one file name on every file system a results folder lives on
+# Options that count something, with their least value; checked before a command reads or writes anything.
+COUNTS = {"workers": 0, "jobs": 1, "threads": 1, "cpus": 1, "gpus": 0, "array_parallelism": 1, "time": 1}
+# Folder options (submit's --out is a file); the status command's results folder is positional.
+FOLDERS = {"results": "--results", "results_dir": "RESULTS_DIR", "out": "--out", "data_root": "--data-root"}
 
 
 def error_message(e: BaseException) -> str | None:
@@ -45,6 +60,35 @@ def error_message(e: BaseException) -> str | None:
         where = f" {e.filename}" if e.filename else ""
         return f"cannot write{where}: {e.strerror or e}"
     return None
+
+
+def check_folder(option: str, path: Path) -> None:
+    """A folder option must name a folder (or one to create): no file on the way, no name too long."""
+    if long := [p for p in path.parts if len(os.fsencode(p)) > NAME_MAX]:
+        raise UsageError(f"{option}: the name {long[0][:40]}... is {len(os.fsencode(long[0]))} bytes, "
+                         f"more than the {NAME_MAX} a file name may have")  # fmt: skip
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UsageError(
+                    f"{option} {path}: " + ("" if p == path else f"{p} ") + "is a file, not a folder"
+                )
+            return
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Counts and folders of any command, before it reads or writes a run (``--workers -1`` once
+    reached the runner and marked a real run failed)."""
+    for name, least in COUNTS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {value}: must be {least} or more")
+    if getattr(args, "mem_gb", None) is not None and not args.mem_gb > 0:
+        raise UsageError(f"--mem-gb {args.mem_gb}: must be more than 0")
+    for name, option in FOLDERS.items():
+        if isinstance(path := getattr(args, name, None), Path) and (name, args.command) != ("out", "submit"):
+            check_folder(option if name != "results" or args.command != "status" else "RESULTS", path)
 
 
 def _table(title: str, rows: list[dict[str, str]]) -> Table:
@@ -196,11 +240,16 @@ def _executor_options(args: argparse.Namespace, section: dict[str, Any]) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mmbalance import executors
     from mmbalance.sweep import load_suite, plan, run_local, summary_rows, wait_for_elsewhere
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite)  # before torch is imported: a bad suite is refused at once
+    from mmbalance import executors
+
     opts = _executor_options(args, suite.executor)
+    if args.executor == "local":  # a device this machine lacks fails once here, not once per run
+        from mmbalance.runner import resolve_device
+
+        resolve_device(args.device)
     planned = plan(suite, args.data_root)
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
@@ -344,6 +393,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmbalance.modality_eval import same_record
     from mmbalance.records import RunDir, atomic_write_json
     from mmbalance.runner import evaluate_run
+    from mmbalance.status import tidy_finished
 
     mismatched = 0
     for path in args.run_dirs:
@@ -365,6 +415,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if old is None or args.write:
             atomic_write_json(rd.file("final.json"), {**final, "modality_eval": new})
             verdict += ", written to final.json"
+        tidy_finished(rd)
         worst = new["worst_missing"]
         console.print(
             f"{rd.run_id}: {new['metric']} {new['full']:.4g}; shapley "
@@ -392,6 +443,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds_option(values: list[str] | None) -> list[int] | str | None:
+    """``--seeds``: None (one at random), ``all``, or integers."""
+    if values is None:
+        return None
+    if values == ["all"]:
+        return "all"
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UsageError(f"--seeds {' '.join(values)[:60]}: expected seed numbers or 'all'") from None
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from mmbalance.leaderboard import EntryError, LeaderboardError, build, check
 
@@ -403,13 +466,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             entry = check(args.file, results=args.results, fingerprints=args.fingerprints)
             console.print(f"{args.file}: valid ({entry.method} on {entry.dataset}, {len(entry.seeds)} seeds)")
             if args.action == "verify":
-                from mmbalance.leaderboard_verify import verify
+                from mmbalance.leaderboard_verify import pick_seeds, verify
 
-                bad = verify(entry, args.seeds, args.data_root, device=args.device)
+                seeds = pick_seeds(entry, _seeds_option(args.seeds))
+                bad = verify(entry, seeds, args.data_root, device=args.device)
                 for m in bad:
                     console.print(f"[red]mismatch[/red] {m}", highlight=False)
-                console.print(f"re-run of seed(s) {args.seeds or [entry.seeds[0].seed]}: "
-                              f"{'numbers reproduced' if not bad else f'{len(bad)} metric(s) differ'}")  # fmt: skip
+                console.print(f"re-run of seed(s) {seeds}: "
+                              f"{'numbers reproduced' if not bad else f'{len(bad)} number(s) differ'}")  # fmt: skip
                 return 1 if bad else 0
         else:
             built = build(args.results, fingerprints=args.fingerprints)
@@ -429,6 +493,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmbalance.results import RecordWarning
 
     figures, protocol = not args.no_figures, args.protocol
+    if unknown := sorted(set(args.method or ()) - set(METHODS.names())):  # they become file names too
+        raise UsageError(
+            f"--method {', '.join(unknown)[:80]}: not a method; valid choices: {', '.join(METHODS.names())}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RecordWarning)
         try:
@@ -483,22 +551,57 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     root = args.data_root or default_data_root()
-    rows, problems = [], []
-    for name, cls in DATASETS.items():
-        adapter = cls(cls.Params(), root / name)
+    if args.set and not args.dataset:
+        raise SpecError("--set needs --dataset NAME (dataset_params belong to one dataset)")
+    rows, problems, changed = [], [], False
+    for name in [args.dataset] if args.dataset else [n for n, _ in DATASETS.items()]:
+        cls = DATASETS.get(name)
+        # the run's own spelling (--set dataset_params.audio_dir=...), so renamed folders are looked for
+        params = validate_spec({"dataset": name, **parse_set(args.set or [])}).dataset_params
+        adapter = cls(cls.Params.model_validate(params), root / name)
         try:
             adapter.verify()
             found = "found" if cls.needs_files else "generated"
         except DataError as e:
             found = "missing"
             problems.append(str(e))
+        if args.verify and found == "found":
+            changed |= _verify_files(adapter)
         t = adapter.task
         rows.append({"dataset": name, "task": t.kind, "modalities": ", ".join(t.modalities),
                      "looks in": str(adapter.root) if cls.needs_files else "-", "status": found})  # fmt: skip
     console.print(_table(f"datasets (data root: {root}; set --data-root or $MMBALANCE_DATA)", rows))
     for text in problems:  # in full, so the expected layout is readable
         print(f"\n{text}")
-    return 0
+    return 1 if changed else 0
+
+
+def _verify_files(adapter) -> bool:
+    """Print which of the adapter's files changed since the last fingerprint recorded for its root."""
+    import datetime
+
+    from mmbalance.fingerprint import compare, manifest, recorded_manifests
+
+    now = manifest(adapter.root, adapter.data_files(), record=False)
+    recorded = recorded_manifests(adapter.root)
+    if not recorded:
+        print(f"{adapter.name}: {len(now.files)} file(s); no fingerprint recorded yet for {adapter.root}")
+        return False
+    when, last = recorded[0]
+    stamp = datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    diff = compare(last, now)
+    if not any(diff.values()):
+        print(f"{adapter.name}: {len(now.files)} file(s) unchanged since the fingerprint of {stamp}")
+        return False
+    counts = ", ".join(f"{len(v)} {k}" for k, v in diff.items())
+    print(f"{adapter.name}: {counts} since the fingerprint of {stamp} (files:{last.digest[:16]} -> "
+          f"files:{now.digest[:16]}):")  # fmt: skip
+    for kind, files in diff.items():
+        for f in files[:50]:
+            print(f"  {kind}: {f}")
+        if len(files) > 50:
+            print(f"  ... and {len(files) - 50} more {kind}")
+    return True
 
 
 RESTART_HELP = ("unfinished runs discard their checkpoint and records and train from epoch 0 (e.g. after "
@@ -588,9 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, help="check/verify: the entry JSON")
     p.add_argument("--results", type=Path, default=Path("results"), help="has leaderboard/entries/")
     p.add_argument("--fingerprints", type=Path, default=None, help="default: benchmarks/fingerprints.yaml")
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="verify: seeds to re-run (default: first)"
-    )
+    p.add_argument("--seeds", nargs="+", default=None,
+                   help="verify: seeds to re-run, or 'all' (default: one drawn at random)")  # fmt: skip
     p.add_argument(
         "--data-root", type=Path, default=None, help="verify: folder with one sub-folder per dataset"
     )
@@ -628,6 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
         "datasets", help="list the datasets, where they are looked for and whether they are found"
     )
     p.add_argument("--data-root", type=Path, default=None, help="default: $MMBALANCE_DATA or ./data")
+    p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="with --dataset: dataset_params as `run` takes them (dataset_params.audio_dir=spec)")  # fmt: skip
+    p.add_argument("--verify", action="store_true",
+                   help="list the files changed, added or removed since the last data fingerprint of each "
+                        "dataset found (exit 1 if any)")  # fmt: skip
     p.set_defaults(func=cmd_datasets)
     return parser
 
@@ -635,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         return args.func(args)
     except Exception as e:
         message = error_message(e)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 DATA_ROOT_ENV = "MMBALANCE_DATA"
 ALL_TASKS = frozenset({"classification", "regression", "segmentation"})
@@ -28,6 +29,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# A name that becomes a file name (a suite's tables, a paper table's): one safe path component, so
+# `name: ../../x` cannot write outside the output folder.
+FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
 class NoParams(StrictModel):
     pass
 
@@ -38,6 +44,10 @@ class DataError(ValueError):
 
 class DataMissingError(DataError):
     """The dataset's files are not where the adapter looks."""
+
+
+class DeviceError(ValueError):
+    """A ``--device`` that is not a device, or names a GPU this machine does not have."""
 
 
 class MethodNotApplicable(ValueError):

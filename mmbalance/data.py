@@ -148,6 +148,22 @@ class DatasetAdapter:
             h.update(torch.as_tensor(target).cpu().numpy().tobytes())
         return h.hexdigest()
 
+    def data_files(self) -> list[Path]:
+        """Files and folders (relative to ``self.root``) whose bytes the content fingerprint covers:
+        every file this configuration reads. Default: ``expected_files()``."""
+        return self.expected_files()
+
+    def content_digest(self, record: bool = True) -> str:
+        """SHA-256 over the paths and content hashes of every file under ``data_files()`` (cached per
+        file by size and mtime, see ``mmbalance.fingerprint``); "" for generated data and for an adapter
+        that lists no files (mfeat reads a package's copy or the UCI files: same data, different bytes)."""
+        files = self.data_files() if self.needs_files else []
+        if not files:
+            return ""
+        from mmbalance.fingerprint import manifest
+
+        return manifest(self.root, files, record=record).digest
+
     # --- model, loss, metrics --------------------------------------------------------------
     def build_model(self, model_params: StrictModel, modalities: Sequence[str]) -> MultimodalModel:
         raise NotImplementedError

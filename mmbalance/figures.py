@@ -402,7 +402,8 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
     blocks = split_blocks(runs)
     tuned = {kb.block for kb in blocks if kb.protocol == "tuned"}
     for kb in blocks:  # one comparison key at a time, as the tables
-        if kb.block in tuned and kb.protocol != "tuned" or not (kb.runs["probe_every"] > 0).any():
+        probes = kb.runs["probe_every"] if "probe_every" in kb.runs else pd.Series([1])
+        if kb.block in tuned and kb.protocol != "tuned" or not (probes.fillna(1) > 0).any():
             continue  # a suite block's defaults run for the tuned-vs-defaults table; a block without probes
         sub, where = kb.runs, kb.title
         prefix = f"{name}-{kb.slug}"
@@ -422,7 +423,7 @@ def figure_calls(runs: pd.DataFrame, out_dir: Path, name: str) -> list[tuple[Cal
             calls.append((training_curves, (panels, kind, stem), {"title": where}))
         for label, rds in panels.items():
             method = label.split("(")[0]
-            title = f"{label} on {where}: balancing terms"
+            title = f"{label} on {where}"
             calls.append((balancing_terms, (rds, out_dir / f"{prefix}-balancing-{method}"), {"title": title}))
         metric = sub["selection_metric"].iloc[0]
         for method in methods:

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -48,7 +47,9 @@ from pydantic import (
 )
 
 from mmbalance.comparison import seed_draws_data
-from mmbalance.records import RECORD_ONLY, RunDir, atomic_write_text
+from mmbalance.records import RECORD_ONLY, DamagedRecordError, RunDir, atomic_write_text
+from mmbalance.safe_load import DocumentError, load_yaml_file, parse_json
+from mmbalance.spec import check_spec_light
 
 __all__ = [
     "Entry",
@@ -142,7 +143,7 @@ class ModalityNumbers(Schema):
 
 
 class SeedRun(Schema):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**32)  # the runner's seed range
     run_id: Hex16
     best_epoch: int = Field(ge=0)  # the validation-selected epoch the metrics come from
     epochs: int = Field(ge=1)  # epochs trained (a finished run trained spec.epochs)
@@ -196,8 +197,8 @@ class Entry(Schema):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"only http(s) URLs with a host are allowed (got scheme {parts.scheme!r})")
-        if any(c.isspace() or ord(c) < 32 for c in url):
-            raise ValueError("URL contains whitespace or control characters")
+        if any(c.isspace() or not c.isprintable() for c in url):  # isprintable: no RLO, NUL, ESC
+            raise ValueError("URL contains whitespace, control or bidirectional characters")
         return url
 
     @field_validator("date")
@@ -286,8 +287,8 @@ def load_fingerprints(path: Path | str | None = None) -> dict[tuple[str, str], K
     if not path.is_file():
         raise LeaderboardError(f"{path}: fingerprint registry not found")
     try:
-        doc = FingerprintFile.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as e:
+        doc = FingerprintFile.model_validate(load_yaml_file(path))
+    except (DocumentError, ValidationError) as e:
         raise LeaderboardError(f"{path}: invalid fingerprint registry: {e}") from None
     return {(s.dataset, s.params_hash): s for s in doc.splits}
 
@@ -445,6 +446,43 @@ def modality_rule(e: Entry, known: Known) -> list[str]:
     return bad
 
 
+def _unprintable(value: Any, where: str) -> list[str]:
+    """``where`` of every string (key or value) in ``value`` with a character that is not printable:
+    control characters (NUL, ESC, newlines that break a Markdown row) and bidirectional or other
+    format characters (RLO reorders what the page shows)."""
+    if isinstance(value, str):
+        return (
+            []
+            if value.isprintable()
+            else [f"{where}: {value!r:.60} has a control or bidirectional character"]
+        )
+    if isinstance(value, dict):
+        return [
+            p
+            for k, v in value.items()
+            for p in _unprintable(k, f"{where} key") + _unprintable(v, f"{where}.{k}")
+        ]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _unprintable(v, f"{where}[{i}]")]
+    return []
+
+
+def text_rule(e: Entry, known: Known) -> list[str]:
+    """Parameters and package names are shown on the page: printable characters only."""
+    return [
+        p
+        for f in ("method_params", "dataset_params", "spec", "packages")
+        for p in _unprintable(getattr(e, f), f)
+    ]
+
+
+def spec_rule(e: Entry, known: Known) -> list[str]:
+    """The spec is one ``run`` accepts and would record as it is (bounds, names, every field present;
+    the seeds share it and their range is the schema's). Method and dataset parameter models need their
+    code (torch) and are applied by ``verify``; here those params are bounded like every number."""
+    return check_spec_light({**e.spec, "seed": e.seeds[0].seed}, "spec")
+
+
 def protocol_rule(e: Entry, known: Known) -> list[str]:
     """Test numbers at the validation-selected epoch (never the best test or validation score over epochs)."""
     if not e.selection.startswith(SELECTION):
@@ -452,7 +490,8 @@ def protocol_rule(e: Entry, known: Known) -> list[str]:
     return []
 
 
-RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, modality_rule, protocol_rule)
+RULES = (hashes_rule, data_rule, seeds_rule, metrics_rule, summary_rule, modality_rule, protocol_rule,
+         text_rule, spec_rule)  # fmt: skip
 
 
 def summarize(values: Sequence[float]) -> Stat:
@@ -497,14 +536,13 @@ def read_entry(path: Path | str) -> Any:
             str(path), [f"<file>: {size} bytes exceeds the size limit of {MAX_ENTRY_BYTES} bytes"]
         )
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant,
-                          object_pairs_hook=_unique_keys)  # fmt: skip
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise EntryError(str(path), [f"<file>: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    except json.JSONDecodeError as e:
-        raise EntryError(
-            str(path), [f"<file>: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"]
-        ) from None
+    try:  # depth bounded: an entry nested 30,000 deep once crashed `leaderboard build`
+        return parse_json(text, "<file>", parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except DocumentError as e:
+        raise EntryError(str(path), [str(e)]) from None
     except ValueError as e:
         raise EntryError(str(path), [f"<file>: not valid JSON: {e}"]) from None
 
@@ -575,7 +613,28 @@ def _runs_problems(runs: list[RunDir]) -> list[str]:
             bad.append(f"{r.path}: status is {r.status()!r}; only finished runs can be submitted")
         elif not r.file("final.json").is_file() or not r.file("env.json").is_file():
             bad.append(f"{r.path}: final.json or env.json is missing")
+        else:
+            bad += _record_problems(r)
     return bad
+
+
+# What make_entry reads of each record, with the type it needs: a damaged or forged record is named.
+RECORD_FIELDS = {"spec.yaml": {"seed": int, "run_id": str, "data_fingerprint": str, "method": str,
+                               "dataset": str, "method_params": dict, "dataset_params": dict},
+                 "env.json": {"code_version": str, "packages": dict}}  # fmt: skip
+
+
+def _record_problems(r: RunDir) -> list[str]:
+    try:
+        docs = {"spec.yaml": r.spec(), "env.json": r.env()}
+        task = r.final()["task"]  # its shape is checked on reading
+    except DamagedRecordError as e:
+        return [str(e)]
+    if task not in METRICS:
+        return [f"{r.file('final.json')}: task {task!r:.40} is not one of {', '.join(METRICS)}"]
+    return [f"{r.file(name)}: {key!r} is missing or not of type {kind.__name__}"
+            for name, fields in RECORD_FIELDS.items() for key, kind in fields.items()
+            if not isinstance(docs[name].get(key), kind) or isinstance(docs[name].get(key), bool)]  # fmt: skip
 
 
 def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[str]) -> list[str]:
@@ -594,9 +653,9 @@ def _differences(docs: list[dict[str, Any]], runs: list[RunDir], keys: Iterable[
 def modality_numbers(final: dict[str, Any]) -> dict[str, Any]:
     """``{"modality": {...}}`` from a run's ``modality_eval`` record, or ``{}`` if it has none."""
     rec = final.get("modality_eval")
-    if rec is None or "error" in rec:
-        return {}
     keys = ("shapley", "imbalance_degree", "equity", "worst_missing")
+    if not isinstance(rec, dict) or "error" in rec or not all(k in rec for k in keys):
+        return {}  # without it, modality_rule names the seed that lacks its numbers
     return {"modality": {k: rec[k] for k in keys}}
 
 
@@ -631,7 +690,8 @@ def make_entry(run_dirs: Sequence[Path | str], name: str, url: str | None = None
     task = finals[0]["task"]
     seed_runs = []
     for s, f, env in sorted(zip(specs, finals, envs, strict=True), key=lambda t: t[0]["seed"]):
-        metrics = {k: float(v) for k, v in f["test"].items() if k in METRICS[task] or DICE.match(k)}
+        metrics = {k: float(v) for k, v in f["test"].items()
+                   if (k in METRICS[task] or DICE.match(k)) and isinstance(v, int | float)}  # fmt: skip
         seed_runs.append({"seed": s["seed"], "run_id": s["run_id"], "best_epoch": f["best_epoch"],
                           "epochs": f["epochs"], "code_version": env["code_version"],
                           "metrics": metrics, **modality_numbers(f),

@@ -100,7 +100,8 @@ if (typeof document !== "undefined") {
 """
 
 STYLE = """\
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#1d1d1f}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1700px;padding:0 1em;color:#1d1d1f}
+.scroll{overflow-x:auto}table.entries{font-size:.9em}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
 table{border-collapse:collapse;width:100%;margin:.5em 0 1.5em}
 th,td{border-bottom:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}
@@ -406,8 +407,10 @@ def render_html(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | 
         body.append(
             f'<p class="meta">{esc(t.config)}; split fingerprint <code>{esc(t.fingerprint)}</code></p>'
         )
-        body += _table(f"t{i}", t.ranked, t.joint, True) if t.ranked else []
-        body += _table(f"r{i}", t.references, t.joint, False) if t.references else []
+        for table_id, rows, ranked in ((f"t{i}", t.ranked, True), (f"r{i}", t.references, False)):
+            body += (
+                ['<div class="scroll">', *_table(table_id, rows, t.joint, ranked), "</div>"] if rows else []
+            )
     return "\n".join([
         "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">',

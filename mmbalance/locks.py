@@ -1,7 +1,8 @@
 """One lock per run directory, so that two workers never train the same run.
 
-A lock is a file ``<run_dir>/lock`` created with ``O_CREAT | O_EXCL`` (atomic on local disks and on
-NFSv3+/Lustre, where SLURM clusters keep results). It holds the owner's pid, host and a random
+A lock is a file ``<run_dir>/lock`` created whole: written to a private file, then hard-linked into
+place (atomic on local disks and on NFS/Lustre, where SLURM clusters keep results; ``O_CREAT | O_EXCL``
+where hard links are not supported). It holds the owner's pid, host and a random
 token; a heartbeat thread touches its mtime while the owner lives. A lock is *stale* when its
 owner is gone: the pid no longer exists on this host, or the heartbeat is older than
 ``stale_after`` seconds (an owner on another host, or a frozen node), or the file is empty or
@@ -22,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -37,6 +39,7 @@ __all__ = ["LockInfo", "RunLock", "read_lock", "is_stale"]
 HEARTBEAT_S = 30.0  # how often a live owner touches its lock
 STALE_AFTER_S = 600.0  # a lock untouched this long is stale, whatever its host (20 missed heartbeats)
 UNREADABLE_GRACE_S = 5.0  # an empty/half-written lock this old has no live owner
+LOCK_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,12 @@ def read_lock(path: Path) -> LockInfo | None:
     pid 0 on host '?' with the file's mtime, so it goes stale by age and is never trusted forever."""
     try:
         mtime = path.stat().st_mtime
-        doc: dict[str, Any] = json.loads(path.read_text())
+        with path.open("rb") as f:
+            doc: dict[str, Any] = json.loads(f.read(LOCK_BYTES))  # a lock is ~100 bytes: read no more
         return LockInfo(int(doc["pid"]), str(doc["host"]), str(doc["token"]), float(doc["started"]), mtime)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # damaged or forged: unreadable
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -89,19 +93,58 @@ def is_stale(info: LockInfo, stale_after: float = STALE_AFTER_S) -> bool:
 
 
 def _create_exclusive(path: Path, doc: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``doc`` if it does not exist. The content is written to a private file
+    first and hard-linked into place (``link`` fails when the name exists: atomic on local disks and
+    NFS, the classic NFS lock), so a lock is never seen empty or half-written: a worker killed at any
+    moment leaves either no lock or one naming its pid, which is taken over at once once that pid is
+    gone. File systems without hard links get ``O_EXCL`` and the grace for an empty lock."""
+    new = path.with_name(f".{path.name}.{secrets.token_hex(6)}.new")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides the mode
+        _write_new(new, doc)
+    except OSError:
+        new.unlink(missing_ok=True)
+        raise
+    try:
+        os.link(new, path)
+        return True
     except FileExistsError:
         return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        return _create_excl(path, doc)
+    finally:
+        new.unlink(missing_ok=True)
+
+
+def _write_new(path: Path, doc: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides the mode
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _create_excl(path: Path, doc: dict[str, Any]) -> bool:
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc))
-            f.flush()
-            os.fsync(f.fileno())
+        _write_new(path, doc)
+    except FileExistsError:
+        return False
     except BaseException:  # e.g. a full disk: leave no empty lock behind
         path.unlink(missing_ok=True)
         raise
     return True
+
+
+def _remove_dead_new_files(lock: Path) -> None:
+    """The private files of creators killed between writing and unlinking them (a live one takes
+    microseconds); removed by the lock's owner."""
+    for f in lock.parent.glob(f".{lock.name}.*.new"):
+        try:
+            if time.time() - f.stat().st_mtime > UNREADABLE_GRACE_S:
+                f.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
 
 
 class RunLock:
@@ -130,6 +173,7 @@ class RunLock:
             if _create_exclusive(self.path, doc):
                 self.acquired = True
                 self._start_heartbeat()
+                _remove_dead_new_files(self.path)
                 return True
             info = read_lock(self.path)
             if info is None:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from mmbalance.core import FileName
 from mmbalance.provenance import write_runs
 from mmbalance.report import (
     PROTOCOLS,
@@ -44,6 +44,7 @@ from mmbalance.report import (
     write_tables,
 )
 from mmbalance.results import load
+from mmbalance.safe_load import DocumentError, load_yaml_file
 
 __all__ = ["PaperTable", "load_table", "resolve_table", "render", "reproduce", "PAPER_DIR"]
 
@@ -88,7 +89,7 @@ class RowSpec(StrictModel):
 
 
 class PaperTable(StrictModel):
-    name: str
+    name: FileName  # the tables' file names
     title: str
     source: str  # the paper (and table) this reproduces
     protocol: str = "best-valid-test"  # the protocol our numbers are shown under by default
@@ -128,9 +129,9 @@ def resolve_table(name_or_path: str | Path) -> Path:
 def load_table(name_or_path: str | Path) -> tuple[PaperTable, Path]:
     path = resolve_table(name_or_path)
     try:
-        return PaperTable.model_validate(yaml.safe_load(path.read_text())), path
-    except yaml.YAMLError as e:
-        raise _spec_error(f"{path}: not valid YAML: {e}") from None
+        return PaperTable.model_validate(load_yaml_file(path)), path
+    except DocumentError as e:
+        raise _spec_error(str(e)) from None
     except ValidationError as e:
         from mmbalance.spec import _format_validation
 
@@ -278,8 +279,8 @@ def suite_seeds(table: PaperTable, path: Path) -> int | None:
     suite = table.suite
     if isinstance(suite, str):
         try:
-            suite = yaml.safe_load((path.parent / suite).read_text())
-        except (OSError, yaml.YAMLError):
+            suite = load_yaml_file(path.parent / suite)
+        except (OSError, DocumentError):
             return None
     seeds = suite.get("seeds") if isinstance(suite, dict) else None
     return len(seeds) if isinstance(seeds, list) and seeds else None

@@ -17,7 +17,10 @@ files get the mode the umask allows, so a results folder shared by a group stays
   grads.npz      optional, after the run: gradient samples per modality for the t-SNE figure
                  (written by ``scripts/grad_samples.py``; see ``figures.tsne_gradients``)
 
-Readers (reports, leaderboard) use only this module, never the runner.
+Readers (reports, leaderboard) use only this module, never the runner. Every record is read through
+``safe_load`` (bounded size and nesting, strict UTF-8) and its shape checked: a damaged ``final.json`` or
+``status`` makes the run interrupted (rebuilt by the next run), never done; the others raise
+``DamagedRecordError`` naming the file.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +38,16 @@ from typing import Any
 
 import yaml
 
+from mmbalance.safe_load import DocumentError, parse_json, parse_yaml, read_text
+
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Fields spec.yaml adds to the canonical run spec (the record, not the experiment): strip them to rebuild it.
 RECORD_ONLY = ("run_id", "data_fingerprint", "data_fixture")
 
 DEFAULT_RESULTS = Path("results")
 TEMP_GLOB = ".*.tmp"  # atomic writes' temp files
+METRICS_BYTES = 64 << 20  # metrics.jsonl: ~2 KiB an epoch, so far beyond any real run
+STALE_TEMP_S = 60.0  # an atomic write takes milliseconds: a temp file this old is a killed writer's
 
 
 def _umask() -> int:
@@ -55,6 +63,36 @@ class DamagedRecordError(ValueError):
     """A run record that cannot be read or resumed from; the message names the file and what to do."""
 
 
+STATES = ("running", "done", "failed", "pruned")  # what a status file may say (pruned: a tuning trial)
+STATUS_BYTES = 4096  # a status file is one short line; a longer one is read no further
+
+
+def final_problem(final: Any) -> str | None:
+    """Why ``final`` is not a final.json the readers can use (None when it is one). Checked on every
+    read, so a damaged or forged record counts as interrupted (rebuilt), never as done."""
+    if not isinstance(final, dict):
+        return f"expected a JSON object, got {type(final).__name__}"
+    spec = final.get("spec")
+    # A tuning trial (spec evaluate_test: false) never read its test split: its scores are validation's.
+    split = "valid" if isinstance(spec, dict) and spec.get("evaluate_test") is False else "test"
+    scores, key = final.get(split), final.get("selection_metric")
+    if not isinstance(scores, dict):
+        return f"{split!r} is not a mapping of metric names to values"
+    if not isinstance(key, str) or not _number(scores.get(key)):
+        return f"'selection_metric' {key!r:.40} does not name a number in {split!r}"
+    for key in ("best_epoch", "epochs"):
+        if not isinstance(final.get(key), int) or isinstance(final.get(key), bool) or final[key] < 0:
+            return f"{key!r} is not a non-negative integer"
+    for key in ("protocol", "task"):
+        if not isinstance(final.get(key), str):
+            return f"{key!r} is not a string"
+    return None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,6 +103,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a full disk answers write() without a file name: name it
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -113,10 +156,23 @@ class RunDir:
         holds a lock or a spec); ``status.run_state`` tells live from dead by the lock. A ``done`` run
         is finished only with a readable ``final.json`` (``finished``).
         """
-        f = self.file("status")
-        if not f.exists():
+        text = self.status_text()
+        if text is None:
             return "running" if self.path.is_dir() and any(self.path.iterdir()) else "pending"
-        return f.read_text().split(":", 1)[0].strip()
+        word = text.split(":", 1)[0].strip()
+        return word if word in STATES else "running"  # damaged: interrupted, the next run resumes it
+
+    def status_text(self) -> str | None:
+        """The status file's first line (None without one); undecodable bytes read as U+FFFD, so a
+        damaged file is a word no reader knows, not a crash."""
+        try:
+            with self.file("status").open("rb") as f:
+                data = f.read(STATUS_BYTES)
+        except FileNotFoundError:
+            return None
+        except OSError:  # a folder, unreadable: damaged
+            return "\ufffd"
+        return data.decode("utf-8", errors="replace").split("\n", 1)[0]
 
     def finished(self) -> dict[str, Any] | None:
         """``final.json`` of a done run; None when the run is not done or its ``final.json`` is missing
@@ -124,27 +180,61 @@ class RunDir:
         return self.final_or_none() if self.status() == "done" else None
 
     def failure_reason(self) -> str:
-        text = self.file("status").read_text() if self.file("status").exists() else ""
+        text = self.status_text() or ""
         return text.split(":", 1)[1].strip() if ":" in text else ""
 
     def set_status(self, status: str, reason: str = "") -> None:
         atomic_write_text(self.file("status"), f"{status}: {reason}\n" if reason else f"{status}\n")
 
     # --- readers -------------------------------------------------------------------------------
+    def _document(self, name: str) -> Any:
+        """A record file read through ``safe_load`` (bounded, strict UTF-8); ``DamagedRecordError``
+        naming the file otherwise."""
+        f = self.file(name)
+        try:
+            text = read_text(f)
+            # libyaml's safe loader when PyYAML has it (the same document, ~10x faster; reports read 1000s)
+            return (
+                parse_yaml(text, str(f), SAFE_LOADER) if name.endswith(".yaml") else parse_json(text, str(f))
+            )
+        except DocumentError as e:
+            raise DamagedRecordError(f"{e}; damaged run record") from None
+
+    def _mapping(self, name: str) -> dict[str, Any]:
+        doc = self._document(name)
+        if not isinstance(doc, dict):
+            raise DamagedRecordError(f"{self.file(name)}: expected a mapping, got {type(doc).__name__}")
+        return doc
+
     def spec(self) -> dict[str, Any]:
-        # libyaml's safe loader when PyYAML has it (the same document, ~10x faster; reports read 1000s)
-        return yaml.load(self.file("spec.yaml").read_text(), Loader=SAFE_LOADER)
+        return self._mapping("spec.yaml")
 
     def final(self) -> dict[str, Any]:
-        return json.loads(self.file("final.json").read_text())
+        final = self._document("final.json")
+        if (problem := final_problem(final)) is not None:
+            raise DamagedRecordError(f"{self.file('final.json')}: {problem}; damaged run record")
+        return final
 
     def final_or_none(self) -> dict[str, Any] | None:
-        """``final.json``, or None when it is missing, truncated or not a JSON object."""
+        """``final.json``, or None when it is missing, truncated, not a JSON object or lacks a field."""
         try:
-            final = self.final()
-        except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return self.final()
+        except DamagedRecordError:
             return None
-        return final if isinstance(final, dict) else None
+
+    def remove_stale_temp(self, min_age: float = STALE_TEMP_S) -> list[Path]:
+        """Remove temp files older than ``min_age``: any process may call this, even without the lock
+        (``evaluate --write`` rewrites a finished run's final.json without one), because a live
+        writer's temp file is milliseconds old."""
+        now, leftovers = time.time(), []
+        for f in self.path.glob(TEMP_GLOB):
+            try:
+                if now - f.stat().st_mtime > min_age:
+                    f.unlink()
+                    leftovers.append(f)
+            except FileNotFoundError:  # its writer finished or another reader removed it
+                pass
+        return leftovers
 
     def remove_temp(self) -> list[Path]:
         """Remove the temp files of writers killed mid-write. Only the lock's owner may call this."""
@@ -154,11 +244,20 @@ class RunDir:
         return leftovers
 
     def env(self) -> dict[str, Any]:
-        return json.loads(self.file("env.json").read_text())
+        return self._mapping("env.json")
 
     def epochs(self) -> list[dict[str, Any]]:
         f = self.file("metrics.jsonl")
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+        if not f.exists():
+            return []
+        try:
+            lines = read_text(f, METRICS_BYTES).splitlines()
+            rows = [parse_json(line, f"{f}, line {i}") for i, line in enumerate(lines, 1) if line.strip()]
+        except DocumentError as e:
+            raise DamagedRecordError(f"{e}; damaged run record") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise DamagedRecordError(f"{f}: a line is not a JSON object; damaged run record")
+        return rows
 
     def curves_path(self) -> Path:
         return self.file("curves.csv")

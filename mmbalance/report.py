@@ -517,7 +517,7 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     # the loader's flattening (an empty method_params stays a column of its own)
     spec_keys = {k for s in runs["spec"] for k in flatten(s)} if "spec" in runs else set()
     meta = {"run_id", "path", "status", "reason", "spec", "config", "task", "modalities", "key", "fixture",
-            "data_fingerprint",
+            "data_fingerprint", "block", "block_order", "protocol", "label",  # tuned_report.assign_blocks
             "selection_metric", "best_epoch", "epochs_done", "seconds"}  # fmt: skip
     return [c for c in runs.columns if c not in meta and c not in spec_keys and not c.startswith("probe/")]
 

@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 
 from mmbalance.comparison import comparison_key
-from mmbalance.records import RECORD_ONLY, RunDir, iter_runs
+from mmbalance.records import RECORD_ONLY, DamagedRecordError, RunDir, iter_runs
 from mmbalance.status import DAMAGED_FINAL, run_state
 
 __all__ = ["PROTOCOLS", "RecordWarning", "load", "run_values", "config_key", "flatten", "one_line"]
@@ -61,6 +61,15 @@ class RecordWarning(UserWarning):
 def one_line(e: BaseException, limit: int = 200) -> str:
     """A parser's error message on one line (YAML and CSV errors span several)."""
     return " ".join(str(e).split())[:limit]
+
+
+def named(path: Path, e: BaseException) -> str:
+    """``path: what is wrong``, on one line (a ``DamagedRecordError`` already names its file)."""
+    return (
+        one_line(e, 400)
+        if isinstance(e, DamagedRecordError)
+        else f"{path}: {type(e).__name__}: {one_line(e)}"
+    )
 
 
 def run_values(final: dict[str, Any], protocol: str) -> dict[str, float]:
@@ -136,7 +145,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
         state = run_state(rd)
         status, reason = state.state, state.detail
     except READ_ERRORS as e:
-        status, reason = "unreadable", f"{rd.file('status')}: {type(e).__name__}: {one_line(e)}"
+        status, reason = "unreadable", named(rd.file("status"), e)
     final: dict[str, Any] = {}
     values: dict[str, float] = {}
     if status == "done" or reason == DAMAGED_FINAL:  # marked done: name what cannot be read
@@ -145,7 +154,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
             values = run_values(final, protocol)
             spec = dict(final["spec"])
         except READ_ERRORS as e:
-            status, reason = "unreadable", f"{rd.file('final.json')}: {type(e).__name__}: {one_line(e)}"
+            status, reason = "unreadable", named(rd.file("final.json"), e)
             final, values = {}, {}
             warnings.warn(f"{reason}; the run counts as not finished", RecordWarning, stacklevel=3)
     if not final:
@@ -156,7 +165,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
             spec = {k: v for k, v in doc.items() if k not in RECORD_ONLY}
         except READ_ERRORS as e:
             warnings.warn(
-                f"{rd.file('spec.yaml')}: {type(e).__name__}: {one_line(e)}; run {rd.run_id} ({status}) left out",
+                f"{named(rd.file('spec.yaml'), e)}; run {rd.run_id} ({status}) left out",
                 RecordWarning,
                 stacklevel=3,
             )

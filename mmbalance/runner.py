@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 import mmbalance
 from mmbalance import metrics
+from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
 from mmbalance.memory import MB, method_state
@@ -56,7 +57,8 @@ from mmbalance.records import (
     rows_to_csv,
 )
 from mmbalance.registry import DATASETS, METHODS
-from mmbalance.spec import RunSpec
+from mmbalance.spec import RunSpec, SpecError
+from mmbalance.status import tidy_finished
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pandas", "scikit-learn", "monai", "pydantic")
 
@@ -94,13 +96,31 @@ def make_method(spec: RunSpec) -> Method:
 
 
 def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
-    return "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in splits)
+    """Ids and labels of each split, plus the bytes of every data file (so re-extracted features give a
+    new run id); data without listed files (synthetic, mfeat) keeps the ids-and-labels fingerprint."""
+    ids_labels = "|".join(f"{s}:{adapter.fingerprint(s)[:16]}" for s in splits)
+    digest = adapter.content_digest()
+    return f"{ids_labels}|files:{digest[:16]}" if digest else ids_labels
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine before anything is
+    written (``DeviceError``: a name torch does not know, or a GPU that is not here)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DeviceError(f"--device {device}: no CUDA GPU on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"--device {device}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {device}: only cpu and cuda are supported")
+    return dev
 
 
 def configure_backends(device: torch.device, deterministic: bool) -> dict[str, Any]:
@@ -363,11 +383,17 @@ class Trainer:
         for name in ("best.pt", "checkpoint.pt"):
             f = self.rd.file(name)
             if f.exists():
-                state = torch.load(f, map_location=self.device, weights_only=False)
-                if state["epoch"] == epoch:
+                try:
+                    state = torch.load(f, map_location=self.device, weights_only=False)
+                    if state["epoch"] != epoch:
+                        continue
                     self.model.load_state_dict(state["model"])
                     self.method.load_state_dict(state["method"])
-                    return
+                except Exception as e:  # truncated, zeros, a foreign file: whatever torch or the dicts raise
+                    detail = " ".join(str(e).split())[:160]
+                    raise DamagedRecordError(f"{f}: damaged ({type(e).__name__}: {detail}); "
+                                             "the run must be trained again to measure it") from None  # fmt: skip
+                return
         raise FileNotFoundError(
             f"{self.rd.path}: no best.pt or checkpoint.pt of the selected epoch {epoch}; "
             "the run must be trained again to measure its selected model"
@@ -681,8 +707,18 @@ def train(
     ``on_epoch(epoch, valid)``: called after each epoch (tuning: the pruner); raising ``Pruned`` stops the
     run with status ``pruned`` (its checkpoint stays, so calling ``train`` again resumes it).
     """
+    # Before anything is read or written: an option never touches a run's records.
+    if workers is not None and workers < 0:
+        raise SpecError(f"--workers {workers}: must be 0 (load in this process) or more")
+    dev = resolve_device(device)
     adapter, fingerprint, rd = prepare(spec, results, data_root)
+    for folder in (rd.path.parent, rd.path):
+        if folder.exists() and not folder.is_dir():
+            raise DamagedRecordError(
+                f"{folder}: a file where a folder of run records should be; move it away"
+            )
     if (final := rd.finished()) is not None:
+        tidy_finished(rd)
         return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
     try:
@@ -698,7 +734,6 @@ def train(
             # Built and resumed before any record is written: a method that refuses this model (setup
             # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
             # the folder as it was.
-            dev = resolve_device(device)
             workers = auto_workers(adapter, dev) if workers is None else workers
             trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
                               deterministic=deterministic)  # fmt: skip
@@ -714,6 +749,16 @@ def _discard_records(rd: RunDir) -> None:
     for f in rd.path.iterdir():
         if f.is_file() and not f.name.startswith("lock"):
             f.unlink()
+
+
+def _worker_message(e: DataError) -> str:
+    """The adapter's own message of a ``DataError``; a DataLoader worker's comes back as "Caught
+    DataError in DataLoader worker process 0." plus the worker's traceback, whose last line holds it."""
+    text = str(e)
+    if text.startswith("Caught ") and "Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return text
 
 
 def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -> RunResult:
@@ -734,6 +779,12 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         # failed run but no run at all, so nothing of it stays on disk.
         _discard_records(rd)
         raise
+    except DataError as e:
+        # A data file that cannot be read (read only now, in training): the data failed, not the method,
+        # and the fixed file changes the data fingerprint, so the run id too; a record or checkpoint kept
+        # here could never be resumed. Nothing stays on disk; the caller gets the one-line error.
+        _discard_records(rd)
+        raise type(e)(_worker_message(e)) from None
     except Diverged as e:
         rd.set_status("failed", f"diverged: {e}")
         return RunResult(rd.run_id, rd.path, "failed", reason=f"diverged: {e}")

@@ -10,36 +10,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, StrictInt, ValidationError, ValidationInfo, model_validator
 
 import mmbalance
 from mmbalance.core import StrictModel
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
+from mmbalance.safe_load import DocumentError, load_yaml_file, parse_yaml
 
 
 class SpecError(ValueError):
     """An invalid run spec or suite file; the message names the field."""
 
 
+# Bounds of what the code handles (issue 30): a number past them is refused before anything is written,
+# instead of overflowing a progress bar, an optimiser or an allocation hours later.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_LR = 10.0
+MAX_PARAM_INT = 2**32 - 1  # any integer in method/dataset/model params: numpy seeds; no size is near it
+
+
 class OptimSpec(StrictModel):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(1e-2, gt=0)
+    lr: float = Field(1e-2, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
-    weight_decay: float = Field(1e-4, ge=0)
-    clip_grad_norm: float | None = Field(None, gt=0)  # CGGM clips at 0.8
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    clip_grad_norm: float | None = Field(None, gt=0, le=1e6)  # CGGM clips at 0.8
 
 
 class ScheduleSpec(StrictModel):
     name: Literal["none", "step", "cosine", "plateau"] = "none"
-    step_size: PositiveInt = 30  # step: decay every step_size epochs
+    step_size: PositiveInt = Field(30, le=MAX_EPOCHS)  # step: decay every step_size epochs
     gamma: float = Field(0.1, gt=0, le=1)  # step decay / plateau factor
-    patience: PositiveInt = 10  # plateau (on the validation loss, as the CGGM code)
-    warmup_epochs: int = Field(0, ge=0)  # cosine: linear warm-up
-    min_lr: float = Field(0.0, ge=0)  # cosine: final lr
+    patience: PositiveInt = Field(10, le=MAX_EPOCHS)  # plateau (on the validation loss, as the CGGM code)
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)  # cosine: linear warm-up
+    min_lr: float = Field(0.0, ge=0, le=MAX_LR)  # cosine: final lr
 
 
 class TunedSpec(StrictModel):
@@ -65,16 +75,25 @@ class RunSpec(StrictModel):
     method_params: dict[str, Any] = {}
     optim: OptimSpec = OptimSpec()
     schedule: ScheduleSpec = ScheduleSpec()
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 64
-    seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
-    probe_every: int = Field(10, ge=0)  # log probes every k training steps; 0 turns probes off
+    # Integers only (StrictInt): YAML's `true` is not seed 1.
+    epochs: StrictInt = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: StrictInt = Field(64, ge=1, le=MAX_BATCH)
+    seed: StrictInt = Field(0, ge=0, lt=2**32)  # numpy's seed range
+    probe_every: StrictInt = Field(10, ge=0, le=MAX_PARAM_INT)  # log probes every k steps; 0: no probes
     tuned: TunedSpec | None = None  # None: the default protocol (the method's own defaults)
     # False for tuning trials: the test split is never built, read or fingerprinted, only validation.
     evaluate_test: bool = True
 
     @model_validator(mode="after")
-    def _params_valid(self) -> RunSpec:
+    def _params_valid(self, info: ValidationInfo) -> RunSpec:
+        if info.context and info.context.get("light"):  # check_spec_light: names and bounds, no imports
+            for registry, name in ((METHODS, self.method), (DATASETS, self.dataset)):
+                if name not in registry.names():
+                    registry.get(name)  # raises UnknownNameError listing the choices, imports nothing
+            fields = ("method_params", "dataset_params", "model_params")
+            if too_big := [line for f in fields for line in _too_big(getattr(self, f), f)]:
+                raise ValueError("\n".join(too_big))
+            return self
         # Normalise nested params through their owners' pydantic models (fills in defaults).
         method_cls = METHODS.get(self.method)
         dataset_cls = DATASETS.get(self.dataset)
@@ -87,6 +106,8 @@ class RunSpec(StrictModel):
                 normalised = model.model_validate(getattr(self, fld)).model_dump(mode="json")
             except ValidationError as e:
                 raise ValueError(_format_validation(e, prefix=fld)) from None
+            if too_big := _too_big(normalised, fld):
+                raise ValueError("\n".join(too_big))
             object.__setattr__(self, fld, normalised)
         return self
 
@@ -108,6 +129,17 @@ class RunSpec(StrictModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _too_big(value: Any, where: str) -> list[str]:
+    """One line per integer in ``value`` (nested dicts and lists) beyond ``MAX_PARAM_INT``."""
+    if isinstance(value, dict):
+        return [line for k, v in value.items() for line in _too_big(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [line for i, v in enumerate(value) for line in _too_big(v, f"{where}[{i}]")]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_PARAM_INT:
+        return [f"  {where}: {_short_repr(value)} is beyond {MAX_PARAM_INT}, the largest the code handles"]
+    return []
+
+
 def _format_validation(e: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in e.errors():
@@ -125,12 +157,27 @@ def _format_validation(e: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+# A bounded repr: a value that aliases expanded (or a huge list) is shown by its first items only.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 60, 60
+
+
 def _short_repr(value: Any, limit: int = 60) -> str:
     text = (
-        repr(value)
+        _REPR.repr(value)
         if not isinstance(value, int) or abs(value) < 10**limit
-        else f"a {len(str(value))}-digit number"
+        else f"a {_digits(value)}-digit number"
     )
+    return _clip(text, limit)
+
+
+def _digits(value: int) -> int:
+    """Decimal digits of ``value`` without ``str()``, which refuses more than 4300 of them."""
+    n = max(1, int(abs(value).bit_length() * 0.30103))  # log10(2): exact or one short
+    return n + (abs(value) >= 10**n)
+
+
+def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -148,6 +195,27 @@ def validate_spec(data: dict[str, Any]) -> RunSpec:
         raise SpecError(f"invalid run spec:\n{body}") from None
 
 
+def check_spec_light(doc: dict[str, Any], where: str = "spec") -> list[str]:
+    """Why ``doc`` is not a spec that ``run`` would accept and record as it is: every field's type and
+    bound, the method and dataset names, every field present (canonical). The method's and dataset's
+    own params models are not applied (they import torch); ``leaderboard verify`` applies them."""
+    try:
+        spec = RunSpec.model_validate(doc, context={"light": True})
+    except UnknownNameError as e:
+        return [f"{where}: {e}"]
+    except ValidationError as e:
+        lines = _format_validation(e, prefix=where).splitlines()
+        lines = [
+            str(err["ctx"]["error"]) for err in e.errors() if err["type"] == "value_error" and not err["loc"]
+        ] or lines
+        return [line.strip() for text in lines for line in text.splitlines()]
+    canonical = spec.canonical()  # the fields at their defaults that it leaves out need not be there
+    missing = sorted(set(canonical) - set(doc))
+    if missing:
+        return [f"{where}: missing field(s) {', '.join(missing)} (not the canonical spec `run` records)"]
+    return []
+
+
 def parse_set(assignments: list[str]) -> dict[str, Any]:
     """``["optim.lr=0.1", "method_params.alpha=0.5"]`` -> nested dict; values parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -156,11 +224,9 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise SpecError(f"--set {a!r}: expected KEY=VALUE (e.g. optim.lr=0.01)")
         try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as e:
-            raise SpecError(f"--set {a!r}: value is not valid YAML: {e}") from None
-        except ValueError as e:  # e.g. an integer longer than Python converts (4300 digits)
-            raise SpecError(f"--set {_short_repr(a)}: {_short_repr(str(e), 120)}") from None
+            value = parse_yaml(raw, f"--set {_short_repr(a)}") if raw else ""
+        except DocumentError as e:  # not YAML, an alias bomb, an integer longer than Python converts
+            raise SpecError(_clip(str(e), 200)) from None
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -188,7 +254,12 @@ def default_preset(*fragments: dict[str, Any]) -> dict[str, Any]:
 
 def load_preset(name: str) -> dict[str, Any]:
     """A preset by name (``benchmarks/presets/<name>.yaml``) or by path (a ``.yaml`` file)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
+    is_path = name.endswith((".yaml", ".yml"))
+    path = Path(name) if is_path else PRESETS_DIR / f"{name}.yaml"
+    if not is_path and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):  # no ../ out of presets
+        raise SpecError(
+            f"preset {_short_repr(name)}: a name is letters, digits, '.', '_' or '-' (or give a .yaml path)"
+        )
     if not path.is_file():
         known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
         raise SpecError(f"unknown preset {name!r} ({path} does not exist); known presets: {', '.join(known)}")
@@ -234,19 +305,11 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such file")
+    """A spec, suite or preset file: bounded (``safe_load``: no alias bomb, no deep nesting), a mapping."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise SpecError(
-            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
-        ) from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    except ValueError as e:  # an integer longer than Python converts
-        raise SpecError(f"{path}: {_short_repr(str(e), 120)}") from None
+        data = load_yaml_file(path)
+    except DocumentError as e:
+        raise SpecError(str(e)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

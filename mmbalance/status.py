@@ -22,7 +22,7 @@ from pathlib import Path
 from mmbalance.locks import is_stale, read_lock
 from mmbalance.records import RunDir
 
-__all__ = ["RunState", "StatusReport", "run_state", "sweep_status"]
+__all__ = ["RunState", "StatusReport", "run_state", "sweep_status", "tidy_finished"]
 
 STATES = ("done", "running", "interrupted", "failed", "pruned", "pending")
 
@@ -64,22 +64,47 @@ def run_state(rd: RunDir, label: str = "") -> RunState:
     return RunState(rd.run_id, "pending", "", label)
 
 
+def tidy_finished(rd: RunDir) -> None:
+    """What killed processes left in a finished run: temp files of a writer killed mid-write and a lock
+    whose owner died while releasing it. A finished run never takes its lock again, so any reader
+    (``status``, ``evaluate``, the next ``run``) removes them once they are provably stale. Best effort:
+    a reader without write permission leaves them (reports never call this: they only read)."""
+    try:
+        rd.remove_stale_temp()
+        lock = read_lock(rd.file("lock"))
+        if lock is not None and is_stale(lock):
+            rd.file("lock").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 DAMAGED_FINAL = "final.json is missing or damaged; the next sweep rebuilds it from the checkpoint"
 
 
 def _why_interrupted(rd: RunDir) -> str:
-    if not rd.file("status").exists():
+    text = rd.status_text()
+    if text is None:
         return "its worker died before the first record; the next sweep starts it"
-    if rd.file("status").read_text().startswith("done"):
+    if text.startswith("done"):
         return DAMAGED_FINAL
+    if rd.status() == "running" and not text.startswith("running"):
+        return f"{rd.file('status')} is damaged; the next sweep resumes it from its checkpoint"
     return "resumes from its checkpoint on the next sweep"
 
 
 def sweep_status(results: Path | str, run_ids: dict[str, str] | None = None) -> StatusReport:
     """States of the runs under ``results``; with ``run_ids`` ({run_id: label}, a suite's plan) only
-    those runs, and the ones without a record count as pending."""
+    those runs, and the ones without a record count as pending. Finished runs are tidied on the way
+    (``tidy_finished``)."""
     if run_ids is None:
         root = Path(results) / "runs"
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        return StatusReport([run_state(RunDir(p)) for p in folders])
-    return StatusReport([run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()])
+        report = StatusReport([run_state(RunDir(p)) for p in folders])
+    else:
+        report = StatusReport(
+            [run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()]
+        )
+    for r in report.runs:
+        if r.state == "done":
+            tidy_finished(RunDir.of(Path(results), r.run_id))
+    return report

@@ -35,12 +35,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, StrictInt, ValidationError, model_validator
 
-from mmbalance.core import DataMissingError, MethodNotApplicable, StrictModel
-from mmbalance.data import TaskInfo
+from mmbalance.core import DataMissingError, FileName, MethodNotApplicable, StrictModel
 from mmbalance.registry import METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
     PRESETS_DIR,
@@ -53,6 +52,9 @@ from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exporte
     validate_spec,
 )
 from mmbalance.tuned import apply_tuned, load_tuned, tuned_path
+
+if TYPE_CHECKING:  # the data contract imports MONAI; reports plan suites without it
+    from mmbalance.data import TaskInfo
 
 WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
 
@@ -72,12 +74,12 @@ class TuningSettings(StrictModel):
 
 
 class Suite(StrictModel):
-    name: str
+    name: FileName  # becomes file names (report tables): one safe component, never a path
     description: str = ""
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[StrictInt] = Field([0, 1, 2], min_length=1)  # integers only: `true` is not seed 1
     base: dict[str, Any] = {}
-    datasets: list[dict[str, Any]]
-    methods: list[dict[str, Any]]
+    datasets: list[dict[str, Any]] = Field(min_length=1)  # an empty suite is a mistake, not "all done"
+    methods: list[dict[str, Any]] = Field(min_length=1)
     protocol: Literal["defaults", "tuned"] = "defaults"
     tuning: TuningSettings = TuningSettings()
     executor: dict[str, Any] = {}  # scale-out options (see `mmbalance sweep --help`)
@@ -200,6 +202,7 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
         except (OSError, ValueError) as e:
             raise SpecError(str(e)) from None
     planned: list[Planned] = []
+    seen: set[str] = set()  # a run listed twice (a repeated seed or method) is planned once
     for cell in cells(suite, data_root):
         if isinstance(cell, Planned):
             planned.append(cell)
@@ -215,9 +218,11 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
         for doc in docs:
             for seed in cell.seeds:
                 spec = validate_spec({**doc, "seed": seed})
-                planned.append(
-                    Planned(spec, _label(spec) + (" (tuned)" if spec.tuned else ""), block=cell.block)
-                )
+                if (key := json.dumps(spec.canonical(), sort_keys=True)) not in seen:
+                    seen.add(key)
+                    planned.append(
+                        Planned(spec, _label(spec) + (" (tuned)" if spec.tuned else ""), block=cell.block)
+                    )
     return planned
 
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from mmbalance.core import StrictModel
+from mmbalance.safe_load import DocumentError, load_yaml_file
 
 __all__ = ["TUNED_DIR", "TunedEntry", "TunedFile", "tuned_path", "load_tuned", "set_path", "apply_tuned"]
 
@@ -58,8 +59,8 @@ def load_tuned(path: Path) -> TunedFile:
             "or run the suite under `protocol: defaults`"
         )
     try:
-        return TunedFile.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as e:
+        return TunedFile.model_validate(load_yaml_file(path))
+    except (DocumentError, ValidationError) as e:
         raise ValueError(f"{path}: not a tuned-settings file ({str(e).splitlines()[0]})") from None
 
 

@@ -111,7 +111,7 @@ def laziness_table(frame: pd.DataFrame, protocol: str = "tuned") -> tuple[Table,
         return None
     deltas = paired_deltas(done)
     body, csv = [], []
-    for block, sub in done.groupby("block", sort=False):
+    for block, sub in sorted(done.groupby("block", sort=False), key=lambda g: g[1]["block_order"].iloc[0]):
         metric = _primary(sub)
         means = sub.groupby("label")[metric].agg(["mean", "std", "count"])
         unimodal = [
@@ -160,7 +160,8 @@ def tuned_vs_defaults(frame: pd.DataFrame) -> tuple[Table, pd.DataFrame] | None:
     metric (the same seeds draw the same data under both, so the pairs are by seed), and each protocol's
     Δ vs joint: how much of a method's standing is its defaults."""
     done = finished(frame[frame["block"].notna()])
-    both = [b for b, sub in done.groupby("block") if set(sub["protocol"]) == {"tuned", "defaults"}]
+    both = [b for b, sub in sorted(done.groupby("block"), key=lambda g: g[1]["block_order"].iloc[0])
+            if set(sub["protocol"]) == {"tuned", "defaults"}]  # fmt: skip
     if not both:
         return None
     deltas = paired_deltas(done[done["block"].isin(both)])
@@ -201,7 +202,8 @@ def tuned_vs_defaults(frame: pd.DataFrame) -> tuple[Table, pd.DataFrame] | None:
         "Test primary metric at the best validation epoch, mean over the seeds both protocols finished; tuned: "
         "the settings `mmbalance tune` chose on validation with the same budget for every method (trial 0: "
         "the defaults); defaults: the method's own defaults as the suite sets them. Tuned − defaults paired "
-        "by seed with its 95% t-interval; Δ vs joint pairs each protocol with joint under the same protocol.",
+        "by seed with its 95% t-interval; Δ vs joint pairs each protocol with joint under the same protocol. "
+        "MAE (regression): lower is better, so a negative difference is a gain.",
     ]
     return Table(
         "Tuned vs defaults: how much of a method's standing is its defaults", header, body, notes
@@ -254,8 +256,11 @@ def gain_figure(
     for i, label in enumerate(shown):
         sub = methods[methods["label"] == label].sort_values("level")
         offset = (i - (len(shown) - 1) / 2) * 0.008  # keep the intervals apart
+        mission = label in highlight
+        name = label if mission else f"{label} (best {best} at λ = {methods['level'].max():g})"
         ax.errorbar(sub["level"] + offset, sub["mean"], yerr=[sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]],
-                    color=cmap(i), marker="o", ms=4, lw=1.6, capsize=2.5, label=label, zorder=3)  # fmt: skip
+                    color=cmap(i), marker="o" if mission else "s", ms=4, lw=1.6, ls="-" if mission else "--",
+                    capsize=2.5, label=name, zorder=3)  # fmt: skip
     ens = gains[gains["label"] == "unimodal_ensemble"].sort_values("level")
     if not ens.empty:
         ax.plot(ens["level"], ens["mean"], "k--", lw=1.2, label="unimodal ensemble (reference)", zorder=2)

@@ -7,6 +7,12 @@ from mmbalance.spec import RunSpec, validate_spec
 
 
 @pytest.fixture(autouse=True)
+def _content_hash_cache(tmp_path_factory, monkeypatch):
+    # The data fingerprints' hash cache and manifests go to the session's temp folder, not ~/.cache.
+    monkeypatch.setenv("MMBALANCE_CACHE", str(tmp_path_factory.getbasetemp() / "mmbalance-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _single_thread():
     # Same numbers on every machine and no oversubscription on CI's 2 cores.
     torch.set_num_threads(1)

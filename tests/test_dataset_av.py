@@ -188,7 +188,11 @@ def test_truncated_audio_is_a_one_line_error(root, copy, name):
     [
         ("kinetics_sounds", lambda: np.zeros((2, 3, 4), np.float32), "2-D"),
         ("ave", lambda: {"spec": np.zeros((257, 4))}, "pickled float array"),
-        ("ave", lambda: np.full((257, 4), np.nan, np.float32), "finite"),
+        (
+            "ave",
+            lambda: np.full((257, 4), np.nan, np.float32),
+            r"contains NaN at index \(0, 0\) \(1028 non-finite",
+        ),
     ],
 )
 def test_wrong_audio_content(root, copy, name, payload, message):
@@ -200,6 +204,29 @@ def test_wrong_audio_content(root, copy, name, payload, message):
         path.write_bytes(pickle.dumps(payload()))
     with pytest.raises(DataError, match=message):
         adapter(name, folder).split("test")[0]
+
+
+def test_nan_in_each_audio_format_names_file_and_index(root, copy):
+    """Before: "expected a finite 2-D (F, T) spectrogram, got shape (257, 188)" for all three."""
+    from mmbalance.fixtures._media import fmt_chunk, riff
+
+    cases = {}
+    folder = copy("cremad")
+    wav = folder / "AudioWAV" / f"{_first_clip(folder, 'test.csv', ',')}.wav"
+    samples = np.zeros(8000, "<f4")
+    samples[123] = np.nan
+    wav.write_bytes(riff([fmt_chunk(16000, 1, 32, 3), (b"data", samples.tobytes())]))
+    cases["cremad"] = (folder, wav, r"the WAV data contains NaN at index \(123, 0\)")
+    folder = copy("kinetics_sounds")
+    npy = folder / "test_spec" / f"{_first_clip(folder, 'my_test.txt', ',')}.npy"
+    fbank = np.load(npy)
+    fbank[5, 7] = np.inf
+    np.save(npy, fbank)
+    cases["kinetics_sounds"] = (folder, npy, r"the spectrogram of clip '.*' contains \+inf at index \(5, 7\)")
+    for name, (folder, path, message) in cases.items():
+        with pytest.raises(DataError, match=message) as e:
+            adapter(name, folder).split("test")[0]
+        assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
 
 
 def test_pickle_with_code_is_refused(root, copy):
@@ -251,3 +278,44 @@ def test_one_epoch_of_ogm_ge_on_cremad(root, tmp_path):
     result = train(spec, results=tmp_path, data_root=root, device="cpu", progress=False)
     assert result.status == "done", result.reason
     assert 0 <= result.final["test"]["accuracy"] <= 100
+
+
+def test_kinetics_sounds_in_ogm_ges_avdataset_layout(tmp_path):
+    folder = kinetics_sounds.write_ogm_ge(tmp_path)
+    a = adapter("kinetics_sounds", folder, layout="audio_spec_pkl")
+    a.verify()
+    assert a.class_names == kinetics_sounds.CLASS_NAMES  # stat.txt sorted, as AVDataset does
+    assert [len(a.split(s)) for s in ("train", "valid", "test")] == [8, 4, 4]
+    inputs, label, clip = a.split("test")[0]
+    assert tuple(inputs["audio"].shape) == (1, kinetics_sounds.FRAMES, 128)
+    assert clip == f"kstest{int(label)}0_000010_000020"
+    (folder / "my_test.txt").write_text("playing kazoo,x\n")
+    with pytest.raises(DataError, match=r"my_test.txt: line 1 .*class 'playing kazoo' is not in stat.txt"):
+        adapter("kinetics_sounds", folder, layout="audio_spec_pkl").split("test")
+
+
+def test_kinetics_sounds_list_names_are_a_parameter(root, copy):
+    folder = copy("kinetics_sounds")
+    for split in ("train", "test"):
+        (folder / f"my_{split}.txt").rename(folder / f"ks_{split}_list.csv")
+    with pytest.raises(DataMissingError, match="my_train.txt"):
+        adapter("kinetics_sounds", folder).verify()
+    a = adapter("kinetics_sounds", folder, list_file="ks_{split}_list.csv")
+    assert len(a.split("test")) == 4
+
+
+def test_cremad_in_balancebenchmarks_pt_layout(tmp_path):
+    folder = cremad.write_balancebenchmark(tmp_path)
+    params = {"audio_format": "pt", "audio_dir": "audio_pt", "frames_dir": "visual"}
+    a = adapter("cremad", folder, **params)
+    a.verify()
+    inputs, label, clip = a.split("test")[0]
+    assert tuple(inputs["audio"].shape) == (1, 38, 128)  # the stored tensor, unsqueezed as BalanceBenchmark
+    pt = folder / "audio_pt" / f"{clip}.pt"
+    torch.save({"not": "a tensor"}, pt)
+    with pytest.raises(DataError, match=r"\.pt: expected a float tensor \(F, T\), got dict"):
+        adapter("cremad", folder, **params).split("test")[0]
+    pt.write_bytes(pickle.dumps(Path("x")))  # a plain pickle naming a class: torch's weights_only refuses it
+    with pytest.raises(DataError, match=r"\.pt: not a readable torch tensor file") as e:
+        adapter("cremad", folder, **params).split("test")[0]
+    assert "\n" not in str(e.value)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmbalance.data import DataError, DataMissingError, collate
-from mmbalance.datasets.ucf101 import Ucf101, Ucf101Params
+from mmbalance.datasets.ucf101 import Ucf101, Ucf101Params, pick_ucf_frames
 from mmbalance.fixtures import ucf101 as fixture
 from mmbalance.models.resnet_av import ResNetAVParams
 
@@ -30,10 +30,10 @@ def test_clips_classes_and_model(root):
     inputs, label, clip = a.split("test")[0]
     assert tuple(inputs["visual"].shape) == (3, 3, 32, 32) and tuple(inputs["flow"].shape) == (2, 3, 32, 32)
     assert clip.startswith(f"v_{a.class_names[int(label)]}_")
-    # evaluation: the middle flow frame of each of 3 segments of 6 (k = 1, 3, 5 -> frame000002/4/6.jpg);
-    # the fixture's u frames are flat grey levels 100 + 40 * label + k
+    # evaluation: BalanceBenchmark's frames 1, 3, 5 of 6 (k = 0, 2, 4 -> frame000001/3/5.jpg; before
+    # issue 29: 2, 4, 6); the fixture's u frames are flat grey levels 100 + 40 * label + k
     u = inputs["flow"][0, :, 0, 0] * 255
-    torch.testing.assert_close(u.round(), torch.tensor([101.0, 103.0, 105.0]) + 40 * int(label))
+    torch.testing.assert_close(u.round(), torch.tensor([100.0, 102.0, 104.0]) + 40 * int(label))
     model = a.build_model(ResNetAVParams(width=8), ["visual", "flow"])
     assert model.encoders["flow"].body[0].in_channels == 2
     batch = collate([a.split("train")[i] for i in range(2)])
@@ -58,3 +58,15 @@ def test_missing_files_and_bad_lines(root, tmp_path):
         + len(adapter(folder, skip_missing=True).split("valid"))
         == 8
     )
+
+
+@pytest.mark.parametrize("n", [3, 4, 6, 7, 9, 10, 25])
+def test_frame_picks_are_balancebenchmarks(n):
+    """``ucf101_dataset.py`` l.109-116: ``chosen_index`` is 1-based; evaluation ``i*seg + max(seg//2, 1)``,
+    training ``random.randint(i*seg + 1, i*seg + seg)``."""
+    seg = n // 3
+    official = [i * seg + max(int(seg / 2), 1) for i in range(3)]
+    assert [k + 1 for k in pick_ucf_frames(n, 3, train=False)] == official
+    for _ in range(20):
+        picks = pick_ucf_frames(n, 3, train=True)
+        assert all(i * seg + 1 <= k + 1 <= i * seg + seg for i, k in enumerate(picks))

@@ -29,7 +29,7 @@ from mmbalance.records import DamagedRecordError, RunDir
 from mmbalance.runner import Trainer, prepare, train
 from mmbalance.status import sweep_status
 
-SETS = ["epochs=3", "batch_size=32", "probe_every=2", "dataset_params.n_train=128",
+SETS = ["epochs=3", "batch_size=32", "probe_every=2", "optim.lr=0.01", "dataset_params.n_train=128",
         "dataset_params.n_valid=32", "dataset_params.n_test=32"]  # fmt: skip
 
 

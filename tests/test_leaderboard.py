@@ -340,6 +340,83 @@ def test_verify_reproduces_real_numbers_and_catches_a_resealed_forgery(entry, ru
         verify(passes_check, seeds=[7])
 
 
+# --- attacks (issue 30): entries that are deep, specs that cannot run, text that reorders the page ----------
+def test_a_deeply_nested_entry_is_named_and_build_fails_with_nothing_written(entry, runs, tmp_path, capsys):
+    from mmbalance.cli import main
+
+    results = tmp_path / "results"
+    entries = results / "leaderboard" / "entries"
+    entries.mkdir(parents=True)
+    (entries / "good.json").write_text(json.dumps(entry))
+    (entries / "deep.json").write_text('{"x": ' + "[" * 30_000 + "]" * 30_000 + "}")
+    fp = ["--fingerprints", str(runs["fingerprints"])]
+    assert main(["leaderboard", "build", "--results", str(results), *fp]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 bad leaderboard entry") and "Traceback" not in err
+    assert f"{entries / 'deep.json'}: rejected:\n  <file>: nested deeper than 64 levels" in err
+    assert not (results / "leaderboard" / "index.html").exists()  # a page never silently drops an entry
+    assert main(["leaderboard", "check", str(entries / "deep.json"), *fp]) == 2
+    assert "nested deeper than 64 levels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("forge", "needle"),
+    [
+        (lambda d: d["spec"]["optim"].update(lr=-1), "spec.optim.lr: Input should be greater than 0"),
+        (lambda d: d["spec"].pop("epochs"), "spec: missing field(s) epochs"),
+        (lambda d: d["spec"].update(batch_size="many"), "spec.batch_size: Input should be a valid integer"),
+        (lambda d: d.update(method="ogm"), "spec: unknown method 'ogm'; valid choices:"),
+        (lambda d: d["seeds"][2].update(seed=10**30), "seeds.2.seed: Input should be less than 4294967296"),
+    ],
+)
+def test_check_refuses_a_resealed_spec_that_cannot_run(entry, runs, tmp_path, forge, needle):
+    bad = copy.deepcopy(entry)
+    forge(bad)
+    assert needle in problems(reseal(bad), runs, tmp_path)
+
+
+@pytest.mark.parametrize("char", ["\n", "\u202e", "\x00", "\x1b", "\u2066"])
+def test_control_and_bidirectional_characters_are_refused_anywhere(entry, runs, tmp_path, char):
+    for forge in (lambda d: d["method_params"].update(note=f"a{char}b"),
+                  lambda d: d["method_params"].update({f"k{char}": 1}),
+                  lambda d: d["packages"].update(torch=f"2.0{char}")):  # fmt: skip
+        bad = copy.deepcopy(entry)
+        forge(bad)
+        assert "has a control or bidirectional character" in problems(reseal(bad), runs, tmp_path)
+    bad = copy.deepcopy(entry)
+    bad["url"] = f"https://example.org/{char}gpj.exe"
+    assert "URL contains whitespace, control or bidirectional characters" in problems(bad, runs, tmp_path)
+
+
+def test_verify_draws_a_random_seed_and_catches_a_forged_later_seed(entry, runs):
+    from mmbalance.leaderboard_verify import pick_seeds, verify
+
+    known = lb.load_fingerprints(runs["fingerprints"])
+    forged = copy.deepcopy(entry)
+    forged["seeds"][2]["metrics"]["accuracy"] += 0.5  # the first seed is genuine: the old default passed it
+    e = lb.validate_entry(reseal(forged), known)
+    assert {pick_seeds(e)[0] for _ in range(60)} == {0, 1, 2}  # any seed may be the one re-run
+    assert [(m.seed, m.metric) for m in verify(e, seeds="all")] == [(2, "accuracy")]
+
+
+def test_verify_is_exact_on_cpu_and_compares_the_modality_numbers(entry, runs):
+    from mmbalance.leaderboard_verify import tolerance_for, verify
+
+    known = lb.load_fingerprints(runs["fingerprints"])
+    shifted = copy.deepcopy(entry)
+    for s in shifted["seeds"]:
+        s["metrics"] = {
+            k: v + 0.9 for k, v in s["metrics"].items()
+        }  # +0.9 on every metric: passed 1.0 points
+        s["modality"]["shapley"] = {m: v + 0.3 for m, v in s["modality"]["shapley"].items()}
+        s["modality"]["imbalance_degree"] += 0.01
+    e = lb.validate_entry(reseal(shifted), known)
+    assert tolerance_for(e, "cpu")["percent"] < 1e-6 and tolerance_for(e, "cuda")["percent"] == 1.0
+    bad = {m.metric for m in verify(e, seeds=[1])}
+    shapley = {f"shapley {m}" for m in entry["seeds"][1]["modality"]["shapley"]}
+    assert bad == {"accuracy", "f1_macro", "f1_weighted", "imbalance degree", *shapley}
+
+
 def test_cli_submit_check_and_build(runs, tmp_path, capsys):
     from mmbalance.cli import main
 

@@ -315,9 +315,11 @@ def test_report_writes_the_modality_table_and_figures(tmp_path):
     # joint's effective robustness against itself is 0 on average over its seeds
     csv = (tmp_path / "out" / "tables" / "all-runs-modality.csv").read_text()
     row = [
-        r for r in csv.splitlines() if r.startswith("synthetic,classification,joint,effective_robustness")
+        r
+        for r in csv.splitlines()
+        if r.startswith("synthetic,classification,synthetic (classification),joint,effective_robustness")
     ][0]
-    assert abs(float(row.split(",")[4])) < 1e-9
+    assert abs(float(row.split(",")[5])) < 1e-9
     names = {p.name for p in paths}
     for fig in ("contributions", "robustness"):
         assert f"all-runs-synthetic-classification-{fig}.png" in names

@@ -110,7 +110,10 @@ def test_a_synthetic_run_without_a_preset_gets_the_default_suites_settings(capsy
     spec = yaml.safe_load(capsys.readouterr().out)
     assert spec["optim"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
                              "clip_grad_norm": None} and spec["epochs"] == 3  # fmt: skip
-    joint = next(p.spec for p in plan(load_suite("benchmarks/all.yaml")) if p.spec is not None).canonical()
+    joint = next(  # the suite's default-protocol joint run on its lazy block (the default scenario)
+        p.spec for p in plan(load_suite("benchmarks/all.yaml"))
+        if p.spec is not None and p.block == "lazy-1.00" and p.spec.tuned is None and p.spec.method == "joint"
+    ).canonical()  # fmt: skip
     assert (joint["dataset"], joint["method"], joint["seed"]) == ("synthetic", "joint", 0)
     assert main(["run", "--method", "joint", "--dry-run"]) == 0  # synthetic is the default dataset
     assert yaml.safe_load(capsys.readouterr().out) == joint  # one source: the suite's base names the preset

@@ -112,7 +112,7 @@ def test_unreadable_final_json_is_named_listed_and_left_out(tmp_path):
     for seed, acc in enumerate([70.0, 72.0]):
         make_run(tmp_path, "joint", seed, test={"accuracy": acc})
     make_run(tmp_path, "joint", 2, test={"accuracy": 10.0}).file("final.json").write_text("{not json")
-    with pytest.warns(RecordWarning, match=r"final\.json: JSONDecodeError"):
+    with pytest.warns(RecordWarning, match=r"final\.json: not valid JSON"):
         report(tmp_path, figures=False)
     md = (tmp_path / "tables" / "all-runs.md").read_text()
     assert "| joint | 71.00 ± 1.41 |" in md and "10.00" not in md
