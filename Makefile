@@ -11,7 +11,7 @@ JOBS ?= 2  # worker processes for bench-all (results equal a sequential sweep's)
 
 PAPER_TABLES ?= synthetic-table synthetic-ablation  # the paper tables that run anywhere (outputs committed)
 
-.PHONY: setup test test-slow lint format tune bench-all results reproduce leaderboard bench-speed fixtures clean
+.PHONY: setup test test-slow lint format tune bench-all results reproduce leaderboard bench-speed gpu-check fixtures clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,11 @@ leaderboard: setup
 
 bench-speed: setup
 	$(BIN)/python scripts/bench_speed.py $(ARGS)
+
+# One GPU, under 8 minutes: the paper models at the presets' shapes, fp32 and AMP (without CUDA: small, on the CPU)
+gpu-check: setup
+	$(BIN)/python -m pip install --quiet -e '.[test,gpu]'  # NVML (nvidia-ml-py) for the utilisation
+	$(BIN)/python scripts/gpu_check.py $(ARGS)
 
 fixtures: setup
 	$(BIN)/python scripts/make_fixtures.py tests/.fixtures

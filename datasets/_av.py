@@ -281,6 +281,10 @@ class AVAdapter(DatasetAdapter):
         check_finite(spec.numpy(), path, f"the spectrogram of clip {clip_id!r}")
         return spec.float()
 
+    def reads_items(self) -> bool:
+        """Whether items are read from files as they are drawn (so loader workers pay off on a GPU)."""
+        return True
+
     def fingerprint(self, name: str) -> str:
         return ids_labels_fingerprint(self.split(name))
 

@@ -375,6 +375,10 @@ class Brats(DatasetAdapter):
                 f"model's BatchNorm cannot normalise; use batch_size={fits} (or any b with {n} % b != 1)"
             )
 
+    def reads_items(self) -> bool:
+        """Whether items are read from files as they are drawn (so loader workers pay off on a GPU)."""
+        return True
+
     def fingerprint(self, name: str) -> str:
         """SHA-256 of the split's volume ids and file sizes (decoding every volume would take minutes)."""
         h = hashlib.sha256()

@@ -509,6 +509,10 @@ class Food101(DatasetAdapter):
                 )
         return self._splits[name]
 
+    def reads_items(self) -> bool:
+        """Whether items are read from files as they are drawn (so loader workers pay off on a GPU)."""
+        return True
+
     def fingerprint(self, name: str) -> str:
         """SHA-256 of the split's ids and labels (no image is decoded)."""
         h = hashlib.sha256()

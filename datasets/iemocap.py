@@ -149,6 +149,9 @@ class Iemocap(PreloadedAdapter):
     Params = IemocapParams
     ModelParams = IemocapModelParams
 
+    def reads_items(self) -> bool:
+        return self.params.format == "mmin"  # MMIN h5 features per utterance; the MulT pickle is in memory
+
     # --- files --------------------------------------------------------------------------------
     def expected_files(self) -> list[Path]:
         p = self.params

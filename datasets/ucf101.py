@@ -186,6 +186,10 @@ class Ucf101(DatasetAdapter):
             self._splits[name] = Ucf101Split(self, rows, train=name == "train")
         return self._splits[name]
 
+    def reads_items(self) -> bool:
+        """Whether items are read from files as they are drawn (so loader workers pay off on a GPU)."""
+        return True
+
     def fingerprint(self, name: str) -> str:
         return ids_labels_fingerprint(self.split(name))
 

@@ -143,7 +143,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU (default: off)",
     )
-    p.add_argument("--workers", type=int, default=None, help="data-loader processes per run (default: 0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader processes per run (default: on CUDA, for data read from files, one per "
+                        "torch thread less one, at most 8; else 0)")  # fmt: skip
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA: deterministic kernels only, cuDNN benchmark mode off (default: off; recorded "
+                        "in env.json)")  # fmt: skip
 
 
 def _wandb_options(p: argparse.ArgumentParser) -> None:
@@ -202,8 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         amp=bool(args.amp),
-        workers=args.workers or 0,
+        workers=args.workers,
         restart=args.restart,
+        deterministic=bool(args.deterministic),
     )
     if result.status == "running elsewhere":
         console.print(f"run {result.run_id} is running elsewhere ({result.reason}); nothing done")
@@ -228,7 +234,8 @@ def _executor_options(args: argparse.Namespace, section: dict[str, Any]) -> Any:
     cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
            "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
            "sbatch": parse_set(args.sbatch), "amp": getattr(args, "amp", None),
-           "workers": getattr(args, "workers", None), "threads": args.threads}  # fmt: skip
+           "workers": getattr(args, "workers", None), "threads": args.threads,
+           "deterministic": getattr(args, "deterministic", None)}  # fmt: skip
     return executors.executor_options(section, cli)
 
 
@@ -266,7 +273,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         outcomes = run_local(planned, args.results, args.data_root, device=args.device,
                              progress=not args.quiet, amp=opts.amp, workers=opts.workers,
-                             restart=args.restart)  # fmt: skip
+                             restart=args.restart, deterministic=opts.deterministic)  # fmt: skip
     if args.wait:  # runs another process holds: wait for it, then take over what it left
         outcomes = wait_for_elsewhere(
             outcomes,
@@ -278,6 +285,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 progress=False,
                 amp=opts.amp,
                 workers=opts.workers,
+                deterministic=opts.deterministic,
             ),  # fmt: skip
             say=console.print,
         )

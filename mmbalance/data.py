@@ -133,6 +133,11 @@ class DatasetAdapter:
         """The torch dataset of split ``name`` (one of ``SPLITS``)."""
         raise NotImplementedError
 
+    def reads_items(self) -> bool:
+        """Whether items are read (and decoded) from files as they are drawn, rather than held in memory:
+        then loader worker processes overlap that with the GPU's step (``runner.auto_workers``)."""
+        return False
+
     def fingerprint(self, name: str) -> str:
         """SHA-256 of the split's ids and labels: the same file content gives the same value."""
         h = hashlib.sha256()

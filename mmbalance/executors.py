@@ -54,7 +54,8 @@ class ExecutorOptions(StrictModel):
     setup: list[str] = []  # shell lines before each job (module load, conda activate)
     folder: str | None = None  # submitit logs and pickles (default: <results>/submitit)
     amp: bool = False  # mixed precision
-    workers: int = Field(0, ge=0)  # data-loader worker processes per run
+    workers: int | None = Field(None, ge=0)  # data-loader processes per run (None: runner.auto_workers)
+    deterministic: bool = False  # deterministic CUDA kernels, cuDNN benchmark off (runner.configure_backends)
     # torch threads per run; default: this machine's cores / jobs locally, $SLURM_CPUS_PER_TASK on SLURM.
     # Pin it (e.g. 1) to compare numbers across machines: float reductions depend on the thread count.
     threads: int | None = Field(None, ge=1)
@@ -78,9 +79,10 @@ def run_one(
     data_root: str | None,
     device: str,
     amp: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     threads: int | None = None,
     restart: bool = False,
+    deterministic: bool = False,
 ):
     """Train one run in this process (a pool worker or a SLURM task); returns its ``RunResult``.
 
@@ -97,7 +99,7 @@ def run_one(
     spec = validate_spec(spec_doc)
     try:
         return train(spec, results, Path(data_root) if data_root else None, device=device, progress=False,
-                     amp=amp, workers=workers, restart=restart)  # fmt: skip
+                     amp=amp, workers=workers, restart=restart, deterministic=deterministic)  # fmt: skip
     except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
         return RunResult("-", Path(), "not applicable", reason=str(e))
     except Exception as e:
@@ -214,6 +216,7 @@ def _run_pool(runnable: list, results: Path, data_root: Path | None, device: str
                 opts.workers,
                 threads,
                 restart,
+                opts.deterministic,
             )  # fmt: skip
             for p in runnable
         ]
@@ -273,5 +276,6 @@ def submit(
     root = str(Path(data_root).resolve()) if data_root else None  # jobs may start in another folder
     with executor.batch():  # one sbatch call: an array of len(runnable) tasks
         jobs = [executor.submit(RunJob(), p.spec.canonical(), str(Path(results).resolve()), root, device,
-                                opts.amp, opts.workers, opts.threads, restart) for p in runnable]  # fmt: skip
+                                opts.amp, opts.workers, opts.threads, restart, opts.deterministic)
+                for p in runnable]  # fmt: skip
     return list(zip(runnable, jobs, strict=True))

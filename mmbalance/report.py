@@ -71,7 +71,7 @@ __all__ = [
     "config_key",
 ]
 
-LOWER_IS_BETTER = frozenset({"mae", "loss"})
+LOWER_IS_BETTER = frozenset({"mae", "loss", "extra_memory_mb", "method_memory_mb", "peak_memory_mb"})
 DECIMALS = {"mae": 3, "corr": 3, "loss": 3}  # everything else is a percentage: 2 decimals
 # Columns per task kind, in the papers' order; segmentation shows every Dice region the record has.
 TASK_METRICS = {

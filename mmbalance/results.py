@@ -18,6 +18,11 @@ Columns:
   of one key differ only in the method, its own parameters and the seed, so only they are compared;
 - ``task``, ``modalities`` (tuple), ``selection_metric``, ``best_epoch``, ``epochs_done`` and ``seconds``
   (training time summed over the recorded epochs);
+- memory: ``peak_memory_mb`` (CUDA runs: the largest training-phase peak of allocated memory over the
+  epochs; NaN elsewhere), ``extra_memory_mb`` (that peak minus the peak of the joint-training run of the
+  same spec and seed, method and method parameters apart: the CGGM paper's "additional memory"; NaN
+  without such a pair) and ``method_memory_mb`` (MB of tensors the method holds beyond the model, on any
+  device: CGGM's classifiers, their gradients and optimiser state);
 - one column per final metric under the chosen ``protocol`` (``accuracy``, ``mae``, ``dice_WT``, ...), and
   ``probe/<modality>`` for the unimodal probes; empty (NaN) for runs that are not done.
 
@@ -92,14 +97,37 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _seconds(rd: RunDir) -> tuple[int, float]:
-    """Epochs recorded and their summed training time; (0, NaN) when metrics.jsonl cannot be read (the
-    figures step names it)."""
+def _epoch_totals(rd: RunDir) -> tuple[int, float, float]:
+    """Epochs recorded, their summed training time and their largest CUDA training peak (MB); NaN
+    where not recorded, (0, NaN, NaN) when metrics.jsonl cannot be read (the figures step names it)."""
+    nan = float("nan")
     try:
         epochs = rd.epochs()
-        return len(epochs), float(sum(e.get("seconds", float("nan")) for e in epochs))
+        peaks = [e["train_peak_mb"] for e in epochs if "train_peak_mb" in e]
+        return len(epochs), float(sum(e.get("seconds", nan) for e in epochs)), max(peaks, default=nan)
     except READ_ERRORS:
-        return 0, float("nan")
+        return 0, nan, nan
+
+
+def _method_memory(rd: RunDir) -> float:
+    """MB the method held beyond the model (env.json, written when the run finished); NaN if absent."""
+    try:
+        held = rd.env().get("method_memory_mb") if rd.file("env.json").exists() else None
+    except READ_ERRORS:
+        return float("nan")
+    return float(sum(held.values())) if isinstance(held, dict) else float("nan")
+
+
+def _extra_memory(runs: pd.DataFrame) -> pd.Series:
+    """Each run's peak memory minus that of the joint run of the same spec and seed, method and method
+    parameters apart (the same model, data, batch and optimiser): what the method adds."""
+    base = [json.dumps({k: v for k, v in spec.items() if k not in ("method", "method_params")}, sort_keys=True)
+            for spec in runs["spec"]]  # fmt: skip
+    joint = {
+        b: p for b, m, p in zip(base, runs["method"], runs["peak_memory_mb"], strict=True) if m == "joint"
+    }
+    return pd.Series([p - joint.get(b, float("nan")) for b, p in zip(base, runs["peak_memory_mb"], strict=True)],
+                     index=runs.index, dtype=float)  # fmt: skip
 
 
 def _data_origin(rd: RunDir) -> tuple[str | None, bool]:
@@ -142,7 +170,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
                 stacklevel=3,
             )
             return {}
-    epochs_done, seconds = _seconds(rd)
+    epochs_done, seconds, peak = _epoch_totals(rd)
     fingerprint, fixture = _data_origin(rd)
     params = spec.get("dataset_params")
     task = final.get("task") or (params.get("task") if isinstance(params, dict) else None)
@@ -163,6 +191,8 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
         "best_epoch": final.get("best_epoch"),
         "epochs_done": epochs_done,
         "seconds": seconds,
+        "peak_memory_mb": peak,
+        "method_memory_mb": _method_memory(rd),
         **values,
     }
 
@@ -193,7 +223,9 @@ def load(results: Path | str = "results", protocol: str = "best-valid-test") -> 
         return pd.DataFrame(columns=["run_id", "path", "status", "reason", "dataset", "task", "method", "seed",
                                      "spec", "config", "data_fingerprint", "fixture", "key", "modalities",
                                      "selection_metric", "seconds"])  # fmt: skip
-    return _fill_fingerprints(_fill_from_done(pd.DataFrame(rows)))
+    runs = _fill_fingerprints(_fill_from_done(pd.DataFrame(rows)))
+    runs["extra_memory_mb"] = _extra_memory(runs)
+    return runs
 
 
 def _fill_fingerprints(runs: pd.DataFrame) -> pd.DataFrame:

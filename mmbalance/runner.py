@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import platform
 import random
 import subprocess
@@ -43,6 +44,7 @@ from mmbalance import metrics
 from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
+from mmbalance.memory import MB, method_state
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.probes import Probes
 from mmbalance.records import (
@@ -119,6 +121,32 @@ def resolve_device(device: str) -> torch.device:
     elif dev.type != "cpu":
         raise DeviceError(f"--device {device}: only cpu and cuda are supported")
     return dev
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> dict[str, Any]:
+    """CUDA kernel choice; what it chose goes into env.json. By default cuDNN times its algorithms per
+    input shape and keeps the fastest (benchmark mode: faster, and the choice may differ between runs).
+    ``deterministic``: only deterministic kernels, benchmark off (torch raises on an op that has none),
+    so a rerun on the same machine gives the same numbers. The CPU's kernels need neither."""
+    if device.type == "cuda":
+        if deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        torch.use_deterministic_algorithms(deterministic)
+    return {"deterministic": deterministic, "cudnn_benchmark": device.type == "cuda" and not deterministic}
+
+
+def auto_workers(adapter: DatasetAdapter, device: torch.device) -> int:
+    """Loader processes when ``--workers`` is not given: on CUDA, for data read from files as items are
+    drawn, one per torch thread less one, at most 8 (the threads are this run's share of the machine:
+    cores / jobs, or $SLURM_CPUS_PER_TASK), so that reading and decoding overlap the GPU's step. None on
+    the CPU, whose cores compute the step, nor for data held in memory. Workers draw their own random
+    augmentations, so the numbers of such datasets depend on the count: env.json records it; give
+    ``--workers N`` to compare runs across machines."""
+    if device.type != "cuda" or not adapter.reads_items():
+        return 0
+    return min(8, max(1, torch.get_num_threads() - 1))
 
 
 def seed_everything(seed: int) -> None:
@@ -238,6 +266,7 @@ class Trainer:
         amp: bool = False,
         workers: int = 0,
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+        deterministic: bool = False,
     ) -> None:
         self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
         self.spec, self.adapter, self.rd, self.device, self.progress = (
@@ -250,6 +279,8 @@ class Trainer:
         # Mixed precision: fp16 + loss scaling on CUDA, bf16 (no scaling needed) elsewhere. Off: both are
         # no-ops, so CPU runs keep their exact numbers.
         self.amp, self.workers = amp, workers
+        self.backends = configure_backends(device, deterministic)
+        self.eval_loaders: dict[str, DataLoader] = {}
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and self.amp_dtype == torch.float16)
         self.task = adapter.task
@@ -283,17 +314,27 @@ class Trainer:
     def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
         # stream 0 is the training order, stream 1 the methods' shuffled passes (``iterate``).
+        # Valid and test passes in order draw nothing at random: one loader whose workers persist across
+        # epochs. A training pass gets fresh workers: their random streams (augmentation) start from the
+        # epoch's seed, so that a resumed run draws what an uninterrupted one does.
+        persist = self.workers > 0 and not shuffle and split != "train"
+        if persist and split in self.eval_loaders:
+            return self.eval_loaders[split]
         g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch + stream * 1_000_000_007)
         # The sampler (and so the order) lives in this process, so loader workers do not change the batches.
-        return DataLoader(
+        loader = DataLoader(
             self.datasets[split],
             batch_size=self.spec.batch_size,
             shuffle=shuffle,
             generator=g,
             collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda",  # page-locked: the copy to the GPU runs asynchronously
             num_workers=self.workers,
+            persistent_workers=persist,
         )
+        if persist:
+            self.eval_loaders[split] = loader
+        return loader
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -424,16 +465,19 @@ class Trainer:
         # Methods read and modulate true gradients, so they are unscaled first (no-op without AMP); aux
         # modules run under the same autocast, so their weights meet the fp16/bf16 features they read.
         self.scaler.unscale_(self.optimizer)
-        with self.autocast():
-            method.after_backward(model, out, batch, ctx)
-        if self.probes is not None:
-            if log_now:
-                row.update(self.probes.grad_norms(model))
-            metric = self._batch_metric if log_now else None
+        # An fp16 overflow step is thrown away whole: the scaler skips the update and lowers its scale, and
+        # no method reads, scales or keeps state from the inf/NaN gradients (nor do the probes).
+        if not self.overflowed():
             with self.autocast():
-                row.update(self.probes.fit_step(out.features, batch.target, self.task_loss, metric))
-        if self.spec.optim.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model_parameters, self.spec.optim.clip_grad_norm)
+                method.after_backward(model, out, batch, ctx)
+            if self.probes is not None:
+                if log_now:
+                    row.update(self.probes.grad_norms(model))
+                metric = self._batch_metric if log_now else None
+                with self.autocast():
+                    row.update(self.probes.fit_step(out.features, batch.target, self.task_loss, metric))
+            if self.spec.optim.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model_parameters, self.spec.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)  # skips the step if AMP overflowed; plain step() otherwise
         self.scaler.update()
         if self.schedule_when == "iteration" and ctx.last_turn:  # the schedule counts batches, not turns
@@ -442,6 +486,27 @@ class Trainer:
             diag = {f"diag/{k}": float(v) for k, v in method.diagnostics().items()}
             self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss_value, **row, **diag})
         return loss_value
+
+    def train_peak_mb(self) -> float | None:
+        """CUDA: peak allocated memory (MB) since the epoch began (model, optimiser and method state,
+        activations); the CGGM paper's extra memory is CGGM's peak minus joint training's. None off CUDA,
+        where no allocator counts it."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / MB
+
+    def method_memory_mb(self) -> dict[str, float]:
+        """MB of tensors the method holds beyond the model (``memory.method_state``), after training."""
+        return {k: v / MB for k, v in method_state(self.method, self.model, self.optimizer).items()}
+
+    def overflowed(self) -> bool:
+        """Whether loss scaling overflowed this step (a non-finite unscaled gradient); always False
+        without it (fp32, bf16), at no cost. One host sync per step under fp16."""
+        if not self.scaler.is_enabled():
+            return False
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        # max |g| (inf norm): finite values never overflow it, NaN and inf propagate
+        return bool(grads) and not torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)).item()
 
     def _batch_metric(self, pred: torch.Tensor, target: torch.Tensor) -> float:
         return metrics.primary_value(self.task.kind, pred, target, self.task.regions)
@@ -575,9 +640,12 @@ class Trainer:
             for epoch in range(self.start_epoch, self.spec.epochs):
                 # Wall seconds of each phase (metrics.jsonl only; final.json stays free of timings, so a
                 # rerun reproduces it byte for byte). The official CGGM epoch is train + valid, no test.
+                if self.device.type == "cuda":  # the training phase's own peak, apart from evaluation's
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 t0 = time.perf_counter()
                 train_loss = self.train_epoch(epoch, bar)
                 t1 = time.perf_counter()
+                peak = self.train_peak_mb()
                 valid = self.evaluate("valid")
                 t2 = time.perf_counter()
                 test = self.evaluate("test") if self.spec.evaluate_test else None  # tuning: never read
@@ -592,6 +660,7 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": t3 - t0,
                     "train_seconds": t1 - t0, "valid_seconds": t2 - t1,
                     **({"test_seconds": t3 - t2} if test is not None else {}),
+                    **({"train_peak_mb": peak} if peak is not None else {}),
                 })  # fmt: skip
                 if self.best_epoch()["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
                     self.save_selected(epoch)
@@ -621,21 +690,25 @@ def train(
     device: str = "auto",
     progress: bool = True,
     amp: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     restart: bool = False,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    deterministic: bool = False,
 ) -> RunResult:
     """Train (or skip, or resume) the run of ``spec``; its record lands in ``results/runs/<run_id>``.
 
     ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU); ``workers``: data-loader
-    processes. Both are execution options like ``device``: not part of the run id, recorded in env.json.
+    processes (None: ``auto_workers``). Both are execution options like ``device``: not part of the run
+    id, recorded in env.json.
+    ``deterministic``: deterministic CUDA kernels, cuDNN benchmark mode off (``configure_backends``).
     ``restart``: an unfinished run discards its checkpoint and records and trains from epoch 0 (the way
     out of a damaged checkpoint); a finished run is still reused.
     A run that another live worker holds the lock of is returned as ``running elsewhere``.
     ``on_epoch(epoch, valid)``: called after each epoch (tuning: the pruner); raising ``Pruned`` stops the
     run with status ``pruned`` (its checkpoint stays, so calling ``train`` again resumes it).
     """
-    if workers < 0:  # before anything is read or written: an option never touches a run's records
+    # Before anything is read or written: an option never touches a run's records.
+    if workers is not None and workers < 0:
         raise SpecError(f"--workers {workers}: must be 0 (load in this process) or more")
     dev = resolve_device(device)
     adapter, fingerprint, rd = prepare(spec, results, data_root)
@@ -661,7 +734,9 @@ def train(
             # Built and resumed before any record is written: a method that refuses this model (setup
             # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
             # the folder as it was.
-            trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch)
+            workers = auto_workers(adapter, dev) if workers is None else workers
+            trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
+                              deterministic=deterministic)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:
@@ -693,7 +768,8 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         spec_doc = {**spec_doc, "data_fixture": True}
     atomic_write_text(rd.file("spec.yaml"), yaml.safe_dump(spec_doc, sort_keys=False))
     atomic_write_json(
-        rd.file("env.json"), {**environment(trainer.device), "amp": amp, "loader_workers": workers}
+        rd.file("env.json"),
+        {**environment(trainer.device), "amp": amp, "loader_workers": workers, **trainer.backends},
     )
     rd.set_status("running")
     try:
@@ -721,6 +797,8 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         rd.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
+    # The method's own tensors, before modality_eval loads the selected epoch's state.
+    atomic_write_json(rd.file("env.json"), {**rd.env(), "method_memory_mb": trainer.method_memory_mb()})
     if spec.evaluate_test:  # modality evaluation scores the test split; tuning trials never read it
         t0 = time.process_time()
         try:

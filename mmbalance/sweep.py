@@ -233,8 +233,9 @@ def run_local(
     device: str = "auto",
     progress: bool = True,
     amp: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     restart: bool = False,
+    deterministic: bool = False,
 ) -> list[tuple[Planned, Any]]:
     """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
     from tqdm.auto import tqdm
@@ -246,7 +247,7 @@ def run_local(
     for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
         try:
             outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
-                            workers=workers, restart=restart)  # fmt: skip
+                            workers=workers, restart=restart, deterministic=deterministic)  # fmt: skip
         except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
             outcome = RunResult("-", Path(), "not applicable", reason=str(e))
         except Exception as e:  # recorded as failed by train(); keep going with the next run

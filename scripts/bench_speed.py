@@ -18,9 +18,11 @@ run once before timing and are not in the per-step time.
   ``torch.cuda.max_memory_allocated`` minus what was allocated before the trainer was built; CPU the
   growth of the process's peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` after
   ``malloc_trim``; Linux only). Both cover the model, optimiser state, method modules and activations.
-- method state: bytes of tensors the method holds beyond the model (its modules' parameters and
-  buffers, its optimisers' state, prototypes, ...), and the state of non-model parameters in the main
-  optimiser. For CGGM that is the paper's "additional memory of the classifiers" (8-24 MB).
+- method state (``mmbalance.memory.method_state``): bytes of tensors the method holds beyond the model
+  (its modules' parameters, buffers and gradients, its optimisers' state, prototypes, ...), and the state
+  of non-model parameters in the main optimiser. For CGGM: its classifiers (the paper: 8-24 MB extra).
+- shapes and model sizes: ``SHAPES`` below; ``scripts/gpu_check.py`` runs ``bench_shape`` on
+  the presets' specs (``build_trainer(preset=...)``) and adds GPU utilisation through its ``monitor``.
 
 Results go to ``results/bench/speed-<device>-<size>.{json,md}``.
 """
@@ -28,7 +30,6 @@ Results go to ``results/bench/speed-<device>-<size>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -37,23 +38,22 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch import nn
 from torch.utils.data import Dataset
 
 from mmbalance.data import Batch, DataError, DatasetAdapter, TaskInfo, collate
+from mmbalance.memory import MB, PeakMemory, method_state, tensor_bytes
+from mmbalance.method import MethodNotApplicable
 from mmbalance.records import RunDir
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.runner import Trainer, resolve_device
-from mmbalance.spec import validate_spec
-
-MB = 2**20
+from mmbalance.spec import compose, deep_merge, validate_spec
 
 
 @dataclass
@@ -68,6 +68,14 @@ class Shape:
     small_model: dict[str, Any] = field(default_factory=dict)  # --size small: model_params overrides
     small_inputs: dict[str, tuple[int, ...]] | None = None  # --size small: other item shapes
     small_target: tuple[int, ...] | None = None
+
+    def at(self, size: str, batch: int | None = None) -> tuple[dict, tuple[int, ...], int, dict]:
+        """(item shapes, target shape, batch size, model_params) at ``size`` (paper / small); ``batch``
+        overrides the batch size."""
+        if size != "small":
+            return self.inputs, self.target, batch or self.batch, {}
+        return (self.small_inputs or self.inputs, self.small_target or self.target,
+                batch or self.small_batch or self.batch, self.small_model)  # fmt: skip
 
 
 BRATS = ("flair", "t1ce", "t1", "t2")
@@ -85,6 +93,10 @@ SHAPES: dict[str, Shape] = {
     # BraTS slices: 4 sequences, one 160 x 160 crop each; labels 0-3. Small: a 1-1-1-1 ResNet, 96 x 96.
     "brats": Shape({m: (1, 160, 160) for m in BRATS}, (160, 160), 64, small_batch=4, small_model=BRATS_SMALL,
                    small_inputs={m: (1, 96, 96) for m in BRATS}, small_target=(96, 96)),
+    # CREMA-D as OGM-GE feeds it: a (1, 257, 188) spectrogram and one 224 x 224 frame; ResNet-18 per
+    # modality, 6 classes. Small: 64 x 48 spectrograms, 32 x 32 frames, width-16 ResNets.
+    "cremad": Shape({"audio": (1, 257, 188), "visual": (3, 1, 224, 224)}, (), 64, small_batch=4,
+                    small_model={"width": 16}, small_inputs={"audio": (1, 64, 48), "visual": (3, 1, 32, 32)}),
 }  # fmt: skip
 
 
@@ -147,83 +159,6 @@ def shaped_adapter(name: str, shape: Shape, inputs: dict[str, tuple[int, ...]], 
     return adapter
 
 
-# --- memory ----------------------------------------------------------------------------------------
-def tensor_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
-
-
-def method_state(method, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes the method holds beyond the model: its modules (parameters + buffers), its optimisers'
-    state, other tensors; plus main-optimiser state of parameters that are not the model's."""
-    owned = {t.data_ptr() for t in chain(model.parameters(), model.buffers())}
-    modules, optims, tensors = [], [], []
-
-    def visit(obj: Any, depth: int = 0) -> None:
-        if depth > 4 or obj is model or obj is optimizer:
-            return
-        if isinstance(obj, nn.Module):
-            modules.extend(t for t in chain(obj.parameters(), obj.buffers()) if t.data_ptr() not in owned)
-        elif isinstance(obj, torch.optim.Optimizer):
-            optims.extend(v for s in obj.state.values() for v in s.values())
-        elif isinstance(obj, torch.Tensor):
-            if obj.data_ptr() not in owned:
-                tensors.append(obj)
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                visit(v, depth + 1)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                visit(v, depth + 1)
-
-    visit(vars(method))
-    for group in optimizer.param_groups:  # aux parameters trained by the runner's optimiser
-        for p in group["params"]:
-            if p.data_ptr() not in owned:
-                modules.append(p)
-                optims.extend(optimizer.state.get(p, {}).values())
-    return {"modules": tensor_bytes(modules), "optimiser_state": tensor_bytes(optims),
-            "other": tensor_bytes(tensors)}  # fmt: skip
-
-
-class PeakMemory:
-    """Peak memory growth over a ``with`` block (CUDA: allocator; CPU: process peak RSS)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.bytes = device, 0
-
-    @staticmethod
-    def _rss(field_name: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-        raise OSError(f"/proc/self/status has no {field_name}")
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, or the next run reuses it unseen
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.base = self._rss("VmRSS")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.bytes = self._rss("VmHWM") - self.base
-
-
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
         if line.startswith("model name"):
@@ -237,17 +172,22 @@ def cpu_memory_method() -> str:
 
 # --- one method on one shape -------------------------------------------------------------------------
 def build_trainer(dataset: str, method: str, adapter: DatasetAdapter, batch: int, model_params: dict,
-                  device: torch.device, amp: bool, tmp: Path, clip: float | None = None) -> Trainer:  # fmt: skip
+                  device: torch.device, amp: bool, tmp: Path, clip: float | None = None,
+                  preset: str | None = None) -> Trainer:  # fmt: skip
+    """A runner ``Trainer`` of ``method`` on ``adapter``, ready to step. ``preset``: the spec starts from
+    that preset with its method overrides (model, optimiser, schedule, method parameters), as
+    ``mmbalance run --preset`` resolves it; else from the code defaults."""
     method_cls = METHODS.get(method)
-    params = method_cls.variants({}, adapter.task)[0]  # unimodal: its first modality
+    base = compose({"preset": preset, "method": method}) if preset else {}
+    params = method_cls.variants(base.get("method_params", {}), adapter.task)[0]  # unimodal: 1st modality
     optim = {}
     if clip is not None:  # every method clips once, in the runner, as the released CGGM loop does
         optim = {"clip_grad_norm": clip}
         if "clip_grad_norm" in method_cls.Params.model_fields:  # so the method does not clip a second time
             params = {**params, "clip_grad_norm": None}
-    spec = validate_spec({"dataset": dataset, "method": method, "method_params": params, "batch_size": batch,
-                          "model_params": model_params, "probe_every": 0, "epochs": 1000,
-                          "optim": optim})  # fmt: skip
+    spec = validate_spec(deep_merge(base, {"dataset": dataset, "method": method, "method_params": params,
+                                           "batch_size": batch, "model_params": model_params,
+                                           "probe_every": 0, "epochs": 1000, "optim": optim}))  # fmt: skip
     trainer = Trainer(spec, adapter, RunDir(tmp / method), device, progress=False, amp=amp)
     trainer.model.train()
     trainer.ctx.training, trainer.ctx.epoch = True, 0
@@ -271,12 +211,17 @@ def run_steps(trainer: Trainer, batch: Batch, n: int) -> float:
     return (clock() - t0) / n
 
 
-def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch.device) -> list[dict]:
-    small = args.size == "small"
-    inputs = shape.small_inputs if small and shape.small_inputs else shape.inputs
-    batch_size = shape.small_batch if small and shape.small_batch else shape.batch
-    model_params = {**(shape.small_model if small else {}), **args.model_params}
-    target = shape.small_target if small and shape.small_target else shape.target
+def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch.device,
+                preset: str | None = None, monitor: Callable[[Callable[[int], float]], dict] | None = None,
+                skipped: dict[str, str] | None = None) -> list[dict]:  # fmt: skip
+    """Rows of step time, peak memory and method state of ``methods`` on one shape (see the module doc).
+
+    ``preset``: specs start from that preset (``build_trainer``). ``monitor``: called in the memory
+    pass with ``steps(n)`` (runs n more steps of the method, alone on the device); what it returns
+    (utilisation) joins the method's row. ``skipped``: filled with the methods that do not apply and why.
+    """
+    inputs, target, batch_size, model_params = shape.at(args.size, getattr(args, "batch", None))
+    model_params = {**model_params, **args.model_params}
     adapter = shaped_adapter(name, shape, inputs, target, n=2 * batch_size)
     batch = collate([adapter.split("train")[i] for i in range(batch_size)]).to(device)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -286,16 +231,26 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
     for m in methods:
         try:
             trainers[m] = build_trainer(
-                name, m, adapter, batch_size, model_params, device, args.amp, tmp, args.clip
+                name, m, adapter, batch_size, model_params, device, args.amp, tmp, args.clip, preset
             )
             run_steps(trainers[m], batch, args.warmup)
         except Exception as e:  # a method that does not apply to this model: one line, keep going
             trainers.pop(m, None)
-            print(f"  {name}: skip {m}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            print(f"  {name}: skip {m}: {reason}", flush=True)
+            if skipped is not None:
+                skipped[m] = reason
     times: dict[str, list[float]] = {m: [] for m in trainers}
     for _ in range(args.repeats):
-        for m, tr in trainers.items():
-            times[m].append(run_steps(tr, batch, args.steps))
+        for m, tr in list(trainers.items()):
+            try:
+                times[m].append(run_steps(tr, batch, args.steps))
+            except MethodNotApplicable as e:  # refused at its first hook: fp16 overflow steps run none
+                del trainers[m], times[m]
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                print(f"  {name}: skip {m}: {reason}", flush=True)
+                if skipped is not None:
+                    skipped[m] = reason
     states = {m: method_state(tr.method, tr.model, tr.optimizer) for m, tr in trainers.items()}
     order = list(trainers)
     trainers.clear()
@@ -303,13 +258,16 @@ def bench_shape(name: str, shape: Shape, methods: list[str], args, device: torch
 
     for m in order:  # memory: one method alive at a time
         with PeakMemory(device) as peak:
-            tr = build_trainer(name, m, adapter, batch_size, model_params, device, args.amp, tmp, args.clip)
+            tr = build_trainer(
+                name, m, adapter, batch_size, model_params, device, args.amp, tmp, args.clip, preset
+            )
             run_steps(tr, batch, min(2, args.steps))  # the first step allocates grads and optimiser state
+            seen = monitor(lambda n, tr=tr: run_steps(tr, batch, n)) if monitor else {}
             del tr
         med = statistics.median(times[m])
         rows.append({"dataset": name, "method": m, "batch": batch_size, "ms_per_step": 1000 * med,
                      "ms_spread": [1000 * min(times[m]), 1000 * max(times[m])], "peak_mb": peak.bytes / MB,
-                     "method_state_mb": {k: v / MB for k, v in states[m].items()}})  # fmt: skip
+                     "method_state_mb": {k: v / MB for k, v in states[m].items()}, **seen})  # fmt: skip
     joint = next((r for r in rows if r["method"] == "joint"), None)
     for r in rows:
         r["time_x_joint"] = r["ms_per_step"] / joint["ms_per_step"] if joint else None

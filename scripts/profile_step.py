@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(1)
     device, shape = resolve_device("cpu"), SHAPES[args.dataset]
-    inputs, batch_size = shape.small_inputs or shape.inputs, shape.small_batch or shape.batch
-    adapter = shaped_adapter(args.dataset, shape, inputs, shape.small_target or shape.target, n=batch_size)
+    inputs, target, batch_size, model_params = shape.at("small")
+    adapter = shaped_adapter(args.dataset, shape, inputs, target, n=batch_size)
     batch = collate([adapter.split("train")[i] for i in range(batch_size)]).to(device)
-    trainer = build_trainer(args.dataset, args.method, adapter, batch_size, shape.small_model, device, False,
+    trainer = build_trainer(args.dataset, args.method, adapter, batch_size, model_params, device, False,
                             Path(tempfile.mkdtemp()), args.clip)  # fmt: skip
     run_steps(trainer, batch, 2)
     if args.flops:
-        joint = build_trainer(args.dataset, "joint", adapter, batch_size, shape.small_model, device, False,
+        joint = build_trainer(args.dataset, "joint", adapter, batch_size, model_params, device, False,
                               Path(tempfile.mkdtemp()), args.clip)  # fmt: skip
         counts = {}
         for name, tr in (("joint", joint), (args.method, trainer)):
