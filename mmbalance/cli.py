@@ -254,6 +254,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
         console.print(f"skip {p.label}: {p.skip_reason}")
+    from mmbalance.provenance import SWEEPS, write_runs
+    from mmbalance.sweep import run_ids
+
+    # The suite's run ids, for its report: other runs in the folder (a paper table's ablation) stay out.
+    write_runs(args.results / SWEEPS, suite.name, list(run_ids(planned, args.data_root)))
     if args.executor != "local":
         cluster = "slurm" if args.executor == "slurm" else "local"
         jobs = executors.submit(planned, args.results, args.data_root, args.device, opts, suite.name, cluster,

@@ -332,11 +332,20 @@ def critical_difference(
     finds no difference at p < 0.05; the critical difference is given in the title (scikit-posthocs
     would draw it over the tick labels)."""
     import scikit_posthocs
+    from scikit_posthocs import _plotting
 
     fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.28 * len(average)), layout="constrained")
-    scikit_posthocs.critical_difference_diagram(
-        average, nemenyi, ax=ax, label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}"
-    )
+    # scikit-posthocs draws each bar through a set of method names, in string-hash order, which changes
+    # between processes: sorted, the same ranks give the same bytes.
+    cliques = _plotting._find_maximal_cliques
+    _plotting._find_maximal_cliques = lambda adjacency: [sorted(c) for c in cliques(adjacency)]
+    try:
+        scikit_posthocs.critical_difference_diagram(
+            average, nemenyi, ax=ax, label_fmt_left="{label} ({rank:.2f})",
+            label_fmt_right="({rank:.2f}) {label}",
+        )  # fmt: skip
+    finally:
+        _plotting._find_maximal_cliques = cliques
     what = f"Average rank (1 = best); bars: no Nemenyi difference at p < 0.05 (CD = {cd:.2f})"
     ax.set_title(_fit(f"{title}. {what}" if title else what, 8.0), pad=24)
     if caption:  # the methods left out and why: a ranking that silently drops methods misleads

@@ -1,7 +1,8 @@
 """The runs behind each shipped table, so that a test can tell a stale one.
 
 ``report`` and ``reproduce`` write ``<out>/tables/<name>.runs`` beside ``<name>.md``: the sorted run ids
-of the table's runs. A run id hashes the canonical spec, the data fingerprint and the package version
+of the table's runs. ``sweep`` writes ``<results>/sweeps/<suite>.runs``, the run ids it planned, and the
+suite's report takes exactly those runs when the file is there. A run id hashes the canonical spec, the data fingerprint and the package version
 (``RunSpec.run_id``), so planning the committed spec again (``expected_run_ids``: the suite of the same
 name in ``benchmarks/``, or the paper table's suite) and comparing ids (``stale``) catches a changed
 setting, a changed data generator or a new version without training anything. What the ids cannot see
@@ -15,9 +16,19 @@ from pathlib import Path
 
 from mmbalance.records import atomic_write_text
 
-__all__ = ["RUNS_SUFFIX", "BENCHMARKS", "write_runs", "read_runs", "source_of", "expected_run_ids", "stale"]
+__all__ = [
+    "RUNS_SUFFIX",
+    "SWEEPS",
+    "BENCHMARKS",
+    "write_runs",
+    "read_runs",
+    "source_of",
+    "expected_run_ids",
+    "stale",
+]
 
 RUNS_SUFFIX = ".runs"
+SWEEPS = "sweeps"  # <results>/sweeps/<suite>.runs: the run ids the last sweep of a suite planned
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

@@ -285,13 +285,18 @@ def suite_filter(suite: Any) -> list[dict[str, Any]]:
     ]
 
 
-def select_suite(runs: pd.DataFrame, suite: Any) -> pd.DataFrame:
-    """The runs of ``suite``: a fragment of it is a subset of the run's spec. Under the tuned protocol a
-    run's chosen values (optimiser settings, its method's parameters) are its own, not the fragment's."""
+def select_suite(runs: pd.DataFrame, suite: Any, results: Path | None = None) -> pd.DataFrame:
+    """The runs of ``suite``: those its last sweep planned (``<results>/sweeps/<suite>.runs``), else those
+    a fragment of it is a subset of (another suite's run can match: a paper table's CGGM ablation on the
+    same data). Under the tuned protocol a run's chosen values are its own, not the fragment's."""
+    from mmbalance.provenance import RUNS_SUFFIX, SWEEPS, read_runs
     from mmbalance.tuned_report import without_tuning
 
     if runs.empty:
         return runs
+    planned = results / SWEEPS / f"{suite.name}{RUNS_SUFFIX}" if results is not None else None
+    if planned is not None and planned.is_file():
+        return runs[runs["run_id"].isin(read_runs(planned))]
     fragments = suite_filter(suite)
     seeds = set(suite.seeds).union(*(e.get("seeds", []) for e in suite.datasets))
 
@@ -833,7 +838,7 @@ def report(
         from mmbalance.tuned_report import assign_blocks
 
         s = load_suite(suite)
-        runs, name, heading, seeds = select_suite(runs, s), s.name, f"Suite {s.name}", s.seeds
+        runs, name, heading, seeds = select_suite(runs, s, Path(results)), s.name, f"Suite {s.name}", s.seeds
         runs = assign_blocks(runs, s) if not runs.empty else runs  # tables titled by the suite's blocks
     if methods and not runs.empty:
         runs = runs[runs["method"].isin(methods)]
@@ -852,7 +857,9 @@ def report(
         tables += [t for t in (laziness_table(runs, s.protocol), tuned_vs_defaults(runs)) if t is not None]
     paths = write_tables(tables, out / "tables", name, heading)
     paths.append(
-        write_runs(out / "tables", name, list(runs["run_id"]))  # finished or not: a diverged run is in the table
+        write_runs(
+            out / "tables", name, list(runs["run_id"])
+        )  # finished or not: a diverged run is in the table
     )  # what a staleness test checks
     from mmbalance.modality_report import write_modality_outputs  # its own table file and figures
 

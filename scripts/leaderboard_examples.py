@@ -29,7 +29,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     args = ap.parse_args()
-    runs = select_suite(load(args.results), load_suite(SUITE))
+    runs = select_suite(load(args.results), load_suite(SUITE), args.results)
     runs = runs[(runs["status"] == "done") & (runs["dataset"] == "synthetic")]
     runs = runs[  # the lazy scenario itself (imbalance degree 1), as the suite's protocol ran it
         (runs["dataset_params.task"] == "classification") & (runs["dataset_params.scenario"] == "lazy")
