@@ -223,3 +223,23 @@ def test_submitit_workers_share_the_studies_and_give_the_same_file(tmp_path):
     ]
     assert main([*args, "--wait", "--quiet"]) == 0
     assert (tmp_path / "tuned.yaml").read_text().splitlines()[4:] == alone
+
+
+def test_report_of_a_tuned_suite_takes_its_swept_runs_only(tmp_path):
+    # A suite swept under the tuned protocol: its report shows the tuned and default tables of its block,
+    # and leaves out another run on the same data (a paper table's ablation would be one).
+    suite_path = write_suite(tmp_path, seeds=[0, 1])
+    tune(suite_path, tmp_path / "res", progress=False, say=lambda _: None)
+    doc = yaml.safe_load(suite_path.read_text())
+    suite_path.write_text(yaml.safe_dump({**doc, "protocol": "tuned"}, sort_keys=False))
+    assert main(["sweep", str(suite_path), "--results", str(tmp_path / "res"), "--quiet"]) == 0
+    stray = validate_spec({**doc["base"], "dataset_params": {**TINY, "imbalance": 0.5},
+                           "method": "ogm_ge", "method_params": {"alpha": 0.9}, "seed": 0})  # fmt: skip
+    train(stray, tmp_path / "res", progress=False)
+    assert main(["report", str(tmp_path / "res"), "--suite", str(suite_path), "--no-figures"]) == 0
+    text = (tmp_path / "res" / "tables" / "tiny.md").read_text()
+    assert "### lazy-half: synthetic (classification), tuned protocol" in text
+    assert "### lazy-half: synthetic (classification), defaults protocol" in text
+    assert "alpha=0.9" not in text and "Tuned vs defaults" in text
+    listed = set((tmp_path / "res" / "tables" / "tiny.runs").read_text().split())
+    assert len(listed) == 2 * 2 * 2  # methods x protocols x seeds, not the stray run
