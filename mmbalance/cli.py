@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 from pathlib import Path
@@ -548,9 +549,31 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # --- listings -----------------------------------------------------------------------------------
 def cmd_methods(args: argparse.Namespace) -> int:
+    if args.name:
+        return _method_detail(args.name)
     rows = [{"method": m["name"], "tasks": ", ".join(sorted(m["tasks"])), "modalities": f">= {m['min_modalities']}",
              "reference": m["reference"]} for m in METHODS.listing()]  # fmt: skip
     console.print(_table("methods", rows))
+    return 0
+
+
+def _method_detail(name: str) -> int:
+    """One method: its reference, each parameter's default and what `mmbalance tune` may search for it."""
+    from mmbalance.search_space import OPTIM_SPACE, describe
+
+    def searched(dim) -> dict[str, str]:
+        ranges = {k: v for k, v in describe(dim).items() if k not in ("kind", "source")}
+        return {"tune searches": f"{type(dim).__name__} {ranges}", "source": dim.source}
+
+    cls = METHODS.get(name)
+    console.print(f"{name}: {cls.reference}", highlight=False)
+    rows = [{"parameter": field, "default": json.dumps(info.default),
+             **(searched(cls.search_space[field]) if field in cls.search_space else {"tune searches": "", "source": ""})}
+            for field, info in cls.Params.model_fields.items()]  # fmt: skip
+    rows += [
+        {"parameter": path, "default": "(the spec's)", **searched(dim)} for path, dim in OPTIM_SPACE.items()
+    ]
+    console.print(_table(f"{name}: parameters and search space (shared optimiser space last)", rows))
     return 0
 
 
@@ -728,7 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("methods", help="list the registered methods")
+    p = sub.add_parser(
+        "methods", help="list the registered methods; with a name, its parameters and search space"
+    )
+    p.add_argument("name", nargs="?", help="a method: its parameters, defaults and tuning ranges")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser(

@@ -116,3 +116,14 @@ def test_every_corner_validates(name, epochs):
                 assert chosen[key] < epochs, f"{name}.{key} = {chosen[key]}: past the run"
             elif isinstance(dim, Float):
                 assert math.isfinite(chosen[key])
+
+
+def test_methods_command_shows_a_methods_defaults_and_search_space(capsys):
+    from mmbalance.cli import main
+
+    assert main(["methods", "pmr"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "Float" in out and "bash.sh" in out  # searched, with its source
+    assert "proto_fraction" in out and "optim.weight_decay" in out  # a fixed parameter; the shared space
+    assert main(["methods", "pmrr"]) == 2
+    assert "unknown method 'pmrr'" in capsys.readouterr().err
