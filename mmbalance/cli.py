@@ -351,22 +351,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           say=console.print)  # fmt: skip
     if path is None:
         return 1
-    gains = [
-        o.entry
-        for o in outcomes
-        if o.entry and o.entry.best_valid is not None and o.entry.default_valid is not None
-    ]
-    console.print(f"{len(outcomes)} studies, {sum(o.entry.trials for o in outcomes)} trials -> {path}")
-    if gains:
-        console.print(f"validation gain over the defaults: mean {sum(abs(e.best_valid - e.default_valid) for e in gains) / len(gains):.2f} "
-                      f"over {len(gains)} studies; trials in {args.results / 'tuning' / (load_suite_name(args.suite) + '-trials.csv')}")  # fmt: skip
+    console.print(f"{len(outcomes)} studies, {sum(o.entry.trials for o in outcomes)} trials -> {path}; "
+                  f"every trial in {args.results / 'tuning' / (suite.name + '-trials.csv')}")  # fmt: skip
     return 0
-
-
-def load_suite_name(path: Path) -> str:
-    from mmbalance.sweep import load_suite
-
-    return load_suite(path).name
 
 
 # --- status -------------------------------------------------------------------------------------

@@ -510,6 +510,11 @@ def _p_is(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
+def primary_metric(runs: pd.DataFrame, default: str = "") -> str:
+    """The metric the runs were selected by (``final.json`` ``selection_metric``): what is compared and ranked."""
+    return next((m for m in runs["selection_metric"] if isinstance(m, str)), default)
+
+
 def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:
     present = [c for c in metric_columns(runs) if runs[c].notna().any()]
     if task in TASK_METRICS:
@@ -581,7 +586,7 @@ def key_table(
     cols = list(metrics) if metrics else default_metrics(done, task)
     weak = weak_modality(done)
     probe_cols = [f"probe/{weak}"] if weak else []
-    primary = next((m for m in runs_t["selection_metric"] if isinstance(m, str)), cols[0] if cols else "")
+    primary = primary_metric(runs_t, cols[0] if cols else "")
     compared = [primary] if primary and primary not in cols else []
     rows = aggregate(runs_t, cols + probe_cols + compared, seeds, kb.fixture)
     for r in rows:

@@ -7,6 +7,8 @@ scikit-posthocs); nothing here is hand-written but the bookkeeping.
   smallest two-sided p-value is 2/2^5 = 0.0625, so it could never reach p < 0.05. The t-test assumes
   roughly normal seed-to-seed differences, the usual assumption behind a "mean ± std over seeds" table.
 - ``holm``: Holm's step-down correction over the comparisons of one table (``statsmodels``).
+- ``interval``: the mean and its 95% t-interval over seeds (the tuned report's laziness, tuned-vs-defaults
+  and gain-vs-imbalance numbers).
 - ``friedman``: Friedman's test that all methods are equal (``scipy.stats.friedmanchisquare``), over blocks
   that are seeds (within one table) or dataset/task tables (across tables).
 - ``average_ranks``, ``nemenyi`` and ``critical_difference``: Demšar's (JMLR 2006) comparison of several
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -34,6 +36,7 @@ __all__ = [
     "average_ranks",
     "nemenyi",
     "critical_difference",
+    "interval",
 ]
 
 ALPHA = 0.05
@@ -111,3 +114,15 @@ def critical_difference(k: int, n: int, alpha: float = ALPHA) -> float:
 
     q = studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
     return float(q * math.sqrt(k * (k + 1) / (6 * n)))
+
+
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and the two-sided 95% t-interval of the mean over seeds (the mean thrice with one value)."""
+    from scipy.stats import t
+
+    v = pd.Series(values, dtype=float)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, mean, mean
+    half = float(t.ppf(1 - ALPHA / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half

@@ -11,16 +11,23 @@ alone, like the rest of the report.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
-from mmbalance.report import REFERENCES, Cell, Table, finished, higher_is_better, is_subset, metric_label
+from mmbalance.report import (
+    REFERENCES,
+    Cell,
+    Table,
+    finished,
+    higher_is_better,
+    is_subset,
+    metric_label,
+    primary_metric,
+)
+from mmbalance.stats import interval
 
 __all__ = ["assign_blocks", "laziness_table", "tuned_vs_defaults", "gain_frame", "MISSION"]
 
@@ -73,7 +80,7 @@ def _label(spec: dict[str, Any]) -> str:
 
 
 def _primary(frame: pd.DataFrame) -> str:
-    return next(m for m in frame["selection_metric"] if isinstance(m, str))
+    return primary_metric(frame)
 
 
 def paired_deltas(frame: pd.DataFrame, baseline: str = "joint") -> pd.DataFrame:
@@ -88,16 +95,6 @@ def paired_deltas(frame: pd.DataFrame, baseline: str = "joint") -> pd.DataFrame:
                 rows.append({"block": block, "protocol": protocol, "label": r["label"], "method": r["method"],
                              "seed": r["seed"], "delta": r[metric] - base[r["seed"]], "metric": metric})  # fmt: skip
     return pd.DataFrame(rows, columns=["block", "protocol", "label", "method", "seed", "delta", "metric"])
-
-
-def interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and the 95% t-interval over seeds (the mean twice when there is one value)."""
-    v = np.asarray(values, dtype=float)
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, mean, mean
-    half = float(scipy_stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return mean, mean - half, mean + half
 
 
 # --- laziness per block ---------------------------------------------------------------------------------
