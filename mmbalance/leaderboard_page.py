@@ -19,6 +19,7 @@ import base64
 import hashlib
 import html
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,19 +44,22 @@ __all__ = ["render_markdown", "render_html", "tracks", "Track", "method_links", 
 # sortOrder is pure (unit-tested with node); the DOM part only runs in a browser.
 SORT_SCRIPT = """\
 "use strict";
+// Means of the same numbers summed in another order differ in the last bits (85.8 vs 85.80000000000001):
+// values this close are equal.
+function same(x, y) { return Math.abs(x - y) <= 1e-9 * Math.max(1, Math.abs(x), Math.abs(y)); }
 // Indices of `values` in sorted order; NaN (missing) always last; ties keep page order.
 function sortOrder(values, ascending) {
   const sign = ascending ? 1 : -1;
   return values.map((_, i) => i).sort((a, b) => {
     const x = values[a], y = values[b], mx = Number.isNaN(x), my = Number.isNaN(y);
     if (mx || my) return mx === my ? a - b : (mx ? 1 : -1);
-    return x === y ? a - b : (x < y ? -sign : sign);
+    return same(x, y) ? a - b : (x < y ? -sign : sign);
   });
 }
 // Rank of each value in the sort's direction: 1 + how many are strictly better (ties share); NaN: none.
 function ranks(values, ascending) {
   return values.map(v => Number.isNaN(v) ? NaN :
-    1 + values.filter(w => !Number.isNaN(w) && (ascending ? w < v : w > v)).length);
+    1 + values.filter(w => !Number.isNaN(w) && !same(w, v) && (ascending ? w < v : w > v)).length);
 }
 function sortTable(table, col, ascending) {
   const body = table.tBodies[0], rows = Array.from(body.rows);
@@ -143,7 +147,10 @@ def primary_ranks(rows: list[tuple[str, Entry]]) -> list[int]:
     key = rows[0][1].primary() if rows else ""
     sign = 1 if key in LOWER_IS_BETTER else -1
     values = [sign * e.summary[key].mean for _, e in rows]
-    return [1 + sum(w < v for w in values) for v in values]
+    # as the page's script: means equal but for summation order (last bits) tie
+    return [
+        1 + sum(w < v and not math.isclose(w, v, rel_tol=1e-9, abs_tol=1e-9) for w in values) for v in values
+    ]
 
 
 def tracks(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | None = None) -> list[Track]:
@@ -241,7 +248,7 @@ def hyperparameters(e: Entry) -> list[str]:
     items = [f"{k}={_value(v)}" for k, v in sorted(e.method_params.items())]
     optim, sched = spec.get("optim") or {}, spec.get("schedule") or {}
     items += [f"epochs={spec.get('epochs')}", f"batch={spec.get('batch_size')}",
-              f"{optim.get('name')} lr={optim.get('lr')}"]  # fmt: skip
+              f"{optim.get('name')} lr={_value(optim.get('lr'))}"]  # fmt: skip
     if sched.get("name") not in (None, "none"):
         items.append(f"schedule={sched.get('name')}")
     return items
@@ -255,6 +262,9 @@ def code(e: Entry) -> tuple[str, str]:
 
 
 def _value(v: Any) -> str:
+    """A parameter as shown: tuned floats to 4 significant digits (the entry's JSON keeps every digit)."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
     return v if isinstance(v, str) else json.dumps(v)
 
 

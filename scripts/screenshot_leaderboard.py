@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import shutil
 import subprocess
@@ -138,10 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             rows = Rows("t0", col)
             rows.feed(dom)
             values = [v for v in rows.values if not math.isnan(v)]
-            want = sorted(values, reverse=direction == "desc")
-            better = (lambda w, v: w < v) if direction == "asc" else (lambda w, v: w > v)
-            ranks = [str(1 + sum(better(w, v) for w in values)) for v in values]  # ties share a rank
-            sorted_ok = len(values) >= 2 and values == want and 'aria-sort="' in dom
+
+            # As the page: means equal but for summation order (the last bits) are equal.
+            def same(w: float, v: float) -> bool:
+                return math.isclose(w, v, rel_tol=1e-9, abs_tol=1e-9)
+
+            sign = 1 if direction == "asc" else -1
+            in_order = all(same(a, b) or sign * a < sign * b for a, b in itertools.pairwise(values))
+            ranks = [str(1 + sum(sign * w < sign * v and not same(w, v) for w in values)) for v in values]
+            sorted_ok = len(values) >= 2 and in_order and 'aria-sort="' in dom
             ranks_ok = rows.ranks[: len(values)] == ranks
             ok &= sorted_ok and ranks_ok
             print(

@@ -584,8 +584,16 @@ def test_ranks_follow_the_sort_in_node():
     cases = "\n".join([
         "console.log(JSON.stringify(ranks([3, 1, NaN, 3], false)));",  # best first: ties share rank 1
         "console.log(JSON.stringify(ranks([3, 1, NaN, 3], true)));",
+        # means equal but for summation order tie, whichever way the table is sorted
+        "console.log(JSON.stringify(ranks([85.8, 85.80000000000001, 85.8, 90], true)));",
+        "console.log(JSON.stringify(sortOrder([85.80000000000001, 85.8, 90], false)));",
     ])  # fmt: skip
     out = subprocess.run(
         ["node", "-e", SORT_SCRIPT + cases], capture_output=True, text=True, timeout=30, check=True
     )
-    assert out.stdout.split() == ["[1,3,null,1]", "[2,1,null,2]"]  # NaN has no rank (JSON null)
+    assert out.stdout.split() == [
+        "[1,3,null,1]",
+        "[2,1,null,2]",
+        "[1,1,1,4]",
+        "[2,0,1]",
+    ]  # NaN: no rank (null)
