@@ -42,14 +42,13 @@ each true-class probability at 1e-8; we take the plain task loss (they differ on
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, RunContext
+from mmbalance.data import Batch
+from mmbalance.method import Method, ModulationWindow, RunContext
 from mmbalance.method_parts import masked_inputs, scale_grad, shapley_values
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -58,7 +57,7 @@ from mmbalance.search_space import Float
 __all__ = ["AGMParams", "AGM", "agm_coefficients"]
 
 
-class AGMParams(StrictModel):
+class AGMParams(ModulationWindow):
     alpha: float = Field(1.0, gt=0)  # utils/config.py default (README example on AV-MNIST: 2.5)
     clamp: float = Field(10.0, gt=0)  # cap of r* - r: 10 in the 2-modality code, 7 in the 3-modality code
     # The window, on 0-based epochs (the official loop counts from 1: its --modulation_starts s and
@@ -66,14 +65,6 @@ class AGMParams(StrictModel):
     modulation_starts: int = Field(0, ge=0)  # first modulated epoch (0-based, inclusive)
     modulation_ends: int = Field(19, ge=0)  # last modulated epoch (0-based, inclusive)
     clip: bool = True  # the code's conditional clipping (max |grad| of the output layer > 1 -> norm 1)
-
-    @model_validator(mode="after")
-    def _window(self) -> AGMParams:
-        if self.modulation_ends < self.modulation_starts:
-            raise ValueError(
-                f"modulation_ends ({self.modulation_ends}) < modulation_starts ({self.modulation_starts})"
-            )
-        return self
 
 
 def agm_coefficients(scores: Tensor, running: Tensor, alpha: float, clamp: float) -> tuple[Tensor, Tensor]:
@@ -95,7 +86,9 @@ class AGM(Method):
     }
     reference = "Li et al., ICCV 2023 (AGM); lihong2303/AGM_ICCV2023 model/CREMAD_net.py, URFunny_net.py"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+    state_attrs = ("running", "it", "scale")
+
+    def build(self, ctx: RunContext) -> None:
         m = len(ctx.modalities)
         self.modalities = names = list(ctx.modalities)
         self.coalitions = [frozenset(s) for r in range(1, m + 1) for s in itertools.combinations(names, r)]
@@ -121,7 +114,7 @@ class AGM(Method):
             self.it += 1
             self.running = self.running * (self.it - 1) / self.it + scores / self.it
             self.scores = scores
-            if self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
+            if self.p.modulates(ctx.epoch):
                 self.scale = coeff
         pred = sum(scale_grad(phi[m], c) for m, c in zip(ctx.modalities, self.scale.tolist(), strict=True))
         return Output(pred, full.features, full.fused, aux={f"shapley/{m}": phi[m] for m in ctx.modalities})
@@ -131,18 +124,10 @@ class AGM(Method):
         if self.p.clip and grad is not None and grad.abs().max() > 1:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
 
-    def diagnostics(self) -> dict[str, float]:
-        if not hasattr(self, "scale"):
-            return {}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         out = {}
         for i, m in enumerate(self.modalities):
             out[f"coeff/{m}"] = self.scale[i].item()
             out[f"ratio/{m}"] = self.ratio[i].item()
             out[f"score/{m}"] = self.scores[i].item()
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"running": self.running, "it": self.it, "scale": self.scale}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.running, self.it, self.scale = state["running"], state["it"], state["scale"]

@@ -58,9 +58,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.method_parts import require_additive_shares
+from mmbalance.method_parts import LINEAR, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
@@ -134,8 +134,9 @@ class AMSS(Method):
         "a regression task has no classes"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_additive_shares(model, "amss")
+    def build(self, ctx: RunContext) -> None:
+        model = ctx.model
+        require_concat_fusion(model, "amss", LINEAR)
         dim = (lambda p: p.dim() == 4) if self.p.params == "conv" else (lambda p: p.dim() >= 2)
         self.masked: dict[str, list[nn.Parameter]] = {}
         for m in ctx.modalities:
@@ -158,5 +159,5 @@ class AMSS(Method):
                     mask = filter_mask(w.grad, w, keep, self.p)
                     w.grad.mul_(mask.view(-1, *([1] * (w.grad.dim() - 1))))
 
-    def diagnostics(self) -> dict[str, float]:
-        return {f"keep/{m}": c for m, c in zip(getattr(self, "masked", {}), self.coeff, strict=False)}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {f"keep/{m}": c for m, c in zip(self.masked, self.coeff, strict=True)}

@@ -44,17 +44,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import RunContext
+from mmbalance.data import Batch, StrictModel
+from mmbalance.method import Resampling, RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.models.base import Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Epochs, Float
 
@@ -97,7 +97,7 @@ def sample_scores(
 
 
 @METHODS.register
-class BSS(UnimodalHeadsMethod):
+class BSS(Resampling, UnimodalHeadsMethod):
     name = "bss"
     Params = BSSParams
     # The unimodal weight stays at 0.9: with the fused one searched, the ratio of the two is free, and their
@@ -117,20 +117,26 @@ class BSS(UnimodalHeadsMethod):
     )
     drop_last = True  # train-CL.py:239, train-SPL.py:223
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.model = model
-        self.ordered_samples = self.p.scheduler == "learned"  # SPL trains in the drawn order
+    state_attrs = ("order",)
+
+    @property
+    def ordered_samples(self) -> bool:  # SPL trains in the drawn order
+        return self.p.scheduler == "learned"
+
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
         self.order: list[int] | None = None  # heuristic: easy -> hard, fixed at epoch 0
         self.used = 0
 
     @torch.no_grad()
     def scores(self, ctx: RunContext) -> tuple[Tensor, Tensor]:
         """Normalised (similarity, loss) of every training sample, in train-split order."""
-        self.model.eval()  # the code: train mode (see the module docstring)
+        model = ctx.model
+        model.eval()  # the code: train mode (see the module docstring)
         sims, losses = [], []
         for batch in ctx.iterate("train"):
-            out = self.model(batch.inputs)
-            uni = self.heads(self.model, out)
+            out = model(batch.inputs)
+            uni = self.heads(model, out)
             s, loss = sample_scores(
                 out.pred,
                 [uni[m] for m in ctx.modalities],
@@ -158,15 +164,8 @@ class BSS(UnimodalHeadsMethod):
         return [[(i, 0) for i in self.order[: self.used]]]
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        uni = sum(ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities)
+        uni = sum(ctx.task_loss(out.modality_logits[m], batch.target) for m in ctx.modalities)
         return self.p.fused_weight * ctx.task_loss(out.pred, batch.target) + self.p.unimodal_weight * uni
 
-    def diagnostics(self) -> dict[str, float]:
-        return {"samples": float(self.used)} if hasattr(self, "used") else {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "order": self.order}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.order = state["order"]
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {"samples": float(self.used)}

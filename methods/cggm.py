@@ -94,7 +94,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, MethodNotApplicable, RunContext
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
 from mmbalance.registry import METHODS
@@ -206,14 +206,17 @@ class CGGM(Method):
     }
     reference = "Guo et al., NeurIPS 2024 (CGGM); zrguo/CGGM src/msatrain.py, foodtrain.py, segtrain.py"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.model, self.kind, self.modalities = model, task.kind, list(ctx.modalities)
+    state_attrs = ("prev_score", "prev")
+
+    def build(self, ctx: RunContext) -> None:
+        model, task = ctx.model, ctx.task
+        self.kind, self.modalities = task.kind, list(ctx.modalities)
         # Built under a forked RNG: the main model sees the same random stream as joint training.
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             self.classifiers = nn.ModuleDict(
                 {m: model.unimodal_classifier(m, task.num_classes) for m in self.modalities}
             )
-        self.classifiers.to(ctx.device)
+        self.classifiers.to(ctx.device)  # before its optimiser is built on them
         self.blocks = _column_blocks(model, self.classifiers)
         # Every encoder parameter in one list with its modality's index: one fused op scales them all.
         scaled = {m: scaled_parameters(model, m, self.p.scale_input_projection) for m in self.modalities}
@@ -222,16 +225,14 @@ class CGGM(Method):
         # The released loop clips once: the runner's clip when the spec sets one, else the method's.
         self.clip = self.p.clip_grad_norm if ctx.clip_grad_norm is None else None
         self.model_parameters = list(model.parameters())  # listed once, not walked every step
-        name = (
-            self.p.cls_optimizer if self.p.cls_optimizer != "same" else type(ctx.optimizer).__name__.lower()
-        )
+        name = self.p.cls_optimizer if self.p.cls_optimizer != "same" else ctx.optim.name
         if name not in OPTIMIZERS:
             raise MethodNotApplicable(
                 f"cggm: cls_optimizer 'same' needs sgd/adam/adamw, the model uses {name!r}"
             )
         kwargs = {"lr": self.p.cls_lr, "weight_decay": self.p.cls_weight_decay}
         if name == "sgd":
-            kwargs["momentum"] = ctx.optimizer.param_groups[0].get("momentum", 0.0)
+            kwargs["momentum"] = ctx.optim.momentum if ctx.optim.name == "sgd" else 0.0
         self.cls_optimizer = OPTIMIZERS[name](self.classifiers.parameters(), foreach=True, **kwargs)
         self.region_masks = None
         if task.kind == "segmentation":
@@ -252,7 +253,7 @@ class CGGM(Method):
         task_loss = ctx.task_loss(out.pred, batch.target)
         if self.prev is None or self.p.lam == 0:
             return task_loss
-        weight = self.model.out_layer.weight
+        weight = ctx.model.out_layer.weight
         if self.p.direction == "weights":
             fusion = self.prev["fusion"] + (weight - weight.detach())  # previous value, gradient into W
         else:
@@ -263,15 +264,15 @@ class CGGM(Method):
         return task_loss + self.p.lam * l_gm
 
     # --- classifiers, balancing term, magnitude modulation ---------------------------------------
-    def _classify(self, m: str, out: Output, target: Tensor) -> Tensor:
-        logits = self.classifiers[m](self.model.classifier_input(out, m).detach())
+    def _classify(self, model: MultimodalModel, m: str, out: Output, target: Tensor) -> Tensor:
+        logits = self.classifiers[m](model.classifier_input(out, m).detach())
         if self.kind != "segmentation":
             return logits
         return resize_logits(logits, target.shape[-2:], align_corners=True)  # as the released SegClassifier
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         self.cls_optimizer.zero_grad(set_to_none=True)
-        logits = [self._classify(m, out, batch.target) for m in self.modalities]
+        logits = [self._classify(model, m, out, batch.target) for m in self.modalities]
         sum(ctx.task_loss(x, batch.target) for x in logits).backward()
         with torch.no_grad():
             # One host sync for M numbers (the runner syncs on loss.item() every step anyway).
@@ -298,25 +299,9 @@ class CGGM(Method):
             nn.utils.clip_grad_norm_(self.model_parameters, self.clip, foreach=True)
         self.cls_optimizer.step()
 
-    def diagnostics(self) -> dict[str, float]:
-        if not hasattr(self, "modalities"):
-            return {}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         if hasattr(self, "_logged"):  # cosines inside this step's l_gm (built from the previous step)
             *self.cos, self.l_gm = self._logged.tolist()
         values = {"coeff": self.coeff, "score": self.prev_score, "cos": self.cos}
         out = {f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v, strict=True)}
         return out | {"l_gm": self.l_gm}
-
-    # --- exact resume -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "classifiers": self.classifiers.state_dict(),
-            "cls_optimizer": self.cls_optimizer.state_dict(),
-            "prev_score": self.prev_score,
-            "prev": self.prev,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.classifiers.load_state_dict(state["classifiers"])
-        self.cls_optimizer.load_state_dict(state["cls_optimizer"])
-        self.prev_score, self.prev = state["prev_score"], state["prev"]

@@ -25,9 +25,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import require_additive_shares
+from mmbalance.method_parts import LINEAR, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
@@ -55,10 +55,9 @@ class CML(Method):
     reference = "Ma et al., ICML 2023 (CML); as BalanceBenchmark CML_trainer.py"
     unsupported = "cml penalises prediction confidence; a regression output has no confidence"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_additive_shares(model, "cml")  # removing a modality = subtracting its share
+    def build(self, ctx: RunContext) -> None:
+        require_concat_fusion(ctx.model, "cml", LINEAR)  # removing a modality = subtracting its share
         self.modalities = list(ctx.modalities)
-        self.head = model.head
         self.order = list(self.modalities)
         self.penalty = torch.zeros(())
 
@@ -75,7 +74,7 @@ class CML(Method):
         if not ctx.training:
             return ctx.task_loss(out.pred, batch.target)
         z, losses, penalty = out.pred, [ctx.task_loss(out.pred, batch.target)], 0
-        b = self.head.bias
+        b = ctx.model.head.bias
         # a share carries b / M; removing W_m f_m keeps the whole bias, as the trainer's "+ bias / M"
         bias = 0 if b is None else b.view(1, -1, *[1] * (z.dim() - 2)) / len(self.modalities)
         for m in self.order[:-1]:  # remove one modality at a time; the last one stays
@@ -86,5 +85,5 @@ class CML(Method):
         self.penalty = penalty.detach()
         return sum(losses) / len(self.modalities) + self.p.lam * penalty
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {"penalty": float(self.penalty)}

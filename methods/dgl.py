@@ -43,9 +43,10 @@ from pydantic import Field
 from torch import Tensor
 from torch.func import functional_call
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.data import Batch, StrictModel
+from mmbalance.method import Method, RunContext
+from mmbalance.method_parts import require_concat_fusion
+from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
 
@@ -79,13 +80,9 @@ class DGL(Method):
         "Disentangled Gradient Learning, ICCV 2025; shicaiwei123/ICCV2025-GDL main_dgl.py, fusion_modules.py"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        if not isinstance(model.fusion, ConcatFusion):
-            raise MethodNotApplicable(
-                "dgl zeroes the other modalities' slices of a concatenation before the head "
-                f"(ConcatFusion_DGL); this model fuses with {type(model.fusion).__name__} "
-                "(use model_params: {fusion: concat} where the dataset offers it)"
-            )
+    def build(self, ctx: RunContext) -> None:
+        why = "zeroes the other modalities' slices of a concatenation before the head (ConcatFusion_DGL)"
+        require_concat_fusion(ctx.model, "dgl", why=why)
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = model(batch.inputs)
@@ -94,9 +91,9 @@ class DGL(Method):
         # The fused logits from detached features (fusion_modules.py:54): only the head learns from them.
         fused = model.fusion({m: f.detach() for m, f in out.features.items()})
         out = Output(model.head(fused), out.features, fused, out.aux)
-        out.aux.update({f"logits/{m}": z for m, z in zero_padded_logits(model, out.features).items()})
+        out.modality_logits.update(zero_padded_logits(model, out.features))
         return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        uni = sum(ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities)
+        uni = sum(ctx.task_loss(out.modality_logits[m], batch.target) for m in ctx.modalities)
         return ctx.task_loss(out.pred, batch.target) + self.p.alpha * uni

@@ -39,14 +39,12 @@ Where this file generalises:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import MethodNotApplicable, RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, common_feature_dim, num_outputs, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
@@ -106,14 +104,12 @@ class DIMML(UnimodalHeadsMethod):
     tasks = frozenset({"classification"})
     reference = "Fan et al., ACM MM 2024 (DI-MML); fanyunfeng-bit/DI-MML main_CFT.py, main_CFT_stage2.py"
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        groups = super().param_groups(model)
-        self.shared = nn.Linear(common_feature_dim(model, "di_mml"), num_outputs(model))
-        self.shared.to(next(model.parameters()).device)
-        groups[0]["params"] += list(self.shared.parameters())
-        return groups
+    state_attrs = ("only",)
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
+        model = ctx.model
+        self.shared = nn.Linear(common_feature_dim(model, "di_mml"), num_outputs(model))
         require_concat_fusion(model, "di_mml")  # the stage-2 classifier reads the concatenated features
         if (
             ctx.epochs <= self.p.stage1_epochs
@@ -122,7 +118,7 @@ class DIMML(UnimodalHeadsMethod):
                 f"di_mml: stage1_epochs ({self.p.stage1_epochs}) leaves no stage-2 epoch in a run of "
                 f"{ctx.epochs} epochs; set method_params.stage1_epochs below {ctx.epochs}"
             )
-        self.model, self.num_classes = model, task.num_classes
+        self.num_classes = ctx.task.num_classes
         self.only: dict[str, Tensor] | None = None  # each modality's "only" dimensions (bool masks)
 
     def selectable(self, epoch: int) -> bool:
@@ -134,14 +130,15 @@ class DIMML(UnimodalHeadsMethod):
 
     @torch.no_grad()
     def choose_dims(self, ctx: RunContext) -> dict[str, Tensor]:
-        self.model.eval()  # main_CFT.py:166-167
+        model = ctx.model
+        model.eval()  # main_CFT.py:166-167
         feats: dict[str, list[Tensor]] = {m: [] for m in ctx.modalities}
         labels = []
         for batch in ctx.iterate("train"):
-            for m, f in self.model(batch.inputs).features.items():
+            for m, f in model(batch.inputs).features.items():
                 feats[m].append(f.float().cpu())
             labels.append(batch.target.cpu())
-        self.model.train()
+        model.train()
         y = torch.cat(labels)
         top = {m: discriminative_dims(torch.cat(feats[m]), y, self.num_classes) for m in ctx.modalities}
         return {m: top[m] & ~torch.stack([top[k] for k in top if k != m]).any(0) for m in top}
@@ -164,7 +161,7 @@ class DIMML(UnimodalHeadsMethod):
         if ctx.epoch >= self.p.stage1_epochs:
             return ctx.task_loss(out.pred, y)
         mods = ctx.modalities
-        loss = sum(ctx.task_loss(out.aux[f"logits/{m}"], y) for m in mods)
+        loss = sum(ctx.task_loss(out.modality_logits[m], y) for m in mods)
         loss = loss + self.p.weight * sum(ctx.task_loss(out.aux[f"shared/{m}"], y) for m in mods)
         if ctx.epoch >= self.p.contrast_epoch:
             f = out.features
@@ -172,11 +169,3 @@ class DIMML(UnimodalHeadsMethod):
                 dims = dims.to(f[m].device)
                 loss = loss + sum(contrast_loss(f[m], f[k], dims, self.p.temperature) for k in mods if k != m)
         return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "shared": self.shared.state_dict(), "only": self.only}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.shared.load_state_dict(state["shared"])
-        self.only = state["only"]

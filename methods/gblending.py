@@ -28,16 +28,14 @@ any number of modalities. Prediction: the fused head.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.models.base import Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Epochs
 
@@ -78,14 +76,16 @@ class GBlending(UnimodalHeadsMethod):
     }
     reference = "Wang, Tran & Feiszli, CVPR 2020 (Gradient-Blending); weights as BalanceBenchmark's trainer"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.model = model
+    state_attrs = ("weights", "start")
+
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
         keys = [*ctx.modalities, FUSED]
         self.weights = {k: 1 / len(keys) for k in keys}
         self.start: dict[str, tuple[float, float]] | None = None
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        logits = {**{m: out.aux[f"logits/{m}"] for m in ctx.modalities}, FUSED: out.pred}
+        logits = {**{m: out.modality_logits[m] for m in ctx.modalities}, FUSED: out.pred}
         return sum(self.weights[k] * ctx.task_loss(z, batch.target) for k, z in logits.items())
 
     def on_epoch_start(self, ctx: RunContext) -> None:
@@ -99,26 +99,20 @@ class GBlending(UnimodalHeadsMethod):
     @torch.no_grad()
     def measure(self, ctx: RunContext) -> dict[str, tuple[float, float]]:
         """Per-head mean task loss on the train and validation splits: ``{head: (train, valid)}``."""
-        self.model.eval()
+        model = ctx.model
+        model.eval()
         means = {}
         for split, limit in (("train", self.p.train_batches), ("valid", None)):
             total, n = dict.fromkeys(self.weights, 0.0), 0
             for batch in ctx.iterate(split, max_batches=limit):
-                out = self.model(batch.inputs)
-                logits = {**self.heads(self.model, out), FUSED: out.pred}
+                out = model(batch.inputs)
+                logits = {**self.heads(model, out), FUSED: out.pred}
                 for k, z in logits.items():
                     total[k] += ctx.task_loss(z, batch.target).item() * len(batch)
                 n += len(batch)
             means[split] = {k: v / n for k, v in total.items()}
-        self.model.train()
+        model.train()
         return {k: (means["train"][k], means["valid"][k]) for k in self.weights}
 
-    def diagnostics(self) -> dict[str, float]:
-        return {f"weight/{k}": w for k, w in getattr(self, "weights", {}).items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "weights": self.weights, "start": self.start}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.weights, self.start = state["weights"], state["start"]
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {f"weight/{k}": w for k, w in self.weights.items()}

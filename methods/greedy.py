@@ -36,8 +36,6 @@ the loss is the task loss; for maps the squeeze pools over space.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -100,23 +98,23 @@ class Greedy(Method):
     }
     reference = "Wu et al., Characterizing and Overcoming the Greedy Nature of Learning in Multi-modal DNNs, ICML 2022"  # noqa: E501
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        device = next(model.parameters()).device
-        self.mmtm = MMTM(model.feature_dims(), self.p.ratio).to(device)
+    state_attrs = ("running", "n_forward", "m_bypass", "m_main", "caring", "left")
+
+    def build(self, ctx: RunContext) -> None:
+        model, device = ctx.model, ctx.device
+        self.mmtm = MMTM(model.feature_dims(), self.p.ratio)
         # Each branch ends in its own linear classifier, as the paper's per-modality CNN branches (fc);
         # a 1x1 conv for feature maps.
         linear = nn.Conv2d if isinstance(model.out_layer, nn.Conv2d) else nn.Linear
         n = num_outputs(model)
         self.heads = nn.ModuleDict({m: linear(d, n, 1) if linear is nn.Conv2d else linear(d, n)
-                                    for m, d in model.feature_dims().items()}).to(device)  # fmt: skip
+                                    for m, d in model.feature_dims().items()})  # fmt: skip
         self.running = {m: torch.zeros(d, device=device) for m, d in model.feature_dims().items()}
         self.n_forward = 0
         self.m_bypass = {m: 0.0 for m in model.modalities}
         self.m_main = {m: 0.0 for m in model.modalities}
         self.caring: str | None = None
         self.left = 0  # steps left in the curation window
-        own = list(self.mmtm.parameters()) + list(self.heads.parameters())
-        return [{"params": [p for p in model.parameters() if p.requires_grad] + own}]
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         features = model.encode(batch.inputs)
@@ -136,10 +134,10 @@ class Greedy(Method):
         # maps coarser than the label (BraTS encoders) are upsampled to it
         logits = {m: resize_logits(self.heads[m](x), batch.target.shape[-2:]) for m, x in excited.items()}
         pred = torch.stack(list(logits.values())).mean(0)
-        return Output(pred, features, torch.cat(list(excited.values()), dim=1), aux=logits)
+        return Output(pred, features, torch.cat(list(excited.values()), dim=1), modality_logits=logits)
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        return sum(ctx.task_loss(z, batch.target) for z in out.aux.values())
+        return sum(ctx.task_loss(z, batch.target) for z in out.modality_logits.values())
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         shared = list(self.mmtm.squeeze.parameters())
@@ -154,20 +152,7 @@ class Greedy(Method):
             if max(b.values()) - min(b.values()) > self.p.epsilon:
                 self.caring, self.left = max(b, key=b.get), self.p.window
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         b = bdr(self.m_bypass, self.m_main) if all(v > 0 for v in self.m_main.values()) else {}
         curating = {f"curating/{m}": float(self.left > 0 and m == self.caring) for m in self.m_main}
         return {**{f"bdr/{m}": v for m, v in b.items()}, **curating}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mmtm": self.mmtm.state_dict(), "heads": self.heads.state_dict(),
-                "running": {m: r.clone() for m, r in self.running.items()}, "n_forward": self.n_forward,
-                "m_bypass": dict(self.m_bypass), "m_main": dict(self.m_main),
-                "caring": self.caring, "left": self.left}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mmtm.load_state_dict(state["mmtm"])
-        self.heads.load_state_dict(state["heads"])
-        self.running = {m: r.to(self.running[m].device) for m, r in state["running"].items()}
-        self.n_forward, self.caring, self.left = state["n_forward"], state["caring"], state["left"]
-        self.m_bypass, self.m_main = dict(state["m_bypass"]), dict(state["m_main"])

@@ -35,13 +35,11 @@ Follows the released code (threshold 0.04, beta 0.95, unimodal Linear heads -> t
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
@@ -101,7 +99,11 @@ class InfoReg(UnimodalHeadsMethod):
         "a regression task has no classes"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+    state_attrs = ("trace",)
+
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
+        model = ctx.model
         self.modalities = list(ctx.modalities)
         self.params = {m: model.encoder_parameters(m) for m in self.modalities}
         # The Fisher trace is over weight matrices/kernels of Conv2d and Linear layers, as the code.
@@ -119,13 +121,13 @@ class InfoReg(UnimodalHeadsMethod):
         )
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        uni = [ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in self.modalities]
+        uni = [ctx.task_loss(out.modality_logits[m], batch.target) for m in self.modalities]
         return ctx.task_loss(out.pred, batch.target) + sum(uni)
 
     @torch.no_grad()
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         scores = torch.stack(
-            [true_class_score(out.aux[f"logits/{m}"], batch.target) for m in self.modalities]
+            [true_class_score(out.modality_logits[m], batch.target) for m in self.modalities]
         )
         self.beta = proximal_beta(scores.cpu(), self.k, self.p.beta, self.p.threshold)
         for i, m in enumerate(self.modalities):
@@ -141,15 +143,8 @@ class InfoReg(UnimodalHeadsMethod):
         for m in self.modalities:
             self.trace[m].append(sum(f.mean().item() for f in self.fisher[m]))
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         out = {}
-        for i, m in enumerate(getattr(self, "modalities", [])):
+        for i, m in enumerate(self.modalities):
             out[f"beta/{m}"], out[f"k/{m}"] = self.beta[i].item(), self.k[i].item()
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "trace": self.trace}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.trace = state["trace"]

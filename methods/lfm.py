@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import require_additive_shares
+from mmbalance.method_parts import LINEAR, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Choice
@@ -103,8 +103,8 @@ class LFM(Method):
         "a regression output has no classes"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_additive_shares(model, "lfm")
+    def build(self, ctx: RunContext) -> None:
+        require_concat_fusion(ctx.model, "lfm", LINEAR)
         self.weights = fitted_weights(0)
 
     def on_epoch_start(self, ctx: RunContext) -> None:
@@ -114,16 +114,14 @@ class LFM(Method):
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = model(batch.inputs)
         if ctx.training:
-            out.aux.update({f"logits/{m}": z for m, z in model.unimodal_logits(out.features).items()})
+            out.modality_logits.update(model.unimodal_logits(out.features))
         return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        shares = [out.aux[f"logits/{m}"] for m in ctx.modalities]
+        shares = [out.modality_logits[m] for m in ctx.modalities]
         l_cls = ctx.task_loss(torch.stack(shares).mean(0), batch.target)
         a_cls, a_align = self.weights
         return self.p.scale * (a_cls * l_cls + a_align * alignment(shares))
 
-    def diagnostics(self) -> dict[str, float]:
-        return (
-            {"alpha/cls": self.weights[0], "alpha/align": self.weights[1]} if hasattr(self, "weights") else {}
-        )
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {"alpha/cls": self.weights[0], "alpha/align": self.weights[1]}

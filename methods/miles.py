@@ -89,17 +89,21 @@ class MILES(Method):
     tasks = frozenset({"classification"})
     reference = "Guerra-Manzanares & Shamout, MILES: Modality-Informed Learning Rate Scheduler, IJCNN 2025"
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.model, self.heads = model, UnimodalHeads(model)
-        self.modalities = model.modalities
+    state_attrs = ("scale", "u")
+
+    def build(self, ctx: RunContext) -> None:
+        self.heads = UnimodalHeads(ctx.model)
+        self.modalities = ctx.model.modalities
         self.scale = {m: 1.0 for m in self.modalities}
         self.u: dict[str, float] = {}
         self._reset_counts()
+
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
         encoder_ids = {id(p) for m in self.modalities for p in model.encoder_parameters(m)}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
-        # One group per encoder (in modality order), then the rest: heads, fusion, the method's heads.
+        # One group per encoder (in modality order), then the rest: heads, fusion (and the method's heads).
         groups = [{"params": model.encoder_parameters(m)} for m in self.modalities]
-        return groups + [{"params": rest + list(self.heads.parameters())}]
+        return groups + [{"params": rest}]
 
     def _reset_counts(self) -> None:
         self.correct = {"fused": 0.0, **{m: 0.0 for m in self.modalities}}
@@ -107,17 +111,17 @@ class MILES(Method):
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = model(batch.inputs)
-        out.aux.update(self.heads(model, out))
+        out.modality_logits.update(self.heads(model, out))
         return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         y = batch.target
         loss = ctx.task_loss(out.pred, y) + self.p.gamma * sum(
-            ctx.task_loss(out.aux[m], y) for m in self.modalities
+            ctx.task_loss(out.modality_logits[m], y) for m in self.modalities
         )
         self.correct["fused"] += float((out.pred.argmax(1) == y).sum())
         for m in self.modalities:
-            self.correct[m] += float((out.aux[m].argmax(1) == y).sum())
+            self.correct[m] += float((out.modality_logits[m].argmax(1) == y).sum())
         self.seen += len(y)
         return loss
 
@@ -131,7 +135,7 @@ class MILES(Method):
     def _count_valid(self, ctx: RunContext) -> None:
         """The epoch's accuracies on the validation split, in eval mode (``accuracy_split: valid``)."""
         self._reset_counts()
-        model = self.model
+        model = ctx.model
         model.eval()
         self.heads.eval()
         for batch in ctx.iterate("valid"):
@@ -152,15 +156,8 @@ class MILES(Method):
         self.u = utilisation(acc.pop("fused"), acc)
         self.scale = lr_scales(self.u, self.p.threshold, self.p.reduction)
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {
             **{f"lr_scale/{m}": s for m, s in self.scale.items()},
             **{f"utilisation/{m}": u for m, u in self.u.items()},
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict(), "scale": dict(self.scale), "u": dict(self.u)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])
-        self.scale, self.u = dict(state["scale"]), dict(state["u"])

@@ -42,14 +42,14 @@ Deviations and generalisations:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import MethodNotApplicable, RunContext, Turns
 from mmbalance.method_parts import common_feature_dim, num_outputs
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -83,7 +83,7 @@ def entropy_weights(logits: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 @METHODS.register
-class MLA(Method):
+class MLA(Turns):
     name = "mla"
     Params = MLAParams
     search_space = {
@@ -103,14 +103,15 @@ class MLA(Method):
                 "mla: fusion 'entropy' needs class scores; use fusion: average for regression"
             )
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        d = common_feature_dim(model, "mla")
-        device = next(model.parameters()).device
-        self.head = nn.Linear(d, num_outputs(model)).to(device)  # fc_out(input_dim=512): one head for all
-        self.P = torch.eye(d, device=device)
+    # coeff: the fusion weights of the last evaluated batch, logged by the next training steps
+    state_attrs = ("P", "steps_taken", "coeff")
+
+    def build(self, ctx: RunContext) -> None:
+        d = common_feature_dim(ctx.model, "mla")
+        self.head = nn.Linear(d, num_outputs(ctx.model))  # fc_out(input_dim=512): one head for all
+        self.P = torch.eye(d, device=ctx.device)
         self.steps_taken = 0
         self.coeff: dict[str, float] = {}
-        return [{"params": [p for p in model.parameters() if p.requires_grad] + list(self.head.parameters())}]
 
     def turns(self, ctx: RunContext) -> Sequence[str]:
         return ctx.modalities
@@ -128,7 +129,7 @@ class MLA(Method):
             w = {m: 1.0 / len(logits) for m in logits}
         self.coeff = {m: float(v) for m, v in w.items()}
         pred = sum(w[m] * z for m, z in logits.items())
-        return Output(pred, features, torch.cat(list(features.values()), dim=1), aux=logits)
+        return Output(pred, features, torch.cat(list(features.values()), dim=1), modality_logits=logits)
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
         if self.p.gs and self.steps_taken > 0 and self.head.weight.grad is not None:
@@ -137,15 +138,5 @@ class MLA(Method):
             self.head.weight.grad = self.head.weight.grad @ self.P.T
         self.steps_taken += 1
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {f"fusion_weight/{m}": w for m, w in self.coeff.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        # coeff: the fusion weights of the last evaluated batch, logged by the next training steps
-        return {"head": self.head.state_dict(), "P": self.P.clone(), "steps_taken": self.steps_taken,
-                "coeff": dict(self.coeff)}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.head.load_state_dict(state["head"])
-        self.P = state["P"].to(self.P.device)
-        self.steps_taken, self.coeff = state["steps_taken"], dict(state["coeff"])

@@ -45,10 +45,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod
-from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
+from mmbalance.method_parts import UnimodalHeadsMethod, concat_linear
+from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
 
@@ -105,29 +105,26 @@ class MLB(UnimodalHeadsMethod):
     }
     reference = "Kontras et al., BMVC 2024 (MLB); kkontras/MLB agents/general_agent/helpers/Bias_Infusion.py"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.kind = task.kind
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
+        model = ctx.model
+        self.kind = ctx.task.kind
         self.ratio = self.coeff = [1.0] * len(ctx.modalities)
-        concat_linear = isinstance(model.fusion, ConcatFusion) and isinstance(
-            model.head, (nn.Linear, nn.Conv2d)
-        )
-        dims = model.feature_dims()
-        self.groups: list[list[nn.Parameter]] = []  # per modality: encoder + its unimodal head
-        self.columns: list[slice | None] = []  # per modality: its columns of the fused head's weight
-        start = 0
-        for m in ctx.modalities:
-            self.groups.append(model.encoder_parameters(m) + list(self.heads.heads[m].parameters()))
-            self.columns.append(slice(start, start + dims[m]) if concat_linear else None)
-            start += dims[m]
-        self.head_weight = model.head.weight if concat_linear else None
+        # per modality: encoder + its unimodal head
+        self.groups = [
+            model.encoder_parameters(m) + list(self.heads.heads[m].parameters()) for m in ctx.modalities
+        ]
+        # per modality: its columns of the fused head's weight (None: no such columns, not a concat + linear head)
+        columns = model.head_columns() if concat_linear(model) else {}
+        self.columns = [columns.get(m) for m in ctx.modalities]
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        uni = sum(ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities)
+        uni = sum(ctx.task_loss(out.modality_logits[m], batch.target) for m in ctx.modalities)
         return ctx.task_loss(out.pred, batch.target) + uni
 
     @torch.no_grad()
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
-        logits = [out.aux[f"logits/{m}"].detach() for m in ctx.modalities]
+        logits = [out.modality_logits[m].detach() for m in ctx.modalities]
         scores = mlb_scores(logits, batch.target, self.kind)
         beta = self.p.tanh_mode_beta if self.p.tanh_mode == 2 else None
         self.ratio, self.coeff = mlb_coefficients(scores, self.p.alpha, self.kind == "regression", beta)
@@ -135,10 +132,9 @@ class MLB(UnimodalHeadsMethod):
             return
         for params, cols, c in zip(self.groups, self.columns, self.coeff, strict=True):
             torch._foreach_mul_([p.grad for p in params if p.grad is not None], c)
-            if cols is not None and self.head_weight.grad is not None:
-                self.head_weight.grad[:, cols] *= c
+            if cols is not None and model.head.weight.grad is not None:
+                model.head.weight.grad[:, cols] *= c
 
-    def diagnostics(self) -> dict[str, float]:
-        names = list(self.heads.heads) if hasattr(self, "heads") else []
-        out = {f"ratio/{m}": r for m, r in zip(names, self.ratio, strict=False)}
-        return out | {f"coeff/{m}": c for m, c in zip(names, self.coeff, strict=False)}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        out = {f"ratio/{m}": r for m, r in zip(ctx.modalities, self.ratio, strict=True)}
+        return out | {f"coeff/{m}": c for m, c in zip(ctx.modalities, self.coeff, strict=True)}

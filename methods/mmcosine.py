@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import require_additive_shares
+from mmbalance.method_parts import require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
@@ -63,8 +63,8 @@ class MMCosine(Method):
     reference = "Xu et al., ICASSP 2023 (MMCosine); GeWu-Lab/MMCosine_ICASSP23 main_CD.py"
     unsupported = "mmcosine's logits are cosines to class weight vectors; a {kind} task has no classes"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_additive_shares(model, "mmcosine", heads=(nn.Linear,))  # splits W over the concat
+    def build(self, ctx: RunContext) -> None:
+        require_concat_fusion(ctx.model, "mmcosine", (nn.Linear,))  # splits W over the concat
         self.target_cos: dict[str, Tensor] = {}
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
@@ -76,9 +76,7 @@ class MMCosine(Method):
             self.target_cos = {
                 m: (z.detach().gather(1, y) / self.p.scaling).mean() for m, z in logits.items()
             }
-        return Output(
-            sum(logits.values()), features, fused, aux={f"logits/{m}": z for m, z in logits.items()}
-        )
+        return Output(sum(logits.values()), features, fused, modality_logits=logits)
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {f"cos_true/{m}": c.item() for m, c in self.target_cos.items()}

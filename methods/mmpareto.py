@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, flat, min_norm_2
 from mmbalance.models.base import MultimodalModel, Output
@@ -73,13 +73,14 @@ class MMPareto(UnimodalHeadsMethod):
     }
     reference = "Wei & Hu, ICML 2024 (MMPareto); GeWu-Lab/MMPareto_ICML2024 code/MMPareto.py"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.params = {m: model.encoder_parameters(m) for m in ctx.modalities}
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
+        self.params = {m: ctx.model.encoder_parameters(m) for m in ctx.modalities}
         self.k: dict[str, tuple[float, float, float]] = {}
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         loss_mm = ctx.task_loss(out.pred, batch.target)
-        loss_uni = {m: ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities}
+        loss_uni = {m: ctx.task_loss(out.modality_logits[m], batch.target) for m in ctx.modalities}
         if ctx.training:  # the per-task encoder gradients, before the runner's backward of the sum
             self.g_mm, self.g_uni = {}, {}
             for m, params in self.params.items():
@@ -98,7 +99,7 @@ class MMPareto(UnimodalHeadsMethod):
                 p.grad = pareto_grad(p.grad, g_mm, g_uni, k_mm, k_uni, self.p.gamma)
         self.g_mm = self.g_uni = {}
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         out = {}
         for m, (k_mm, _, cos) in self.k.items():
             out[f"k_mm/{m}"], out[f"cos/{m}"] = k_mm, cos

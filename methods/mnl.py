@@ -25,8 +25,6 @@ averages the two unimodal logits); the unimodal classifiers are ``UnimodalHeads`
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -74,36 +72,26 @@ class MNL(Method):
     tasks = frozenset({"classification"})
     reference = "Gong et al., Multimodal Negative Learning, NeurIPS 2025"
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)
+    def build(self, ctx: RunContext) -> None:
+        self.heads = UnimodalHeads(ctx.model)
         self.share: dict[str, float] = {}
-        return [
-            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
-        ]
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = model(batch.inputs)
-        out.aux.update(self.heads(model, out))
+        out.modality_logits.update(self.heads(model, out))
         return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         y, mods = batch.target, ctx.modalities
-        loss = ctx.task_loss(out.pred, y) + sum(ctx.task_loss(out.aux[m], y) for m in mods)
+        z = out.modality_logits
+        loss = ctx.task_loss(out.pred, y) + sum(ctx.task_loss(z[m], y) for m in mods)
         j = hardest_negative(out.pred, y)
         nl = {}
         for w in mods:  # each weaker modality learns from every modality that dominates it
-            terms = [
-                negative_learning_loss(out.aux[d], out.aux[w], y, j, self.p.weight1) for d in mods if d != w
-            ]
+            terms = [negative_learning_loss(z[d], z[w], y, j, self.p.weight1) for d in mods if d != w]
             nl[w] = sum(terms) / len(terms)
         self.share = {w: float(v.detach()) for w, v in nl.items()}
         return loss + sum(nl.values())
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {f"negative_loss/{m}": v for m, v in self.share.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])

@@ -77,7 +77,7 @@ class MSAM(Method):
     tasks = frozenset({"classification", "segmentation"})
     reference = "Nowdeh et al., Modality-Aware SAM, NeurIPS 2025 (arXiv 2510.24919)"
 
-    def setup(self, model, task, ctx) -> None:
+    def build(self, ctx: RunContext) -> None:
         self.phi: dict[str, float] = {}
         self.w: dict[str, float] = {}
 
@@ -117,7 +117,7 @@ class MSAM(Method):
                 g_adv = p.grad if p.grad is not None else torch.zeros_like(g0)
                 p.grad = w_d * g_adv + w_s * g0
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {
             **{f"shapley_acc/{m}": v for m, v in self.phi.items()},
             **{f"weight/{m}": v for m, v in self.w.items()},

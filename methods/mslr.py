@@ -72,8 +72,5 @@ class MSLR(Method):
         groups.append({"params": rest, "lr_scale": self.p.head_lr_scale, "modality": "head"})
         return groups
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.optimizer = ctx.optimizer
-
-    def diagnostics(self) -> dict[str, float]:
-        return {f"lr/{g['modality']}": g["lr"] for g in self.optimizer.param_groups}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {f"lr/{g['modality']}": g["lr"] for g in ctx.optimizer.param_groups}

@@ -43,11 +43,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.data import Batch
+from mmbalance.method import Method, MethodNotApplicable, ModulationWindow, RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Epochs, Float
@@ -55,21 +55,13 @@ from mmbalance.search_space import Epochs, Float
 __all__ = ["OGMGEParams", "OGMGE", "true_class_scores", "ogm_coefficients", "selected_parameters"]
 
 
-class OGMGEParams(StrictModel):
+class OGMGEParams(ModulationWindow):
     alpha: float = Field(0.1, gt=0)  # README default setting (VGGSound); the README tip uses 0.8 on CREMA-D
     modulation_starts: int = Field(0, ge=0)  # first modulated epoch (0-based, inclusive)
     modulation_ends: int = Field(50, ge=0)  # last modulated epoch (inclusive), official default
     ge: bool = True  # add the Gaussian generalisation-enhancement noise (OGM-GE); False: plain OGM
     coefficient: Literal["ratio", "ratio_minus_one"] = "ratio"  # released tanh(a*relu(r)) / original
     params: Literal["weights", "conv", "all"] = "weights"  # which encoder gradients (see module docstring)
-
-    @model_validator(mode="after")
-    def _window(self) -> OGMGEParams:
-        if self.modulation_ends < self.modulation_starts:
-            raise ValueError(
-                f"modulation_ends ({self.modulation_ends}) < modulation_starts ({self.modulation_starts})"
-            )
-        return self
 
 
 def true_class_scores(logits: Tensor, target: Tensor) -> Tensor:
@@ -132,7 +124,8 @@ class OGMGE(Method):
         "a regression task has no classes (use cggm, which handles regression)"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+    def build(self, ctx: RunContext) -> None:
+        model = ctx.model
         self.selected: dict[str, list[nn.Parameter]] = {}
         for m in ctx.modalities:
             self.selected[m] = selected_parameters(model, m, self.p.params)
@@ -162,7 +155,7 @@ class OGMGE(Method):
             self.ratio, self.coeff = ogm_coefficients(
                 scores, self.p.alpha, self.p.coefficient == "ratio_minus_one"
             )
-            if not self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
+            if not self.p.modulates(ctx.epoch):
                 return
             pairs = [
                 (p.grad, self.coeff[i])
@@ -177,8 +170,6 @@ class OGMGE(Method):
                 torch._foreach_mul_(noise, stds)
                 torch._foreach_add_(grads, noise)
 
-    def diagnostics(self) -> dict[str, float]:
-        if not hasattr(self, "selected"):  # before setup
-            return {}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         out = {f"ratio/{m}": r for m, r in zip(self.selected, self.ratio, strict=True)}
         return out | {f"coeff/{m}": c for m, c in zip(self.selected, self.coeff, strict=True)}

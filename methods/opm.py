@@ -29,9 +29,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import require_additive_shares, true_class_score
+from mmbalance.method_parts import LINEAR, require_concat_fusion, true_class_score
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Epochs, Float
@@ -83,8 +83,8 @@ class OPM(Method):
         "a regression task has no classes"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_additive_shares(model, "opm")  # the scores come from each modality's share
+    def build(self, ctx: RunContext) -> None:
+        require_concat_fusion(ctx.model, "opm", LINEAR)  # the scores come from each modality's share
         self.names = list(ctx.modalities)
         self.q = torch.zeros(len(ctx.modalities))
         self.executed = False
@@ -117,7 +117,7 @@ class OPM(Method):
             return ctx.task_loss(out.pred, batch.target)
         return ctx.task_loss(out.pred[self.keep], batch.target[self.keep])  # samples that kept a modality
 
-    def diagnostics(self) -> dict[str, float]:
-        out = {f"q/{m}": q for m, q in zip(getattr(self, "names", []), self.q.tolist(), strict=True)}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        out = {f"q/{m}": q for m, q in zip(self.names, self.q.tolist(), strict=True)}
         out["dropped"] = float(self.keep is not None)
         return out

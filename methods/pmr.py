@@ -52,33 +52,25 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, RunContext
-from mmbalance.models.base import MultimodalModel, Output
+from mmbalance.data import Batch
+from mmbalance.method import Method, ModulationWindow, RunContext
+from mmbalance.models.base import Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Choice, Epochs, Float
 
 __all__ = ["PMRParams", "PMR", "class_prototypes", "prototype_logits", "pmr_coefficients"]
 
 
-class PMRParams(StrictModel):
+class PMRParams(ModulationWindow):
     alpha: float = Field(1.0, gt=0)  # argparse default; bash.sh: 2.0 on CREMA-D / AVE, 1.0 on CG-MNIST
     modulation_starts: int = Field(0, ge=0)  # first epoch with the prototype loss (0-based, inclusive)
     modulation_ends: int = Field(100, ge=0)  # last one (inclusive), argparse default
     momentum: float = Field(0.0, ge=0, lt=1)  # EMA of prototypes; 0.0 as every released run
     proto_split: Literal["train", "valid"] = "train"  # valid: the official AVE setting
     proto_fraction: float = Field(0.1, gt=0, le=1)  # share of that split's batches (official: 10%)
-
-    @model_validator(mode="after")
-    def _window(self) -> PMRParams:
-        if self.modulation_ends < self.modulation_starts:
-            raise ValueError(
-                f"modulation_ends ({self.modulation_ends}) < modulation_starts ({self.modulation_starts})"
-            )
-        return self
 
 
 def class_prototypes(
@@ -133,9 +125,12 @@ class PMR(Method):
         "has no per-sample class label (use cggm, which handles regression and segmentation)"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.model, self.modalities, self.num_classes = model, list(ctx.modalities), task.num_classes
+    state_attrs = ("prototypes", "stacked", "rounds")
+
+    def build(self, ctx: RunContext) -> None:
+        self.modalities, self.num_classes = list(ctx.modalities), ctx.task.num_classes
         self.prototypes: dict[str, Tensor] | None = None  # built in on_epoch_start of the first epoch
+        self.stacked: Tensor | None = None  # the prototypes as one (M, C, D) tensor
         self.rounds = 0  # prototype computations so far
         self.ratio = self.coeff = self.proto_loss = [0.0] * len(self.modalities)
         # The official loop stops after len(loader) // 10 batches (at least one).
@@ -146,8 +141,9 @@ class PMR(Method):
 
     @torch.no_grad()
     def update_prototypes(self, ctx: RunContext) -> None:
-        was_training = self.model.training
-        self.model.eval()
+        model = ctx.model
+        was_training = model.training
+        model.eval()
         feats: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
         labels = []
         subset = self.p.proto_fraction < 1  # a random subset, as the released shuffled loader gives
@@ -155,11 +151,11 @@ class PMR(Method):
             self.p.proto_split, max_batches=self.proto_batches, shuffle_round=self.rounds if subset else None
         )
         for batch in batches:
-            out = self.model(batch.inputs)
+            out = model(batch.inputs)
             for m in self.modalities:
                 feats[m].append(out.features[m].flatten(1))
             labels.append(batch.target)
-        self.model.train(was_training)
+        model.train(was_training)
         y = torch.cat(labels)
         old = self.prototypes
         new = {
@@ -192,19 +188,10 @@ class PMR(Method):
         with torch.no_grad():  # one host sync for 2M numbers (the runner syncs on loss.item() anyway)
             scores, self.proto_loss = torch.stack([nll.neg().exp().sum(dim=1), losses]).tolist()
         self.ratio, self.coeff = pmr_coefficients(scores, self.p.alpha)
-        if not self.p.modulation_starts <= ctx.epoch <= self.p.modulation_ends:
+        if not self.p.modulates(ctx.epoch):
             return task_loss
         return task_loss + sum(c * losses[i] for i, c in enumerate(self.coeff) if c)
 
-    def diagnostics(self) -> dict[str, float]:
-        if not hasattr(self, "modalities"):
-            return {}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         values = {"ratio": self.ratio, "coeff": self.coeff, "proto_loss": self.proto_loss}
         return {f"{k}/{m}": x for k, v in values.items() for m, x in zip(self.modalities, v, strict=True)}
-
-    def state_dict(self) -> dict[str, object]:
-        return {"prototypes": self.prototypes, "rounds": self.rounds}
-
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self._set(state["prototypes"])
-        self.rounds = state["rounds"]

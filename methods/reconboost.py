@@ -34,8 +34,6 @@ the boosting weight is the other learners' probability of the true class.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -84,16 +82,15 @@ class ReconBoost(Method):
     tasks = frozenset({"classification"})
     reference = "Hua et al., ReconBoost: Boosting Can Achieve Modality Reconcilement, ICML 2024"
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
+    def build(self, ctx: RunContext) -> None:
+        model = ctx.model
         first = model.modalities[0]
         common_feature_dim(model, "reconboost")
-        self.head = model.unimodal_classifier(first, num_outputs(model)).to(next(model.parameters()).device)
-        self.beta = nn.Parameter(torch.tensor(self.p.boost_rate, device=self.head.out_layer.weight.device))
+        self.head = model.unimodal_classifier(first, num_outputs(model))
+        self.beta = nn.Parameter(torch.tensor(self.p.boost_rate))
         self.modalities = model.modalities
         self.epoch = 0
         self.last_loss: dict[str, float] = {}
-        own = [p for p in model.parameters() if p.requires_grad] + list(self.head.parameters()) + [self.beta]
-        return [{"params": own}]
 
     # --- the schedule: stage, phase and learners, from the epoch ---------------------------------
     def phase(self, epoch: int) -> tuple[int, str]:
@@ -149,7 +146,7 @@ class ReconBoost(Method):
             self.last_loss["ga"] = ga.item()
         return loss
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         stage, phase = self.phase(self.epoch)
         learner = self.modalities.index(self.learner(stage))
         return {
@@ -159,11 +156,3 @@ class ReconBoost(Method):
             "correcting": float(phase == "correct"),
             **self.last_loss,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(), "beta": self.beta.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.head.load_state_dict(state["head"])
-        with torch.no_grad():
-            self.beta.copy_(state["beta"])

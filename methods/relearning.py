@@ -26,17 +26,14 @@ substring ``'audio_net'``. Classification only (purity needs class labels).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from pydantic import Field
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
 
-from mmbalance.data import StrictModel, TaskInfo
+from mmbalance.data import StrictModel
 from mmbalance.method import Method, RunContext
-from mmbalance.models.base import MultimodalModel
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Epochs, Float, Int
 
@@ -84,9 +81,11 @@ class ReLearning(Method):
     tasks = frozenset({"classification"})
     reference = "Wei et al., Diagnosing and Re-learning for Balanced Multimodal Learning, ECCV 2024"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.model, self.n_classes = model, task.num_classes
-        self.init = {m: [p.detach().clone() for p in model.encoder_parameters(m)] for m in ctx.modalities}
+    state_attrs = ("init", "done", "weights")
+
+    def build(self, ctx: RunContext) -> None:
+        self.n_classes = ctx.task.num_classes
+        self.init = {m: [p.detach().clone() for p in ctx.model.encoder_parameters(m)] for m in ctx.modalities}
         self.done = 0
         self.weights: dict[str, float] = {}
 
@@ -95,7 +94,7 @@ class ReLearning(Method):
         feats: dict[str, list[torch.Tensor]] = {m: [] for m in ctx.modalities}
         labels = []
         for batch in ctx.iterate(split):
-            for m, f in self.model.encode(batch.inputs).items():
+            for m, f in ctx.model.encode(batch.inputs).items():
                 feats[m].append(f.flatten(1).float().cpu())
             labels.append(batch.target.cpu())
         return {m: torch.cat(f).numpy() for m, f in feats.items()}, torch.cat(labels).numpy()
@@ -103,26 +102,20 @@ class ReLearning(Method):
     def on_epoch_end(self, ctx: RunContext) -> None:
         if ctx.epoch == 0 or ctx.epoch % self.p.reinit_epoch != 0 or self.done >= self.p.reinit_num:
             return
-        was_training = self.model.training
-        self.model.eval()
+        model = ctx.model
+        was_training = model.training
+        model.eval()
         (train, y_train), (valid, y_valid) = self.features(ctx, "train"), self.features(ctx, "valid")
-        self.model.train(was_training)
+        model.train(was_training)
         for m in ctx.modalities:
             purity_train = cluster_purity(train[m], y_train, self.n_classes)
             purity_valid = cluster_purity(valid[m], y_valid, self.n_classes)
             w = reinit_weight(purity_train, purity_valid, self.p.move_lambda)
             with torch.no_grad():
-                for p, p0 in zip(self.model.encoder_parameters(m), self.init[m], strict=True):
+                for p, p0 in zip(model.encoder_parameters(m), self.init[m], strict=True):
                     p.mul_(1 - w).add_(w * p0)
             self.weights[m] = w
         self.done += 1
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         return {f"reinit_weight/{m}": w for m, w in self.weights.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"init": self.init, "done": self.done, "weights": dict(self.weights)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.init = {m: [t.to(self.init[m][0].device) for t in ts] for m, ts in state["init"].items()}
-        self.done, self.weights = state["done"], dict(state["weights"])

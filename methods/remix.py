@@ -42,8 +42,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import RunContext
+from mmbalance.data import Batch, StrictModel
+from mmbalance.method import Resampling, RunContext
 from mmbalance.method_parts import UnimodalHeadsMethod, logits_with_features_zeroed, require_concat_fusion
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -71,7 +71,7 @@ def assign(kl: Tensor) -> Tensor:
 
 
 @METHODS.register
-class Remix(UnimodalHeadsMethod):
+class Remix(Resampling, UnimodalHeadsMethod):
     name = "remix"
     Params = RemixParams
     search_space = {
@@ -84,19 +84,20 @@ class Remix(UnimodalHeadsMethod):
     tasks = frozenset({"classification"})
     reference = "Ma et al., ICML 2025 (Data Remixing); MatthewMaxy/Remix_ICML2025 train.py"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_concat_fusion(model, "remix")  # models.py:55-61 zeroes a or v before torch.cat
-        self.model = model
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
+        require_concat_fusion(ctx.model, "remix")  # models.py:55-61 zeroes a or v before torch.cat
         self.subset_sizes = [0] * len(ctx.modalities)
 
     def epoch_samples(self, ctx: RunContext) -> list[list[tuple[int, int]]] | None:
         if ctx.epoch < self.p.warmup:
             return None
-        self.model.eval()
+        model = ctx.model
+        model.eval()
         kls = []
         with torch.no_grad():
             for batch in ctx.iterate("train"):  # unshuffled: position = index in the train split
-                logits = self.heads(self.model, self.model(batch.inputs))
+                logits = self.heads(model, model(batch.inputs))
                 kls.append(torch.stack([kl_to_uniform(logits[m]) for m in ctx.modalities], dim=1).cpu())
         owner = assign(torch.cat(kls)).tolist()
         parts = [[(i, j) for i, o in enumerate(owner) if o == j] for j in range(len(ctx.modalities))]
@@ -113,13 +114,10 @@ class Remix(UnimodalHeadsMethod):
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         fused = ctx.task_loss(out.pred, batch.target)
         if ctx.tags is None:  # warm-up
-            uni = sum(ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities)
+            uni = sum(ctx.task_loss(out.modality_logits[m], batch.target) for m in ctx.modalities)
             return fused + self.p.warmup_weight * uni
         m = ctx.modalities[int(ctx.tags[0])]  # a batch never mixes subsets
-        return fused + self.p.gamma * ctx.task_loss(out.aux[f"logits/{m}"], batch.target)
+        return fused + self.p.gamma * ctx.task_loss(out.modality_logits[m], batch.target)
 
-    def diagnostics(self) -> dict[str, float]:
-        names = list(self.heads.heads) if hasattr(self, "heads") else []
-        return {
-            f"subset/{m}": float(n) for m, n in zip(names, getattr(self, "subset_sizes", []), strict=False)
-        }
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {f"subset/{m}": float(n) for m, n in zip(ctx.modalities, self.subset_sizes, strict=True)}

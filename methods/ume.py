@@ -35,14 +35,18 @@ class UME(UnimodalHeadsMethod):
     name = "ume"
     reference = "Du et al., ICML 2023 (Uni-Modal Ensemble); no official code found"
 
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
+        self.losses: dict[str, Tensor] = {}
+
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = super().forward(model, batch, ctx)
-        out.pred = torch.stack([out.aux[f"logits/{m}"] for m in ctx.modalities]).mean(dim=0)
+        out.pred = torch.stack([out.modality_logits[m] for m in ctx.modalities]).mean(dim=0)
         return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        self.losses = {m: ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities}
+        self.losses = {m: ctx.task_loss(out.modality_logits[m], batch.target) for m in ctx.modalities}
         return sum(self.losses.values())
 
-    def diagnostics(self) -> dict[str, float]:
-        return {f"loss/{m}": v.item() for m, v in getattr(self, "losses", {}).items()}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        return {f"loss/{m}": v.item() for m, v in self.losses.items()}

@@ -24,14 +24,13 @@ adapter's); any number of modalities.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import RunContext
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -62,21 +61,26 @@ class UMT(UME):
     }
     reference = "Du et al., ICML 2023 (Uni-Modal Teacher); loss as BalanceBenchmark UMT_trainer.py"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        self.model, self.optimizer = model, ctx.optimizer
+    state_attrs = ("initial", "distilling")
+
+    def build(self, ctx: RunContext) -> None:
+        super().build(ctx)
         self.switch_epoch = (
             self.p.teacher_epochs if self.p.teacher_epochs is not None else max(1, ctx.epochs // 2)
         )
-        self.initial = copy.deepcopy(model.state_dict())  # the student restarts from here
-        self.teachers: nn.ModuleDict | None = None
+        self.initial = copy.deepcopy(ctx.model.state_dict())  # the student restarts from here
+        # Frozen copies of the encoders, given the stage-1 weights when distillation begins.
+        self.teachers = self._freeze(copy.deepcopy(ctx.model.encoders))
+        self.distilling = False
         self.distill: dict[str, Tensor] = {}
 
     def on_epoch_start(self, ctx: RunContext) -> None:
-        if ctx.epoch == self.switch_epoch and self.teachers is None:
-            self.teachers = self._freeze(copy.deepcopy(self.model.encoders))
-            self.model.load_state_dict(self.initial)
-            for p in self.model.parameters():
-                self.optimizer.state.pop(p, None)  # no momentum carried over from the teachers' training
+        if ctx.epoch == self.switch_epoch and not self.distilling:
+            self.teachers.load_state_dict(ctx.model.encoders.state_dict())
+            self.distilling = True
+            ctx.model.load_state_dict(self.initial)
+            for p in ctx.model.parameters():
+                ctx.optimizer.state.pop(p, None)  # no momentum carried over from the teachers' training
 
     def selectable(self, epoch: int) -> bool:
         return epoch >= self.switch_epoch  # the reported model is the student, never stage 1's ensemble
@@ -89,32 +93,19 @@ class UMT(UME):
         return encoders
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        if self.teachers is None:  # stage 1: uni-modal training (UME)
+        if not self.distilling:  # stage 1: uni-modal training (UME)
             return super().forward(model, batch, ctx)
         return model(batch.inputs)
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
-        if self.teachers is None:
+        if not self.distilling:
             return super().loss(out, batch, ctx)
         with torch.no_grad():
             targets = {m: self.teachers[m](batch.inputs[m]) for m in ctx.modalities}
         self.distill = {m: F.mse_loss(out.features[m], targets[m]) for m in ctx.modalities}
         return ctx.task_loss(out.pred, batch.target) + self.p.scaling * sum(self.distill.values())
 
-    def diagnostics(self) -> dict[str, float]:
-        if self.teachers is None:
-            return super().diagnostics()
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
+        if not self.distilling:
+            return super().diagnostics(ctx)
         return {f"distill/{m}": v.item() for m, v in self.distill.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), "initial": self.initial}
-        if self.teachers is not None:
-            state["teachers"] = self.teachers.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.initial = state["initial"]
-        if "teachers" in state:
-            self.teachers = self._freeze(copy.deepcopy(self.model.encoders))
-            self.teachers.load_state_dict(state["teachers"])

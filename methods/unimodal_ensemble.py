@@ -44,7 +44,7 @@ class UnimodalEnsemble(UME):
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = super().forward(model, batch, ctx)
-        logits = torch.stack([out.aux[f"logits/{m}"] for m in ctx.modalities])
+        logits = torch.stack([out.modality_logits[m] for m in ctx.modalities])
         if ctx.task.kind == "regression":
             out.pred = logits.mean(dim=0)
         else:  # class dimension 1 for (B, C) and (B, C, H, W) alike

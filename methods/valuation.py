@@ -43,8 +43,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import Method, RunContext
+from mmbalance.data import Batch, StrictModel
+from mmbalance.method import Resampling, RunContext
 from mmbalance.method_parts import logits_with_features_zeroed, require_concat_fusion, shapley_values
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
@@ -87,7 +87,7 @@ def sample_contributions(
 
 
 @METHODS.register
-class Valuation(Method):
+class Valuation(Resampling):
     name = "valuation"
     Params = ValuationParams
     search_space = {
@@ -96,20 +96,21 @@ class Valuation(Method):
     tasks = frozenset({"classification"})
     reference = "Wei et al., CVPR 2024 (sample-level modality valuation); GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation"
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
-        require_concat_fusion(model, "valuation")  # models.py:62-70 zeroes rows before torch.cat
-        self.model, self.modalities = model, list(ctx.modalities)
+    def build(self, ctx: RunContext) -> None:
+        require_concat_fusion(ctx.model, "valuation")  # models.py:62-70 zeroes rows before torch.cat
+        self.modalities = list(ctx.modalities)
         self.mean_phi = [0.0] * len(ctx.modalities)
         self.n_samples = 0
 
     def epoch_samples(self, ctx: RunContext) -> list[list[tuple[int, int]]] | None:
         if ctx.epoch < self.p.warmup:
             return None
-        self.model.eval()
+        model = ctx.model
+        model.eval()
         phis = {m: [] for m in ctx.modalities}
         for batch in ctx.iterate("train"):  # unshuffled: position = index in the train split
-            out = self.model(batch.inputs)
-            for m, phi in sample_contributions(self.model, out.features, batch.target).items():
+            out = model(batch.inputs)
+            for m, phi in sample_contributions(model, out.features, batch.target).items():
                 phis[m].append(phi.cpu())
         phi = torch.stack([torch.cat(phis[m]) for m in ctx.modalities], dim=1)  # (N, M)
         samples = [(i, KEEP_ALL) for i in range(phi.shape[0])]
@@ -126,8 +127,6 @@ class Valuation(Method):
         pred, fused = logits_with_features_zeroed(model, out.features, keep)
         return Output(pred, out.features, fused, out.aux)
 
-    def diagnostics(self) -> dict[str, float]:
-        if not hasattr(self, "modalities"):  # before setup
-            return {}
+    def diagnostics(self, ctx: RunContext) -> dict[str, float]:
         out = {f"phi/{m}": p for m, p in zip(self.modalities, self.mean_phi, strict=True)}
         return out | {"samples": float(self.n_samples)}

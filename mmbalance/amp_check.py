@@ -65,7 +65,7 @@ def trajectory(trainer, batches: Sequence[Batch]) -> list[list[float] | None]:
         if trainer.overflowed():  # the step's gradients are still there: this step overflowed
             out.append(None)
             continue
-        diag = trainer.method.diagnostics()
+        diag = trainer.method.diagnostics(trainer.ctx)
         out.append([sign * float(diag[f"{key}/{m}"]) for m in trainer.modalities])
     return out
 

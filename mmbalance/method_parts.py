@@ -2,11 +2,12 @@
 
 - ``true_class_score``: s_m = sum_i softmax(logits_m)[i, y_i] (OGM-GE, InfoReg, OPM, PMR, ...).
 - ``UnimodalHeads``: one classifier per modality, trained with the model (MMPareto, G-Blending, UME, UMT).
-- ``UnimodalHeadsMethod``: base of the methods that train those heads (optimiser groups, forward, state).
-- ``require_additive_shares``: refuse a model whose logits are not a sum of per-modality shares.
+- ``UnimodalHeadsMethod``: base of the methods that train those heads (built, forward).
+- ``require_concat_fusion``: refuse a model that does not concatenate its modality features (and, with
+  ``linear_head``, whose logits are not a sum of per-modality shares).
 - ``masked_inputs`` / ``shapley_values``: forwards with modalities zeroed and their Shapley split (AGM).
-- ``require_concat_fusion`` / ``logits_with_features_zeroed``: the prediction with some modalities'
-  features zeroed per sample before a concat fusion (Modality valuation, Data Remixing).
+- ``logits_with_features_zeroed``: the prediction with some modalities' features zeroed per sample
+  before a concat fusion (Modality valuation, Data Remixing).
 - ``scale_grad``: identity forward, gradient times a coefficient (AGM's backward hooks).
 - ``min_norm_2``: the min-norm point of the segment between two gradients (MGDA, MMPareto).
 - ``flat``: one flat vector from a list of per-tensor gradients.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,6 @@ __all__ = [
     "true_class_score",
     "UnimodalHeads",
     "UnimodalHeadsMethod",
-    "require_additive_shares",
     "masked_inputs",
     "require_concat_fusion",
     "logits_with_features_zeroed",
@@ -57,9 +56,7 @@ def true_class_score(logits: Tensor, target: Tensor) -> Tensor:
 class UnimodalHeads(nn.Module):
     """One classifier per modality on ``model.classifier_input(out, m)``, e.g. MMPareto's
     ``head_audio``/``head_video``. Built with the model's own ``unimodal_classifier`` (so a paper
-    model picks its paper classifier) on the model's device. A method that uses them adds their
-    parameters in ``Method.param_groups`` so the runner's optimiser trains them, and keeps their
-    ``state_dict`` in its own for exact resume."""
+    model picks its paper classifier); as a method's attribute, the runner trains, moves and saves them."""
 
     def __init__(self, model: MultimodalModel, modalities: Sequence[str] | None = None) -> None:
         super().__init__()
@@ -67,7 +64,6 @@ class UnimodalHeads(nn.Module):
         n_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         names = list(modalities) if modalities is not None else model.modalities
         self.heads = nn.ModuleDict({m: model.unimodal_classifier(m, n_out) for m in names})
-        self.to(next(model.parameters()).device)
 
     def forward(self, model: MultimodalModel, out: Output) -> dict[str, Tensor]:
         """Logits per modality, shaped like ``out.pred`` (segmentation maps upsampled to it)."""
@@ -103,14 +99,34 @@ def shapley_values(value: Mapping[frozenset[str], Tensor], modalities: Sequence[
     return out
 
 
-def require_concat_fusion(model: MultimodalModel, method: str) -> None:
+def concat_linear(model: MultimodalModel, heads: tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> bool:
+    """Whether the logits are a sum of per-modality shares: late concat fusion into one linear layer."""
+    return isinstance(model.fusion, ConcatFusion) and isinstance(model.head, heads)
+
+
+def require_concat_fusion(
+    model: MultimodalModel, method: str, linear_head: tuple[type, ...] | None = None, why: str | None = None
+) -> None:
     """Raise ``MethodNotApplicable`` unless the model concatenates its modality features
-    (``ConcatFusion``): zeroing a modality's rows of the concatenation is what the codes do."""
-    if not isinstance(model.fusion, ConcatFusion):
+    (``ConcatFusion``: zeroing a modality's rows of the concatenation is what the codes do) and, with
+    ``linear_head``, maps them to the logits with one layer of those types (then
+    ``model.unimodal_logits`` gives each modality's additive share: OPM, CML, MMCosine). ``why``: what
+    the method does that needs it, for the message."""
+    if linear_head is None and not isinstance(model.fusion, ConcatFusion):
+        why = why or "zeroes a modality's features before they are concatenated"
         raise MethodNotApplicable(
-            f"{method} zeroes a modality's features before they are concatenated; this model fuses "
-            f"with {type(model.fusion).__name__} (use model_params: {{fusion: concat}} where the dataset offers it)"
+            f"{method} {why}; this model fuses with {type(model.fusion).__name__} "
+            "(use model_params: {fusion: concat} where the dataset offers it)"
         )
+    if linear_head is not None and not concat_linear(model, linear_head):
+        raise MethodNotApplicable(
+            f"{method} needs each modality's additive share of the logits (late concat fusion into one "
+            f"{'/'.join(h.__name__ for h in linear_head)} layer); this model has "
+            f"{type(model.fusion).__name__} -> {type(model.head).__name__}"
+        )
+
+
+LINEAR = (nn.Linear, nn.Conv2d)  # the heads whose logits split into per-modality shares
 
 
 def logits_with_features_zeroed(
@@ -179,36 +195,13 @@ def accuracy(logits: Tensor, target: Tensor) -> float:
 
 class UnimodalHeadsMethod(Method):
     """Base of the methods that train one head per modality with the model (MMPareto, G-Blending,
-    InfoReg, UME): the heads are built when the runner asks for the optimiser's parameter groups
-    (before ``setup``), their logits go to ``out.aux["logits/<m>"]``, and their weights into the
-    method's state for exact resume. Subclasses extend ``state_dict`` with ``super()``."""
+    InfoReg, UME): the heads are built first in ``build`` (subclasses call ``super().build(ctx)``
+    before their own state) and their logits go to ``out.modality_logits``."""
 
-    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
-        self.heads = UnimodalHeads(model)
-        return [
-            {"params": [p for p in model.parameters() if p.requires_grad] + list(self.heads.parameters())}
-        ]
+    def build(self, ctx: RunContext) -> None:
+        self.heads = UnimodalHeads(ctx.model)
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = model(batch.inputs)
-        out.aux.update({f"logits/{m}": z for m, z in self.heads(model, out).items()})
+        out.modality_logits.update(self.heads(model, out))
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"heads": self.heads.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.heads.load_state_dict(state["heads"])
-
-
-def require_additive_shares(
-    model: MultimodalModel, method: str, heads: tuple[type, ...] = (nn.Linear, nn.Conv2d)
-) -> None:
-    """Raise ``MethodNotApplicable`` unless the logits are a sum of per-modality shares: late concat
-    fusion into a single linear layer (``model.unimodal_logits``; OPM, CML, MMCosine)."""
-    if not isinstance(model.fusion, ConcatFusion) or not isinstance(model.head, heads):
-        raise MethodNotApplicable(
-            f"{method} needs each modality's additive share of the logits (late concat fusion into one "
-            f"{'/'.join(h.__name__ for h in heads)} layer); this model has "
-            f"{type(model.fusion).__name__} -> {type(model.head).__name__}"
-        )

@@ -45,7 +45,7 @@ from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
 from mmbalance.memory import MB, method_state
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.method import Method, MethodNotApplicable, Resampling, RunContext, Turns
 from mmbalance.probes import Probes
 from mmbalance.records import (
     RECORD_ONLY,
@@ -61,6 +61,23 @@ from mmbalance.spec import RunSpec, SpecError
 from mmbalance.status import tidy_finished
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pandas", "scikit-learn", "monai", "pydantic")
+
+
+# Version of checkpoint.pt and best.pt: 2 since methods' own parts are saved by attribute name.
+CHECKPOINT_FORMAT = 2
+RESTART = "rerun with --restart to discard this run's checkpoint and records and train it from epoch 0"
+
+
+class OldCheckpointError(DamagedRecordError):
+    """A checkpoint written by an earlier format of this suite."""
+
+
+def check_format(f: Path, state: dict[str, Any], remedy: str) -> None:
+    found = state.get("format", 1) if isinstance(state, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise OldCheckpointError(
+            f"{f}: checkpoint format {found}, this version reads format {CHECKPOINT_FORMAT}; {remedy}"
+        )
 
 
 class Diverged(RuntimeError):
@@ -93,6 +110,17 @@ def make_adapter(spec: RunSpec, data_root: Path | None = None) -> DatasetAdapter
 def make_method(spec: RunSpec) -> Method:
     cls = METHODS.get(spec.method)
     return cls(cls.Params.model_validate(spec.method_params))
+
+
+def method_parameters(method: Method, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The method's own trainable parameters, for the optimiser; a part that is the model's (a method
+    that kept ``model.head``) is refused, since the model's parameters are trained and saved already."""
+    model_ids = {id(p) for p in model.parameters()}
+    for k, part in method.parts().items():
+        params = [part] if isinstance(part, torch.nn.Parameter) else getattr(part, "parameters", list)()
+        if any(id(p) in model_ids for p in params):
+            raise TypeError(f"method {method.name!r}: self.{k} is part of the model; read it from ctx.model")
+    return method.parameters()
 
 
 def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
@@ -296,15 +324,21 @@ class Trainer:
             raise DataError(f"{spec.dataset}: the train split is empty")
         adapter.check_train_batches(len(self.datasets["train"]), spec.batch_size)
         self.steps_per_epoch = math.ceil(len(self.datasets["train"]) / spec.batch_size)
-        self.optimizer = make_optimizer(spec, self.method.param_groups(self.model))
-        self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
         self.task_loss = adapter.loss_fn()
         self.ctx = RunContext(
-            task=self.task, modalities=self.modalities, task_loss=self.task_loss, device=device,
-            epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=spec.batch_size,
-            iterate=self.iterate, optimizer=self.optimizer, clip_grad_norm=spec.optim.clip_grad_norm,
+            task=self.task, model=self.model, modalities=self.modalities, task_loss=self.task_loss,
+            device=device, epochs=spec.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=spec.batch_size,
+            iterate=self.iterate, clip_grad_norm=spec.optim.clip_grad_norm, optim=spec.optim,
         )  # fmt: skip
-        self.method.setup(self.model, self.task, self.ctx)
+        self.method.build(self.ctx)
+        self.method.to(device)
+        groups = self.method.param_groups(self.model)
+        groups[-1] = {
+            **groups[-1],
+            "params": [*groups[-1]["params"], *method_parameters(self.method, self.model)],
+        }
+        self.optimizer = self.ctx.optimizer = make_optimizer(spec, groups)
+        self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
         self.probes = Probes(self.model, self.task, seed=spec.seed) if spec.probe_every > 0 else None
         self.history: list[dict[str, Any]] = []  # one row per epoch (metrics.jsonl)
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
@@ -352,6 +386,7 @@ class Trainer:
     # --- checkpoint ---------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> None:
         state = {
+            "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -373,7 +408,13 @@ class Trainer:
         what ``modality_eval`` measures at the end and ``mmbalance evaluate`` reloads later."""
         buf = io.BytesIO()
         torch.save(
-            {"epoch": epoch, "model": self.model.state_dict(), "method": self.method.state_dict()}, buf
+            {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "method": self.method.state_dict(),
+            },
+            buf,
         )
         atomic_write_bytes(self.rd.file("best.pt"), buf.getvalue())
 
@@ -387,8 +428,11 @@ class Trainer:
                     state = torch.load(f, map_location=self.device, weights_only=False)
                     if state["epoch"] != epoch:
                         continue
+                    check_format(f, state, "the run must be trained again to measure it")
                     self.model.load_state_dict(state["model"])
                     self.method.load_state_dict(state["method"])
+                except OldCheckpointError:
+                    raise
                 except Exception as e:  # truncated, zeros, a foreign file: whatever torch or the dicts raise
                     detail = " ".join(str(e).split())[:160]
                     raise DamagedRecordError(f"{f}: damaged ({type(e).__name__}: {detail}); "
@@ -424,6 +468,7 @@ class Trainer:
             return
         try:
             state = torch.load(f, map_location=self.device, weights_only=False)
+            check_format(f, state, RESTART)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None:
@@ -437,11 +482,12 @@ class Trainer:
             self.history, self.curves = state["history"], state["curves"]
             self.start_epoch = state["epoch"] + 1
             self.next_step = state.get("next_step", self.start_epoch * self.steps_per_epoch)
+        except OldCheckpointError:
+            raise
         except Exception as e:  # truncated or foreign file: whatever torch or the state dicts raise
             detail = " ".join(str(e).split())[:160]
             raise DamagedRecordError(
-                f"{f}: damaged checkpoint, cannot resume ({type(e).__name__}: {detail}); "
-                "rerun with --restart to discard this run's checkpoint and records and train it from epoch 0"
+                f"{f}: damaged checkpoint, cannot resume ({type(e).__name__}: {detail}); {RESTART}"
             ) from None
         self.write_records()
 
@@ -483,7 +529,7 @@ class Trainer:
         if self.schedule_when == "iteration" and ctx.last_turn:  # the schedule counts batches, not turns
             self.scheduler.step()
         if log_now:
-            diag = {f"diag/{k}": float(v) for k, v in method.diagnostics().items()}
+            diag = {f"diag/{k}": float(v) for k, v in method.diagnostics(ctx).items()}
             self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss_value, **row, **diag})
         return loss_value
 
@@ -513,7 +559,7 @@ class Trainer:
 
     def train_batch(self, batch: Batch) -> float:
         """All optimiser steps of one batch (``ctx.step`` set by the caller); the mean loss of its turns."""
-        turns = self.method.turns(self.ctx)
+        turns = self.method.turns(self.ctx) if isinstance(self.method, Turns) else (None,)
         batch_loss = 0.0
         for k, turn in enumerate(turns):  # one optimiser step per turn; one turn for most methods
             self.ctx.turn, self.ctx.last_turn = turn, k == len(turns) - 1
@@ -525,7 +571,7 @@ class Trainer:
         self.model.train()
         self.ctx.training, self.ctx.epoch = True, epoch
         self.method.on_epoch_start(self.ctx)
-        parts = self.method.epoch_samples(self.ctx)
+        parts = self.method.epoch_samples(self.ctx) if isinstance(self.method, Resampling) else None
         self.model.train()  # the method may have evaluated the model to choose the samples
         if parts is None:
             batches = (
@@ -549,9 +595,9 @@ class Trainer:
         return total / n
 
     def planned_batches(self, parts, epoch: int):
-        """Batches of a method's re-sampled epoch (``Method.epoch_samples``): each part shuffled by
-        (seed, epoch, part), or kept in order (``Method.ordered_samples``), and batched on its own
-        (``Method.drop_last``: without its last incomplete batch), with the tags of its samples."""
+        """Batches of a method's re-sampled epoch (``Resampling.epoch_samples``): each part shuffled by
+        (seed, epoch, part), or kept in order (``Resampling.ordered_samples``), and batched on its own
+        (``Resampling.drop_last``: without its last incomplete batch), with the tags of its samples."""
         for k, part in enumerate(parts):
             if not part:
                 continue

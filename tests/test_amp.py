@@ -120,7 +120,7 @@ def test_an_overflow_step_is_thrown_away_whole(tmp_path):
     assert tr.overflowed()
     assert calls.grads == [] and tr.scaler.get_scale() == 128.0
     assert all(torch.equal(a, p) for a, p in zip(before, tr.model.parameters(), strict=True))
-    assert all(math.isfinite(v) for v in tr.method.diagnostics().values())
+    assert all(math.isfinite(v) for v in tr.method.diagnostics(tr.ctx).values())
     hook.remove()
     tr.train_step(batch)  # the next, finite step runs as usual
     assert not tr.overflowed() and len(calls.grads) == 1

@@ -9,11 +9,11 @@ from _method_helpers import TINY
 from conftest import small_spec
 
 from mmbalance import runner
-from mmbalance.method import Method
+from mmbalance.method import Resampling
 from mmbalance.records import RunDir
 
 
-class Recorder(Method):
+class Recorder(Resampling):
     name = "recorder"  # not registered: built by hand below
 
     def __init__(self, parts, ordered=False):

@@ -136,7 +136,7 @@ def test_gradient_direction_is_differentiable_and_reaches_the_encoders(tmp_path)
     tr.model.zero_grad(set_to_none=True)
     out = tr.model(batch.inputs)
     tr.method.loss(out, batch, tr.ctx).backward()
-    assert tr.method.diagnostics()["l_gm"] > 0
+    assert tr.method.diagnostics(tr.ctx)["l_gm"] > 0
     assert not torch.equal(tr.model.encoders["m0"].net[0].weight.grad, plain["encoders.m0.net.0.weight"])
 
 
@@ -146,7 +146,7 @@ def test_runs_on_every_task_kind(tmp_path, task):
     batch = first_batch(tr)
     for _ in range(2):
         grads_after(tr, batch)
-    diag = tr.method.diagnostics()
+    diag = tr.method.diagnostics(tr.ctx)
     assert {f"coeff/{m}" for m in tr.ctx.modalities} <= diag.keys() and diag["l_gm"] > 0
     assert all(0 <= diag[f"score/{m}"] <= 1 for m in tr.ctx.modalities)
 
@@ -161,7 +161,7 @@ def test_segmentation_classifier_logits_smaller_than_the_target_are_upsampled(tm
     clf = tr.method.classifiers["m0"]
     tr.method.classifiers["m0"] = torch.nn.Sequential(torch.nn.AvgPool2d(2), clf)  # half-resolution logits
     out = tr.model(batch.inputs)
-    logits = tr.method._classify("m0", out, batch.target)
+    logits = tr.method._classify(tr.model, "m0", out, batch.target)
     assert logits.shape[-2:] == batch.target.shape[-2:] and logits.shape[1] == 3
     expected = F.interpolate(
         clf(F.avg_pool2d(out.features["m0"].detach(), 2)),

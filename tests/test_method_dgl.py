@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,7 +53,7 @@ def test_encoders_learn_only_unimodal_losses_and_head_only_the_fused_loss(tmp_pa
     assert head and all(encoders.values())
     expected = {}
     for m, ps in encoders.items():
-        g = torch.autograd.grad(2.0 * ce(out.aux[f"logits/{m}"], y), ps, retain_graph=True)
+        g = torch.autograd.grad(2.0 * ce(out.modality_logits[m], y), ps, retain_graph=True)
         expected |= {id(p): gi for p, gi in zip(ps, g, strict=True)}
     g_head = torch.autograd.grad(ce(out.pred, y), head, retain_graph=True)
     expected |= {id(p): gi for p, gi in zip(head, g_head, strict=True)}
@@ -75,7 +77,7 @@ def test_other_task_kinds_train(tmp_path, task):
 def test_refuses_a_fusion_transformer():
     model = build_msa_model({"a": 4, "b": 4}, 1, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="concatenation"):
-        DGL().setup(model, None, None)
+        DGL().build(SimpleNamespace(model=model))
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

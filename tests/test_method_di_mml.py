@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from _equivalence import side_by_side, two_modality_trainer
@@ -181,7 +183,7 @@ def test_refusals_and_validation(tmp_path):
         trainer(tmp_path, "di_mml", stage1_epochs=2, contrast_epoch=0)  # the fusion head would never train
     model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="concatenated"):
-        DIMML().setup(model, type("T", (), {"num_classes": 3})(), None)
+        DIMML().build(SimpleNamespace(model=model, task=SimpleNamespace(num_classes=3)))
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

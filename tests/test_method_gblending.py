@@ -33,7 +33,7 @@ def test_loss_is_the_weighted_sum_over_heads(tmp_path):
     out = tr.method.forward(tr.model, batch, tr.ctx)
     ce = torch.nn.functional.cross_entropy
     expected = 0.4 * ce(out.pred, batch.target) + sum(
-        w * ce(out.aux[f"logits/{m}"], batch.target)
+        w * ce(out.modality_logits[m], batch.target)
         for m, w in zip(tr.modalities, (0.1, 0.2, 0.3), strict=True)
     )
     loss = tr.method.loss(out, batch, tr.ctx)

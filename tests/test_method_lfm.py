@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_segmentation_trains_and_refusals(tmp_path):
         trainer(tmp_path, "lfm", task="regression")
     model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="late concat fusion"):
-        LFM().setup(model, None, None)
+        LFM().build(SimpleNamespace(model=model))
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def test_forward_uses_the_head_weight_slices_and_trains_every_encoder(tmp_path):
     selected = [tr.model.head.weight] + [p for m in tr.modalities for p in tr.model.encoder_parameters(m)]
     assert selected and all(p.grad is not None and p.grad.abs().sum() > 0 for p in selected)
     assert tr.model.head.bias.grad is None  # cosine logits have no bias
-    assert math.isfinite(tr.method.diagnostics()["cos_true/m0"])
+    assert math.isfinite(tr.method.diagnostics(tr.ctx)["cos_true/m0"])
 
 
 def test_refuses_regression(tmp_path):

@@ -56,7 +56,7 @@ def test_only_encoder_gradients_are_replaced(tmp_path):
     for m in tr.modalities:
         params = tr.model.encoder_parameters(m)
         g_mm = torch.autograd.grad(ce(out.pred, batch.target), params, retain_graph=True)
-        g_u = torch.autograd.grad(ce(out.aux[f"logits/{m}"], batch.target), params, retain_graph=True)
+        g_u = torch.autograd.grad(ce(out.modality_logits[m], batch.target), params, retain_graph=True)
         k_mm, k_u, _ = pareto_weights(flat(g_mm, params), flat(g_u, params))
         expected[m] = (g_mm, g_u, k_mm, k_u)
     loss.backward()

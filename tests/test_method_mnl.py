@@ -36,9 +36,12 @@ def test_the_negative_term_reaches_only_the_weaker_modality(tmp_path):
     mods = tr.ctx.modalities
     pairs = [(d, w) for d in mods for w in mods if d != w]
     d, w = max(
-        pairs, key=lambda p: negative_learning_loss(out.aux[p[0]], out.aux[p[1]], batch.target, j, 0.7).item()
+        pairs,
+        key=lambda p: negative_learning_loss(
+            out.modality_logits[p[0]], out.modality_logits[p[1]], batch.target, j, 0.7
+        ).item(),
     )
-    term = negative_learning_loss(out.aux[d], out.aux[w], batch.target, j, 0.7)
+    term = negative_learning_loss(out.modality_logits[d], out.modality_logits[w], batch.target, j, 0.7)
     assert term.item() > 0
     teacher = tr.model.encoder_parameters(d) + list(tr.method.heads.heads[d].parameters())
     student = tr.model.encoder_parameters(w) + list(tr.method.heads.heads[w].parameters())
@@ -55,11 +58,16 @@ def test_loss_is_the_ce_sum_plus_the_averaged_pair_terms(tmp_path):
     out = tr.method.forward(tr.model, batch, tr.ctx)
     y, mods = batch.target, tr.ctx.modalities
     j = hardest_negative(out.pred, y)
-    expected = tr.task_loss(out.pred, y) + sum(tr.task_loss(out.aux[m], y) for m in mods)
+    expected = tr.task_loss(out.pred, y) + sum(tr.task_loss(out.modality_logits[m], y) for m in mods)
     for w in mods:
         expected = (
             expected
-            + sum(negative_learning_loss(out.aux[d], out.aux[w], y, j, 0.7) for d in mods if d != w) / 2
+            + sum(
+                negative_learning_loss(out.modality_logits[d], out.modality_logits[w], y, j, 0.7)
+                for d in mods
+                if d != w
+            )
+            / 2
         )
     torch.testing.assert_close(tr.method.loss(out, batch, tr.ctx), expected)
 

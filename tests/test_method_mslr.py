@@ -21,7 +21,7 @@ def test_each_encoder_gets_its_own_learning_rate(tmp_path):
     head = {id(p) for p in tr.model.head.parameters()}
     assert head and head <= {id(p) for p in groups["head"]["params"]}
     assert groups["head"]["lr"] == pytest.approx(lr * 2.0)
-    assert tr.method.diagnostics()["lr/m2"] == pytest.approx(lr * 4.0)
+    assert tr.method.diagnostics(tr.ctx)["lr/m2"] == pytest.approx(lr * 4.0)
 
 
 def test_scheduler_scales_every_group(tmp_path):

@@ -108,7 +108,9 @@ def test_conv_rule_on_segmentation_picks_conv_kernels(tmp_path):
     tr = trainer(tmp_path, "ogm_ge", task="segmentation", params="conv")
     assert all(p.dim() == 4 for ps in tr.method.selected.values() for p in ps)
     grads_after(tr, first_batch(tr))
-    assert set(tr.method.diagnostics()) == {f"{k}/{m}" for k in ("ratio", "coeff") for m in tr.ctx.modalities}
+    assert set(tr.method.diagnostics(tr.ctx)) == {
+        f"{k}/{m}" for k in ("ratio", "coeff") for m in tr.ctx.modalities
+    }
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def test_no_prototype_loss_outside_the_window(tmp_path):
     batch = first_batch(tr)
     out = tr.model(batch.inputs)
     torch.testing.assert_close(tr.method.loss(out, batch, tr.ctx), F.cross_entropy(out.pred, batch.target))
-    assert math.isfinite(tr.method.diagnostics()["proto_loss/m0"])  # still logged
+    assert math.isfinite(tr.method.diagnostics(tr.ctx)["proto_loss/m0"])  # still logged
 
 
 @pytest.mark.parametrize("task", ["regression", "segmentation"])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_refusals(tmp_path):
             trainer(tmp_path, "remix", task=task)
     model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="concatenated"):
-        Remix().setup(model, None, None)
+        Remix().build(SimpleNamespace(model=model))
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ def test_prediction_is_the_mean_of_the_unimodal_heads_and_loss_their_sum(tmp_pat
     tr = trainer(tmp_path, "ume")
     batch = first_batch(tr)
     out = tr.method.forward(tr.model, batch, tr.ctx)
-    logits = [out.aux[f"logits/{m}"] for m in tr.modalities]
+    logits = [out.modality_logits[m] for m in tr.modalities]
     assert torch.allclose(out.pred, (logits[0] + logits[1] + logits[2]) / 3)
     loss = tr.method.loss(out, batch, tr.ctx)
     expected = sum(torch.nn.functional.cross_entropy(z, batch.target) for z in logits)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -134,7 +136,7 @@ def test_refusals(tmp_path):
         trainer(tmp_path, "valuation", task="segmentation")
     model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="concatenated"):
-        Valuation().setup(model, None, type("C", (), {"modalities": ["a", "b"]})())
+        Valuation().build(SimpleNamespace(model=model, modalities=["a", "b"]))
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

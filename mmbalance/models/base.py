@@ -27,6 +27,8 @@ class Output:
     features: dict[str, Tensor]  # per modality: (B, D) pooled, or (B, D, h, w) for segmentation
     fused: Tensor  # input of the head
     aux: dict[str, Tensor] = field(default_factory=dict)  # model-specific extras, e.g. full encoder sequences
+    # Per modality: the logits of a method's own unimodal head (or branch), shaped like ``pred``.
+    modality_logits: dict[str, Tensor] = field(default_factory=dict)
 
 
 class ConcatFusion(nn.Module):
@@ -98,6 +100,15 @@ class MultimodalModel(nn.Module):
         d = self.encoders[modality].out_dim
         return TwoLayerClassifier(d, num_outputs, spatial=isinstance(self.out_layer, nn.Conv2d))
 
+    def head_columns(self) -> dict[str, slice]:
+        """Each modality's columns of the head's weight: its block of the concatenated features
+        (late concat fusion, in modality order)."""
+        columns, start = {}, 0
+        for m, d in self.feature_dims().items():
+            columns[m] = slice(start, start + d)
+            start += d
+        return columns
+
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's additive share of the fused logits (late concat fusion, linear head).
 
@@ -110,12 +121,10 @@ class MultimodalModel(nn.Module):
                 "unimodal_logits needs late concat fusion with a linear head; this model has "
                 f"{type(self.fusion).__name__} -> {type(self.head).__name__}"
             )
-        weight, bias = self.head.weight, self.head.bias
-        shares, start = {}, 0
+        weight, bias, columns = self.head.weight, self.head.bias, self.head_columns()
+        shares = {}
         for m, f in features.items():
-            d = f.shape[1]
-            w = weight[:, start : start + d]
-            start += d
+            w = weight[:, columns[m]]
             if isinstance(self.head, nn.Linear):
                 share = f @ w.T
                 b = bias.view(1, -1) if bias is not None else None
