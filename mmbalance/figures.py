@@ -45,9 +45,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mmbalance.comparison import split_blocks  # noqa: E402
+from mmbalance.metric_catalogue import metric_facts  # noqa: E402
 from mmbalance.quantities import CURVES, quantity  # noqa: E402
 from mmbalance.records import RunDir  # noqa: E402
-from mmbalance.report import config_labels, metric_label  # noqa: E402
+from mmbalance.report import config_labels  # noqa: E402
 from mmbalance.results import RecordWarning, one_line  # noqa: E402
 
 __all__ = [
@@ -185,7 +186,7 @@ def training_curves(
         if kind == "grad_cos":
             ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     q = CURVES[kind]
-    ylabel = f"probe {metric_label(metric)}" + (" (%)" if metric not in ("mae", "corr") else "")
+    ylabel = f"probe {metric_facts(metric).label}" + (" (%)" if metric_facts(metric).percent else "")
     for row in axes:
         row[0].set_ylabel(ylabel if kind == "probe_acc" else q.axis_label)
     if q.scale != "linear":
@@ -193,7 +194,7 @@ def training_curves(
     if kind == "probe_acc":
         _percent_axis(axes[0][0], metric)
     axes[0][ncols - 1].legend(title="modality", loc="best", fontsize=9)
-    what = q.name.replace("accuracy", metric_label(metric)) if kind == "probe_acc" else q.name
+    what = q.name.replace("accuracy", metric_facts(metric).label) if kind == "probe_acc" else q.name
     fig.suptitle(_fit(f"{title}: {what} ({BAND})" if title else f"{what} ({BAND})", 4.2 * ncols, 12))
     return _save(fig, stem)
 
@@ -278,7 +279,7 @@ def param_bars(
     ax.set_xticks(xs, [str(v) for v in stats.index])
     ax.set_xlim(-0.6, len(stats) - 0.4)
     ax.set_xlabel(f"{param}")
-    ax.set_ylabel(metric_label(metric) + ("" if metric in ("mae", "corr") else " (%)"))
+    ax.set_ylabel(metric_facts(metric).label + (" (%)" if metric_facts(metric).percent else ""))
     _percent_axis(ax, metric)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")

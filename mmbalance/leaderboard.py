@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from mmbalance.comparison import seed_draws_data
+from mmbalance.metric_catalogue import metric_facts
 from mmbalance.records import RECORD_ONLY, DamagedRecordError, RunDir, atomic_write_text
 from mmbalance.safe_load import DocumentError, load_yaml_file, parse_json
 from mmbalance.spec import check_spec_light
@@ -83,10 +84,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("mae", "corr", "acc7", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0"),
     "segmentation": ("dice_mean",),
 }
-LOWER_IS_BETTER = frozenset({"mae"})
 DICE = re.compile(r"^dice_[a-z0-9_]{1,32}$")
-RANGES = {"mae": (0.0, math.inf), "corr": (-1.0, 1.0)}  # everything else is a percentage
-PERCENT = (0.0, 100.0)
 
 Name = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -298,7 +296,7 @@ def metric_problems(task: str, name: str, value: float) -> list[str]:
     if name not in METRICS[task] and not (task == "segmentation" and DICE.match(name)):
         return [f"unknown metric {name!r} for a {task} task (known: {', '.join(METRICS[task])}"
                 + (", dice_<region>)" if task == "segmentation" else ")")]  # fmt: skip
-    lo, hi = RANGES.get(name, PERCENT)
+    lo, hi = metric_facts(name).range
     if not lo <= value <= hi:
         return [f"{name} = {value!r} is outside [{lo:g}, {hi:g}]"]
     return []
@@ -403,7 +401,7 @@ def metrics_rule(e: Entry, known: Known) -> list[str]:
             for k, v in s.metrics.items()
             for p in metric_problems(e.task, k, v)
         ]
-    percents = [v for s in e.seeds for k, v in s.metrics.items() if k not in RANGES]
+    percents = [v for s in e.seeds for k, v in s.metrics.items() if metric_facts(k).percent]
     if percents and max(percents) <= 1.0:
         bad.append(
             "seeds[].metrics: every percentage is <= 1; the suite records percent (0-100), not fractions"

@@ -30,14 +30,13 @@ from urllib.parse import quote
 from mmbalance.comparison import BASELINE, REFERENCES, comparison_key, differences
 from mmbalance.leaderboard import (
     DICE,
-    LOWER_IS_BETTER,
     METRICS,
-    RANGES,
     Entry,
     KnownSplit,
     page_key,
     summarize,
 )
+from mmbalance.metric_catalogue import metric_facts
 
 __all__ = ["render_markdown", "render_html", "tracks", "Track", "method_links", "SORT_SCRIPT"]
 
@@ -145,7 +144,7 @@ def primary_ranks(rows: list[tuple[str, Entry]]) -> list[int]:
     """1 + how many entries are strictly better in the primary metric (ties share a rank; the page's
     script ranks the same way after a sort)."""
     key = rows[0][1].primary() if rows else ""
-    sign = 1 if key in LOWER_IS_BETTER else -1
+    sign = -1 if metric_facts(key).higher_is_better else 1
     values = [sign * e.summary[key].mean for _, e in rows]
     # as the page's script: means equal but for summation order (last bits) tie
     return [
@@ -168,7 +167,7 @@ def tracks(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | None 
         for key in keys:
             rows = by_key[key]
             primary = rows[0][1].primary()
-            sign = 1 if primary in LOWER_IS_BETTER else -1
+            sign = -1 if metric_facts(primary).higher_is_better else 1
             rows.sort(key=lambda r, m=primary, s=sign: (s * r[1].summary[m].mean, r[0]))
             fingerprint = rows[0][1].data_fingerprint
             where = page_key(rows[0][1])
@@ -237,7 +236,7 @@ def modality_columns(rows: list[tuple[str, Entry]], primary: str) -> list[tuple[
     """``(key, label, better)`` of the modality columns every entry of ``rows`` has."""
     have = [set(modality_stats(e)) for _, e in rows]
     keys = [k for k in MODALITY_COLUMNS if all(k in h for h in have)]
-    better = "lower" if primary in LOWER_IS_BETTER else "higher"
+    better = _better(primary)
     return [(k, MODALITY_COLUMNS[k][0] + (f" {primary}" if k == "worst_missing" else ""),
              MODALITY_COLUMNS[k][1] or better) for k in keys]  # fmt: skip
 
@@ -269,7 +268,7 @@ def _value(v: Any) -> str:
 
 
 def fmt(name: str, value: float) -> str:
-    return f"{value:.3f}" if name in RANGES else f"{value:.2f}"
+    return f"{value:.{metric_facts(name).decimals}f}"
 
 
 # --- Markdown ---------------------------------------------------------------------------------------------
@@ -295,7 +294,7 @@ def _md_rows(rows: list[tuple[str, Entry]], metrics: list[str], extra, joint: En
         cells += [f"{fmt(m, e.summary[m].mean)} ± {fmt(m, e.summary[m].std)}" if m in e.summary else "–"
                   for m in metrics]  # fmt: skip
         delta = delta_vs_joint(e, joint)
-        cells.append("–" if delta is None else f"{delta:+.{3 if e.primary() in RANGES else 2}f}")
+        cells.append("–" if delta is None else f"{delta:+.{metric_facts(e.primary()).decimals}f}")
         stats = modality_stats(e)
         cells += [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" for k, _, _ in extra]
         cells += [str(len(e.seeds)), md_text(e.submitter), md_text(code(e)[0]), e.date.date().isoformat(),
@@ -341,6 +340,10 @@ def esc(s: str) -> str:
     return html.escape(s, quote=True)
 
 
+def _better(metric: str) -> str:
+    return "higher" if metric_facts(metric).higher_is_better else "lower"
+
+
 def _sortable_th(label: str, better: str) -> str:
     return f'<th data-better="{better}"><button type="button">{esc(label)}</button></th>'
 
@@ -356,8 +359,8 @@ def _table(table_id: str, rows: list[tuple[str, Entry]], joint: Entry | None, ra
     metrics = metric_columns(rows)
     primary = rows[0][1].primary()
     head = ["<th>#</th>", "<th>Method (paper, code)</th>", "<th>Hyper-parameters</th>"]
-    head += [_sortable_th(m, "lower" if m in LOWER_IS_BETTER else "higher") for m in metrics]
-    head.append(_sortable_th(f"Δ {primary} vs joint", "lower" if primary in LOWER_IS_BETTER else "higher"))
+    head += [_sortable_th(m, _better(m)) for m in metrics]
+    head.append(_sortable_th(f"Δ {primary} vs joint", _better(primary)))
     extra = modality_columns(rows, primary)
     head += [_sortable_th(label, better) for _, label, better in extra]
     head += [_sortable_th("Seeds", "higher"), "<th>Submitter</th>", "<th>Code version</th>",
@@ -378,7 +381,7 @@ def _table(table_id: str, rows: list[tuple[str, Entry]], joint: Entry | None, ra
             else:
                 cells.append('<td class="num" data-value="NaN">–</td>')
         delta = delta_vs_joint(e, joint)
-        shown = "–" if delta is None else f"{delta:+.{3 if primary in RANGES else 2}f}"
+        shown = "–" if delta is None else f"{delta:+.{metric_facts(primary).decimals}f}"
         cells.append(f'<td class="num" data-value="{"NaN" if delta is None else repr(delta)}">{shown}</td>')
         stats = modality_stats(e)
         for k, _, _ in extra:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mmbalance.leaderboard import RANGES, Entry, LeaderboardError
+from mmbalance.leaderboard import Entry, LeaderboardError
+from mmbalance.metric_catalogue import metric_facts
 from mmbalance.runner import train
 from mmbalance.spec import validate_spec
 
@@ -83,12 +84,14 @@ def _compare(seed: int, claimed: Any, final: dict[str, Any], tol: dict[str, floa
     out = []
     for metric, value in claimed.metrics.items():
         rerun = final["test"].get(metric, math.nan)
-        if _differs(value, rerun, tol[metric if metric in RANGES else "percent"]):
+        if _differs(value, rerun, tol["percent" if metric_facts(metric).percent else metric]):
             out.append(Mismatch(seed, metric, value, rerun))
     if claimed.modality is None:
         return out
     got = final.get("modality_eval") or {}
-    metric_tol = tol[final["selection_metric"] if final["selection_metric"] in RANGES else "percent"]
+    metric_tol = tol[
+        "percent" if metric_facts(final["selection_metric"]).percent else final["selection_metric"]
+    ]
     pairs = [(f"shapley {m}", v, (got.get("shapley") or {}).get(m), metric_tol)
              for m, v in claimed.modality.shapley.items()]  # fmt: skip
     pairs += [("imbalance degree", claimed.modality.imbalance_degree, got.get("imbalance_degree"), tol["index"]),

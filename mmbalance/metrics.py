@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mmbalance.metric_catalogue import metric_facts
+
 __all__ = [
     "accuracy_score",
     "f1_score",
@@ -24,9 +26,8 @@ __all__ = [
 
 # The metric that selects the best validation epoch, per task kind, and whether higher is better.
 PRIMARY = {
-    "classification": ("accuracy", True),
-    "regression": ("mae", False),
-    "segmentation": ("dice_mean", True),
+    kind: (name, metric_facts(name).higher_is_better)
+    for kind, name in {"classification": "accuracy", "regression": "mae", "segmentation": "dice_mean"}.items()
 }
 
 

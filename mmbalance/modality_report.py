@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from mmbalance.comparison import split_blocks
+from mmbalance.metric_catalogue import metric_facts
 from mmbalance.modality_scores import effective_robustness
 from mmbalance.records import RunDir
-from mmbalance.report import DECIMALS, Table, aggregate, metric_label, rank_marks
+from mmbalance.report import Table, aggregate, rank_marks
 
 __all__ = ["modality_frame", "modality_tables", "modality_figures", "write_modality_outputs"]
 
@@ -77,7 +78,7 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
         sub, dataset, task = kb.runs, kb.runs["dataset"].iloc[0], kb.runs["task"].iloc[0]
         metric, higher = sub["me_metric"].iloc[0], bool(sub["me_higher"].iloc[0])
         mods = list(max(sub["modalities"], key=len))
-        label = metric_label(metric)
+        label = metric_facts(metric).label
         cols = [f"shapley/{m}" for m in mods] + ["imbalance_degree", "equity"]
         cols += [f"missing/{m}" for m in mods] + [
             "worst_missing",
@@ -90,7 +91,9 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
         agg = aggregate(sub, cols)
         for row in agg:
             for c in cols:
-                row.cells[c].decimals = 3 if c in ("imbalance_degree", "equity") else DECIMALS.get(metric, 2)
+                row.cells[c].decimals = (
+                    3 if c in ("imbalance_degree", "equity") else metric_facts(metric).decimals
+                )
         for c, hi in direction.items():
             rank_marks([r.cells[c] for r in agg], hi, [r.multimodal for r in agg])
         header = ["Method"] + [f"φ {m}" for m in mods] + ["Imbalance degree ↓", "Equity ↑"]
@@ -126,7 +129,7 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
         multi = sub[sub["modalities"].map(len) == len(mods)]
         methods = sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
         colors = _colors(mods)
-        metric = metric_label(sub["me_metric"].iloc[0])
+        metric = metric_facts(sub["me_metric"].iloc[0]).label
         prefix = out_dir / f"{name}-{kb.slug}"
 
         fig, ax = plt.subplots(

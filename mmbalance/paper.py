@@ -31,6 +31,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from mmbalance.core import FileName
+from mmbalance.metric_catalogue import metric_facts
 from mmbalance.provenance import write_runs
 from mmbalance.report import (
     PROTOCOLS,
@@ -38,7 +39,6 @@ from mmbalance.report import (
     Table,
     dataset_docs,
     finished,
-    higher_is_better,
     is_subset,
     rank_marks,
     write_tables,
@@ -217,7 +217,7 @@ def render(
         cells = [ours[i, col.key].cell for i in range(len(table.rows))]
         rank_marks(
             cells,
-            higher_is_better(col.metric),
+            metric_facts(col.metric).higher_is_better,
             [r.ranked and not c.show_n for r, c in zip(table.rows, cells, strict=True)],
         )
 

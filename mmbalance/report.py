@@ -33,8 +33,8 @@ method plus the spec fields that tell it apart from the other rows of its table 
 Across the tables (two or more): average ranks of the methods every table has, Friedman's test and the
 Nemenyi critical difference, and the critical-difference figure (``figures.critical_difference``).
 
-A new metric column is a ``final.json`` key added to ``TASK_METRICS`` (with its label in
-``METRIC_LABELS``, its direction in ``LOWER_IS_BETTER``, its precision in ``DECIMALS``).
+A new metric column is a ``final.json`` key added to ``TASK_METRICS`` (its label, direction and precision
+in ``metric_catalogue.CATALOGUE``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import pandas as pd
 
 from mmbalance import stats
 from mmbalance.comparison import BASELINE, REFERENCES, KeyBlock, fingerprint_mismatches, split_blocks
+from mmbalance.metric_catalogue import metric_facts
 from mmbalance.provenance import write_runs
 from mmbalance.records import atomic_write_text
 from mmbalance.results import PROTOCOLS, config_key, flatten, load
@@ -71,34 +72,11 @@ __all__ = [
     "config_key",
 ]
 
-LOWER_IS_BETTER = frozenset({"mae", "loss", "extra_memory_mb", "method_memory_mb", "peak_memory_mb"})
-DECIMALS = {"mae": 3, "corr": 3, "loss": 3}  # everything else is a percentage: 2 decimals
 # Columns per task kind, in the papers' order; segmentation shows every Dice region the record has.
 TASK_METRICS = {
     "classification": ["accuracy", "f1_macro"],
     "regression": ["acc2_non0", "acc7", "f1_non0", "mae", "corr"],
 }
-METRIC_LABELS = {
-    "accuracy": "Acc",
-    "f1_macro": "F1 (macro)",
-    "f1_weighted": "F1 (weighted)",
-    "acc2_non0": "Acc-2",
-    "acc7": "Acc-7",
-    "f1_non0": "F1",
-    "mae": "MAE",
-    "corr": "Corr",
-    "dice_mean": "Dice avg",
-}
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric.split("/")[-1] not in LOWER_IS_BETTER and metric not in LOWER_IS_BETTER
-
-
-def metric_label(metric: str) -> str:
-    if metric.startswith("dice_") and metric not in METRIC_LABELS:
-        return f"Dice {metric.removeprefix('dice_')}"
-    return METRIC_LABELS.get(metric, metric)
 
 
 # --- cells and tables -----------------------------------------------------------------------------
@@ -120,10 +98,10 @@ class Cell:
     def of(cls, values: Iterable[float], metric: str = "") -> Cell:
         vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
         if not vals:
-            return cls(decimals=DECIMALS.get(metric, 2))
+            return cls(decimals=metric_facts(metric).decimals)
         s = pd.Series(vals)
         std = float(s.std(ddof=1)) if len(vals) > 1 else None
-        return cls(float(s.mean()), std, len(vals), DECIMALS.get(metric, 2))
+        return cls(float(s.mean()), std, len(vals), metric_facts(metric).decimals)
 
     @property
     def empty(self) -> bool:
@@ -458,7 +436,7 @@ def aggregate(
 def mark_best_unimodal(rows: Sequence[Row], metric: str) -> None:
     uni = [r for r in rows if r.method == "unimodal" and not r.cells[metric].empty]
     if uni:
-        pick = max if higher_is_better(metric) else min
+        pick = max if metric_facts(metric).higher_is_better else min
         pick(uni, key=lambda r: r.cells[metric].mean).best_unimodal = True
 
 
@@ -477,7 +455,7 @@ def compare_to_baseline(rows: Sequence[Row], metric: str) -> Row | None:
         r.unpaired = fingerprint_mismatches(base.fingerprints, r.fingerprints)
         paired = r.per_seed[metric].drop(index=r.unpaired)
         delta, p, _ = stats.paired_vs_baseline(base.per_seed[metric], paired)
-        r.delta = Cell(delta, decimals=DECIMALS.get(metric, 2), signed=True)
+        r.delta = Cell(delta, decimals=metric_facts(metric).decimals, signed=True)
         if p is not None and r.complete and base.complete:
             raw[r.config] = p
     adjusted = stats.holm(raw)
@@ -543,7 +521,7 @@ def weak_modality(runs: pd.DataFrame) -> str | None:
     probes = {c: multi[c].mean() for c in multi.columns if c.startswith("probe/") and multi[c].notna().any()}
     if not probes:
         return None
-    higher = higher_is_better(multi["selection_metric"].iloc[0])
+    higher = metric_facts(multi["selection_metric"].iloc[0]).higher_is_better
     pick = min if higher else max
     return pick(probes, key=probes.get).removeprefix("probe/")
 
@@ -591,17 +569,17 @@ def key_table(
     rows = aggregate(runs_t, cols + probe_cols + compared, seeds, kb.fixture)
     for r in rows:
         for m in probe_cols:  # the probes report the task's primary metric
-            r.cells[m].decimals = DECIMALS.get(primary, 2)
+            r.cells[m].decimals = metric_facts(primary).decimals
     for m in cols:
-        rank_marks([r.cells[m] for r in rows], higher_is_better(m), [r.ranked for r in rows])
+        rank_marks([r.cells[m] for r in rows], metric_facts(m).higher_is_better, [r.ranked for r in rows])
     base = compare_to_baseline(rows, primary) if primary else None
     if primary:
         mark_best_unimodal(rows, primary)
 
-    header = ["Method"] + [metric_label(m) for m in cols]
-    header += [f"{weak} probe {metric_label(primary)} (weak)" for _ in probe_cols]
+    header = ["Method"] + [metric_facts(m).label for m in cols]
+    header += [f"{weak} probe {metric_facts(primary).label} (weak)" for _ in probe_cols]
     if base is not None:
-        header += [f"Δ {metric_label(primary)} vs joint", "p (Holm)"]
+        header += [f"Δ {metric_facts(primary).label} vs joint", "p (Holm)"]
     header += ["n"]
     body: list[list[str | Cell]] = []
     for r in rows:
@@ -667,13 +645,13 @@ def _notes(
         "n: seeds finished / seeds asked.",
         "Best in bold, second best in italics (underlined in LaTeX), among the ranked rows: complete "
         "multimodal rows, not the † reference rows"
-        + ("; MAE: lower is better." if any(not higher_is_better(m) for m in cols) else "."),
+        + ("; MAE: lower is better." if any(not metric_facts(m).higher_is_better for m in cols) else "."),
     ]
     if base is not None:
         tested = sum(r.p is not None for r in rows)
         notes.append(
             f"Δ vs joint: mean over the seeds both rows finished of (row − {base.label}) in "
-            f"{metric_label(primary)}; p: {stats.PAIRED_TEST}, Holm-corrected over the {tested} complete "
+            f"{metric_facts(primary).label}; p: {stats.PAIRED_TEST}, Holm-corrected over the {tested} complete "
             f"row(s) tested; * p < {stats.ALPHA}. A paired t-test, not Wilcoxon's signed-rank test: with 5 "
             "seeds the latter's smallest two-sided p is 0.0625. Incomplete rows are not tested."
         )
@@ -686,7 +664,7 @@ def _notes(
     if weak:
         notes.append(
             f"'{weak} probe': {'test' if protocol == 'best-valid-test' else 'validation'} "
-            f"{metric_label(primary)} of a linear probe on the weakest modality's encoder features "
+            f"{metric_facts(primary).label} of a linear probe on the weakest modality's encoder features "
             f"({weak}: worst probe score inside the multimodal models)."
         )
     friedman_note = seeds_friedman(rows, primary) if primary else ""
@@ -765,14 +743,14 @@ def rank_table(blocks: Sequence[Block], title: str = "Average rank across tables
     common = [c for c in scores.columns if scores[c].notna().all()]
     if len(common) < 2:
         return None
-    sign = [1.0 if higher_is_better(b.metric) else -1.0 for b in blocks]
+    sign = [1.0 if metric_facts(b.metric).higher_is_better else -1.0 for b in blocks]
     oriented = scores[common].mul(sign, axis=0)
     ranks = stats.average_ranks(oriented)
     average = ranks.mean().sort_values()
     k, n = len(common), len(blocks)
     cd = stats.critical_difference(k, n)
     result = stats.friedman(oriented)
-    header = ["Method", *(f"{t} {metric_label(b.metric)}" for t, b in zip(titles, blocks, strict=True))]
+    header = ["Method", *(f"{t} {metric_facts(b.metric).label}" for t, b in zip(titles, blocks, strict=True))]
     body: list[list[str | Cell]] = [
         [m, *(f"{ranks.loc[t, m]:.1f}" for t in titles), Cell(float(average[m]), decimals=2)]
         for m in average.index

@@ -17,14 +17,13 @@ from typing import Any
 
 import pandas as pd
 
+from mmbalance.metric_catalogue import metric_facts
 from mmbalance.report import (
     REFERENCES,
     Cell,
     Table,
     finished,
-    higher_is_better,
     is_subset,
-    metric_label,
     primary_metric,
 )
 from mmbalance.stats import interval
@@ -139,7 +138,7 @@ def laziness_table(frame: pd.DataFrame, protocol: str = "tuned") -> tuple[Table,
         "n",
     ]
     notes = [
-        f"Test {metric_label(_primary(done))} at the best validation epoch, {protocol} protocol, mean ± std over seeds. "
+        f"Test {metric_facts(_primary(done)).label} at the best validation epoch, {protocol} protocol, mean ± std over seeds. "
         "Ensemble − joint: paired by seed, mean and 95% t-interval. Lazy: the interval is above 0 (joint "
         "training leaves accuracy that separately trained unimodal models reach); no: the mean is not above 0.",
     ]
@@ -166,7 +165,7 @@ def tuned_vs_defaults(frame: pd.DataFrame) -> tuple[Table, pd.DataFrame] | None:
     for block in both:
         sub = done[done["block"] == block]
         metric = _primary(sub)
-        sign = 1 if higher_is_better(metric) else -1
+        sign = 1 if metric_facts(metric).higher_is_better else -1
         pivot = sub.pivot_table(index=["label", "seed"], columns="protocol", values=metric)
         for label, rows in pivot.groupby(level=0, sort=False):
             rows = rows.dropna()
@@ -261,7 +260,7 @@ def gain_figure(
     ens = gains[gains["label"] == "unimodal_ensemble"].sort_values("level")
     if not ens.empty:
         ax.plot(ens["level"], ens["mean"], "k--", lw=1.2, label="unimodal ensemble (reference)", zorder=2)
-    metric = metric_label(gains["metric"].iloc[0])
+    metric = metric_facts(gains["metric"].iloc[0]).label
     ax.set_xlabel("imbalance degree λ (0: identical modalities; 1: the lazy scenario)")
     ax.set_ylabel(f"Δ test {metric} vs joint (points)")
     ax.set_title("When does balancing pay? Gain over joint training against the imbalance degree\n"
