@@ -277,22 +277,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
                                           progress=not args.quiet, restart=args.restart)  # fmt: skip
     else:
-        outcomes = run_local(planned, args.results, args.data_root, device=args.device,
-                             progress=not args.quiet, amp=opts.amp, workers=opts.workers,
-                             restart=args.restart, deterministic=opts.deterministic)  # fmt: skip
+        outcomes = run_local(planned, args.results, args.data_root,
+                             opts.run_options(args.device, args.restart, progress=not args.quiet))  # fmt: skip
     if args.wait:  # runs another process holds: wait for it, then take over what it left
         outcomes = wait_for_elsewhere(
             outcomes,
-            lambda ps: run_local(
-                ps,
-                args.results,
-                args.data_root,
-                device=args.device,
-                progress=False,
-                amp=opts.amp,
-                workers=opts.workers,
-                deterministic=opts.deterministic,
-            ),  # fmt: skip
+            lambda ps: run_local(ps, args.results, args.data_root, opts.run_options(args.device)),
             say=console.print,
         )
     _log_to_wandb(args, suite.wandb, [r.path for _, r in outcomes if r.status in ("done", "skipped", "failed")],

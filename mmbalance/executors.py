@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import Field, ValidationError
@@ -38,6 +38,9 @@ from submitit.helpers import Checkpointable
 
 from mmbalance.core import StrictModel
 from mmbalance.spec import SpecError, _format_validation
+
+if TYPE_CHECKING:
+    from mmbalance.runner import RunOptions
 
 __all__ = ["ExecutorOptions", "executor_options", "run_one", "run_parallel", "submit", "slurm_parameters"]
 
@@ -60,6 +63,12 @@ class ExecutorOptions(StrictModel):
     # Pin it (e.g. 1) to compare numbers across machines: float reductions depend on the thread count.
     threads: int | None = Field(None, ge=1)
 
+    def run_options(self, device: str, restart: bool = False, progress: bool = False) -> RunOptions:
+        """The options each run of the sweep trains with."""
+        from mmbalance.runner import RunOptions
+
+        return RunOptions(device, progress, self.amp, self.workers, restart, self.deterministic)
+
 
 def executor_options(section: dict[str, Any], overrides: dict[str, Any]) -> ExecutorOptions:
     """The suite's ``executor:`` section with the command line's (non-None) values on top."""
@@ -77,33 +86,21 @@ def run_one(
     spec_doc: dict[str, Any],
     results: str,
     data_root: str | None,
-    device: str,
-    amp: bool = False,
-    workers: int | None = None,
+    options: RunOptions,
     threads: int | None = None,
-    restart: bool = False,
-    deterministic: bool = False,
 ):
     """Train one run in this process (a pool worker or a SLURM task); returns its ``RunResult``.
 
     The spec travels as its canonical dict and is validated here, so the worker fills its own
     registries. A failure is already recorded on disk by ``train``; it comes back as a result.
     """
-    from mmbalance.method import MethodNotApplicable
-    from mmbalance.runner import RunResult, train
+    from mmbalance.runner import run_outcome
     from mmbalance.spec import validate_spec
 
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
     if threads:
         torch.set_num_threads(threads)
-    spec = validate_spec(spec_doc)
-    try:
-        return train(spec, results, Path(data_root) if data_root else None, device=device, progress=False,
-                     amp=amp, workers=workers, restart=restart, deterministic=deterministic)  # fmt: skip
-    except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
-        return RunResult("-", Path(), "not applicable", reason=str(e))
-    except Exception as e:
-        return RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
+    return run_outcome(validate_spec(spec_doc), results, Path(data_root) if data_root else None, options)
 
 
 class RunJob(Checkpointable):
@@ -207,17 +204,8 @@ def _run_pool(runnable: list, results: Path, data_root: Path | None, device: str
                              initargs=(os.getpid(),)) as pool:  # fmt: skip
         futures = [
             pool.submit(
-                run_one,
-                p.spec.canonical(),
-                str(results),
-                root,
-                device,
-                opts.amp,
-                opts.workers,
-                threads,
-                restart,
-                opts.deterministic,
-            )  # fmt: skip
+                run_one, p.spec.canonical(), str(results), root, opts.run_options(device, restart), threads
+            )
             for p in runnable
         ]
         for i, future in enumerate(futures):  # plan order; each waits for its own run
@@ -275,7 +263,7 @@ def submit(
     executor.update_parameters(**slurm_parameters(opts, name))
     root = str(Path(data_root).resolve()) if data_root else None  # jobs may start in another folder
     with executor.batch():  # one sbatch call: an array of len(runnable) tasks
-        jobs = [executor.submit(RunJob(), p.spec.canonical(), str(Path(results).resolve()), root, device,
-                                opts.amp, opts.workers, opts.threads, restart, opts.deterministic)
+        jobs = [executor.submit(RunJob(), p.spec.canonical(), str(Path(results).resolve()), root,
+                                opts.run_options(device, restart), opts.threads)
                 for p in runnable]  # fmt: skip
     return list(zip(runnable, jobs, strict=True))

@@ -350,6 +350,7 @@ def reproduce(
 ) -> tuple[list[Path], list[str]]:
     """Run the table's missing runs (finished ones are reused), then write the table beside the paper's
     numbers. Returns the written files and one line per entry that could not run (missing data, ...)."""
+    from mmbalance.runner import RunOptions
     from mmbalance.sweep import plan, run_local
 
     table, path = load_table(name_or_path)
@@ -360,7 +361,7 @@ def reproduce(
     suite = table_suite(table, path)
     planned = plan(suite, data_root)
     missing = [f"{p.label}: {p.skip_reason}" for p in planned if p.spec is None]
-    outcomes = run_local(planned, Path(results), data_root, device=device, progress=progress)
+    outcomes = run_local(planned, Path(results), data_root, RunOptions(device=device, progress=progress))
     finished = ("done", "skipped")  # skipped: finished before, reused
     missing += [f"{p.label}: {r.status} ({r.reason})" for p, r in outcomes if r.status not in finished]
     run_ids = {r.run_id for _, r in outcomes if r.status in finished}

@@ -28,7 +28,7 @@ import random
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -97,19 +97,33 @@ class RunResult:
     reason: str = ""
 
 
-# --- building blocks ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes, as the CLI, a sweep and its workers pass it on: none of it is part of the run
+    id (env.json records it). ``amp``: mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU);
+    ``workers``: data-loader processes (None: ``auto_workers``); ``deterministic``: deterministic CUDA
+    kernels (``configure_backends``); ``restart``: an unfinished run starts again from epoch 0."""
+
+    device: str = "auto"
+    progress: bool = True
+    amp: bool = False
+    workers: int | None = None
+    restart: bool = False
+    deterministic: bool = False
+
+
+# --- building blocks: the one factory of a run's dataset adapter and method ----------------------------
 def make_adapter(spec: RunSpec, data_root: Path | None = None) -> DatasetAdapter:
     cls = DATASETS.get(spec.dataset)
     root = Path(data_root) / spec.dataset if data_root is not None else None
-    params = cls.Params.model_validate(spec.dataset_params)
+    params = spec.typed("dataset_params")
     if cls.seed_param is not None and getattr(params, cls.seed_param) is None:
         params = params.model_copy(update={cls.seed_param: spec.seed})  # the run's seed draws the data
     return cls(params, root)
 
 
 def make_method(spec: RunSpec) -> Method:
-    cls = METHODS.get(spec.method)
-    return cls(cls.Params.model_validate(spec.method_params))
+    return METHODS.get(spec.method)(spec.typed("method_params"))
 
 
 def method_parameters(method: Method, model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -295,6 +309,7 @@ class Trainer:
         workers: int = 0,
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
         deterministic: bool = False,
+        method: Method | None = None,  # checked against the task already (None: built and checked here)
     ) -> None:
         self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
         self.spec, self.adapter, self.rd, self.device, self.progress = (
@@ -313,11 +328,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and self.amp_dtype == torch.float16)
         self.task = adapter.task
         seed_everything(spec.seed)
-        self.method = make_method(spec)
-        self.method.check(self.task)
+        if method is None:
+            method = make_method(spec)
+            method.check(self.task)
+        self.method = method
         self.modalities = self.method.model_modalities(self.task.modalities)
-        model_params = type(adapter).ModelParams.model_validate(spec.model_params)
-        self.model = adapter.build_model(model_params, self.modalities).to(device)
+        self.model = adapter.build_model(spec.typed("model_params"), self.modalities).to(device)
         self.model_parameters = list(self.model.parameters())  # listed once: clipping walks them every step
         self.datasets = {s: adapter.split(s) for s in spec.splits}
         if len(self.datasets["train"]) == 0:
@@ -766,7 +782,8 @@ def train(
     if (final := rd.finished()) is not None:
         tidy_finished(rd)
         return RunResult(rd.run_id, rd.path, "skipped", final)
-    make_method(spec).check(adapter.task)  # refuse before anything is written
+    method = make_method(spec)
+    method.check(adapter.task)  # refuse before anything is written; the Trainer takes this method
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:
@@ -777,18 +794,30 @@ def train(
             rd.remove_temp()  # a killed writer's; only the lock's owner writes here
             if restart:
                 _discard_records(rd)
-            # Built and resumed before any record is written: a method that refuses this model (setup
-            # raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
+            # Built and resumed before any record is written: a method that refuses this task or model
+            # (check or build raises MethodNotApplicable), a model that cannot be built or a damaged checkpoint leaves
             # the folder as it was.
             workers = auto_workers(adapter, dev) if workers is None else workers
             trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
-                              deterministic=deterministic)  # fmt: skip
+                              deterministic=deterministic, method=method)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:
         if rd.path.is_dir() and not any(rd.path.iterdir()):
             rd.path.rmdir()  # the lock's folder, left empty: no trace of a run that never started
         raise
+
+
+def run_outcome(spec: RunSpec, results: Path | str, data_root: Path | None, options: RunOptions) -> RunResult:
+    """``train``, with a refusal or an error as the run's outcome instead of an exception (a sweep goes on
+    with its next run): ``not applicable`` (the method refused the model; nothing was written) or
+    ``failed`` (already recorded on disk by ``train``)."""
+    try:
+        return train(spec, results, data_root, **asdict(options))
+    except MethodNotApplicable as e:
+        return RunResult("-", Path(), "not applicable", reason=str(e))
+    except Exception as e:
+        return RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
 
 
 def _discard_records(rd: RunDir) -> None:

@@ -15,7 +15,15 @@ import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, StrictInt, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 import mmbalance
 from mmbalance.core import StrictModel
@@ -83,6 +91,12 @@ class RunSpec(StrictModel):
     tuned: TunedSpec | None = None  # None: the default protocol (the method's own defaults)
     # False for tuning trials: the test split is never built, read or fingerprinted, only validation.
     evaluate_test: bool = True
+    # The three params as their owners' pydantic models, built once here (the factories read them).
+    _typed: dict[str, StrictModel] = PrivateAttr(default_factory=dict)
+
+    def typed(self, field: str) -> StrictModel:
+        """``method_params``, ``dataset_params`` or ``model_params`` as the method's / dataset's model."""
+        return self._typed[field]
 
     @model_validator(mode="after")
     def _params_valid(self, info: ValidationInfo) -> RunSpec:
@@ -103,12 +117,14 @@ class RunSpec(StrictModel):
             ("model_params", dataset_cls.ModelParams),
         ):
             try:
-                normalised = model.model_validate(getattr(self, fld)).model_dump(mode="json")
+                typed = model.model_validate(getattr(self, fld))
             except ValidationError as e:
                 raise ValueError(_format_validation(e, prefix=fld)) from None
+            normalised = typed.model_dump(mode="json")
             if too_big := _too_big(normalised, fld):
                 raise ValueError("\n".join(too_big))
             object.__setattr__(self, fld, normalised)
+            self._typed[fld] = typed
         return self
 
     def canonical(self) -> dict[str, Any]:

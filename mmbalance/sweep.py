@@ -55,6 +55,7 @@ from mmbalance.tuned import apply_tuned, load_tuned, tuned_path
 
 if TYPE_CHECKING:  # the data contract imports MONAI; reports plan suites without it
     from mmbalance.data import TaskInfo
+    from mmbalance.runner import RunOptions
 
 WAIT_POLL_S = 10.0  # sweep --wait: how often to look at the locks of runs another process holds
 
@@ -162,7 +163,7 @@ def method_label(method: str, params: dict[str, Any]) -> str:
 
 def cells(suite: Suite, data_root: Path | None = None) -> list[Cell | Planned]:
     """The suite's (block, method variant) cells in suite order; what cannot run is a skipped ``Planned``."""
-    from mmbalance.runner import make_adapter  # training code only where a plan is made, not for reports
+    from mmbalance.runner import make_adapter, make_method  # training code only where a plan is made
 
     out: list[Cell | Planned] = []
     for entry in suite.datasets:
@@ -182,7 +183,7 @@ def cells(suite: Suite, data_root: Path | None = None) -> list[Cell | Planned]:
             for params in method_cls.variants(doc.get("method_params", {}), adapter.task):
                 spec = validate_spec({**doc, "method_params": params})
                 try:
-                    method_cls(method_cls.Params.model_validate(spec.method_params)).check(adapter.task)
+                    make_method(spec).check(adapter.task)
                 except MethodNotApplicable as e:
                     out.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}", block))
                     continue
@@ -227,33 +228,19 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
 
 
 def run_local(
-    planned: list[Planned],
-    results: Path,
-    data_root: Path | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    amp: bool = False,
-    workers: int | None = None,
-    restart: bool = False,
-    deterministic: bool = False,
+    planned: list[Planned], results: Path, data_root: Path | None = None, options: RunOptions | None = None
 ) -> list[tuple[Planned, Any]]:
     """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
     from tqdm.auto import tqdm
 
-    from mmbalance.runner import RunResult, train
+    from mmbalance.runner import RunOptions, run_outcome
 
-    outcomes = []
+    options = options or RunOptions()
     runnable = [p for p in planned if p.spec is not None]
-    for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
-        try:
-            outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
-                            workers=workers, restart=restart, deterministic=deterministic)  # fmt: skip
-        except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
-            outcome = RunResult("-", Path(), "not applicable", reason=str(e))
-        except Exception as e:  # recorded as failed by train(); keep going with the next run
-            outcome = RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
-        outcomes.append((p, outcome))
-    return outcomes
+    return [
+        (p, run_outcome(p.spec, results, data_root, options))
+        for p in tqdm(runnable, desc="sweep", unit="run", disable=not options.progress)
+    ]
 
 
 def wait_for_elsewhere(

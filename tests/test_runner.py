@@ -10,7 +10,7 @@ import yaml
 from conftest import small_spec
 
 from mmbalance.records import RunDir, iter_runs
-from mmbalance.runner import train
+from mmbalance.runner import RunOptions, train
 from mmbalance.sweep import load_suite, plan, run_local
 
 
@@ -93,7 +93,7 @@ def test_diverging_run_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     # learning rates were bounded): the loss is inf or NaN at once.
     suite.methods[0]["dataset_params"] = {"scale": [1e38] * 3}
     planned = plan(suite)
-    outcomes = run_local(planned, tmp_path / "res", progress=False)
+    outcomes = run_local(planned, tmp_path / "res", options=RunOptions(progress=False))
     statuses = [r.status for _, r in outcomes]
     assert statuses == ["failed", "done"]
     failed = RunDir(outcomes[0][1].path)
@@ -106,9 +106,9 @@ def test_sweep_reuses_finished_runs_and_expands_unimodal(tmp_path):
     suite.methods.append({"method": "unimodal"})
     planned = plan(suite)
     assert [p.spec.method_params.get("modality") for p in planned] == [None, "m0", "m1", "m2"]
-    first = run_local(planned, tmp_path / "res", progress=False)
+    first = run_local(planned, tmp_path / "res", options=RunOptions(progress=False))
     assert {r.status for _, r in first} == {"done"}
-    again = run_local(planned, tmp_path / "res", progress=False)
+    again = run_local(planned, tmp_path / "res", options=RunOptions(progress=False))
     assert {r.status for _, r in again} == {"skipped"}
     assert len(iter_runs(tmp_path / "res", status="done")) == 4
 

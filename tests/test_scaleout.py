@@ -21,7 +21,7 @@ import yaml
 from mmbalance import executors
 from mmbalance.locks import RunLock, read_lock
 from mmbalance.records import RunDir
-from mmbalance.runner import prepare, train
+from mmbalance.runner import RunOptions, prepare, train
 from mmbalance.spec import SpecError
 from mmbalance.status import sweep_status
 from mmbalance.sweep import load_suite, plan, run_ids, run_local
@@ -150,7 +150,7 @@ def test_status_cli_with_suite(tmp_path, capsys):
 
     suite = write_suite(tmp_path, seeds=[0])
     planned = plan(load_suite(suite))
-    run_local(planned[:1], tmp_path / "res", progress=False)
+    run_local(planned[:1], tmp_path / "res", options=RunOptions(progress=False))
     assert main(["status", str(tmp_path / "res"), "--suite", str(suite)]) == 0
     assert "1 done, 0 running, 0 interrupted, 0 failed, 1 pending (2 runs)" in capsys.readouterr().out
 
@@ -199,7 +199,7 @@ def test_slurm_sweep_writes_one_array_sbatch_script(tmp_path, monkeypatch):
         with job.paths.submitted_pickle.open("rb") as f:
             delayed = pickle.load(f)
         assert isinstance(delayed.function, executors.RunJob)
-        assert delayed.args[0] == p.spec.canonical() and delayed.args[3] == "cuda", task
+        assert delayed.args[0] == p.spec.canonical() and delayed.args[3].device == "cuda", task
         assert delayed.args[1] == str((tmp_path / "res").resolve())
 
 
@@ -219,7 +219,9 @@ def check_same_as_sequential(outcomes, reference: dict[str, dict]) -> None:
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
     root = tmp_path_factory.mktemp("sequential")
-    outcomes = run_local(plan(load_suite(write_suite(root))), root / "res", progress=False)
+    outcomes = run_local(
+        plan(load_suite(write_suite(root))), root / "res", options=RunOptions(progress=False)
+    )
     assert all(r.status == "done" for _, r in outcomes)
     return {r.run_id: r.final for _, r in outcomes}
 
@@ -274,7 +276,7 @@ def test_killed_worker_sweep_restarts_and_resumes(tmp_path):
     # The sweep reads the broken pool's runs back from disk and retries the unfinished ones in a fresh pool.
     assert sweep.returncode == 0 and "a worker process died" in output, output
     planned = plan(load_suite(suite_path))
-    outcomes = run_local(planned, results, progress=False)
+    outcomes = run_local(planned, results, options=RunOptions(progress=False))
     for _, r in outcomes:  # every run ended exactly once, in the killed sweep
         assert r.status == "skipped", (r.run_id, r.status, r.reason)
         assert [row["epoch"] for row in RunDir(r.path).epochs()] == list(range(epochs))
