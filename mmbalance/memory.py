@@ -105,3 +105,17 @@ class PeakMemory:
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
         else:
             self.bytes = self._rss("VmHWM") - self.base
+
+
+def train_peak_mb(device: torch.device) -> float | None:
+    """CUDA: peak allocated memory (MB) since the epoch began (model, optimiser and method state,
+    activations); the CGGM paper's extra memory is CGGM's peak minus joint training's. None off CUDA,
+    where no allocator counts it."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / MB
+
+
+def method_memory_mb(method: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """MB of tensors the method holds beyond the model (``method_state``), after training."""
+    return {k: v / MB for k, v in method_state(method, model, optimizer).items()}

@@ -19,8 +19,6 @@ with the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import platform
@@ -40,44 +38,30 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import mmbalance
-from mmbalance import metrics
+from mmbalance import checkpoint, evaluation, metrics
+from mmbalance.batching import Batching
 from mmbalance.core import DeviceError
-from mmbalance.data import Batch, DataError, DatasetAdapter, collate
+from mmbalance.data import Batch, DataError, DatasetAdapter
 from mmbalance.locks import RunLock
-from mmbalance.memory import MB, method_state
+from mmbalance.memory import method_memory_mb, train_peak_mb
 from mmbalance.method import Method, MethodNotApplicable, Resampling, RunContext, Turns
+from mmbalance.modality_eval import measure_selected
 from mmbalance.probes import Probes
 from mmbalance.records import (
     RECORD_ONLY,
     DamagedRecordError,
     RunDir,
-    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    rows_to_csv,
+    best_epoch,
+    final_record,
+    write_epoch_records,
 )
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import RunSpec, SpecError
 from mmbalance.status import tidy_finished
 
 PACKAGES = ("torch", "torchvision", "transformers", "numpy", "pandas", "scikit-learn", "monai", "pydantic")
-
-
-# Version of checkpoint.pt and best.pt: 2 since methods' own parts are saved by attribute name.
-CHECKPOINT_FORMAT = 2
-RESTART = "rerun with --restart to discard this run's checkpoint and records and train it from epoch 0"
-
-
-class OldCheckpointError(DamagedRecordError):
-    """A checkpoint written by an earlier format of this suite."""
-
-
-def check_format(f: Path, state: dict[str, Any], remedy: str) -> None:
-    found = state.get("format", 1) if isinstance(state, dict) else None
-    if found != CHECKPOINT_FORMAT:
-        raise OldCheckpointError(
-            f"{f}: checkpoint format {found}, this version reads format {CHECKPOINT_FORMAT}; {remedy}"
-        )
 
 
 class Diverged(RuntimeError):
@@ -135,6 +119,15 @@ def method_parameters(method: Method, model: torch.nn.Module) -> list[torch.nn.P
         if any(id(p) in model_ids for p in params):
             raise TypeError(f"method {method.name!r}: self.{k} is part of the model; read it from ctx.model")
     return method.parameters()
+
+
+def optimizer_groups(method: Method, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The method's parameter groups of the model, its own parameters joining the last one."""
+    groups = method.param_groups(model)
+    return [
+        *groups[:-1],
+        {**groups[-1], "params": [*groups[-1]["params"], *method_parameters(method, model)]},
+    ]
 
 
 def data_fingerprint(adapter: DatasetAdapter, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
@@ -195,21 +188,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def code_version() -> str:
@@ -289,14 +267,15 @@ def make_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer, steps_per_ep
     return None, None
 
 
-def _batches(loader: DataLoader, device: torch.device):
-    for batch in loader:
-        yield batch.to(device, non_blocking=device.type == "cuda")
-
-
 # --- the loop -------------------------------------------------------------------------------------
-class Trainer:
-    """One run: everything ``train`` needs, held together so the loop reads top to bottom."""
+class Trainer(Batching):
+    """One run: everything ``train`` needs, held together so the loop reads top to bottom. Its
+    batches come from ``batching.py``, its checkpoints from ``checkpoint.py``, its records from
+    ``records.py`` and the modality evaluation from ``modality_eval.py``."""
+
+    # Module functions, as attributes: the loop calls them through the trainer (tests stop a run after one).
+    save_checkpoint, save_selected, try_resume = checkpoint.save, checkpoint.save_selected, checkpoint.resume
+    modality_eval, evaluate = measure_selected, evaluation.evaluate
 
     def __init__(
         self,
@@ -348,12 +327,7 @@ class Trainer:
         )  # fmt: skip
         self.method.build(self.ctx)
         self.method.to(device)
-        groups = self.method.param_groups(self.model)
-        groups[-1] = {
-            **groups[-1],
-            "params": [*groups[-1]["params"], *method_parameters(self.method, self.model)],
-        }
-        self.optimizer = self.ctx.optimizer = make_optimizer(spec, groups)
+        self.optimizer = self.ctx.optimizer = make_optimizer(spec, optimizer_groups(self.method, self.model))
         self.scheduler, self.schedule_when = make_scheduler(spec, self.optimizer, self.steps_per_epoch)
         self.probes = Probes(self.model, self.task, seed=spec.seed) if spec.probe_every > 0 else None
         self.history: list[dict[str, Any]] = []  # one row per epoch (metrics.jsonl)
@@ -361,151 +335,8 @@ class Trainer:
         self.start_epoch = 0
         self.next_step = 0  # global step of the next batch
 
-    def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
-        # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
-        # stream 0 is the training order, stream 1 the methods' shuffled passes (``iterate``).
-        # Valid and test passes in order draw nothing at random: one loader whose workers persist across
-        # epochs. A training pass gets fresh workers: their random streams (augmentation) start from the
-        # epoch's seed, so that a resumed run draws what an uninterrupted one does.
-        persist = self.workers > 0 and not shuffle and split != "train"
-        if persist and split in self.eval_loaders:
-            return self.eval_loaders[split]
-        g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch + stream * 1_000_000_007)
-        # The sampler (and so the order) lives in this process, so loader workers do not change the batches.
-        loader = DataLoader(
-            self.datasets[split],
-            batch_size=self.spec.batch_size,
-            shuffle=shuffle,
-            generator=g,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",  # page-locked: the copy to the GPU runs asynchronously
-            num_workers=self.workers,
-            persistent_workers=persist,
-        )
-        if persist:
-            self.eval_loaders[split] = loader
-        return loader
-
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
-
-    def iterate(self, split: str, max_batches: int | None = None, shuffle_round: int | None = None):
-        """A pass over a split, for methods (prototypes, held-out estimates): unshuffled, or in the
-        ``shuffle_round``-th random order of its own seeded stream (apart from the training order)."""
-        shuffle, epoch = shuffle_round is not None, shuffle_round or 0
-        loader = self.loader(split, shuffle=shuffle, epoch=epoch, stream=int(shuffle))
-        for i, batch in enumerate(_batches(loader, self.device)):
-            if max_batches is not None and i >= max_batches:
-                return
-            yield batch
-
-    # --- checkpoint ---------------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "method": self.method.state_dict(),
-            "probes": self.probes.state() if self.probes is not None else None,
-            "rng": rng_state(),
-            "scaler": self.scaler.state_dict(),
-            "history": self.history,
-            "curves": self.curves,
-            "next_step": self.next_step,
-        }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.rd.file("checkpoint.pt"), buf.getvalue())
-
-    def save_selected(self, epoch: int) -> None:
-        """``best.pt``: the model and method state of the epoch best-validation selection picks so far,
-        what ``modality_eval`` measures at the end and ``mmbalance evaluate`` reloads later."""
-        buf = io.BytesIO()
-        torch.save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch,
-                "model": self.model.state_dict(),
-                "method": self.method.state_dict(),
-            },
-            buf,
-        )
-        atomic_write_bytes(self.rd.file("best.pt"), buf.getvalue())
-
-    def load_selected(self, epoch: int) -> None:
-        """Load the selected epoch's state: ``best.pt``, or the last checkpoint when that is the same
-        epoch (runs recorded before ``best.pt`` existed)."""
-        for name in ("best.pt", "checkpoint.pt"):
-            f = self.rd.file(name)
-            if f.exists():
-                try:
-                    state = torch.load(f, map_location=self.device, weights_only=False)
-                    if state["epoch"] != epoch:
-                        continue
-                    check_format(f, state, "the run must be trained again to measure it")
-                    self.model.load_state_dict(state["model"])
-                    self.method.load_state_dict(state["method"])
-                except OldCheckpointError:
-                    raise
-                except Exception as e:  # truncated, zeros, a foreign file: whatever torch or the dicts raise
-                    detail = " ".join(str(e).split())[:160]
-                    raise DamagedRecordError(f"{f}: damaged ({type(e).__name__}: {detail}); "
-                                             "the run must be trained again to measure it") from None  # fmt: skip
-                return
-        raise FileNotFoundError(
-            f"{self.rd.path}: no best.pt or checkpoint.pt of the selected epoch {epoch}; "
-            "the run must be trained again to measure its selected model"
-        )
-
-    def modality_eval(self, epoch: int) -> dict[str, Any]:
-        """``modality_eval`` of the selected epoch's model on the test split (see ``modality_eval.py``)."""
-        from mmbalance import modality_eval
-
-        self.load_selected(epoch)
-        self.model.eval()
-        self.ctx.training = False
-
-        def forward(batch: Batch) -> torch.Tensor:
-            with self.autocast():
-                return self.method.forward(self.model, batch, self.ctx).pred
-
-        return modality_eval.measure(
-            self.model, forward, self.task, self.adapter.primary_value, self.adapter.compact_prediction,
-            self.iterate("train"), self.iterate("test"), seed=self.spec.seed,
-        )  # fmt: skip
-
-    def try_resume(self) -> None:
-        """Load the last epoch checkpoint, if any, and rewrite the records from it: a run killed between
-        its checkpoint and its records (or after its last epoch) resumes with records that match."""
-        f = self.rd.file("checkpoint.pt")
-        if not f.exists():
-            return
-        try:
-            state = torch.load(f, map_location=self.device, weights_only=False)
-            check_format(f, state, RESTART)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            self.method.load_state_dict(state["method"])
-            if self.probes is not None:
-                self.probes.load(state["probes"])
-            set_rng_state(state["rng"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.history, self.curves = state["history"], state["curves"]
-            self.start_epoch = state["epoch"] + 1
-            self.next_step = state.get("next_step", self.start_epoch * self.steps_per_epoch)
-        except OldCheckpointError:
-            raise
-        except Exception as e:  # truncated or foreign file: whatever torch or the state dicts raise
-            detail = " ".join(str(e).split())[:160]
-            raise DamagedRecordError(
-                f"{f}: damaged checkpoint, cannot resume ({type(e).__name__}: {detail}); {RESTART}"
-            ) from None
-        self.write_records()
 
     # --- one step, one epoch --------------------------------------------------------------------
     def train_step(self, batch: Batch) -> float:
@@ -549,18 +380,6 @@ class Trainer:
             self.curves.append({"epoch": ctx.epoch, "step": ctx.step, "loss": loss_value, **row, **diag})
         return loss_value
 
-    def train_peak_mb(self) -> float | None:
-        """CUDA: peak allocated memory (MB) since the epoch began (model, optimiser and method state,
-        activations); the CGGM paper's extra memory is CGGM's peak minus joint training's. None off CUDA,
-        where no allocator counts it."""
-        if self.device.type != "cuda":
-            return None
-        return torch.cuda.max_memory_allocated(self.device) / MB
-
-    def method_memory_mb(self) -> dict[str, float]:
-        """MB of tensors the method holds beyond the model (``memory.method_state``), after training."""
-        return {k: v / MB for k, v in method_state(self.method, self.model, self.optimizer).items()}
-
     def overflowed(self) -> bool:
         """Whether loss scaling overflowed this step (a non-finite unscaled gradient); always False
         without it (fp32, bf16), at no cost. One host sync per step under fp16."""
@@ -589,14 +408,8 @@ class Trainer:
         self.method.on_epoch_start(self.ctx)
         parts = self.method.epoch_samples(self.ctx) if isinstance(self.method, Resampling) else None
         self.model.train()  # the method may have evaluated the model to choose the samples
-        if parts is None:
-            batches = (
-                (b, None) for b in _batches(self.loader("train", shuffle=True, epoch=epoch), self.device)
-            )
-        else:
-            batches = self.planned_batches(parts, epoch)
         total, n = 0.0, 0
-        for i, (batch, tags) in enumerate(batches):
+        for i, (batch, tags) in enumerate(self.epoch_batches(parts, epoch)):
             # Counted on from the previous epoch: a re-sampled epoch may have more batches than steps_per_epoch.
             self.ctx.step_in_epoch, self.ctx.step = i, self.next_step
             self.next_step += 1
@@ -609,90 +422,6 @@ class Trainer:
             raise ValueError(f"method {self.spec.method!r} chose no training samples for epoch {epoch}")
         self.method.on_epoch_end(self.ctx)
         return total / n
-
-    def planned_batches(self, parts, epoch: int):
-        """Batches of a method's re-sampled epoch (``Resampling.epoch_samples``): each part shuffled by
-        (seed, epoch, part), or kept in order (``Resampling.ordered_samples``), and batched on its own
-        (``Resampling.drop_last``: without its last incomplete batch), with the tags of its samples."""
-        for k, part in enumerate(parts):
-            if not part:
-                continue
-            g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch * 1_009 + k + 1)
-            order = (
-                list(range(len(part)))
-                if self.method.ordered_samples
-                else torch.randperm(len(part), generator=g).tolist()
-            )
-            chunks = [order[j : j + self.spec.batch_size] for j in range(0, len(order), self.spec.batch_size)]
-            if self.method.drop_last and len(chunks) > 1 and len(chunks[-1]) < self.spec.batch_size:
-                chunks.pop()
-            subset = torch.utils.data.Subset(self.datasets["train"], [i for i, _ in part])
-            loader = DataLoader(
-                subset, batch_sampler=chunks, collate_fn=collate,
-                pin_memory=self.device.type == "cuda", num_workers=self.workers,
-            )  # fmt: skip
-            for batch, chunk in zip(_batches(loader, self.device), chunks, strict=True):
-                yield batch, torch.tensor([part[j][1] for j in chunk], device=self.device)
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, Any]:
-        self.model.eval()
-        self.ctx.training = False
-        preds, targets, ids, loss_sum = [], [], [], 0.0
-        probe_preds: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
-        for batch in _batches(self.loader(split, shuffle=False), self.device):
-            with self.autocast():
-                out = self.method.forward(self.model, batch, self.ctx)
-            loss_sum += self.task_loss(out.pred, batch.target).item() * len(batch)
-            preds.append(self.adapter.compact_prediction(out.pred.float()).cpu())  # AMP: metrics read fp32
-            targets.append(batch.target.cpu())
-            ids += batch.ids
-            if self.probes is not None:
-                with self.autocast():
-                    for m, f in out.features.items():
-                        probe_pred = self.probes.predict(m, f, batch.target.shape).float()
-                        probe_preds[m].append(self.adapter.compact_prediction(probe_pred).cpu())
-        self.ctx.training = True
-        pred, target = torch.cat(preds), torch.cat(targets)
-        result: dict[str, Any] = {"loss": loss_sum / len(ids), **self.adapter.evaluate(pred, target, ids)}
-        if self.probes is not None:
-            result["probe"] = {  # the primary metric alone: the same number as evaluate(...)[key]
-                m: self.adapter.primary_value(torch.cat(p), target, ids) for m, p in probe_preds.items()
-            }
-        return result
-
-    # --- records ------------------------------------------------------------------------------------
-    def best_epoch(self) -> dict[str, Any]:
-        key, higher = self.task.primary_metric, self.task.higher_is_better
-        sign = 1 if higher else -1
-        # Earliest epoch wins ties, so the choice is stable. Staged methods exclude their preparation epochs.
-        candidates = [r for r in self.history if self.method.selectable(r["epoch"])] or self.history
-        return max(candidates, key=lambda r: (sign * r["valid"][key], -r["epoch"]))
-
-    def write_records(self) -> None:
-        atomic_write_text(self.rd.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
-        atomic_write_text(self.rd.file("curves.csv"), rows_to_csv(self.curves))
-
-    def final_record(self) -> dict[str, Any]:
-        best = self.best_epoch()
-        key, higher = self.task.primary_metric, self.task.higher_is_better
-        pick = max if higher else min
-        return {
-            "protocol": f"test metrics at the best validation epoch (by valid {key})",
-            "best_epoch": best["epoch"],
-            "selection_metric": key,
-            **({"test": best["test"]} if "test" in best else {}),
-            "valid": best["valid"],
-            # The CGGM code's protocol: best validation score over epochs, no test split.
-            "best_valid_over_epochs": {
-                k: pick(r["valid"][k] for r in self.history)
-                for k in best["valid"]
-                if k not in ("probe", "loss")
-            },
-            "task": self.task.kind,
-            "modalities": self.modalities,
-            "epochs": len(self.history),
-        }
 
     def run(self) -> dict[str, Any]:
         """Train from ``start_epoch`` (set by ``try_resume``) to the last epoch; the final record."""
@@ -707,7 +436,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 train_loss = self.train_epoch(epoch, bar)
                 t1 = time.perf_counter()
-                peak = self.train_peak_mb()
+                peak = train_peak_mb(self.device)
                 valid = self.evaluate("valid")
                 t2 = time.perf_counter()
                 test = self.evaluate("test") if self.spec.evaluate_test else None  # tuning: never read
@@ -724,16 +453,16 @@ class Trainer:
                     **({"test_seconds": t3 - t2} if test is not None else {}),
                     **({"train_peak_mb": peak} if peak is not None else {}),
                 })  # fmt: skip
-                if self.best_epoch()["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
+                best = best_epoch(self.history, self.task, self.method.selectable)
+                if best["epoch"] == epoch:  # before the checkpoint: a resumed run finds it
                     self.save_selected(epoch)
                 self.save_checkpoint(epoch)
-                self.write_records()
+                write_epoch_records(self.rd, self.history, self.curves)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, valid)
-                bar.set_postfix(
-                    {f"valid {self.task.primary_metric}": f"{valid[self.task.primary_metric]:.3f}"}
-                )
-        return self.final_record()
+                key = self.task.primary_metric
+                bar.set_postfix({f"valid {key}": f"{valid[key]:.3f}"})
+        return final_record(self.history, self.task, self.modalities, self.method.selectable)
 
 
 def prepare(spec: RunSpec, results: Path | str = "results", data_root: Path | None = None):
@@ -873,7 +602,8 @@ def _train_locked(trainer: Trainer, fingerprint: str, amp: bool, workers: int) -
         raise
     final = {"run_id": rd.run_id, "spec": spec.canonical(), **final}
     # The method's own tensors, before modality_eval loads the selected epoch's state.
-    atomic_write_json(rd.file("env.json"), {**rd.env(), "method_memory_mb": trainer.method_memory_mb()})
+    held = method_memory_mb(trainer.method, trainer.model, trainer.optimizer)
+    atomic_write_json(rd.file("env.json"), {**rd.env(), "method_memory_mb": held})
     if spec.evaluate_test:  # modality evaluation scores the test split; tuning trials never read it
         t0 = time.process_time()
         try:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mmbalance import runner
+from mmbalance.batching import to_device
 from mmbalance.data import Batch
 from mmbalance.records import RunDir
 from mmbalance.spec import validate_spec
@@ -138,7 +139,7 @@ def side_by_side(
     start = [p.detach().clone() for p in ours]
     worst = 0.0
     if batches is None:
-        batches = ((b, None) for b in runner._batches(tr.loader("train", shuffle=True), tr.device))
+        batches = ((b, None) for b in to_device(tr.loader("train", shuffle=True), tr.device))
     tr.model.train()
     twin.train()
     tr.method.on_epoch_start(tr.ctx)

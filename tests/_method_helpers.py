@@ -11,6 +11,7 @@ import torch
 from conftest import small_spec
 
 from mmbalance import runner
+from mmbalance.batching import to_device
 from mmbalance.records import RunDir
 
 TINY = {"n_train": 128, "n_valid": 32, "n_test": 32}
@@ -28,7 +29,7 @@ def trainer(tmp_path: Path, method: str, task: str = "classification", **params)
 
 
 def first_batch(tr: runner.Trainer):
-    return next(iter(runner._batches(tr.loader("train", shuffle=True), tr.device)))
+    return next(iter(to_device(tr.loader("train", shuffle=True), tr.device)))
 
 
 def grads_after(tr: runner.Trainer, batch, hook: bool = True) -> dict[str, torch.Tensor]:

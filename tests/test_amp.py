@@ -16,6 +16,7 @@ from conftest import small_spec
 
 from mmbalance import runner
 from mmbalance.amp_check import COEFFICIENT_KEY, compare, held_back, trajectory
+from mmbalance.batching import to_device
 from mmbalance.records import RunDir
 
 STEPS = 10
@@ -42,7 +43,7 @@ def fp32_and_amp(tmp_path, method: str):
     trainers = {amp: build(tmp_path, method, amp) for amp in (False, True)}
     for a, b in zip(trainers[False].model.parameters(), trainers[True].model.parameters(), strict=True):
         assert torch.equal(a, b)  # the same initial weights, or the comparison means nothing
-    batches = list(runner._batches(trainers[False].loader("train", shuffle=True), torch.device("cpu")))
+    batches = list(to_device(trainers[False].loader("train", shuffle=True), torch.device("cpu")))
     batches = (batches * 3)[:STEPS]
     return compare(method, trajectory(trainers[False], batches), trajectory(trainers[True], batches), MARGIN)
 

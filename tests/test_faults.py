@@ -244,16 +244,16 @@ def test_unwritable_results_folder_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_full_disk_is_one_line_and_the_run_is_recorded_failed(tmp_path, capsys, monkeypatch):
-    from mmbalance import runner
+    from mmbalance import checkpoint  # writes checkpoint.pt
 
-    write = runner.atomic_write_bytes
+    write = checkpoint.atomic_write_bytes
 
     def full(path, data):
         if path.name == "checkpoint.pt":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         write(path, data)
 
-    monkeypatch.setattr(runner, "atomic_write_bytes", full)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
     results = tmp_path / "results"
     assert main(["run", "--results", str(results), "--quiet", *[a for s in SETS for a in ("--set", s)]]) == 2
     assert "checkpoint.pt: No space left on device" in one_error_line(capsys)
