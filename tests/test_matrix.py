@@ -6,6 +6,7 @@ synthetic data in the fast suite.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 
@@ -97,10 +98,21 @@ def test_every_dataset_is_covered():
     assert {c[0]["dataset"] for c in CONFIGS.values()} == set(DATASETS.names())
 
 
+@pytest.fixture
+def registered(request):
+    """The contributors' template (methods/_template.py, unlisted) is registered for its own cases."""
+    if request.node.callspec.params["method"] != "template":
+        yield
+        return
+    METHODS.register(importlib.import_module("mmbalance.methods._template").Template)
+    yield
+    METHODS._entries.pop("template")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", [*METHODS.names(), "template"])
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_method_trains_one_epoch_or_refuses_clearly(config, method, data_root, tmp_path):
+def test_method_trains_one_epoch_or_refuses_clearly(config, method, data_root, tmp_path, registered):
     fields, _ = CONFIGS[config]
     # DI-MML's two stages need two epochs (it refuses a run with no stage-2 epoch, tested in its own file)
     short = {"epochs": 2, "method_params": SHORT_RUN_PARAMS[method]} if method in SHORT_RUN_PARAMS else {}
