@@ -67,7 +67,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -87,9 +86,6 @@ from mmbalance.modality_scores import (
     shapley_values,
 )
 from mmbalance.models.base import MultimodalModel
-
-if TYPE_CHECKING:
-    from mmbalance.runner import Trainer
 
 __all__ = [
     "DEFINITION",
@@ -360,22 +356,3 @@ def same_record(a: Mapping, b: Mapping, rel: float = 1e-6) -> bool:
     if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
         return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
     return a == b
-
-
-def measure_selected(tr: Trainer, epoch: int) -> dict[str, Any]:
-    """``modality_eval`` of a run's selected epoch: its ``best.pt`` loaded into the trainer, scored on the
-    test split (absent modalities replaced by train-split means)."""
-    from mmbalance import checkpoint  # imports the runner's records; evaluation only
-
-    checkpoint.load_selected(tr, epoch)
-    tr.model.eval()
-    tr.ctx.training = False
-
-    def forward(batch: Batch) -> Tensor:
-        with tr.autocast():
-            return tr.method.forward(tr.model, batch, tr.ctx).pred
-
-    return measure(
-        tr.model, forward, tr.task, tr.adapter.primary_value, tr.adapter.compact_prediction,
-        tr.iterate("train"), tr.iterate("test"), seed=tr.spec.seed,
-    )  # fmt: skip

@@ -38,14 +38,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import mmbalance
-from mmbalance import checkpoint, evaluation, metrics
+from mmbalance import metrics
 from mmbalance.batching import Batching
+from mmbalance.checkpoint import Checkpoints
 from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter
+from mmbalance.epoch_records import best_epoch, final_record, write_epoch_records
+from mmbalance.evaluation import Evaluation
 from mmbalance.locks import RunLock
 from mmbalance.memory import method_memory_mb, train_peak_mb
 from mmbalance.method import Method, MethodNotApplicable, Resampling, RunContext, Turns
-from mmbalance.modality_eval import measure_selected
 from mmbalance.probes import Probes
 from mmbalance.records import (
     RECORD_ONLY,
@@ -53,9 +55,6 @@ from mmbalance.records import (
     RunDir,
     atomic_write_json,
     atomic_write_text,
-    best_epoch,
-    final_record,
-    write_epoch_records,
 )
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.spec import RunSpec, SpecError
@@ -268,14 +267,10 @@ def make_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer, steps_per_ep
 
 
 # --- the loop -------------------------------------------------------------------------------------
-class Trainer(Batching):
-    """One run: everything ``train`` needs, held together so the loop reads top to bottom. Its
-    batches come from ``batching.py``, its checkpoints from ``checkpoint.py``, its records from
-    ``records.py`` and the modality evaluation from ``modality_eval.py``."""
-
-    # Module functions, as attributes: the loop calls them through the trainer (tests stop a run after one).
-    save_checkpoint, save_selected, try_resume = checkpoint.save, checkpoint.save_selected, checkpoint.resume
-    modality_eval, evaluate = measure_selected, evaluation.evaluate
+class Trainer(Batching, Checkpoints, Evaluation):
+    """One run: everything ``train`` needs, held together so the loop reads top to bottom. Its batches,
+    checkpoints and evaluation are its parts in ``batching.py``, ``checkpoint.py`` and ``evaluation.py``;
+    its records are written by ``epoch_records.py``."""
 
     def __init__(
         self,
