@@ -439,7 +439,8 @@ def _seeds_option(values: list[str] | None) -> list[int] | str | None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from mmbalance.leaderboard import EntryError, LeaderboardError, build, check
+    from mmbalance.leaderboard import EntryError, LeaderboardError, check
+    from mmbalance.leaderboard_page import build
 
     try:
         if args.action in ("check", "verify"):

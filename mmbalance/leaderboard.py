@@ -15,7 +15,7 @@ records, never typed by hand, and ``check`` refuses anything that the records co
 - mean and std are recomputed from the per-seed values. **std is the sample std (ddof=1)**;
 - >= 3 distinct seeds; no duplicate of another entry (same spec and seeds, or a shared run).
 
-``build`` renders the page (``leaderboard_page.py``: one table per dataset configuration) only when
+``leaderboard_page.build`` renders the page (one table per dataset configuration) only when
 every entry passes; otherwise it raises with the list of all bad entries.
 This module reads run records through ``records.py`` only: it imports no runner, method or adapter.
 """
@@ -28,7 +28,6 @@ import math
 import re
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,7 +58,7 @@ __all__ = [
     "KnownSplit",
     "submit",
     "check",
-    "build",
+    "load_entries",
     "validate_entry",
     "load_fingerprints",
     "params_hash",
@@ -558,7 +557,9 @@ def duplicate_problems(entry: Entry, others: dict[str, Entry]) -> list[str]:
     return bad
 
 
-def _load_dir(entries: Path, known: dict[tuple[str, str], KnownSplit]) -> tuple[dict[str, Entry], list[str]]:
+def load_entries(
+    entries: Path, known: dict[tuple[str, str], KnownSplit]
+) -> tuple[dict[str, Entry], list[str]]:
     """Every entry under ``entries`` that validates on its own, and the errors of the others."""
     good: dict[str, Entry] = {}
     errors: list[str] = []
@@ -589,7 +590,7 @@ def check(
     known = load_fingerprints(fingerprints)
     entry = validate_entry(read_entry(path), known, str(path))
     if results is not None:
-        others, _ = _load_dir(Path(results) / ENTRIES, known)
+        others, _ = load_entries(Path(results) / ENTRIES, known)
         others = {
             n: e for n, e in others.items() if (Path(results) / ENTRIES / n).resolve() != path.resolve()
         }
@@ -735,31 +736,3 @@ def submit(run_dirs: Sequence[Path | str], name: str, out: Path | str, url: str 
         raise EntryError(str(out), [f"<file>: {len(text.encode())} bytes exceeds the size limit"])
     atomic_write_text(Path(out), text)
     return entry
-
-
-# --- build ---------------------------------------------------------------------------------------------
-@dataclass
-class Built:
-    entries: dict[str, Entry]
-    markdown: Path
-    html: Path
-
-
-def build(results: Path | str = "results", fingerprints: Path | str | None = None) -> Built:
-    """Validate every entry under ``results/leaderboard/entries`` and render README.md and index.html.
-
-    Raises ``LeaderboardError`` listing every bad entry; nothing is written then.
-    """
-    from mmbalance.leaderboard_page import render_html, render_markdown
-
-    root = Path(results) / "leaderboard"
-    known = load_fingerprints(fingerprints)
-    good, errors = _load_dir(root / "entries", known)
-    if errors:
-        raise LeaderboardError(f"{len(errors)} bad leaderboard entr{'y' if len(errors) == 1 else 'ies'}:\n"
-                               + "\n".join(errors))  # fmt: skip
-    md, html = root / "README.md", root / "index.html"
-    by_fingerprint = {k.page_key: k for k in known.values()}
-    atomic_write_text(md, render_markdown(good, by_fingerprint))
-    atomic_write_text(html, render_html(good, by_fingerprint))
-    return Built(good, md, html)

@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -33,12 +34,25 @@ from mmbalance.leaderboard import (
     METRICS,
     Entry,
     KnownSplit,
+    LeaderboardError,
+    load_entries,
+    load_fingerprints,
     page_key,
     summarize,
 )
 from mmbalance.metric_catalogue import metric_facts
+from mmbalance.records import atomic_write_text
 
-__all__ = ["render_markdown", "render_html", "tracks", "Track", "method_links", "SORT_SCRIPT"]
+__all__ = [
+    "render_markdown",
+    "render_html",
+    "tracks",
+    "Track",
+    "method_links",
+    "SORT_SCRIPT",
+    "build",
+    "Built",
+]
 
 # sortOrder is pure (unit-tested with node); the DOM part only runs in a browser.
 SORT_SCRIPT = """\
@@ -431,3 +445,29 @@ def render_html(entries: Mapping[str, Entry], known: Mapping[str, KnownSplit] | 
         "<title>mmbalance leaderboard</title>", f"<style>\n{STYLE}</style>", "</head>", "<body>", *body,
         f"<script>{SORT_SCRIPT}</script>", "</body>", "</html>", "",  # the CSP hash covers exactly this text
     ])  # fmt: skip
+
+
+# --- build: validate every entry, render the two pages ---------------------------------------------------
+@dataclass
+class Built:
+    entries: dict[str, Entry]
+    markdown: Path
+    html: Path
+
+
+def build(results: Path | str = "results", fingerprints: Path | str | None = None) -> Built:
+    """Validate every entry under ``results/leaderboard/entries`` and render README.md and index.html.
+
+    Raises ``LeaderboardError`` listing every bad entry; nothing is written then.
+    """
+    root = Path(results) / "leaderboard"
+    known = load_fingerprints(fingerprints)
+    good, errors = load_entries(root / "entries", known)
+    if errors:
+        raise LeaderboardError(f"{len(errors)} bad leaderboard entr{'y' if len(errors) == 1 else 'ies'}:\n"
+                               + "\n".join(errors))  # fmt: skip
+    md, page = root / "README.md", root / "index.html"
+    by_fingerprint = {k.page_key: k for k in known.values()}
+    atomic_write_text(md, render_markdown(good, by_fingerprint))
+    atomic_write_text(page, render_html(good, by_fingerprint))
+    return Built(good, md, page)

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from mmbalance import leaderboard as lb
+from mmbalance.leaderboard_page import build
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]  # fmt: skip
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         results, fingerprints = (args.results, args.fingerprints) if args.results else demo_board(tmp)
-        built = lb.build(results, fingerprints=fingerprints)
+        built = build(results, fingerprints=fingerprints)
         url = built.html.resolve().as_uri()
         shot = args.out / "leaderboard.png"
         sorted_shot = args.out / "leaderboard-sorted.png"

@@ -15,7 +15,7 @@ import yaml
 from conftest import small_spec
 
 from mmbalance import leaderboard as lb
-from mmbalance.leaderboard_page import SORT_SCRIPT, render_html, render_markdown, tracks
+from mmbalance.leaderboard_page import SORT_SCRIPT, build, render_html, render_markdown, tracks
 from mmbalance.records import RunDir
 from mmbalance.runner import data_fingerprint, make_adapter, train
 
@@ -87,7 +87,7 @@ def test_entry_from_runs_validates_and_appears_on_the_page(runs, tmp_path):
     assert entry.summary["accuracy"].std == pytest.approx(statistics.stdev(finals))  # ddof=1
     assert lb.check(out, results=results, fingerprints=runs["fingerprints"]).spec_hash == entry.spec_hash
 
-    built = lb.build(results, fingerprints=runs["fingerprints"])
+    built = build(results, fingerprints=runs["fingerprints"])
     html, md = built.html.read_text(), built.markdown.read_text()
     cell = f"{entry.summary['accuracy'].mean:.2f} ± {entry.summary['accuracy'].std:.2f}"
     for page in (html, md):
@@ -313,7 +313,7 @@ def test_duplicates_are_refused_and_build_lists_every_bad_entry(entry, runs, tmp
     (entries / "c.json").write_text(json.dumps(other))
     (entries / "d.json").write_text("[]")
     with pytest.raises(lb.LeaderboardError) as err:
-        lb.build(tmp_path / "results", fingerprints=runs["fingerprints"])
+        build(tmp_path / "results", fingerprints=runs["fingerprints"])
     msg = str(err.value)
     assert msg.startswith("3 bad leaderboard entries")
     assert "b.json: rejected:\n  <entry>: duplicate of a.json" in msg and "c.json" in msg and "d.json" in msg
