@@ -58,10 +58,11 @@ class Ours:
     """Our side: ``train_batch`` with the gradients captured right before ``optimizer.step``."""
 
     tr: runner.Trainer
+    extra: Sequence[nn.Module] = ()  # the method's own trained modules (unimodal heads), after the model's
     grads: list[Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        params = list(self.tr.model.parameters())
+        params = list(self.tr.model.parameters()) + [p for m in self.extra for p in m.parameters()]
         self.tr.optimizer.register_step_pre_hook(lambda *_: setattr(self, "grads", snapshot(params)))
 
     def step(self, epoch: int, i: int, batch: Batch) -> None:
@@ -100,6 +101,51 @@ class MaxDiff:
             f"max |diff| coefficients {self.coefficients:.3g}, gradients {self.gradients:.3g}, "
             f"parameters {self.parameters:.3g} over {self.steps} steps"
         )
+
+
+# The two-modality setting of the audio-visual official codes (SGD with momentum 0.9, weight decay 1e-4).
+TWO_MODALITIES = {
+    "dataset_params": {"modalities": 2, "n_train": 128, "n_valid": 32, "n_test": 32},
+    "model_params": {"hidden": 16, "feature_dim": 8},
+    "batch_size": 32,
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1.0e-4},
+}
+
+
+def lockstep(
+    tr: runner.Trainer,
+    ref,
+    epochs: int,
+    coefficients: Callable[[], object] = lambda: [],
+    same_rng: bool = False,
+    extra: Sequence[nn.Module] = (),
+    name: str = "",
+) -> MaxDiff:
+    """Our steps and ``ref``'s on the same float64 batches for ``epochs`` epochs; the max |Δ|s, printed.
+
+    ``ref.step(batch, epoch, i)`` runs the official iteration on its copy and sets ``ref.coeff``
+    (compared with ``coefficients()`` of ours), ``ref.grads`` (right before its optimiser step) and
+    ``ref.model``; ``ref.end_epoch(epoch)``, if it has one, runs after each epoch's last step, as
+    ``method.on_epoch_end`` does on ours. ``same_rng``: both steps start from one random state (methods
+    that sample). ``extra``: the method's own trained modules, compared with ``ref.extra`` (their
+    gradients follow the model's in ``ref.grads``).
+    """
+    ours, diff = Ours(tr, extra), MaxDiff()
+    both = nn.ModuleList([tr.model, *extra]), nn.ModuleList([ref.model, *getattr(ref, "extra", ())])
+    for epoch, i, batch in training_batches(tr, epochs):
+        if same_rng:
+            torch.manual_seed(1000 + diff.steps)
+        ours.step(epoch, i, batch)
+        if same_rng:
+            torch.manual_seed(1000 + diff.steps)
+        ref.step(batch, epoch, i)
+        diff.add(coefficients(), ref.coeff, ours.grads, ref.grads, *both)
+        if i == tr.steps_per_epoch - 1:
+            ours.end_epoch()
+            if hasattr(ref, "end_epoch"):
+                ref.end_epoch(epoch)
+    print(f"{name or tr.spec.method}: {diff}")
+    return diff
 
 
 def _max_abs(a, b) -> float:
