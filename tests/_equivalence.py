@@ -28,6 +28,13 @@ def make_trainer(tmp_path: Path, data_root: Path | None = None, **spec) -> runne
     spec = validate_spec({"dataset": "synthetic", "epochs": 3, "probe_every": 0, **spec})
     adapter = runner.make_adapter(spec, data_root)
     tr = runner.Trainer(spec, adapter, RunDir.of(tmp_path, "t"), torch.device("cpu"), progress=False)
+    return to_float64(tr)
+
+
+def to_float64(tr: runner.Trainer) -> runner.Trainer:
+    """The trainer's model, the method's own modules and the methods' passes in float64, in place
+    (the probes, which fit float32 heads, off)."""
+    tr.probes = None
     tr.model.double()  # keeps the Parameter objects, so the optimiser still holds them
     for module in vars(tr.method).values():  # the method's own modules (CGGM's classifiers)
         if isinstance(module, nn.Module):
@@ -159,6 +166,56 @@ def twin(module: nn.Module) -> nn.Module:
 
 
 # --- side by side (the 2024-2025 methods): the runner's steps next to an official step on a copy ---
+def side_by_side_float64(
+    tr: runner.Trainer,
+    official_step: Callable[..., object],
+    steps: int = 4,
+    extra: Sequence[nn.Module] = (),
+    same_rng: bool = False,
+    batches=None,
+    coefficients: Callable[[], object] = lambda: [],
+) -> MaxDiff:
+    """``side_by_side`` in float64, with the max |Δ| of coefficients, gradients and parameters.
+
+    The trainer is made float64 (``to_float64``), and so are the batches. ``official_step`` (as for
+    ``side_by_side``) may return its coefficients, compared with ``coefficients()`` of ours after our
+    step; the gradients are compared right before each side's optimiser step, the parameters (model
+    and ``extra``) after it, on every step.
+    """
+    to_float64(tr)
+    twin_model, twin_extra = copy.deepcopy(tr.model), [copy.deepcopy(m) for m in extra]
+    params = list(twin_model.parameters()) + [p for m in twin_extra for p in m.parameters()]
+    opt = runner.make_optimizer(tr.spec, [{"params": params}])
+    ours, diff = Ours(tr, extra), MaxDiff()
+    both = nn.ModuleList([tr.model, *extra]), nn.ModuleList([twin_model, *twin_extra])
+    start = [p.detach().clone() for p in both[0].parameters()]
+    if batches is None:
+        batches = ((b, None) for b in runner._batches(tr.loader("train", shuffle=True), tr.device))
+    tr.model.train()
+    twin_model.train()
+    tr.method.on_epoch_start(tr.ctx)
+    for i, (batch, tags) in zip(range(steps), batches, strict=False):
+        batch = double(batch)
+        tr.ctx.step = tr.ctx.step_in_epoch = i
+        tr.ctx.tags = tags
+        rng = torch.get_rng_state()
+        tr.train_batch(batch)
+        coeff_ours = coefficients()
+        opt.zero_grad(set_to_none=True)
+        after = torch.get_rng_state()
+        if same_rng:
+            torch.set_rng_state(rng)
+        coeff_ref = official_step(twin_model, twin_extra, batch, tr.ctx)
+        torch.set_rng_state(after)
+        grads_ref = snapshot(params)
+        opt.step()
+        diff.add(coeff_ours, [] if coeff_ref is None else coeff_ref, ours.grads, grads_ref, *both)
+    print(f"{tr.spec.method}: {diff}")
+    assert diff.parameters == diff.parameters, "NaN parameters"
+    assert any(not torch.equal(a, b) for a, b in zip(both[0].parameters(), start, strict=True)), "nothing trained"
+    return diff
+
+
 def side_by_side(
     tr: runner.Trainer,
     official_step: Callable[..., None],
