@@ -149,7 +149,7 @@ class AMSS(Method):
 
     @torch.no_grad()
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
-        feats = [out.features[m].detach().float() for m in ctx.modalities]
+        feats = [out.features[m].detach().to(model.head.weight.dtype) for m in ctx.modalities]  # AMP: fp32
         shares = model.unimodal_logits(dict(zip(ctx.modalities, feats, strict=True)))
         self.coeff = amss_coefficients(list(shares.values()), feats, batch.target, self.p.temperature)
         for m, keep in zip(ctx.modalities, self.coeff, strict=True):
