@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from _equivalence import side_by_side, two_modality_trainer
+from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
 
 from mmbalance.method import MethodNotApplicable
@@ -69,6 +69,7 @@ def official_amss_step(model, _extra, batch, _ctx, isbias=0):
             else:
                 mask_a[max_p_indices] = 1
             parms.grad *= mask_a.unsqueeze(dim=1).expand_as(parms.grad)
+    return [coeff_a, coeff_v]
 
 
 def test_coefficients_hand_computed():
@@ -135,9 +136,11 @@ def test_equivalent_to_the_official_step(tmp_path, isbias):
     tr = two_modality_trainer(tmp_path, "amss", plus=bool(isbias))
 
     def step(model, extra, batch, ctx):
-        official_amss_step(model, extra, batch, ctx, isbias=isbias)
+        return official_amss_step(model, extra, batch, ctx, isbias=isbias)
 
-    assert side_by_side(tr, step, steps=4, same_rng=True) < 1e-6
+    diff = side_by_side_float64(tr, step, steps=4, same_rng=True, coefficients=lambda: tr.method.coeff)
+    assert diff.steps == 4
+    assert diff.coefficients < 1e-12 and diff.gradients < 1e-12 and diff.parameters < 1e-12
 
 
 def test_segmentation_conv_kernels_and_refusals(tmp_path):
