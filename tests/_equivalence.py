@@ -212,7 +212,9 @@ def side_by_side_float64(
         diff.add(coeff_ours, [] if coeff_ref is None else coeff_ref, ours.grads, grads_ref, *both)
     print(f"{tr.spec.method}: {diff}")
     assert diff.parameters == diff.parameters, "NaN parameters"
-    assert any(not torch.equal(a, b) for a, b in zip(both[0].parameters(), start, strict=True)), "nothing trained"
+    assert any(not torch.equal(a, b) for a, b in zip(both[0].parameters(), start, strict=True)), (
+        "nothing trained"
+    )
     return diff
 
 

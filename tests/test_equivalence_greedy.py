@@ -26,7 +26,12 @@ SPEC = {
     **TWO_MODALITIES,
     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
     "method": "greedy",
-    "method_params": {"ratio": 4.0, "epsilon": EPSILON, "window": WINDOW, "starting_epoch": STARTING_EPOCH - 1},
+    "method_params": {
+        "ratio": 4.0,
+        "epsilon": EPSILON,
+        "window": WINDOW,
+        "starting_epoch": STARTING_EPOCH - 1,
+    },
 }
 
 
@@ -71,7 +76,9 @@ class Released:
         self.mmtm = MMTMMitigate(mmtm, modalities)
         params = [*model.parameters(), *mmtm.parameters(), *heads.parameters()]
         self.optimizer = torch.optim.SGD(params, lr=0.1, momentum=0, weight_decay=0.0)  # train.py:47-50
-        self.M_bypass_modal_0 = self.M_bypass_modal_1 = self.M_main_modal_0 = self.M_main_modal_1 = 0  # :190-197
+        self.M_bypass_modal_0 = self.M_bypass_modal_1 = self.M_main_modal_0 = self.M_main_modal_1 = (
+            0  # :190-197
+        )
         self.curation_mode, self.caring_modality, self.unlock = False, None, False
         self.coeff = self.grads = None
 
@@ -80,7 +87,9 @@ class Released:
         excitation layer and the shared squeeze; main = the modality's branch (encoder and classifier)."""
         squeeze = list(self.extra[0].squeeze.parameters())
         bypass = [list(self.extra[0].excite[m].parameters()) + squeeze for m in self.mods]
-        main = [list(self.model.encoders[m].parameters()) + list(self.extra[1][m].parameters()) for m in self.mods]
+        main = [
+            list(self.model.encoders[m].parameters()) + list(self.extra[1][m].parameters()) for m in self.mods
+        ]
         return bypass, main
 
     def compute_BDR(self):  # noqa: N802 (the released name), lines 199-233
@@ -146,7 +155,10 @@ def test_greedy_matches_the_released_mmtm_and_callback(tmp_path):
 
     def coefficients():
         curated.append(ref.curating)
-        return [*(method.m_bypass[m] for m in tr.ctx.modalities), *(method.m_main[m] for m in tr.ctx.modalities)]
+        return [
+            *(method.m_bypass[m] for m in tr.ctx.modalities),
+            *(method.m_main[m] for m in tr.ctx.modalities),
+        ]
 
     diff = lockstep(tr, ref, 4, coefficients, extra=[method.mmtm, method.heads])
     assert diff.steps == 16 and 3 <= sum(curated) < 16  # windows opened and closed

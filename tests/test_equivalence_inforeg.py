@@ -23,7 +23,6 @@ import torch
 from _equivalence import TWO_MODALITIES, lockstep, make_trainer, snapshot, training_batches, twin
 from torch import nn
 
-
 SPEC = {**TWO_MODALITIES, "method": "inforeg"}
 
 
@@ -81,7 +80,9 @@ class Released:
         audio_net = list(model.encoders[self.audio].parameters())
         visual_net = list(model.encoders[self.visual].parameters())
         with torch.no_grad():  # :237-243 (the code adds outside no_grad to leaf .grad: no graph either way)
-            for model_param, global_model_param in zip(model.parameters(), self.global_model.parameters()):
+            for model_param, global_model_param in zip(
+                model.parameters(), self.global_model.parameters(), strict=True
+            ):
                 if model_param.requires_grad and any(model_param is param for param in audio_net):
                     model_param.grad += beta * (model_param - global_model_param)
                 if model_param.requires_grad and any(model_param is param for param in visual_net):

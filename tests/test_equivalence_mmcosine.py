@@ -31,8 +31,12 @@ class Released:
         o = model(batch.inputs)  # :109
         a, v = o.features[self.audio], o.features[self.visual]
         d = a.shape[1]  # 512 in the released model
-        out_a = torch.mm(F.normalize(a, dim=1), F.normalize(torch.transpose(model.head.weight[:, :d], 0, 1), dim=0))
-        out_v = torch.mm(F.normalize(v, dim=1), F.normalize(torch.transpose(model.head.weight[:, d:], 0, 1), dim=0))
+        out_a = torch.mm(
+            F.normalize(a, dim=1), F.normalize(torch.transpose(model.head.weight[:, :d], 0, 1), dim=0)
+        )
+        out_v = torch.mm(
+            F.normalize(v, dim=1), F.normalize(torch.transpose(model.head.weight[:, d:], 0, 1), dim=0)
+        )
         out_a = out_a * SCALING  # :115-117
         out_v = out_v * SCALING
         out = out_a + out_v

@@ -59,7 +59,8 @@ class Released:
             boosting_loss = (
                 -(label * img_logits.log_softmax(1) * valid_mask)
                 - (WEIGHT1) * (txt_logits.detach().softmax(1) * img_logits.log_softmax(1) * valid_mask)
-                + (WEIGHT1) * (label * txt_logits.detach().softmax(1) * img_logits.log_softmax(1) * valid_mask)
+                + (WEIGHT1)
+                * (label * txt_logits.detach().softmax(1) * img_logits.log_softmax(1) * valid_mask)
             )
             loss += torch.mean(boosting_loss)
             terms[1] = torch.mean(boosting_loss).item()
@@ -69,7 +70,8 @@ class Released:
             boosting_loss = (
                 -(label * txt_logits.log_softmax(1) * valid_mask)
                 - (WEIGHT1) * (img_logits.detach().softmax(1) * txt_logits.log_softmax(1) * valid_mask)
-                + (WEIGHT1) * (label * img_logits.detach().softmax(1) * txt_logits.log_softmax(1) * valid_mask)
+                + (WEIGHT1)
+                * (label * img_logits.detach().softmax(1) * txt_logits.log_softmax(1) * valid_mask)
             )
             loss += torch.mean(boosting_loss)
             terms[0] = torch.mean(boosting_loss).item()

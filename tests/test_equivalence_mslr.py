@@ -16,7 +16,11 @@ from _equivalence import TWO_MODALITIES, lockstep, make_trainer, snapshot, twin
 from torch import nn
 
 LR, SCALES, HEAD_SCALE = 0.05, {"m0": 0.5, "m1": 2.0}, 1.5
-SPEC = {**TWO_MODALITIES, "method": "mslr", "method_params": {"lr_scale": SCALES, "head_lr_scale": HEAD_SCALE}}
+SPEC = {
+    **TWO_MODALITIES,
+    "method": "mslr",
+    "method_params": {"lr_scale": SCALES, "head_lr_scale": HEAD_SCALE},
+}
 
 
 class KeepStrategy:

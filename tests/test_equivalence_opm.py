@@ -65,7 +65,13 @@ def execute_drop(fead_list, q, dim_list, exe_drop):  # lines 31-56 (exe_drop: se
     d_sum = sum(dim_list)
     q_sum = sum(dim_list * q)
     theta = q_sum / d_sum
-    mask = torch.distributions.Bernoulli(1 - q).sample([B, 1]).permute(2, 1, 0).contiguous().reshape(num_mod, B, -1)
+    mask = (
+        torch.distributions.Bernoulli(1 - q)
+        .sample([B, 1])
+        .permute(2, 1, 0)
+        .contiguous()
+        .reshape(num_mod, B, -1)
+    )
     concat_list = torch.stack(fead_list, dim=0)
     concat_list = torch.mul(concat_list, mask)
     concat_list = custom_autograd.apply(concat_list, theta.detach())

@@ -68,7 +68,9 @@ class Released:
             return [*self.model.encoders[model_name].parameters(), *self.head.parameters()]
         # net_ensemble.parameters(), :59-73 (common_space: the models without their fc, the head, the rate)
         return [p for n in self.models_name for p in self.model.encoders[n].parameters()] + [
-            *self.head.parameters(), self.boost_rate]
+            *self.head.parameters(),
+            self.boost_rate,
+        ]
 
     def step(self, batch, epoch, i) -> None:
         stage, phase = epoch // 2, ("boost", "correct")[epoch % 2]
@@ -78,7 +80,9 @@ class Released:
                 self.models_name = [n for n in self.models_name if n != model_name] + [model_name]  # add
                 self.models = self.models_name
             lr = 0.05  # modality_lr = ensemble_lr here
-            self.optimizer = torch.optim.SGD(self.parameters(phase, model_name), lr=lr, momentum=0, weight_decay=5e-4)
+            self.optimizer = torch.optim.SGD(
+                self.parameters(phase, model_name), lr=lr, momentum=0, weight_decay=5e-4
+            )
         lbl = batch.target
         if phase == "boost":  # :304-356
             out_join = self.forward(batch, mask_model=model_name)
@@ -111,7 +115,9 @@ def test_reconboost_matches_the_released_stages(tmp_path):
     tr = make_trainer(tmp_path, epochs=4, **SPEC)
     method = tr.method
     method.beta.data = method.beta.data.double()  # a bare Parameter: make_trainer doubles modules only
-    ref = Released(twin(tr.model), twin(method.head), twin(method.beta), tr.ctx.modalities, tr.task.num_classes)
+    ref = Released(
+        twin(tr.model), twin(method.head), twin(method.beta), tr.ctx.modalities, tr.task.num_classes
+    )
     rates = []
 
     def coefficients():

@@ -49,7 +49,9 @@ def purity_score(y_true, y_pred):  # :63-95
     return accuracy_score(y_true, y_voted_labels)
 
 
-def reinit_score(n_classes, train_audio, train_visual, train_label, val_audio, val_visual, val_label):  # :99-135
+def reinit_score(
+    n_classes, train_audio, train_visual, train_label, val_audio, val_visual, val_label
+):  # :99-135
     all_feature = [train_audio, val_audio, train_visual, val_visual]
     stages = ["train_audio", "val_audio", "train_visual", "val_visual"]
     all_purity = []
@@ -68,7 +70,12 @@ def reinit_score(n_classes, train_audio, train_visual, train_label, val_audio, v
 
 class Released:
     def __init__(self, model, modalities, loader, n_classes):
-        self.model, (self.audio, self.visual), self.loader, self.n_classes = model, modalities, loader, n_classes
+        self.model, (self.audio, self.visual), self.loader, self.n_classes = (
+            model,
+            modalities,
+            loader,
+            n_classes,
+        )
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)  # :368
         self.checkpoint = copy.deepcopy(model.state_dict())  # :345-350
         self.flag_reinit = 0
@@ -93,7 +100,11 @@ class Released:
                 all_audio.append(a.data.cpu())
                 all_visual.append(v.data.cpu())
                 all_label.append(batch.target.data.cpu())
-        return torch.cat(all_audio), torch.cat(all_visual), torch.cat(all_label).numpy()  # np.array() of it, :113
+        return (
+            torch.cat(all_audio),
+            torch.cat(all_visual),
+            torch.cat(all_label).numpy(),
+        )  # np.array() of it, :113
 
     def end_epoch(self, epoch) -> None:  # :418-427
         if (epoch % REINIT_EPOCH == 0) & (epoch > 0):

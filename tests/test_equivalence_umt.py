@@ -37,7 +37,10 @@ class Staged(UniModalRuns):
             self.teachers = copy.deepcopy(self.model.encoders).eval()
             self.model.load_state_dict(self.initial)
             self.optimizer = torch.optim.SGD(
-                [*self.model.parameters(), *self.extra[0].parameters()], lr=0.05, momentum=0.9, weight_decay=1e-4
+                [*self.model.parameters(), *self.extra[0].parameters()],
+                lr=0.05,
+                momentum=0.9,
+                weight_decay=1e-4,
             )
         criterion, mse = nn.CrossEntropyLoss(), nn.MSELoss()  # :132-133
         self.optimizer.zero_grad(set_to_none=True)
