@@ -74,7 +74,7 @@ def execute_drop(fead_list, q, dim_list, exe_drop):  # lines 31-56 (exe_drop: se
     )
     concat_list = torch.stack(fead_list, dim=0)
     concat_list = torch.mul(concat_list, mask)
-    concat_list = custom_autograd.apply(concat_list, theta.detach())
+    concat_list = custom_autograd.apply(concat_list, theta)
     mask = torch.transpose(mask, 0, 1).squeeze(-1)
     update_flag = torch.sum(mask, dim=1) > 0
     cleaned_fea = torch.masked_select(concat_list, update_flag.unsqueeze(-1)).reshape(num_mod, -1, D)
