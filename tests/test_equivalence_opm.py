@@ -13,7 +13,10 @@ Random draws: the released code decides whether to drop with ``np.random.rand(1)
 (line 34); the transcription takes the decision our run drew (``torch.rand(()) < p_exe``) and draws
 one torch number in its place, so that both sides' Bernoulli masks (line 45, the same
 ``bernoulli`` over a (B, 1, M) expansion) come from the same generator state. The coefficients
-compared are the drop probabilities q.
+compared are the drop probabilities q. The released rescaling's backward returns theta as theta's own
+gradient (lines 9-21) and q keeps the scores' gradient, so a modulated step also sends
+``theta * dtheta/dfeatures`` into both encoders; ``opm.py`` does the same (without it: max |Δ| of
+gradients 2.3e-3 here).
 """
 
 from __future__ import annotations
