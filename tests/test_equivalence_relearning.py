@@ -10,7 +10,8 @@ the second limit is reached. Modality 0 is the code's audio, 1 its visual.
 
 Substitutions: the code reads the training features through the shuffled train loader (line 423),
 whose order k-means++ sees; the transcription reads both splits in order, as ours. ``KMeans(n_clusters,
-random_state=0)`` ran with scikit-learn's then default ``n_init=10``, passed explicitly here. The
+random_state=0)`` leaves ``n_init`` to scikit-learn's default (10 before 1.4, "auto" since); both sides
+pass 10, as ``relearning.py``. The
 coefficients compared are the re-initialisation weights.
 """
 
