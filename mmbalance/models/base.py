@@ -98,12 +98,15 @@ class MultimodalModel(nn.Module):
         d = self.encoders[modality].out_dim
         return TwoLayerClassifier(d, num_outputs, spatial=isinstance(self.out_layer, nn.Conv2d))
 
-    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def unimodal_logits(
+        self, features: Mapping[str, Tensor], biases: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Each modality's additive share of the fused logits (late concat fusion, linear head).
 
         With ``pred = W [f_1; ...; f_M] + b`` the share of modality m is ``W[:, slice_m] f_m + b / M``
         (OGM-GE's ``out_a = a @ W[:, :512]^T + b/2`` for M = 2). Works for a Linear head on (B, D)
-        features and a 1x1 Conv2d head on (B, D, h, w) features.
+        features and a 1x1 Conv2d head on (B, D, h, w) features. ``biases``: each modality's own bias
+        in place of ``b / M`` (LFM's one classifier per modality, each with its bias).
         """
         if not isinstance(self.fusion, ConcatFusion) or not isinstance(self.head, (nn.Linear, nn.Conv2d)):
             raise TypeError(
@@ -116,13 +119,9 @@ class MultimodalModel(nn.Module):
             d = f.shape[1]
             w = weight[:, start : start + d]
             start += d
-            if isinstance(self.head, nn.Linear):
-                share = f @ w.T
-                b = bias.view(1, -1) if bias is not None else None
-            else:
-                share = nn.functional.conv2d(f, w)
-                b = bias.view(1, -1, 1, 1) if bias is not None else None
-            shares[m] = share + b / len(features) if b is not None else share
+            share = f @ w.T if isinstance(self.head, nn.Linear) else nn.functional.conv2d(f, w)
+            b = biases[m] if biases is not None else bias / len(features) if bias is not None else None
+            shares[m] = share + b.view(1, -1, *[1] * (share.dim() - 2)) if b is not None else share
         return shares
 
 
