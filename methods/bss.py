@@ -38,7 +38,8 @@ Defaults: SGD lr 0.01 (StepLR 70, 0.1), 120 epochs, batch 32 (train-CL.py:24-30)
 Where this file generalises:
 
 - **M modalities**: sim_i is the mean cosine over modality pairs (the code's one pair for M = 2),
-  the unimodal term sums all M heads. ``h_m`` are ``UnimodalHeads`` (the code's ``linear_a``).
+  the unimodal term sums all M heads. ``h_m`` are ``UnimodalHeads``: the code's one ``nn.Linear``
+  (``linear_a``) with the audio-visual ResNet model's ``unimodal_head: linear``; two layers otherwise.
 - **Segmentation**: per-sample losses and similarities are means over pixels (not in the code).
   **Regression is refused**: the agreement compares class distributions.
 - **[not followed]** the code scores in train mode (146: "to compute gradients", none are used), so

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Output", "ConcatFusion", "MultimodalModel", "resize_logits"]
+__all__ = ["Output", "ConcatFusion", "MultimodalModel", "LinearClassifier", "resize_logits"]
 
 
 @dataclass
@@ -131,6 +131,17 @@ def resize_logits(logits: Tensor, size: torch.Size | tuple[int, int], align_corn
     if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(size):
         return nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     return logits
+
+
+class LinearClassifier(nn.Module):
+    """One linear layer (the released audio-visual codes' unimodal classifier), as ``out_layer``."""
+
+    def __init__(self, in_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.out_layer = nn.Linear(in_dim, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_layer(x)
 
 
 class TwoLayerClassifier(nn.Module):
