@@ -129,6 +129,8 @@ class DIMML(UnimodalHeadsMethod):
         "stage2_temperature": Float(
             0.5, 5.0, log=True, source="stage-2 argparse 1; README runs 1 (CREMA-D, UCF), 3 (AVE, ModelNet)"
         ),
+        # the stage-2 optimiser is the method's own, so the shared optim.lr dimension does not reach it
+        "stage2_lr": Float(1e-4, 1e-1, log=True, source="main_CFT_stage2.py:33 lr 1e-3 (no published grid)"),
     }
     tasks = frozenset({"classification"})
     reference = "Fan et al., ACM MM 2024 (DI-MML); fanyunfeng-bit/DI-MML main_CFT.py, main_CFT_stage2.py"
