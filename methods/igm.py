@@ -196,7 +196,8 @@ class IGM(UnimodalHeadsMethod):
         for (params, rho), gs in zip(parts, grads, strict=True):
             for p, g in zip(params, gs, strict=True):
                 if g is not None and (norm := torch.linalg.vector_norm(g)) > 0:
-                    p.data.add_(rho * g / norm)  # .data: the graph's saved weights see it, as the code's
+                    # a new tensor: the graph built so far keeps the unperturbed weights, as the code's
+                    p.data = p.data + rho * g / norm
         z_flat = resize_logits(self.heads.heads[m](out.features[m]), y.shape[-2:])
         loss_flat = ctx.task_loss(z_flat, y)
         self.flat_loss = loss_flat.item()
