@@ -34,6 +34,8 @@ Follows the code where it departs from the paper's description:
   (train_CREMAD.py:201) and never told about ``add_layer``'s new ``nn.Linear``; so each learner keeps its
   Xavier-normal initial weights and gradients flow through it into the encoder and into ``W``. Here
   they are frozen likewise (``requires_grad`` off), and kept in the method's state for exact resume.
+- ``e_m`` and ``W`` start from Xavier-normal weights and zero biases, as the code's ``weight_init``
+  (utils.py:81-84) gives every Linear layer; the encoders keep the model's own initialisation.
 - The new learner is added after the epoch's evaluation (train_CREMAD.py:214-228), so the epoch that
   decides it is still evaluated without it: we decide in ``on_epoch_end`` and add at the next epoch's start.
 

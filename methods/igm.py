@@ -12,8 +12,8 @@ classifier ``h_m``; a stage trains only those. Per step of modality m's stage (t
 
     x~ = lam x_m + (1 - lam) x_m[perm],  lam ~ Beta(1, 1)                  # mixup of m's input only
     L_ori  = lam CE(h_m(f_m(x~)), y) + (1 - lam) CE(h_m(f_m(x~)), y[perm])
-    theta  <- theta + rho g / ||g||,  g = grad L_ori, per tensor, over f_m and h_m   # SAM ascent
-    L_flat = CE(h_m(f_m(x~)), y)            # h_m at the perturbed weights, f_m(x~) from before
+    theta' = theta + rho g / ||g||,  g = grad L_ori, per tensor, over f_m and h_m     # SAM ascent
+    L_flat = CE(h_{m,theta'}(f_{m,theta}(x~)), y)     # the perturbed classifier on the features from before
     loss   = (1 - r) L_ori + r L_flat,  r = flat_ratio = 0.3
     backward; for every Linear layer W of f_m and h_m paired with a layer of the previous stage's
     modality p of the same shape:   grad W <- grad W  P_p(W)           # flat gradient modification
@@ -29,9 +29,12 @@ so the gradient is damped (by up to exp(-T)) along the input directions the othe
 relies on most. Prediction (``state == 'test'``): the mean of the classifiers' softmax outputs;
 here ``log`` of that mean, so the task loss on it is the mixture's negative log-likelihood.
 
-Follows the code, including where it departs from SAM as usually written: the perturbation is
-never undone (rho = 1e-10, so it barely moves the weights) and L_flat reuses the features computed
-before it. A fresh optimiser starts each stage (the code builds a new SGD): the optimiser's state is
+Follows the code, including where it departs from SAM as usually written: the weights are
+perturbed by assigning ``param.data`` a new tensor (train_CREMA.py:104, 115), so the graph built
+before (L_ori, and f_m(x~) inside L_flat) is differentiated at the unperturbed weights and only the
+classifier's second forward at the perturbed ones (an in-place ``add_`` would change both; the
+equivalence test sees the difference); the perturbation is never undone (rho = 1e-10, so it barely
+moves the weights) and the optimiser steps from the perturbed weights. A fresh optimiser starts each stage (the code builds a new SGD): the optimiser's state is
 cleared at each stage start. Not followed:
 
 - **No reload of the best model.** Each stage of the code starts from ``best_model.pth``, the best

@@ -71,7 +71,11 @@ def normalized_mutual_information(x, y, bins=30):  # :59-70
 
 def normalized_conditional_mutual_information(x, y, z, bins=30):  # :72-107
     joint_prob = compute_joint_prob_cmi(x, y, z, bins)
-    xz_prob, yz_prob, z_prob = joint_prob.sum(axis=(1,)), joint_prob.sum(axis=(0,)), joint_prob.sum(axis=(0, 1))
+    xz_prob, yz_prob, z_prob = (
+        joint_prob.sum(axis=(1,)),
+        joint_prob.sum(axis=(0,)),
+        joint_prob.sum(axis=(0, 1)),
+    )
     hx_given_z = conditional_entropy(xz_prob, z_prob)
     hy_given_z = conditional_entropy(yz_prob, z_prob)
     cmi = hx_given_z + hy_given_z - conditional_entropy(joint_prob, z_prob)
@@ -83,7 +87,11 @@ class Official:
     def __init__(self, model, neck_fc_out, head_fc_out, fc, modalities):
         self.model, self.neck_fc_out, self.fc_out, self.fc = model, neck_fc_out, head_fc_out, fc
         self.mods = modalities
-        params = list(model.parameters()) + [*neck_fc_out.parameters(), *head_fc_out.parameters(), *fc.parameters()]
+        params = list(model.parameters()) + [
+            *neck_fc_out.parameters(),
+            *head_fc_out.parameters(),
+            *fc.parameters(),
+        ]
         self.optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
         self.coeff = self.grads = None
 

@@ -88,7 +88,9 @@ class Official:
             self.optimizer.zero_grad()
             outs[m] = out
         for m in self.mods:  # :82-86
-            self.score[m] += sum([F.softmax(outs[m], 1)[i][torch.argmax(y[i])] for i in range(y.size(0))]).item()
+            self.score[m] += sum(
+                [F.softmax(outs[m], 1)[i][torch.argmax(y[i])] for i in range(y.size(0))]
+            ).item()
         for p in list(self.model.parameters()) + list(self.fc_out.parameters()):  # :87-89
             if p.grad is not None:
                 del p.grad
@@ -117,7 +119,9 @@ def test_aug_turns_match_the_official_loop(tmp_path):
                 pending = ref.end_epoch()
                 assert tr.method.pending == pending
                 if pending is not None:
-                    ref.add_layer(pending, clf.embedding[pending].in_features, SPEC["method_params"]["hidden"])
+                    ref.add_layer(
+                        pending, clf.embedding[pending].in_features, SPEC["method_params"]["hidden"]
+                    )
                     added.append(pending)
             ref.start_epoch()
             epoch_now = epoch

@@ -31,7 +31,13 @@ SPEC = {
     "method": "igm",
     "method_params": {"stage_epochs": [1], "rho": 0.05, "rho_cls": 0.05},
 }
-CFG = {"flat_ratio": 0.3, "noise_ratio": 0.05, "noise_ratio_cls": 0.05, "temperature1": 0.4, "mixup_alpha": 1.0}
+CFG = {
+    "flat_ratio": 0.3,
+    "noise_ratio": 0.05,
+    "noise_ratio_cls": 0.05,
+    "temperature1": 0.4,
+    "mixup_alpha": 1.0,
+}
 
 
 def mixup_data(x, y, alpha=1.0):  # utils/utils.py:336-352 (use_cuda: randperm on the CPU stream)
@@ -53,8 +59,16 @@ class Official:
         self.grads = None
 
     def modules(self, m):  # train_CREMA.py:35-43, 138-145
-        enc = [x for n, x in self.model.encoders[m].named_modules() if hasattr(x, "weight") and not re.match("last", n)]
-        cls = [x for n, x in self.heads.heads[m].named_modules() if hasattr(x, "weight") and not re.match("last", n)]
+        enc = [
+            x
+            for n, x in self.model.encoders[m].named_modules()
+            if hasattr(x, "weight") and not re.match("last", n)
+        ]
+        cls = [
+            x
+            for n, x in self.heads.heads[m].named_modules()
+            if hasattr(x, "weight") and not re.match("last", n)
+        ]
         return enc + cls
 
     def new_stage(self, state, previous, train_batches):  # :379-398
@@ -78,7 +92,9 @@ class Official:
                 continue
             _, eigen_value, eigen_vector = torch.svd(self.fea_in[x.weight], some=False)
             max_eigen, min_eigen = torch.max(eigen_value), torch.min(eigen_value)
-            learning_matrix = torch.exp(CFG["temperature1"] * (-(eigen_value - min_eigen) / (max_eigen - min_eigen)))
+            learning_matrix = torch.exp(
+                CFG["temperature1"] * (-(eigen_value - min_eigen) / (max_eigen - min_eigen))
+            )
             self.P_matrix[x.weight] = eigen_vector @ torch.diag(learning_matrix) @ eigen_vector.t()
         for h in handles:
             h.remove()
@@ -87,7 +103,9 @@ class Official:
         if isinstance(module, nn.Linear):
             fea = torch.mean(fea_in[0], 0, True)
             cov = torch.mm(fea.transpose(0, 1), fea)
-            self.fea_in[module.weight] = cov if module.weight not in self.fea_in else self.fea_in[module.weight] + cov
+            self.fea_in[module.weight] = (
+                cov if module.weight not in self.fea_in else self.fea_in[module.weight] + cov
+            )
 
     def step(self, batch) -> None:  # train_withP :63-157 (train_withoutP: the same without :137-156)
         self.model.train()
@@ -143,8 +161,12 @@ def test_igm_stages_match_the_official_loop(tmp_path):
         torch.set_rng_state(after[0])
         np.random.set_state(after[1])
         # coefficients: our matrices against the official ones of the paired previous-modality layers
-        previous = [x for x in ref.modules(mods[(epoch - 1) % 2]) if isinstance(x, nn.Linear)] if epoch else []
-        pairs = [(P, ref.P_matrix[x.weight]) for P, x in zip(tr.method.P, previous, strict=True) if P is not None]
+        previous = (
+            [x for x in ref.modules(mods[(epoch - 1) % 2]) if isinstance(x, nn.Linear)] if epoch else []
+        )
+        pairs = [
+            (P, ref.P_matrix[x.weight]) for P, x in zip(tr.method.P, previous, strict=True) if P is not None
+        ]
         modified += len(pairs)
         P_ours = torch.cat([a.reshape(-1) for a, _ in pairs]) if pairs else torch.zeros(0)
         P_ref = torch.cat([b.reshape(-1) for _, b in pairs]) if pairs else torch.zeros(0)
