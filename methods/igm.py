@@ -46,9 +46,13 @@ cleared at each stage start. Not followed:
   shape occurs once per modality, so that is the corresponding layer. We pair the k-th Linear layer of
   ``f_m`` then ``h_m`` with the k-th of the other modality and skip pairs whose shapes differ.
   Convolution matrices, which the code computes but never uses, are not computed.
-- The covariance pass reads every training batch (the code's loader drops the last incomplete one).
-  A layer whose input spectrum is flat (max s = min s) gets P = I instead of a division by zero, and
-  a zero gradient no perturbation. Inputs with more axes (sequences) add each position's batch mean.
+- The model runs whole (any model's ``classifier_input``: sequences, segmentation maps) with the other
+  modalities' encoders in eval mode, so that their batch-norm statistics and dropout stay as the
+  code leaves them (it never runs them in another modality's stage); the model's own fusion head
+  runs untrained. The covariance pass reads every training batch (the code's loader drops the last
+  incomplete one). A layer whose input spectrum is flat (max s = min s) gets P = I instead of a
+  division by zero, and a zero gradient no perturbation. Inputs with more axes (sequences) add each
+  position's batch mean.
 
 Generalisations: **M modalities** cycle through the stages in order (stage k trains modality
 k mod M for ``stage_epochs[k mod len]`` epochs; the matrices come from the previous stage's
@@ -159,7 +163,7 @@ class IGM(UnimodalHeadsMethod):
         was_training = self.model.training
         self.model.eval()
         for batch in ctx.iterate("train"):
-            self.heads.heads[previous](self.model.encoders[previous](batch.inputs[previous]))
+            self.heads.heads[previous](self.model.classifier_input(self.model(batch.inputs), previous))
         self.model.train(was_training)
         for h in handles:
             h.remove()
@@ -170,12 +174,15 @@ class IGM(UnimodalHeadsMethod):
         ]
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        if ctx.training:  # the current modality alone, on its mixed-up input
+        if ctx.training:  # the current modality's classifier, on its mixed-up input
             m = self.current
             x, self.perm, self.lam = mixup(batch.inputs[m], self.p.mixup_alpha)
-            f = model.encoders[m](x)
+            for k, encoder in model.encoders.items():  # the others are not trained in m's stage
+                encoder.train(k == m)
+            out = model({**batch.inputs, m: x})
+            f = model.classifier_input(out, m)
             z = resize_logits(self.heads.heads[m](f), batch.target.shape[-2:])
-            return Output(z, {m: f}, f)
+            return Output(z, {m: out.features[m]}, f)
         out = model(batch.inputs)
         logits = self.heads(model, out)
         if self.regression:
@@ -201,7 +208,7 @@ class IGM(UnimodalHeadsMethod):
                 if g is not None and (norm := torch.linalg.vector_norm(g)) > 0:
                     # a new tensor: the graph built so far keeps the unperturbed weights, as the code's
                     p.data = p.data + rho * g / norm
-        z_flat = resize_logits(self.heads.heads[m](out.features[m]), y.shape[-2:])
+        z_flat = resize_logits(self.heads.heads[m](out.fused), y.shape[-2:])
         loss_flat = ctx.task_loss(z_flat, y)
         self.flat_loss = loss_flat.item()
         return (1 - self.p.flat_ratio) * loss_ori + self.p.flat_ratio * loss_flat
