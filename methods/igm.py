@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
@@ -82,7 +82,7 @@ __all__ = ["IGMParams", "IGM", "stage_at", "flat_matrix", "mixup"]
 
 class IGMParams(StrictModel):
     # Epochs of each stage, cycled (crema.json epoch_list: 25, 50, 25, 50, ... for audio, video).
-    stage_epochs: list[int] = Field(default_factory=lambda: [25, 50], min_length=1)
+    stage_epochs: list[PositiveInt] = Field([25, 50], min_length=1)
     flat_ratio: float = Field(0.3, ge=0, le=1)  # r (crema.json flat_ratio)
     rho: float = Field(1e-10, ge=0)  # SAM radius of the encoder (crema.json noise_ratio)
     rho_cls: float = Field(1e-10, ge=0)  # ... and of the classifier (noise_ratio_cls)
