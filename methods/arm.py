@@ -1,7 +1,8 @@
 """ARM: asymmetric reinforcing against multimodal representation bias.
 
-Reference: X. Gao et al., "Asymmetric Reinforcing against Multimodal Representation Bias" (AAAI 2025
-per the repository's README; venue not confirmed from the paper itself). Official code:
+Reference: X. Gao, B. Cao, P. Zhu, N. Wang, Q. Hu, "Asymmetric Reinforcing against Multi-modal
+Representation Bias", AAAI 2025, 39(16):16754-16762 (the citation in the repository's README; the paper
+itself was not read). Official code:
 Gao-xiyuan/ARM @ a96d0ad (MMPretrain), ``mmpretrain/models/heads/linear_head.py``
 (``LinearClsHead.forward`` lines 61-93), ``mmpretrain/models/heads/cls_head.py``
 (``_get_train_predictions`` lines 152-167), ``mmpretrain/models/necks/gap.py`` (lines 35-72),
@@ -136,7 +137,7 @@ class ARM(Method):
         "cmi_bins": Int(2, 10, source="linear_head.py:74-75 2, MI_tool.py ncmi default 30 (no grid)"),
     }
     tasks = frozenset({"classification"})
-    reference = "Gao et al., Asymmetric Reinforcing against Multimodal Representation Bias; Gao-xiyuan/ARM"
+    reference = "Gao et al., AAAI 2025 (ARM); Gao-xiyuan/ARM mmpretrain/models/heads/linear_head.py"
     unsupported = "arm weighs modalities by true-class probabilities; a {kind} task has no classes"
 
     def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
