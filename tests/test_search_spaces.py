@@ -127,3 +127,16 @@ def test_methods_command_shows_a_methods_defaults_and_search_space(capsys):
     assert "proto_fraction" in out and "optim.weight_decay" in out  # a fixed parameter; the shared space
     assert main(["methods", "pmrr"]) == 2
     assert "unknown method 'pmrr'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["aug", "igm", "arm"])
+def test_methods_command_shows_the_last_three_methods(name, capsys):
+    from mmbalance.cli import main
+
+    assert main(["methods"]) == 0
+    assert name in capsys.readouterr().out.split()
+    assert main(["methods", name]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name}: {METHODS.get(name).reference[:30]}")
+    for key, dim in space(name).items():
+        assert key in out and type(dim).__name__ in out
