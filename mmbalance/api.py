@@ -81,7 +81,9 @@ def run(
                       amp=amp, restart=restart)  # fmt: skip
 
 
-def load_suite_any(suite: str | Path | dict[str, Any], results: Path | None = None) -> tuple[Suite, Path | None]:
+def load_suite_any(
+    suite: str | Path | dict[str, Any], results: Path | None = None
+) -> tuple[Suite, Path | None]:
     """A suite from a YAML path, a dict (copied to ``results/sweeps/<name>.yaml`` when ``results`` is given)
     or the name of one swept before into ``results``; with the file it was read from."""
     from mmbalance.sweep import load_suite, suite_from_doc
@@ -101,13 +103,17 @@ def load_suite_any(suite: str | Path | dict[str, Any], results: Path | None = No
 
 
 def plan_suite(
-    suite: Suite, data_root: Path | None = None, set: list[str] | None = None, only: list[str] | None = None  # noqa: A002
+    suite: Suite,
+    data_root: Path | None = None,
+    overrides: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> tuple[list[Planned], list[Planned]]:
-    """``(all planned, selected)``: the suite's runs under the ``set`` overrides, and those ``only`` keeps."""
+    """``(all planned, selected)``: the suite's runs under ``overrides`` (``--set`` items), and those
+    ``only`` keeps (``--only`` items)."""
     from mmbalance.planning import parse_only, select
     from mmbalance.sweep import plan
 
-    planned = plan(suite, data_root, parse_set(set or []))
+    planned = plan(suite, data_root, parse_set(overrides or []))
     return planned, select(planned, parse_only(only or []))
 
 
@@ -167,12 +173,11 @@ def report(
         s, path = load_suite_any(suite, Path(results))
         name = s.name
     paths = write_report(results, path, out, protocol, figures, methods)
-    if (cfg := settings(wandb if isinstance(wandb, dict) else None, bool(wandb) if wandb else None)) is not None:
+    cfg = settings(wandb if isinstance(wandb, dict) else None, bool(wandb) if wandb else None)
+    if cfg is not None:
         log_report(paths, cfg, Path(results), name)
     return paths
 
 
 def _root(data_root: str | Path | None) -> Path | None:
     return Path(data_root) if data_root is not None else None
-
-

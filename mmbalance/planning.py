@@ -75,7 +75,9 @@ def select(planned: list[Any], only: dict[str, set[str]]) -> list[Any]:
         present = {value(p, key) for p in planned}
         if unknown := sorted(wanted - present):
             known = ", ".join(sorted(v for v in present if v is not None))
-            raise SpecError(f"--only {key}={','.join(unknown)}: no run of the suite has it; the suite's: {known}")
+            raise SpecError(
+                f"--only {key}={','.join(unknown)}: no run of the suite has it; the suite's: {known}"
+            )
     return [p for p in planned if all(value(p, k) in wanted for k, wanted in only.items())]
 
 
