@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from mmbalance.registry import DATASETS, METHODS, UnknownNameError
 
-__all__ = ["Point", "expand", "grid_label", "parse_multirun"]
+__all__ = ["Point", "expand", "grid_label", "with_grid", "parse_multirun"]
 
 Point = dict[str, Any]  # {"optim.lr": 0.01, "method_params.alpha": 0.5}: one grid point, dotted paths
 SECTIONS = ("optim", "schedule", "method_params", "dataset_params", "model_params")
@@ -109,9 +109,15 @@ def expand(
 
 
 def grid_label(point: Point) -> str:
-    """``[optim.lr=0.01]``: the grid point in a run's label (method parameters show in the method's own)."""
-    shown = {k: v for k, v in point.items() if not k.startswith("method_params.")}
-    return "[" + ",".join(f"{k}={v}" for k, v in shown.items()) + "]" if shown else ""
+    """``optim.lr=0.01``: the grid point in a run's label (method parameters show in the method's own)."""
+    return ",".join(f"{k}={v}" for k, v in point.items() if not k.startswith("method_params."))
+
+
+def with_grid(label: str, grid: str) -> str:
+    """``joint`` -> ``joint(optim.lr=0.01)``, ``ogm_ge(alpha=0.5)`` -> ``ogm_ge(alpha=0.5,optim.lr=0.01)``."""
+    if not grid:
+        return label
+    return f"{label[:-1]},{grid})" if label.endswith(")") else f"{label}({grid})"
 
 
 def parse_multirun(assignments: list[str]) -> list[str]:

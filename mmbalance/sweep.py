@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveInt, StrictInt, ValidationError, model_validator
 
 from mmbalance.core import DataMissingError, FileName, MethodNotApplicable, StrictModel
-from mmbalance.grid import expand, grid_label
+from mmbalance.grid import expand, grid_label, with_grid
 from mmbalance.registry import METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
     PRESETS_DIR,
@@ -131,7 +131,7 @@ class Cell:
     seeds: list[int]
     with_defaults: bool
     task: TaskInfo
-    grid: str = ""  # the grid point beyond the method's parameters, "[optim.lr=0.01]" (``grid.grid_label``)
+    grid: str = ""  # the grid point beyond the method's parameters, "optim.lr=0.01" (``grid.grid_label``)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -149,10 +149,10 @@ def suite_from_doc(data: Any, where: str) -> Suite:
 
 
 def _label(spec: RunSpec, with_seed: bool = True, grid: str = "") -> str:
-    """``dataset/task method(non-default params)[grid point] seed N``."""
+    """``dataset/task method(non-default params,grid point) seed N``."""
     task = spec.dataset_params.get("task")
     seed = f" seed {spec.seed}" if with_seed else ""
-    return f"{spec.dataset}{'/' + task if task else ''} {method_label(spec.method, spec.method_params)}{grid}{seed}"
+    return f"{spec.dataset}{'/' + task if task else ''} {with_grid(method_label(spec.method, spec.method_params), grid)}{seed}"
 
 
 def method_label(method: str, params: dict[str, Any]) -> str:
@@ -176,7 +176,7 @@ def cells(
     for entry in suite.datasets:
         names = compose(suite.base, spec_fragment(entry))
         for fragment, point in expand(deep_merge(spec_fragment(entry), _data_fields(top)), names):
-            block = block_name(entry) + grid_label(point)
+            block = with_grid(block_name(entry), grid_label(point))
             probe = validate_spec(compose(suite.base, fragment))  # validates dataset fields before expanding
             adapter = make_adapter(probe, data_root)
             try:
@@ -227,7 +227,7 @@ def _one_method_cells(suite: Suite, entry: dict[str, Any], fragment: dict[str, A
             except MethodNotApplicable as e:
                 out.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}", block))
                 continue
-            out.append(Cell(block, method_name, method_label(method_name, spec.method_params) + grid_label(point),
+            out.append(Cell(block, method_name, with_grid(method_label(method_name, spec.method_params), grid_label(point)),
                             {**doc, "method_params": params}, params, entry.get("seeds", suite.seeds),
                             bool(entry.get("with_defaults")), task, grid_label(point)))  # fmt: skip
     return out
