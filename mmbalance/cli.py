@@ -95,7 +95,7 @@ def check_options(args: argparse.Namespace) -> None:
 def _table(title: str, rows: list[dict[str, str]]) -> Table:
     table = Table(title=title)
     for col in rows[0] if rows else []:
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a narrow terminal wraps a long reference, never cuts it
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])
     return table
@@ -639,14 +639,21 @@ def _method_detail(name: str) -> int:
 
     cls = METHODS.get(name)
     console.print(f"{name}: {cls.reference}", highlight=False)
-    rows = [{"parameter": field, "default": json.dumps(info.default),
+    console.print(f"tasks: {', '.join(sorted(cls.tasks))}; modalities: {cls.min_modalities} or more",
+                  highlight=False)  # fmt: skip
+    rows = [{"parameter": field, "type": _type_name(info.annotation), "default": json.dumps(info.default),
              **(searched(cls.search_space[field]) if field in cls.search_space else {"tune searches": "", "source": ""})}
             for field, info in cls.Params.model_fields.items()]  # fmt: skip
-    rows += [
-        {"parameter": path, "default": "(the spec's)", **searched(dim)} for path, dim in OPTIM_SPACE.items()
-    ]
+    rows += [{"parameter": path, "type": type(dim).__name__.lower(), "default": "(the spec's)", **searched(dim)}
+             for path, dim in OPTIM_SPACE.items()]  # fmt: skip
     console.print(_table(f"{name}: parameters and search space (shared optimiser space last)", rows))
     return 0
+
+
+def _type_name(annotation: Any) -> str:
+    """``float``, ``bool``, ``dict[str, float]``, ``Literal['a', 'b']``: a parameter's type as written."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

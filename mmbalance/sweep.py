@@ -145,7 +145,7 @@ def suite_from_doc(data: Any, where: str) -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as e:
-        raise SpecError(f"{where}: invalid suite:\n{_format_validation(e)}") from None
+        raise SpecError(f"{where}: invalid suite:\n{_format_validation(e, model=Suite)}") from None
 
 
 def _label(spec: RunSpec, with_seed: bool = True, grid: str = "") -> str:
