@@ -253,10 +253,9 @@ def load(results: Path | str = "results", protocol: str = "best-valid-test") -> 
     runs = _fill_fingerprints(_fill_from_done(pd.DataFrame(rows)))
     runs["extra_memory_mb"] = _extra_memory(runs)
     runs["label"] = labels(runs)
-    for col in runs.select_dtypes(include="object").columns:  # True/False read as object: bool when complete
-        values = runs[col]
-        if values.map(lambda v: isinstance(v, bool)).all():
-            runs[col] = values.astype(bool)
+    for col in runs.columns:  # True/False read as object: bool when complete
+        if pd.api.types.is_object_dtype(runs[col]) and runs[col].map(lambda v: isinstance(v, bool)).all():
+            runs[col] = runs[col].astype(bool)
     return runs
 
 
