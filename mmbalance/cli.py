@@ -593,10 +593,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
     if args.wandb:
+        from mmbalance.sweep import load_suite
         from mmbalance.wandb_log import log_report, settings
 
         cfg = settings(None, True, project=args.wandb_project, mode=args.wandb_mode)
-        name = args.table or (args.suite.stem if args.suite else "all-runs")
+        name = args.table or (load_suite(args.suite).name if args.suite else "all-runs")
         console.print(f"W&B: report artifact -> {log_report(paths, cfg, args.results_dir, name)}")
     return 0
 

@@ -1,14 +1,19 @@
 """Weights & Biases logging: optional, offline unless a mode is set, never required.
 
-The run record on disk is the source of truth; W&B gets a copy of it. When a run finishes (or is
-reused), ``log_run`` sends its record as one W&B run: name and id = the run id, group = the suite,
-config = the canonical spec (``spec.yaml``) and the environment (``env.json``); one history row per
-logged training step with the probe curves (``curves.csv``, x axis ``train/step``) and one per epoch
-(``metrics.jsonl``, x axis ``epoch``); the final metrics (``final.json``) in the summary under
-``final/``. Replaying the record, rather than logging from inside the loop, keeps the training loop
-free of W&B and makes a W&B failure unable to touch a result. ``wandb.json`` in the run folder notes
-where the run was sent, so a reused run is not sent twice. ``log_report`` sends a report's tables and
-figures as one artifact.
+The run record on disk is the source of truth; W&B gets a copy of it. A run is one W&B run: name and
+id = the run id, group = the suite, config = the canonical spec (``spec.yaml``) and the environment
+(``env.json``); one history row per logged training step with the probe and coefficient curves
+(``curves.csv``, x axis ``train/step``) and one per epoch (``metrics.jsonl``, x axis ``epoch``); the
+final metrics and the modality evaluation (``final.json``: Shapley values, missing-modality and noise
+robustness) in the summary under ``final/``.
+
+Live: a run trained here (``run``, ``sweep`` with one local job, ``mmbalance.run``/``sweep``) is sent
+while it trains: ``LiveRun`` is the runner's ``on_epoch`` callback and sends each epoch from the
+records just written (so W&B shows what the records hold, and a crash loses nothing from them).
+A W&B failure stops the logging, never the run. A run reused, or trained by worker processes or
+SLURM jobs, is sent from its record when it is done (``log_run``). ``wandb.json`` in the run folder
+notes where the run was sent, so it is not sent twice. ``log_report`` sends a report's tables (W&B
+tables), figures (images) and files (an artifact) under the suite's name.
 
 Turned on by ``--wandb`` (run, sweep, report) or a suite's ``wandb:`` section; ``wandb`` is imported
 only then. Mode: ``--wandb-mode``, else the suite's, else ``$WANDB_MODE``, else offline
@@ -190,11 +195,22 @@ def live_train(spec: Any, results: Path, data_root: Path | None, cfg: WandbSetti
 
 
 def log_report(paths: list[Path], cfg: WandbSettings, results: Path, name: str) -> str:
-    """Send a report's tables and figures as one W&B artifact (type ``report``) of a run ``report-NAME``."""
+    """Send a report as a run ``report-NAME`` (NAME: the suite's name): each CSV table as a W&B table
+    (``tables/<file>``), each PNG figure as an image (``figures/<file>``), and every file in one
+    artifact ``report-NAME`` (type ``report``)."""
+    import pandas as pd
     import wandb
 
     run = _init(cfg, results, name=f"report-{name}", job_type="report", config={"report": name})
     try:
+        media: dict[str, Any] = {}
+        for p in map(Path, paths):
+            if p.suffix == ".csv":
+                media[f"tables/{p.stem}"] = wandb.Table(dataframe=pd.read_csv(p))
+            elif p.suffix == ".png":
+                media[f"figures/{p.stem}"] = wandb.Image(str(p))
+        if media:
+            run.log(media)
         artifact = wandb.Artifact(f"report-{name}", type="report")
         for p in paths:
             artifact.add_file(str(p), name=f"{Path(p).parent.name}/{Path(p).name}")
