@@ -764,6 +764,8 @@ def rank_table(blocks: Sequence[Block], title: str = "Average rank across tables
     if len(blocks) < 2:
         return None
     titles = [b.name or b.table.title for b in blocks]
+    if len(set(titles)) < len(titles):  # a block swept over a grid: its keys' titles tell them apart
+        titles = [b.table.title for b in blocks]
     scores = pd.DataFrame([pd.Series(b.scores, dtype=float) for b in blocks], index=titles)
     common = [c for c in scores.columns if scores[c].notna().all()]
     if len(common) < 2:
