@@ -679,6 +679,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         rows.append({"dataset": name, "task": t.kind, "modalities": ", ".join(t.modalities),
                      "looks in": str(adapter.root) if cls.needs_files else "-", "status": found})  # fmt: skip
     console.print(_table(f"datasets (data root: {root}; set --data-root or $MMBALANCE_DATA)", rows))
+    print("\nWhere to get each dataset (source, licence or access terms):")
+    for row in rows:
+        print(f"  {row['dataset']}: {DATASETS.get(row['dataset']).access or '-'}")
     for text in problems:  # in full, so the expected layout is readable
         print(f"\n{text}")
     return 1 if changed else 0

@@ -7,7 +7,7 @@ Adding one is adding that file: nothing else lists it.
 Lazy: the registry finds the names without importing the files (which import torch). It reads each
 file's source (``ast``, as ``transformers`` finds its import structure) for the decorated classes and
 the literal class attributes the listings show (``name``; ``tasks``, ``min_modalities``, ``reference``
-of a method; ``description``, ``needs_files`` of a dataset), following base classes defined in the
+of a method; ``description``, ``needs_files``, ``access`` of a dataset), following base classes defined in the
 same package and falling back to the base class defaults. So ``mmbalance methods`` lists without
 torch, and ``get(name)`` imports one file, whose decorator registers the class. Keep those attributes
 literals (a string, a number, ``frozenset({...})``): a computed one is refused with its file and line.
@@ -241,5 +241,5 @@ METHODS: Registry = Registry(
     "method", "mmbalance.methods", "METHODS", {"tasks": ALL_TASKS, "min_modalities": 2, "reference": ""}
 )
 DATASETS: Registry = Registry(
-    "dataset", "mmbalance.datasets", "DATASETS", {"description": "", "needs_files": True}
+    "dataset", "mmbalance.datasets", "DATASETS", {"description": "", "needs_files": True, "access": ""}
 )

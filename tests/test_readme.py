@@ -80,3 +80,5 @@ def test_the_readme_notebook_example_runs(tmp_path):
         tmp_path / "lr-grid.png"
     ).stat().st_size
     assert len(list((tmp_path / "results" / "runs").iterdir())) == 5
+    # mmbalance.run gives the run the CLI gives for the same spec (the README's `mmbalance run ... cggm` block)
+    assert (tmp_path / "results" / "runs" / "a003522aa68e2617").is_dir() and out.startswith("done 54.8")
