@@ -1,21 +1,31 @@
-"""A sweep's plan without its data: run ids from declared fingerprints, ``--only`` filters, ``--dry-run``.
+"""A sweep's plan without its data: run ids from known fingerprints, ``--only`` filters, ``--dry-run``.
 
 A run id hashes the data fingerprint, which is the SHA-256 of each split's ids and labels: computing it
-builds the data (``status --suite all.yaml`` once spent 27 CPU-s drawing every synthetic dataset). The
-suite's configurations have it declared in ``benchmarks/fingerprints.yaml`` (``scripts/fingerprints.py``;
-``tests/test_leaderboard.py`` keeps it equal to what the adapters compute), so planning takes it from
-there where the data has no files of its own to hash, and computes it only for configurations not
-declared. Training always computes it (``runner.prepare``): a declared value never names a record.
+builds the data (``status --suite all.yaml`` once spent 27 CPU-s drawing every synthetic dataset). So
+planning (``status --suite``, ``sweep --dry-run``) takes it, where it can, from:
+
+- ``benchmarks/fingerprints.yaml`` (``scripts/fingerprints.py``; ``tests/test_leaderboard.py`` keeps it equal
+  to what the adapters compute), for data without files of its own to hash (synthetic, mfeat);
+- the fingerprint cache (``<cache>/fingerprints/``, ``fingerprint.cache_dir``), for data read from files: a
+  sweep that computed a fingerprint stores it under the dataset, its params, the adapter's source and the
+  content digest of its files (``fingerprint.py``: hashed once, then only stat'ed), so any changed byte or
+  parser misses the cache;
+
+and computes it only otherwise. Training always computes it (``runner.prepare``): a known value never names
+a record.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mmbalance.records import RunDir
+from mmbalance.records import RunDir, atomic_write_text
 from mmbalance.spec import SpecError
 
 ONLY_KEYS = ("method", "dataset", "seed", "block")
@@ -45,6 +55,38 @@ def declared_fingerprint(adapter: Any) -> str | None:
     if known is None or adapter.content_digest(record=False):
         return None
     return known.fingerprint if seed is None else known.fingerprints.get(seed)
+
+
+def _cache_file(adapter: Any) -> Path | None:
+    """Where the fingerprint of this adapter's files is cached (None for data without files to hash)."""
+    digest = adapter.content_digest(record=False) if adapter.needs_files else ""
+    if not digest:
+        return None
+    from mmbalance.fingerprint import cache_dir
+
+    source = hashlib.sha256(Path(inspect.getfile(type(adapter))).read_bytes()).hexdigest()
+    blob = json.dumps(
+        [type(adapter).name, adapter.params.model_dump(mode="json"), source, digest], sort_keys=True
+    )
+    return cache_dir() / "fingerprints" / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.txt"
+
+
+def known_fingerprint(adapter: Any) -> str | None:
+    """The data fingerprint without building the data: declared, or cached by a sweep (None: unknown)."""
+    if (declared := declared_fingerprint(adapter)) is not None:
+        return declared
+    path = _cache_file(adapter)
+    return path.read_text().strip() if path is not None and path.is_file() else None
+
+
+def remember_fingerprint(adapter: Any, fingerprint: str) -> None:
+    """Cache a computed fingerprint of data read from files, for ``known_fingerprint`` (best effort)."""
+    path = _cache_file(adapter)
+    if path is not None:
+        try:
+            atomic_write_text(path, fingerprint + "\n")
+        except OSError:  # a read-only cache only costs the next plan the computation
+            pass
 
 
 def parse_only(items: Iterable[str]) -> dict[str, set[str]]:

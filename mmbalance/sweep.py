@@ -322,10 +322,10 @@ def run_ids(planned: list[Planned], data_root: Path | None = None, declared: boo
     """``{run_id: label}`` of the runnable specs (what ``mmbalance status --suite`` looks for). The data
     fingerprint is computed once per data configuration (dataset, its params, and the seed where the seed
     draws the data), not once per run: a suite has hundreds of runs and a handful of datasets.
-    ``declared``: take it from ``benchmarks/fingerprints.yaml`` where declared (``planning.py``: status and
-    dry runs build no data)."""
+    ``declared``: take it from ``benchmarks/fingerprints.yaml`` or the fingerprint cache where known
+    (``planning.py``: status and dry runs build no data); a computed one is cached."""
     from mmbalance.comparison import seed_draws_data
-    from mmbalance.planning import declared_fingerprint
+    from mmbalance.planning import known_fingerprint, remember_fingerprint
     from mmbalance.runner import data_fingerprint, make_adapter
 
     fingerprints: dict[tuple, str] = {}
@@ -339,7 +339,11 @@ def run_ids(planned: list[Planned], data_root: Path | None = None, declared: boo
         if data not in fingerprints:
             adapter = make_adapter(p.spec, data_root)
             adapter.verify()
-            fingerprints[data] = (declared and declared_fingerprint(adapter)) or data_fingerprint(adapter)
+            known = known_fingerprint(adapter) if declared else None
+            if known is None:
+                known = data_fingerprint(adapter)
+                remember_fingerprint(adapter, known)
+            fingerprints[data] = known
         out[p.spec.run_id(fingerprints[data])] = p.label
     return out
 

@@ -200,3 +200,28 @@ def test_datasets_say_where_to_get_the_data(tmp_path, capsys):
     )  # dry: no data read
     assert main(["run", "--dataset", "mosi", "--data-root", str(tmp_path)]) == 2
     assert "Where to get it: CMU-MOSI" in capsys.readouterr().err
+
+
+def test_a_plan_reads_no_data_file_once_a_sweep_has_fingerprinted_it(tmp_path, monkeypatch):
+    """Data read from files: the fingerprint a sweep computed is cached under the content digest of the
+    files (hashed once, then stat'ed); a later plan builds nothing, and a changed byte misses the cache."""
+    import mmbalance.runner
+    from mmbalance.fixtures import mosi as fixture
+
+    root = fixture.write(tmp_path / "data").parent
+    suite = suite_from_doc({"name": "m", "seeds": [0], "base": {"epochs": 1}, "datasets": [{"dataset": "mosi"}],
+                            "methods": [{"method": "joint"}]}, "m")  # fmt: skip
+    planned = plan(suite, root)
+    computed = run_ids(planned, root)  # what `sweep` computes (and caches)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("planning built the data")
+
+    with monkeypatch.context() as m:
+        m.setattr(mmbalance.runner, "data_fingerprint", no_data)
+        assert run_ids(planned, root, declared=True) == computed
+        adapter = make_adapter(planned[0].spec, root)
+        (read,) = [adapter.root / f for f in adapter.data_files()]
+        read.write_bytes(read.read_bytes() + b"\0")  # another file: its digest, its fingerprint unknown
+        with pytest.raises(AssertionError, match="planning built the data"):
+            run_ids(planned, root, declared=True)
