@@ -137,8 +137,8 @@ def sweep(
 
     from mmbalance.planning import dry_run_rows
     from mmbalance.provenance import SWEEPS, write_runs
-    from mmbalance.sweep import run_ids, summary_rows
-    from mmbalance.wandb_log import live_train, settings
+    from mmbalance.sweep import run_ids, run_local, summary_rows
+    from mmbalance.wandb_log import settings
 
     results, root = Path(results), _root(data_root)
     s, _ = load_suite_any(suite, None if dry_run else results)
@@ -147,8 +147,8 @@ def sweep(
         return pd.DataFrame(dry_run_rows(run_ids(chosen, root, declared=True), results))
     write_runs(results / SWEEPS, s.name, list(run_ids(planned, root)))
     cfg = settings(wandb if isinstance(wandb, dict) else s.wandb, bool(wandb) if wandb is not None else None)
-    outcomes = [(p, live_train(p.spec, results, root, cfg, s.name, device=device, progress=progress,
-                               restart=restart)) for p in chosen if p.spec is not None]  # fmt: skip
+    outcomes = run_local(chosen, results, root, device=device, progress=progress, restart=restart, wandb=cfg,
+                         group=s.name)  # fmt: skip
     rows = summary_rows(outcomes, [p for p in chosen if p.spec is None])
     return pd.DataFrame(rows)
 

@@ -301,7 +301,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
                                           progress=not args.quiet, restart=args.restart)  # fmt: skip
     else:
-        outcomes = _run_here(args, planned, opts, suite)
+        from mmbalance.wandb_log import settings
+
+        cfg = settings(suite.wandb, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
+        outcomes = run_local(planned, args.results, args.data_root, device=args.device, progress=not args.quiet,
+                             amp=opts.amp, workers=opts.workers, restart=args.restart,
+                             deterministic=opts.deterministic, wandb=cfg, group=suite.name)  # fmt: skip
     if args.wait:  # runs another process holds: wait for it, then take over what it left
         outcomes = wait_for_elsewhere(
             outcomes,
@@ -326,29 +331,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     statuses = ["diverged" if r.status == "failed" and r.reason.startswith("diverged") else r.status
                 for _, r in outcomes]  # fmt: skip
     return _sweep_verdict(statuses, len(skipped), args)
-
-
-def _run_here(args: argparse.Namespace, planned: list, opts: Any, suite: Any) -> list:
-    """The runs one after another in this process, each logged live to W&B when asked."""
-    from mmbalance.runner import RunResult
-    from mmbalance.sweep import run_local
-    from mmbalance.wandb_log import live_train, settings
-
-    cfg = settings(suite.wandb, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
-    if cfg is None:
-        return run_local(planned, args.results, args.data_root, device=args.device, progress=not args.quiet,
-                         amp=opts.amp, workers=opts.workers, restart=args.restart,
-                         deterministic=opts.deterministic)  # fmt: skip
-    outcomes = []
-    for p in (p for p in planned if p.spec is not None):
-        try:
-            outcome = live_train(p.spec, args.results, args.data_root, cfg, suite.name, device=args.device,
-                                 progress=not args.quiet, amp=opts.amp, workers=opts.workers,
-                                 restart=args.restart, deterministic=opts.deterministic)  # fmt: skip
-        except Exception as e:  # as run_local: recorded as failed by train(); the sweep goes on
-            outcome = RunResult("?", Path(), "failed", reason=f"{type(e).__name__}: {e}")
-        outcomes.append((p, outcome))
-    return outcomes
 
 
 def _dry_run(args: argparse.Namespace, planned: list) -> int:

@@ -279,18 +279,22 @@ def run_local(
     workers: int | None = None,
     restart: bool = False,
     deterministic: bool = False,
+    wandb: Any = None,
+    group: str | None = None,
 ) -> list[tuple[Planned, Any]]:
-    """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
+    """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on.
+    ``wandb`` (``wandb_log.WandbSettings``): each run is logged live, in W&B group ``group``."""
     from tqdm.auto import tqdm
 
-    from mmbalance.runner import RunResult, train
+    from mmbalance.runner import RunResult
+    from mmbalance.wandb_log import live_train
 
     outcomes = []
     runnable = [p for p in planned if p.spec is not None]
     for p in tqdm(runnable, desc="sweep", unit="run", disable=not progress):
         try:
-            outcome = train(p.spec, results, data_root, device=device, progress=progress, amp=amp,
-                            workers=workers, restart=restart, deterministic=deterministic)  # fmt: skip
+            outcome = live_train(p.spec, results, data_root, wandb, group, device=device, progress=progress, amp=amp,
+                                 workers=workers, restart=restart, deterministic=deterministic)  # fmt: skip
         except MethodNotApplicable as e:  # refused by the model it would train (nothing was written)
             outcome = RunResult("-", Path(), "not applicable", reason=str(e))
         except Exception as e:  # recorded as failed by train(); keep going with the next run
