@@ -131,8 +131,9 @@ def sweep(
     wandb: dict[str, Any] | bool | None = None,
 ) -> pd.DataFrame:
     """Run a suite here, one run after another (``mmbalance sweep``; the CLI adds worker processes and
-    SLURM). One row per planned run: ``run`` (label), ``id``, ``status`` (``finished`` / ``not started`` /
-    ... under ``dry_run``, which trains nothing and builds no data), ``test`` (the selection metric)."""
+    SLURM); ``set`` / ``only``: the CLI's ``--set`` / ``--only`` items. One row per planned run: ``run`` (its
+    label), ``status``, ``test`` (the selection metric) and ``id``; under ``dry_run`` (nothing trains, no data
+    is built) ``run``, ``id`` and ``state`` (``finished``, ``not started``, ``interrupted``, ...)."""
     import pandas as pd
 
     from mmbalance.planning import dry_run_rows
