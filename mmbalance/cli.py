@@ -94,8 +94,8 @@ def check_options(args: argparse.Namespace) -> None:
 
 def _table(title: str, rows: list[dict[str, str]]) -> Table:
     table = Table(title=title)
-    for col in rows[0] if rows else []:
-        table.add_column(col, overflow="fold")  # a narrow terminal wraps a long reference, never cuts it
+    for i, col in enumerate(rows[0] if rows else []):  # a narrow terminal wraps long text, never cuts it;
+        table.add_column(col, overflow="fold", no_wrap=i == 0)  # the first column (a name) stays whole
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])
     return table

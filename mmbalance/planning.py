@@ -1,7 +1,7 @@
 """A sweep's plan without its data: run ids from known fingerprints, ``--only`` filters, ``--dry-run``.
 
 A run id hashes the data fingerprint, which is the SHA-256 of each split's ids and labels: computing it
-builds the data (``status --suite all.yaml`` once spent 27 CPU-s drawing every synthetic dataset). So
+builds the data (``status --suite all.yaml`` drew every synthetic dataset of the suite to count its runs). So
 planning (``status --suite``, ``sweep --dry-run``) takes it, where it can, from:
 
 - ``benchmarks/fingerprints.yaml`` (``scripts/fingerprints.py``; ``tests/test_leaderboard.py`` keeps it equal
