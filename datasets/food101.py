@@ -428,6 +428,10 @@ def extract_features(
 class Food101(DatasetAdapter):
     name = "food101"
     description = "UPMC-Food101: image + text, 101 classes (BERT/ViT features or end-to-end)"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "UPMC Food-101 (Wang et al. 2015): the official host (visiir.lip6.fr) is reported dead; copies on "
+        "Kaggle (titles only) and linked in issues; research use"
+    )
     Params = Food101Params
     ModelParams = FoodModelParams
 

@@ -77,6 +77,10 @@ class MosiModelParams(MSAModelParams):
 class Mosi(PreloadedAdapter):
     name = "mosi"
     description = "CMU-MOSI sentiment regression (text, audio, vision) from the MulT or MMSA pickle"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "CMU-MOSI (Zadeh et al. 2016) via the CMU Multimodal SDK; MulT's pickles (MulT README) or MMSA's "
+        "(MMSA README); research use under the providers' terms"
+    )
     Params = MosiParams
     ModelParams = MosiModelParams
 

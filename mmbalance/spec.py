@@ -8,6 +8,7 @@ so that the canonical form (and hence ``run_id``) does not depend on how a spec 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -15,7 +16,15 @@ import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, StrictInt, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveInt,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 import mmbalance
 from mmbalance.core import StrictModel
@@ -105,7 +114,7 @@ class RunSpec(StrictModel):
             try:
                 normalised = model.model_validate(getattr(self, fld)).model_dump(mode="json")
             except ValidationError as e:
-                raise ValueError(_format_validation(e, prefix=fld)) from None
+                raise ValueError(_format_validation(e, prefix=fld, model=model)) from None
             if too_big := _too_big(normalised, fld):
                 raise ValueError("\n".join(too_big))
             object.__setattr__(self, fld, normalised)
@@ -140,13 +149,14 @@ def _too_big(value: Any, where: str) -> list[str]:
     return []
 
 
-def _format_validation(e: ValidationError, prefix: str = "") -> str:
+def _format_validation(e: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per error; an unknown field lists the valid ones of ``model`` (where given) and the nearest."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field" + _valid_fields(model, err["loc"])
         inp = err.get("input")
         shown = (
             ""
@@ -155,6 +165,21 @@ def _format_validation(e: ValidationError, prefix: str = "") -> str:
         )
         lines.append(f"  {loc or '<spec>'}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _valid_fields(model: type[BaseModel] | None, loc: tuple) -> str:
+    """``; did you mean 'rho'? valid: lam, rho`` for an unknown field at ``loc`` of ``model`` ("" when unknown)."""
+    for part in loc[:-1]:  # down through nested sections (optim.lrr -> OptimSpec)
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    valid = list(model.model_fields)
+    if not valid:
+        return "; this section takes no fields"
+    near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+    return (f"; did you mean {near[0]!r}?" if near else "") + f" valid: {', '.join(valid)}"
 
 
 # A bounded repr: a value that aliases expanded (or a huge list) is shown by its first items only.
@@ -188,7 +213,7 @@ def validate_spec(data: dict[str, Any]) -> RunSpec:
     except UnknownNameError as e:
         raise SpecError(f"invalid run spec:\n  {e}") from None
     except ValidationError as e:
-        body = _format_validation(e)
+        body = _format_validation(e, model=RunSpec)
         for err in e.errors():  # errors raised inside our validator carry their own formatted lines
             if err["type"] == "value_error" and not err["loc"]:
                 body = str(err["ctx"]["error"])
@@ -204,7 +229,7 @@ def check_spec_light(doc: dict[str, Any], where: str = "spec") -> list[str]:
     except UnknownNameError as e:
         return [f"{where}: {e}"]
     except ValidationError as e:
-        lines = _format_validation(e, prefix=where).splitlines()
+        lines = _format_validation(e, prefix=where, model=RunSpec).splitlines()
         lines = [
             str(err["ctx"]["error"]) for err in e.errors() if err["type"] == "value_error" and not err["loc"]
         ] or lines
