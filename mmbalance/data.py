@@ -200,7 +200,7 @@ class DatasetAdapter:
 
     def primary_value(self, pred: Tensor, target: Tensor, ids: list[str]) -> float:
         """The split's primary metric alone, equal to ``evaluate(...)[primary_metric]`` but without the
-        other metrics (``modality_eval`` scores 2^M + 9M variants of the test split per run); an adapter
+        other metrics (``modality_eval`` scores 2^M + 9M + 27 variants of the test split per run); an adapter
         that evaluates its own way (BraTS: Dice per volume) is asked through ``evaluate``."""
         if type(self).evaluate is DatasetAdapter.evaluate:
             return metrics.split_primary(self.task.kind, pred, target, self.task.regions)

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import mmbalance
-from mmbalance import metrics
+from mmbalance import incomplete, metrics
 from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
@@ -310,6 +310,7 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
         self.start_epoch = 0
         self.next_step = 0  # global step of the next batch
+        self.missing = incomplete.training_missing(spec, self.modalities, self.iterate("train"))
 
     def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
@@ -533,6 +534,9 @@ class Trainer:
             )
         else:
             batches = self.planned_batches(parts, epoch)
+        if self.missing is not None:  # the training steps see incomplete inputs; methods' own passes do not
+            self.missing.start_epoch(epoch)
+            batches = ((self.missing.apply(b), tags) for b, tags in batches)
         total, n = 0.0, 0
         for i, (batch, tags) in enumerate(batches):
             # Counted on from the previous epoch: a re-sampled epoch may have more batches than steps_per_epoch.

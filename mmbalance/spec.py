@@ -64,7 +64,7 @@ class TunedSpec(StrictModel):
 
 
 # Fields whose default is left out of the canonical spec, so adding them kept every earlier run id.
-OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True}
+OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True, "train_missing": False}
 
 
 class RunSpec(StrictModel):
@@ -83,6 +83,8 @@ class RunSpec(StrictModel):
     tuned: TunedSpec | None = None  # None: the default protocol (the method's own defaults)
     # False for tuning trials: the test split is never built, read or fingerprinted, only validation.
     evaluate_test: bool = True
+    # LNLN's random missing rates in training (mmbalance/incomplete.py), for any method: off by default.
+    train_missing: bool = False
 
     @model_validator(mode="after")
     def _params_valid(self, info: ValidationInfo) -> RunSpec:
