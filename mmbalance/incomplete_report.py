@@ -90,14 +90,14 @@ def incomplete_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Pat
         multi = sub[sub["modalities"].map(len) == full]
         methods = sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
         metric = sub["me_metric"].iloc[0]
-        cmap = plt.get_cmap("tab20")
-        fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+        cmap = plt.get_cmap("tab10")
+        fig, ax = plt.subplots(figsize=(7.5, 4.4), layout="constrained")
         for i, method in enumerate(methods):
             recs = [r["incomplete"] for r in multi.loc[multi["method"] == method, "me_record"]]
             curves = np.array([r["curve"] for r in recs])
             mean = curves.mean(0)
             std = curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-            color = "black" if method == "joint" else cmap(i % 20)
+            color = "black" if method == "joint" else cmap(i % 10)
             style = "-" if i < 10 else "--"
             avg = float(np.mean([r["mean"] for r in recs]))
             ax.plot(recs[0]["rates"], mean, style, color=color, lw=1.8 if method == "joint" else 1.2,
@@ -106,8 +106,9 @@ def incomplete_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Pat
         ax.set_xlabel("missing rate r (fraction of every modality's positions removed)")
         ax.set_ylabel(f"test {metric_label(metric)}")
         _percent_axis(ax, metric)
-        fig.legend(loc="outside right upper", fontsize=7, ncol=1 + len(methods) // 16,
-                   title="method (average over r)", title_fontsize=7)  # fmt: skip
+        # the curves fall to the right: the lower left is free
+        ax.legend(loc="lower left", fontsize=7, ncol=1 + len(methods) // 10, title="method (average over r)",
+                  title_fontsize=7)  # fmt: skip
         ax.set_title(_fit(f"{kb.title}: incomplete data (LNLN protocol), mean ± std over seeds", 7.5))
         prefix = out_dir / f"{name}-{kb.slug}"
         paths += _save(fig, prefix.with_name(prefix.name + "-incomplete"))

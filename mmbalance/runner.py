@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import mmbalance
-from mmbalance import incomplete, metrics
+from mmbalance import backbone, incomplete, metrics
 from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
@@ -267,7 +267,9 @@ class Trainer:
         workers: int = 0,
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
         deterministic: bool = False,
+        encoder: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """``encoder``: the pretrained weights of ``spec.pretrained.modality``'s encoder (``backbone.py``)."""
         self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
         self.spec, self.adapter, self.rd, self.device, self.progress = (
             spec,
@@ -290,6 +292,8 @@ class Trainer:
         self.modalities = self.method.model_modalities(self.task.modalities)
         model_params = type(adapter).ModelParams.model_validate(spec.model_params)
         self.model = adapter.build_model(model_params, self.modalities).to(device)
+        if encoder is not None:
+            backbone.load_encoder(self.model, spec.pretrained.modality, encoder, spec.pretrained.freeze)
         self.model_parameters = list(self.model.parameters())  # listed once: clipping walks them every step
         self.datasets = {s: adapter.split(s) for s in spec.splits}
         if len(self.datasets["train"]) == 0:
@@ -725,6 +729,17 @@ def train(
         tidy_finished(rd)
         return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
+    encoder = None
+    if spec.pretrained is not None:  # the backbone's own unimodal run first (reused when recorded)
+        pre = None
+        while pre is None or pre.status == "running elsewhere":  # another method's run may be training it
+            time.sleep(0 if pre is None else 2)
+            pre = train(backbone.pretrain_spec(spec), results, data_root, device, progress, amp, workers,
+                        deterministic=deterministic)  # fmt: skip
+        if pre.status not in ("done", "skipped"):
+            raise RuntimeError(f"pretrained {spec.pretrained.modality} encoder: run {pre.run_id} {pre.status} "
+                               f"{pre.reason}".rstrip())  # fmt: skip
+        encoder = backbone.encoder_state(pre.path, spec.pretrained.modality)
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:
@@ -740,7 +755,7 @@ def train(
             # the folder as it was.
             workers = auto_workers(adapter, dev) if workers is None else workers
             trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
-                              deterministic=deterministic)  # fmt: skip
+                              deterministic=deterministic, encoder=encoder)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:
