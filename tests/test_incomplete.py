@@ -176,3 +176,25 @@ def test_report_writes_the_incomplete_table_and_figure(tmp_path):
         "all-runs-synthetic-classification-incomplete.png",
         "all-runs-synthetic-classification-incomplete.pdf",
     }
+
+
+def test_mosi_word_ids_and_sequences_in_training_and_evaluation(tmp_path):
+    """MMSA's unaligned MOSI layout with BERT word ids (a tiny local BERT, no download): the text loses
+    words to [UNK], audio and vision lose steps, in training (``train_missing``) and in the record."""
+    from transformers import BertConfig, BertModel
+
+    from mmbalance.fixtures import mosi as fixture
+
+    root = fixture.write(tmp_path / "data").parent
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    spec = validate_spec({
+        "dataset": "mosi", "dataset_params": {"source": "mmsa", "aligned": False, "text": "text_bert"},
+        "model_params": {"proj_dim": 8, "num_heads": 2, "layers": 2, "cls_layers": 1, "bert": str(tmp_path / "bert")},
+        "epochs": 1, "batch_size": 8, "probe_every": 0, "train_missing": True,
+    })  # fmt: skip
+    result = train(spec, results=tmp_path / "results", data_root=root, progress=False)
+    inc = result.final["modality_eval"]["incomplete"]
+    assert inc["rules"] == {"text": "tokens", "audio": "frames", "vision": "frames"}
+    assert inc["curve"][0] == pytest.approx(result.final["test"]["mae"]) and np.isfinite(inc["curve"]).all()
