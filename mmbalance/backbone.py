@@ -18,15 +18,18 @@ variant serves the methods that leave encoders alone, and fine-tuning is the def
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmbalance.data import TaskInfo
 from mmbalance.models.base import MultimodalModel
-from mmbalance.spec import RunSpec, validate_spec
+from mmbalance.spec import RunSpec, SpecError, validate_spec
 
-__all__ = ["encoder_state", "load_encoder", "pretrain_spec"]
+__all__ = ["encoder_state", "load_encoder", "pretrain_spec", "pretrained_encoder"]
 
 
 def pretrain_spec(spec: RunSpec) -> RunSpec:
@@ -39,6 +42,27 @@ def pretrain_spec(spec: RunSpec) -> RunSpec:
         "evaluate_test": spec.evaluate_test,
     }  # fmt: skip
     return validate_spec(doc)
+
+
+def pretrained_encoder(
+    spec: RunSpec, task: TaskInfo, train: Callable[[RunSpec], Any]
+) -> dict[str, torch.Tensor]:
+    """The backbone's weights for ``spec``: its unimodal run trained (or reused) through ``train``
+    (``runner.train`` with the caller's options), waiting while another worker trains it."""
+    m = spec.pretrained.modality
+    if m not in task.modalities:
+        raise SpecError(
+            f"pretrained.modality {m!r}: not a modality of {spec.dataset} ({', '.join(task.modalities)})"
+        )
+    pre = train(pretrain_spec(spec))
+    while pre.status == "running elsewhere":  # another method of the block started the same backbone
+        time.sleep(2)
+        pre = train(pretrain_spec(spec))
+    if pre.status not in ("done", "skipped"):
+        raise SpecError(
+            f"pretrained.modality {m!r}: its unimodal run {pre.run_id} {pre.status}: {pre.reason}"
+        )
+    return encoder_state(pre.path, m)
 
 
 def encoder_state(run_dir: Path, modality: str) -> dict[str, torch.Tensor]:

@@ -731,15 +731,8 @@ def train(
     make_method(spec).check(adapter.task)  # refuse before anything is written
     encoder = None
     if spec.pretrained is not None:  # the backbone's own unimodal run first (reused when recorded)
-        pre = None
-        while pre is None or pre.status == "running elsewhere":  # another method's run may be training it
-            time.sleep(0 if pre is None else 2)
-            pre = train(backbone.pretrain_spec(spec), results, data_root, device, progress, amp, workers,
-                        deterministic=deterministic)  # fmt: skip
-        if pre.status not in ("done", "skipped"):
-            raise RuntimeError(f"pretrained {spec.pretrained.modality} encoder: run {pre.run_id} {pre.status} "
-                               f"{pre.reason}".rstrip())  # fmt: skip
-        encoder = backbone.encoder_state(pre.path, spec.pretrained.modality)
+        encoder = backbone.pretrained_encoder(spec, adapter.task, lambda pre: train(
+            pre, results, data_root, device, progress, amp, workers, deterministic=deterministic))  # fmt: skip
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:

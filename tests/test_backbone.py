@@ -49,3 +49,22 @@ def test_a_model_without_the_modality_takes_nothing(tmp_path):
     plain = small_spec(method="unimodal", method_params={"modality": "m1"})
     a, b = train(spec, tmp_path, progress=False), train(plain, tmp_path, progress=False)
     assert a.final["test"] == b.final["test"]
+
+
+def test_an_unknown_backbone_modality_is_a_one_line_error(tmp_path, capsys):
+    from mmbalance.cli import main
+
+    argv = [
+        "run",
+        "--results",
+        str(tmp_path),
+        "--quiet",
+        "--set",
+        "epochs=1",
+        "--set",
+        "pretrained.modality=m9",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: pretrained.modality 'm9': not a modality of synthetic (m0, m1, m2)\n"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
