@@ -39,6 +39,7 @@ are drawn again too, from a generator seeded by the run's seed and the epoch (a 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,7 +47,13 @@ from torch import Tensor
 
 from mmbalance.data import Batch
 
-__all__ = ["RATES", "SEEDS", "UNK", "InputMeans", "TrainingMissing", "draws", "drop", "rule", "summary"]
+if TYPE_CHECKING:
+    from mmbalance.spec import RunSpec
+
+__all__ = [
+    "RATES", "SEEDS", "UNK", "InputMeans", "TrainingMissing", "draws", "drop", "eval_generators",
+    "incomplete_inputs", "positions", "rule", "summary", "training_missing",
+]  # fmt: skip
 
 RATES = tuple(i / 10 for i in range(10))  # robust_evaluation.py's missing_rate_list
 SEEDS = (1111, 1112, 1113)
@@ -157,7 +164,7 @@ def summary(per_seed: Mapping[int, Sequence[float]], rules: Mapping[str, str]) -
 
 
 def training_missing(
-    spec, modalities: Sequence[str], train_batches: Iterable[Batch]
+    spec: RunSpec, modalities: Sequence[str], train_batches: Iterable[Batch]
 ) -> TrainingMissing | None:
     """The run's ``TrainingMissing`` when its spec asks for it (``train_missing``), after a pass over the
     train split for the inputs' means; None otherwise (nothing is read)."""
