@@ -206,6 +206,12 @@ class DatasetAdapter:
             return metrics.split_primary(self.task.kind, pred, target, self.task.regions)
         return self.evaluate(pred, target, ids)[self.task.primary_metric]
 
+    def unknown_token(self) -> int:
+        """The word id a removed word becomes in LNLN's incomplete-data protocol (``mmbalance/incomplete.py``),
+        for inputs of BERT word ids: 100, [UNK] of the bert-base vocabularies (LNLN's); an adapter with its
+        own tokenizer returns that tokenizer's."""
+        return 100
+
     def describe(self) -> dict[str, Any]:
         t = self.task
         return {"name": self.name, "task": t.kind, "modalities": list(t.modalities), "classes": t.num_classes}

@@ -11,7 +11,8 @@ before every call), so a position removed at r is removed at every larger r. Wha
 on the input's structure, read from the tensor (never from a modality name):
 
 - ``tokens``: BERT's (3, L) integer triple (word ids, attention mask, segment ids; MOSI's ``text_bert``,
-  Food-101's titles). A removed word id becomes 100, BERT's [UNK]; [CLS] (position 0) and [SEP] (the last
+  Food-101's titles). A removed word id becomes [UNK]: 100 in the bert-base vocabularies, as LNLN hard-codes
+  it, or the adapter's own tokenizer's (``DatasetAdapter.unknown_token``); [CLS] (position 0) and [SEP] (the last
   valid position) are kept; only positions with mask 1 are valid; mask and segment ids are unchanged
   (L103-107). LNLN finds the last position as ``argmin(mask) - 1``; we take ``sum(mask) - 1``, the same
   position for BERT's prefix masks.
@@ -38,7 +39,7 @@ are drawn again too, from a generator seeded by the run's seed and the epoch (a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,9 +90,9 @@ def draws(inputs: Mapping[str, Tensor], gens: Sequence[torch.Generator]) -> dict
     return {m: torch.rand(positions(x), generator=g).to(x.device) for (m, x), g in zip(inputs.items(), gens, strict=True)}  # fmt: skip
 
 
-def drop(x: Tensor, u: Tensor, rate: Tensor | float, mean: Tensor | None = None) -> Tensor:
+def drop(x: Tensor, u: Tensor, rate: Tensor | float, mean: Tensor | None = None, unk: int = UNK) -> Tensor:
     """``x`` with the positions whose draw ``u`` is below ``rate`` removed (a float, or one rate per sample);
-    ``mean``: the train-split mean of one sample (``values`` inputs only)."""
+    ``mean``: the train-split mean of one sample (``values`` inputs only); ``unk``: the [UNK] word id."""
     rate = torch.as_tensor(rate, dtype=u.dtype, device=u.device).reshape(-1, *[1] * (u.dim() - 1))
     gone = u < rate
     kind = rule(x)
@@ -101,7 +102,7 @@ def drop(x: Tensor, u: Tensor, rate: Tensor | float, mean: Tensor | None = None)
         rows = torch.arange(len(x), device=x.device)
         gone[:, 0] = False  # [CLS]
         gone[rows, (valid.sum(dim=1) - 1).clamp(min=0)] = False  # [SEP]
-        return torch.cat([torch.where(gone, UNK, ids).unsqueeze(1), x[:, 1:]], dim=1)
+        return torch.cat([torch.where(gone, unk, ids).unsqueeze(1), x[:, 1:]], dim=1)
     if kind == "frames":
         return x * ~gone.unsqueeze(-1)
     if mean is None:
@@ -137,10 +138,14 @@ class InputMeans:
 
 
 def incomplete_inputs(
-    u: Mapping[str, Tensor], inputs: Mapping[str, Tensor], rate: Tensor | float, means: Mapping[str, Tensor]
+    u: Mapping[str, Tensor],
+    inputs: Mapping[str, Tensor],
+    rate: Tensor | float,
+    means: Mapping[str, Tensor],
+    unk: int = UNK,
 ) -> dict[str, Tensor]:
     """The modalities drawn in ``u`` at ``rate`` (one per sample, or one for all)."""
-    return {m: drop(inputs[m], v, rate, means.get(m)) for m, v in u.items()}
+    return {m: drop(inputs[m], v, rate, means.get(m), unk) for m, v in u.items()}
 
 
 def eval_generators(seed: int, modalities: Sequence[str]) -> list[torch.Generator]:
@@ -164,24 +169,26 @@ def summary(per_seed: Mapping[int, Sequence[float]], rules: Mapping[str, str]) -
 
 
 def training_missing(
-    spec: RunSpec, modalities: Sequence[str], train_batches: Iterable[Batch]
+    spec: RunSpec, modalities: Sequence[str], train_batches: Iterable[Batch], unknown_token: Callable[[], int]
 ) -> TrainingMissing | None:
     """The run's ``TrainingMissing`` when its spec asks for it (``train_missing``), after a pass over the
-    train split for the inputs' means; None otherwise (nothing is read)."""
+    train split for the inputs' means; None otherwise (nothing is read, ``unknown_token`` not asked)."""
     if not spec.train_missing:
         return None
     means = InputMeans()
     for _ in means.watch(train_batches):
         pass
-    return TrainingMissing(spec.seed, modalities, means.means)
+    return TrainingMissing(spec.seed, modalities, means.means, unknown_token())
 
 
 class TrainingMissing:
     """LNLN's random missing rates in training (module doc): ``apply(batch)`` is the batch as the
     step sees it; ``start_epoch(epoch)`` reseeds the draws."""
 
-    def __init__(self, seed: int, modalities: Sequence[str], means: Mapping[str, Tensor]) -> None:
-        self.seed, self.modalities, self.means = seed, list(modalities), dict(means)
+    def __init__(
+        self, seed: int, modalities: Sequence[str], means: Mapping[str, Tensor], unk: int = UNK
+    ) -> None:
+        self.seed, self.modalities, self.means, self.unk = seed, list(modalities), dict(means), unk
         self.gen = torch.Generator()
 
     def start_epoch(self, epoch: int) -> None:
@@ -194,5 +201,5 @@ class TrainingMissing:
             rate = torch.rand(len(x), generator=self.gen)
             rate = torch.where(torch.rand(len(x), generator=self.gen) < 0.5, 0.0, rate)
             u = torch.rand(positions(x), generator=self.gen)
-            inputs[m] = drop(x, u.to(x.device), rate.to(x.device), self.means.get(m))
+            inputs[m] = drop(x, u.to(x.device), rate.to(x.device), self.means.get(m), self.unk)
         return Batch(inputs, batch.target, batch.ids)

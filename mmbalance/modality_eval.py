@@ -279,11 +279,13 @@ def measure(
     train_batches: Iterable[Batch],
     test_batches: Iterable[Batch],
     seed: int,
+    unk: int = incomplete.UNK,
 ) -> dict:
     """Every measurement of the module doc, as the JSON-ready ``modality_eval`` record.
 
     ``forward(batch) -> prediction`` runs the method's evaluation forward (eval mode, no AMP scaling);
-    ``score``/``compact`` are the dataset adapter's primary metric of a split and prediction compaction."""
+    ``score``/``compact`` are the dataset adapter's primary metric of a split and prediction compaction;
+    ``unk``: its [UNK] word id (``DatasetAdapter.unknown_token``)."""
     model.eval()
     mods = list(model.modalities)
     key, higher = task.primary_metric, task.higher_is_better
@@ -324,7 +326,10 @@ def measure(
             for s, gens in missing_gens.items():
                 u = incomplete.draws({m: batch.inputs[m] for m in mods}, gens)
                 for r in incomplete.RATES[1:]:
-                    inputs = {**batch.inputs, **incomplete.incomplete_inputs(u, batch.inputs, r, in_means)}
+                    inputs = {
+                        **batch.inputs,
+                        **incomplete.incomplete_inputs(u, batch.inputs, r, in_means, unk),
+                    }
                     pred = forward(Batch(inputs, batch.target, batch.ids)).float()
                     missing_preds[(s, r)].append(compact(pred).cpu())
             rules = {m: incomplete.rule(batch.inputs[m]) for m in mods}

@@ -314,7 +314,9 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
         self.start_epoch = 0
         self.next_step = 0  # global step of the next batch
-        self.missing = incomplete.training_missing(spec, self.modalities, self.iterate("train"))
+        self.missing = incomplete.training_missing(
+            spec, self.modalities, self.iterate("train"), adapter.unknown_token
+        )
 
     def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
@@ -418,7 +420,7 @@ class Trainer:
 
         return modality_eval.measure(
             self.model, forward, self.task, self.adapter.primary_value, self.adapter.compact_prediction,
-            self.iterate("train"), self.iterate("test"), seed=self.spec.seed,
+            self.iterate("train"), self.iterate("test"), seed=self.spec.seed, unk=self.adapter.unknown_token(),
         )  # fmt: skip
 
     def try_resume(self) -> None:

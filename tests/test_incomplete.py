@@ -33,6 +33,22 @@ def test_tokens_become_unk_keeping_cls_sep_and_padding():
     assert out[:, 0].tolist() == [[101, UNK, 8, UNK, 102, 0], [101, 4, UNK, 6, UNK, 102]]
     assert torch.equal(out[:, 1:], x[:, 1:])  # attention mask and segment ids unchanged
     assert rule(x) == "tokens" and out.dtype == x.dtype
+    assert drop(x, u, 0.5, unk=1)[0, 0].tolist() == [101, 1, 8, 1, 102, 0]  # a vocabulary with [UNK] at 1
+
+
+def test_the_unknown_token_is_the_tokenizers(tmp_path):
+    from mmbalance.datasets.food101 import Food101, Food101Params
+    from mmbalance.fixtures import food101 as fixture
+
+    root = fixture.write(tmp_path)
+    models = {
+        "text_model": str(root / "tiny_models" / "bert"),
+        "image_model": str(root / "tiny_models" / "vit"),
+    }
+    assert (
+        Food101(Food101Params(mode="end_to_end", **models), root).unknown_token() == 1
+    )  # the fixture vocab's
+    assert Food101(Food101Params(**models), root).unknown_token() == UNK  # features: no word ids
 
 
 def test_frames_are_zeroed_and_values_take_the_train_mean():
