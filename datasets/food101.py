@@ -513,6 +513,12 @@ class Food101(DatasetAdapter):
                 )
         return self._splits[name]
 
+    def unknown_token(self) -> int:
+        """End-to-end text is word ids of ``text_model``'s tokenizer: its [UNK] (the features mode has none)."""
+        if self.params.mode == "features":
+            return super().unknown_token()
+        return load_processors(self.params.text_model, self.params.image_model)[0].unk_token_id
+
     def reads_items(self) -> bool:
         """Whether items are read from files as they are drawn (so loader workers pay off on a GPU)."""
         return True

@@ -468,11 +468,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         final = rd.final()
         old = final.get("modality_eval")
         old = None if old is not None and "error" in old else old  # a failed measurement is replaced
-        if old is not None and not same_record(old, new):
+        # A record from before the incomplete-data protocol: compared on what it has, and given the protocol.
+        added = old is not None and "incomplete" not in old
+        same = old is not None and same_record(old, {k: v for k, v in new.items() if k in old or not added})
+        if old is not None and not same:
             mismatched += 1
             console.print(f"[red]{rd.run_id}: differs from the record written at the end of training[/red]")
-        verdict = "new" if old is None else "matches final.json" if same_record(old, new) else "differs"
-        if old is None or args.write:
+        verdict = "new" if old is None else "matches final.json" if same else "differs"
+        verdict += ", incomplete-data protocol added" if added and same else ""
+        if old is None or args.write or (added and same):
             atomic_write_json(rd.file("final.json"), {**final, "modality_eval": new})
             verdict += ", written to final.json"
         tidy_finished(rd)

@@ -223,11 +223,17 @@ class DatasetAdapter:
 
     def primary_value(self, pred: Tensor, target: Tensor, ids: list[str]) -> float:
         """The split's primary metric alone, equal to ``evaluate(...)[primary_metric]`` but without the
-        other metrics (``modality_eval`` scores 2^M + 9M variants of the test split per run); an adapter
+        other metrics (``modality_eval`` scores 2^M + 9M + 27 variants of the test split per run); an adapter
         that evaluates its own way (BraTS: Dice per volume) is asked through ``evaluate``."""
         if type(self).evaluate is DatasetAdapter.evaluate:
             return metrics.split_primary(self.task.kind, pred, target, self.task.regions)
         return self.evaluate(pred, target, ids)[self.task.primary_metric]
+
+    def unknown_token(self) -> int:
+        """The word id a removed word becomes in LNLN's incomplete-data protocol (``mmbalance/incomplete.py``),
+        for inputs of BERT word ids: 100, [UNK] of the bert-base vocabularies (LNLN's); an adapter with its
+        own tokenizer returns that tokenizer's."""
+        return 100
 
     def describe(self) -> dict[str, Any]:
         t = self.task

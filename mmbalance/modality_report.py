@@ -9,7 +9,9 @@ nothing else, so it stays beside the main tables without touching them:
   relative robustness (area under the noise curve) and effective robustness against joint training
   (mean over the modalities' noise curves);
 - figures ``<name>-<dataset>-<task>-contributions`` (Shapley bars per method) and
-  ``<name>-<dataset>-<task>-robustness`` (metric vs noise level per modality, one panel per method).
+  ``<name>-<dataset>-<task>-robustness`` (metric vs noise level per modality, one panel per method);
+- LNLN's incomplete-data protocol: table ``<name>-incomplete`` and figures ``...-incomplete``
+  (``incomplete_report.py``).
 """
 
 from __future__ import annotations
@@ -177,7 +179,9 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
 def write_modality_outputs(
     runs: pd.DataFrame, out: Path, name: str, heading: str, figures: bool = True
 ) -> list[Path]:
-    """The table files and (optionally) the figures; nothing when no run has a record."""
+    """The table files and (optionally) the figures; nothing when no run has a record. Records with LNLN's
+    incomplete-data entry also get their own table file and figures (``incomplete_report``)."""
+    from mmbalance.incomplete_report import incomplete_figures, incomplete_tables
     from mmbalance.report import write_tables
 
     tables = modality_tables(runs)
@@ -186,4 +190,8 @@ def write_modality_outputs(
     paths = write_tables(
         tables, out / "tables", f"{name}-modality", f"{heading}: modality contributions and robustness"
     )
-    return paths + (modality_figures(runs, out / "figures", name) if figures else [])
+    paths += modality_figures(runs, out / "figures", name) if figures else []
+    if incomplete := incomplete_tables(runs):
+        paths += write_tables(incomplete, out / "tables", f"{name}-incomplete", f"{heading}: incomplete data")
+        paths += incomplete_figures(runs, out / "figures", name) if figures else []
+    return paths

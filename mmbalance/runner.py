@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import mmbalance
-from mmbalance import metrics
+from mmbalance import backbone, incomplete, metrics
 from mmbalance.core import DeviceError
 from mmbalance.data import Batch, DataError, DatasetAdapter, collate
 from mmbalance.locks import RunLock
@@ -267,7 +267,9 @@ class Trainer:
         workers: int = 0,
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
         deterministic: bool = False,
+        encoder: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """``encoder``: the pretrained weights of ``spec.pretrained.modality``'s encoder (``backbone.py``)."""
         self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
         self.spec, self.adapter, self.rd, self.device, self.progress = (
             spec,
@@ -290,6 +292,8 @@ class Trainer:
         self.modalities = self.method.model_modalities(self.task.modalities)
         model_params = type(adapter).ModelParams.model_validate(spec.model_params)
         self.model = adapter.build_model(model_params, self.modalities).to(device)
+        if encoder is not None:
+            backbone.load_encoder(self.model, spec.pretrained.modality, encoder, spec.pretrained.freeze)
         self.model_parameters = list(self.model.parameters())  # listed once: clipping walks them every step
         self.datasets = {s: adapter.split(s) for s in spec.splits}
         if len(self.datasets["train"]) == 0:
@@ -310,6 +314,9 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
         self.start_epoch = 0
         self.next_step = 0  # global step of the next batch
+        self.missing = incomplete.training_missing(
+            spec, self.modalities, self.iterate("train"), adapter.unknown_token
+        )
 
     def loader(self, split: str, shuffle: bool, epoch: int = 0, stream: int = 0) -> DataLoader:
         # The shuffle order depends only on (seed, epoch, stream), so a resumed run sees the same batches;
@@ -413,7 +420,7 @@ class Trainer:
 
         return modality_eval.measure(
             self.model, forward, self.task, self.adapter.primary_value, self.adapter.compact_prediction,
-            self.iterate("train"), self.iterate("test"), seed=self.spec.seed,
+            self.iterate("train"), self.iterate("test"), seed=self.spec.seed, unk=self.adapter.unknown_token(),
         )  # fmt: skip
 
     def try_resume(self) -> None:
@@ -533,6 +540,9 @@ class Trainer:
             )
         else:
             batches = self.planned_batches(parts, epoch)
+        if self.missing is not None:  # the training steps see incomplete inputs; methods' own passes do not
+            self.missing.start_epoch(epoch)
+            batches = ((self.missing.apply(b), tags) for b, tags in batches)
         total, n = 0.0, 0
         for i, (batch, tags) in enumerate(batches):
             # Counted on from the previous epoch: a re-sampled epoch may have more batches than steps_per_epoch.
@@ -721,6 +731,10 @@ def train(
         tidy_finished(rd)
         return RunResult(rd.run_id, rd.path, "skipped", final)
     make_method(spec).check(adapter.task)  # refuse before anything is written
+    encoder = None
+    if spec.pretrained is not None:  # the backbone's own unimodal run first (reused when recorded)
+        encoder = backbone.pretrained_encoder(spec, adapter.task, lambda pre: train(
+            pre, results, data_root, device, progress, amp, workers, deterministic=deterministic))  # fmt: skip
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:
@@ -736,7 +750,7 @@ def train(
             # the folder as it was.
             workers = auto_workers(adapter, dev) if workers is None else workers
             trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
-                              deterministic=deterministic)  # fmt: skip
+                              deterministic=deterministic, encoder=encoder)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:

@@ -73,7 +73,17 @@ class TunedSpec(StrictModel):
 
 
 # Fields whose default is left out of the canonical spec, so adding them kept every earlier run id.
-OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True}
+OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True, "train_missing": False, "pretrained": None}
+
+
+class PretrainSpec(StrictModel):
+    """Backbone imbalance (``mmbalance/backbone.py``): ``modality``'s encoder starts from a unimodal run of
+    ``epochs`` epochs with ``optim`` on the same data and seed; frozen or fine-tuned with the rest."""
+
+    modality: str
+    freeze: bool = False
+    epochs: StrictInt = Field(12, ge=1, le=MAX_EPOCHS)
+    optim: OptimSpec = OptimSpec(lr=0.05)  # the synthetic preset's SGD
 
 
 class RunSpec(StrictModel):
@@ -92,6 +102,9 @@ class RunSpec(StrictModel):
     tuned: TunedSpec | None = None  # None: the default protocol (the method's own defaults)
     # False for tuning trials: the test split is never built, read or fingerprinted, only validation.
     evaluate_test: bool = True
+    # LNLN's random missing rates in training (mmbalance/incomplete.py), for any method: off by default.
+    train_missing: bool = False
+    pretrained: PretrainSpec | None = None  # one modality's encoder starts pretrained (backbone imbalance)
 
     @model_validator(mode="after")
     def _params_valid(self, info: ValidationInfo) -> RunSpec:
