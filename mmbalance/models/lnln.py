@@ -35,7 +35,7 @@ Where this follows the code and not the paper, or generalises:
 - Sequence lengths (the positional embeddings' sizes) come from the data, as MMSA's loader overwrites
   ``seq_lens`` with the real shapes.
 - Contract: ``encoders[m]`` is E_m (BERT included), so methods and ``modality_eval`` reach each modality's
-  path by name; ``Output.features[m]`` is h_m averaged over its k tokens, ``Output.fused`` the pooled fusion
+  path by name; ``encoders[m](x)`` and ``Output.features[m]`` are h_m averaged over its k tokens, ``Output.fused`` the pooled fusion
   output, ``Output.aux`` holds w, h_d and the training-only terms.
 """
 
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.core import StrictModel
+from mmbalance.core import MethodNotApplicable, StrictModel
 from mmbalance.models.base import MultimodalModel, Output
 
 __all__ = ["LNLNModelParams", "LNLNModel", "LNLNEncoder", "build_lnln_model"]
@@ -226,8 +226,8 @@ class HyperLayer(nn.Module):
 
 # --- the network -------------------------------------------------------------------------------------
 class LNLNEncoder(nn.Module):
-    """E_m: (BERT on word ids, for text) Linear to d, Transformer with k prepended tokens; the k token
-    outputs (B, k, d)."""
+    """E_m: (BERT on word ids, for text) Linear to d, Transformer with k prepended tokens. ``tokens`` gives
+    the k token outputs (B, k, d), which LNLN reads; ``forward`` their mean (B, d), the contract's feature."""
 
     def __init__(self, in_dim: int, length: int, p: LNLNModelParams, bert: nn.Module | None = None,
                  finetune: bool = True) -> None:  # fmt: skip
@@ -245,11 +245,18 @@ class LNLNEncoder(nn.Module):
             self.bert.eval()
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def tokens(self, x: Tensor) -> Tensor:
         if self.bert is not None:  # (B, 3, L): word ids, attention mask, segment ids (BertTextEncoder)
             with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
                 x = self.bert(input_ids=x[:, 0], attention_mask=x[:, 1], token_type_ids=x[:, 2])[0]
         return self.transformer(self.proj(x))[:, : self.k]
+
+    def feature_modules(self) -> list[nn.Module]:
+        """LNLNModel calls ``tokens``, not ``forward``: the transformer's output is all this modality passes on."""
+        return [self.transformer]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tokens(x).mean(dim=1)  # (B, d)
 
 
 class DominantFusion(nn.Module):
@@ -302,11 +309,11 @@ class LNLNModel(MultimodalModel):
         )
 
     def forward(self, inputs: Mapping[str, Tensor], complete: Mapping[str, Tensor] | None = None) -> Output:
-        h = self.encode(inputs)  # (B, k, d) each
+        h = {m: enc.tokens(inputs[m]) for m, enc in self.encoders.items()}  # (B, k, d) each
         fused, w, h_d = self.fusion(h)
         aux = {"w": w, "dominant": h_d}
         if complete is not None:
-            target = self.encode(complete)
+            target = {m: enc.tokens(complete[m]) for m, enc in self.encoders.items()}
             aux["reconstructed"] = torch.cat([self.reconstructors[m](h[m]) for m in h], dim=1)
             aux["complete"] = torch.cat(list(target.values()), dim=1)
             pair = torch.cat([h_d, target[self.fusion.dominant]])  # (2B, k, d): corrected, then complete
@@ -320,8 +327,8 @@ def build_lnln_model(
 ) -> LNLNModel:  # fmt: skip
     """LNLN over the modalities of ``in_dims`` ({name: feature size}, in order) with sequence ``lengths``;
     ``bert`` (for the dominant text) reads word ids instead of features."""
-    if p.dominant not in in_dims or len(in_dims) < 2:
-        raise ValueError(
+    if p.dominant not in in_dims or len(in_dims) < 2:  # e.g. the unimodal baseline's one modality
+        raise MethodNotApplicable(
             f"LNLN needs its dominant modality {p.dominant!r} and at least one other; got {list(in_dims)}"
         )
     encoders = {
