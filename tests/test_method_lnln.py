@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel
 
 from mmbalance.fixtures import mosi, sims
 from mmbalance.method import MethodNotApplicable
-from mmbalance.runner import train
+from mmbalance.runner import Trainer, train
 from mmbalance.spec import validate_spec
 
 TINY = {"arch": "lnln", "lnln": {"dim": 16, "mlp_dim": 16, "heads": 2, "dim_head": 8, "tokens": 2, "depth": 1,
@@ -63,6 +63,27 @@ def test_one_epoch_on_sims_with_own_labels(data, tmp_path):
 
 def test_joint_trains_the_lnln_network_with_its_head_alone(data, tmp_path):
     assert run(data, tmp_path, dataset="sims", method="joint", model_params=TINY).status == "done"
+
+
+def test_interrupted_run_resumes_exactly(data, tmp_path, monkeypatch):
+    """Its random incomplete inputs come from the run's RNG, which the checkpoint holds: an interrupted run
+    ends with the uninterrupted one's numbers and curves."""
+    spec = {"dataset": "sims", "method": "lnln", "model_params": TINY, "epochs": 3}
+    reference = run(data, tmp_path / "ref", **spec)
+    save = Trainer.save_checkpoint
+
+    def save_then_stop(self, epoch: int) -> None:
+        save(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run(data, tmp_path / "res", **spec)
+    resumed = run(data, tmp_path / "res", **spec)
+    assert resumed.final == reference.final
+    assert (resumed.path / "curves.csv").read_text() == (reference.path / "curves.csv").read_text()
 
 
 def test_refusals(data, tmp_path):
