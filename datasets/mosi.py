@@ -16,7 +16,9 @@ release (1284 training samples) is checked against the SHA-256 in MMSA's README.
 serves MMSA's word ids as (3, L) int64 per item; the model then runs a local BERT
 (``model_params.bert``, frozen unless ``finetune``) before the text encoder, as MMSA's ``use_bert``.
 MMSA's ``audio_lengths`` / ``vision_lengths`` are not used: like the CGGM code, the model attends over
-the padded steps.
+the padded steps. ``model_params.arch: lnln`` builds LNLN's network instead (``mmbalance/models/lnln.py``;
+with ``text_bert`` its text encoder holds the BERT, trained unless ``finetune`` is false), which the
+``lnln`` method trains; ``arch`` and ``lnln`` stay out of the MSA model's canonical spec (its run ids).
 Task: regression of the sentiment score in [-3, 3], L1 loss, the MOSI metrics (MAE, Corr, Acc-7,
 Acc-2, F1). Modalities in CGGM's order: text, audio, vision. Pickles are read with the restricted
 unpickler (``mmbalance.safe_pickle``).

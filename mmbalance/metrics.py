@@ -1,4 +1,4 @@
-"""Task metrics: classification, MOSI-style sentiment regression, Dice per region.
+"""Task metrics: classification, MOSI-style and CH-SIMS sentiment regression, Dice per region.
 
 Each function takes plain tensors/arrays of a whole split and returns ``{name: float}``.
 Accuracy, F1 and Dice are reported in percent (0-100), as the papers print them; MAE and
