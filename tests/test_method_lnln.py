@@ -5,6 +5,7 @@ model's canonical spec unchanged by the new model choice."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,17 @@ def test_msa_specs_keep_their_canonical_form():
     assert "arch" not in params and "lnln" not in params
     lnln = validate_spec({"dataset": "mosi", "model_params": {"arch": "lnln"}}).canonical()["model_params"]
     assert lnln["arch"] == "lnln" and lnln["lnln"]["tokens"] == 8
+
+
+def test_loss_by_hand():
+    """L = 0.9 MSE(w, 1 - r_l) + 0.8 CE + 0.1 MSE(rec, complete) + 1.0 MSE(pred, y), the code's defaults."""
+    from mmbalance.methods.lnln import LNLNParams, lnln_loss
+    from mmbalance.models.base import Output
+
+    aux = {"w": torch.tensor([[0.5]]), "effectiveness": torch.zeros(2, 2), "reconstructed": torch.zeros(1, 2, 3),
+           "complete": torch.ones(1, 2, 3)}  # fmt: skip
+    out = Output(torch.tensor([[1.0]]), {}, torch.zeros(1, 1), aux)
+    terms = lnln_loss(out, torch.tensor([[0.0]]), torch.tensor([1.0]), LNLNParams())
+    # (0.5 - 1)^2 = 0.25; CE of equal logits = ln 2; (0 - 1)^2 = 1; (1 - 0)^2 = 1
+    assert terms["l_cc"].item() == pytest.approx(0.25) and terms["l_adv"].item() == pytest.approx(math.log(2))
+    assert terms["loss"].item() == pytest.approx(0.9 * 0.25 + 0.8 * math.log(2) + 0.1 * 1 + 1.0 * 1)
