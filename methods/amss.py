@@ -36,11 +36,15 @@ adaptive``, ``gn_mode: gn``, ``temperature`` 0.2 (argparse default; the text-ima
 
 Where this file generalises:
 
-- **Which parameters.** The code masks the conv kernels of the ResNet ``layer`` blocks of each
-  encoder (name contains 'layer' and 'conv', 4-D). ``params: conv`` takes every 4-D kernel of the
-  encoder (the stem conv too); the default ``params: weights`` takes every weight with dim >= 2
-  (conv kernels and linear weights; row k = output unit k), so MLP and transformer encoders can
-  be masked. Biases and norm layers are never masked, as in the code.
+- **Which parameters.** The code masks the conv kernels inside the ResNet ``layer`` blocks of each
+  encoder (names containing 'layer' and 'conv', 4-D, train_test.py:243, 276): the blocks' own
+  convolutions, not the stem (``conv1``, outside the layers) nor the ``downsample`` shortcut (no
+  'conv' in its name). The default ``params: residual`` selects exactly those by structure: the
+  ``Conv2d`` children of every residual block (torchvision ``BasicBlock`` / ``Bottleneck``; the
+  shortcut is a child ``Sequential``). **[generalised]** An encoder without residual blocks (MLP,
+  CNN, transformer) masks as ``params: weights``: every weight with dim >= 2 (conv kernels and
+  linear weights; row k = output unit k). ``params: conv`` takes every 4-D kernel of the encoder
+  (stem and shortcut too). Biases and norm layers are never masked, as in the code.
 - **M modalities**: c_m = 1 - softmax(t)_m, the form of the three-modality code (whose other
   constants, +3, /40, were tuned for NVGesture and are not taken).
 - **Segmentation**: per-pixel shares, label frequencies over pixels; features (B, D, h, w) give
@@ -57,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, MethodNotApplicable, RunContext
@@ -65,7 +70,7 @@ from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
 
-__all__ = ["AMSSParams", "AMSS", "amss_coefficients", "filter_mask"]
+__all__ = ["AMSSParams", "AMSS", "amss_coefficients", "filter_mask", "residual_block_kernels"]
 
 
 class AMSSParams(StrictModel):
@@ -73,7 +78,9 @@ class AMSSParams(StrictModel):
     sample_mode: Literal["adaptive", "topk", "random", "bernoulli"] = "adaptive"  # README runs
     gn_mode: Literal["gn", "gn_wn", "sqrt_gn"] = "gn"  # filter importance: grad^2, / w^2, or its sqrt
     plus: bool = False  # AMSS+ (--isbias 1): kept filters weighted 1 / (importance + 1/n); adaptive only
-    params: Literal["weights", "conv"] = "weights"  # which encoder tensors are masked (see docstring)
+    params: Literal["residual", "weights", "conv"] = (
+        "residual"  # which encoder tensors are masked (docstring)
+    )
 
 
 def amss_coefficients(
@@ -90,6 +97,14 @@ def amss_coefficients(
     t = torch.stack([(s + hy + 0.5) / h for s, h in zip(scores, entropies, strict=True)]) / temperature
     coeff = 1 - t.softmax(dim=0)
     return [0.5 if math.isnan(c) else min(max(c, 0.1), 0.9) for c in coeff.tolist()]
+
+
+def residual_block_kernels(encoder: nn.Module) -> list[nn.Parameter]:
+    """The kernels of the convolutions inside the encoder's residual blocks: each block's own ``Conv2d``
+    children; the ``downsample`` shortcut (a child ``Sequential``) and the stem (outside the blocks)
+    are left out, as the code's name filter leaves them (train_test.py:243)."""
+    blocks = [b for b in encoder.modules() if isinstance(b, (BasicBlock, Bottleneck))]
+    return [c.weight for b in blocks for c in b.children() if isinstance(c, nn.Conv2d)]
 
 
 def filter_mask(grad: Tensor, weight: Tensor, keep: float, p: AMSSParams) -> Tensor:
@@ -139,7 +154,12 @@ class AMSS(Method):
         dim = (lambda p: p.dim() == 4) if self.p.params == "conv" else (lambda p: p.dim() >= 2)
         self.masked: dict[str, list[nn.Parameter]] = {}
         for m in ctx.modalities:
-            self.masked[m] = [p for p in model.encoder_parameters(m) if dim(p)]
+            trainable = model.encoder_parameters(m)
+            residual = {id(p) for p in residual_block_kernels(model.encoders[m])}
+            if self.p.params == "residual" and residual:
+                self.masked[m] = [p for p in trainable if id(p) in residual]
+            else:  # `weights` where the encoder has no residual block (see the module docstring)
+                self.masked[m] = [p for p in trainable if dim(p)]
             if not self.masked[m]:
                 raise MethodNotApplicable(
                     f"amss: params={self.p.params!r} selects no tensor of the {m!r} encoder "
@@ -149,7 +169,7 @@ class AMSS(Method):
 
     @torch.no_grad()
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
-        feats = [out.features[m].detach().float() for m in ctx.modalities]
+        feats = [out.features[m].detach().to(model.head.weight.dtype) for m in ctx.modalities]  # AMP: fp32
         shares = model.unimodal_logits(dict(zip(ctx.modalities, feats, strict=True)))
         self.coeff = amss_coefficients(list(shares.values()), feats, batch.target, self.p.temperature)
         for m, keep in zip(ctx.modalities, self.coeff, strict=True):

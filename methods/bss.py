@@ -25,12 +25,21 @@ Sample scores on the train split (no update)::
   draw of all N samples without replacement with probability w / sum(w), trained in that order
   (``shuffle=False``, 219-224).
 
+Prediction (``test``, train-CL.py:100, train-SPL.py:100), which also selects the best epoch::
+
+    pred = sum_m h_m(f_m)                         # ``prediction: unimodal`` (CREMA-D scripts)
+    pred = sum_m h_m(f_m) + head([f_a; f_v])      # ``prediction: all`` (KS/train-CL.py:99, train-SPL.py:98)
+
+The fused head, which carries only 0.1 of the loss, is not the model's prediction. The KS scripts
+are ``fused_weight: 1, unimodal_weight: 1, prediction: all`` (KS/train-CL.py:52-55, 99).
+
 Defaults: SGD lr 0.01 (StepLR 70, 0.1), 120 epochs, batch 32 (train-CL.py:24-30).
 
 Where this file generalises:
 
 - **M modalities**: sim_i is the mean cosine over modality pairs (the code's one pair for M = 2),
-  the unimodal term sums all M heads. ``h_m`` are ``UnimodalHeads`` (the code's ``linear_a``).
+  the unimodal term sums all M heads. ``h_m`` are ``UnimodalHeads``: the code's one ``nn.Linear``
+  (``linear_a``) with the audio-visual ResNet model's ``unimodal_head: linear``; two layers otherwise.
 - **Segmentation**: per-sample losses and similarities are means over pixels (not in the code).
   **Regression is refused**: the agreement compares class distributions.
 - **[not followed]** the code scores in train mode (146: "to compute gradients", none are used), so
@@ -67,6 +76,9 @@ class BSSParams(StrictModel):
     unimodal_weight: float = Field(0.9, ge=0)  # train-CL.py:57
     lambda_0: float = Field(0.1, gt=0, le=1)  # initial fraction of the curriculum (train-CL.py:223)
     grow_epochs: int = Field(40, ge=1)  # T_grow: epochs until all samples are used (train-CL.py:224)
+    # What predicts (and selects the best epoch): the unimodal heads' summed logits (CREMA-D/train-CL.py:100),
+    # or those plus the fused head's (KS/train-CL.py:99)
+    prediction: Literal["unimodal", "all"] = "unimodal"
 
 
 def min_max(x: Tensor) -> Tensor:
@@ -156,6 +168,13 @@ class BSS(UnimodalHeadsMethod):
         used = int(len(self.order) * pace(ctx.epoch, self.p.lambda_0, self.p.grow_epochs))
         self.used = max(used, min(len(self.order), ctx.batch_size))  # at least one batch (tiny splits)
         return [[(i, 0) for i in self.order[: self.used]]]
+
+    def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
+        out = super().forward(model, batch, ctx)
+        if not ctx.training:  # test(): train-CL.py:100 (KS/train-CL.py:99 with the fused logits)
+            uni = sum(out.aux[f"logits/{m}"] for m in ctx.modalities)
+            out.pred = uni + out.pred if self.p.prediction == "all" else uni
+        return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         uni = sum(ctx.task_loss(out.aux[f"logits/{m}"], batch.target) for m in ctx.modalities)

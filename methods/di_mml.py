@@ -18,21 +18,34 @@ Stage 1 (``stage1_epochs``; main_CFT.py:71-98), per step::
         class means mu_m[c]; hit_m[i, d] = [argmin_c |f_m[i, d] - mu_m[c, d]| == y_i]
         top_m = {d : mean_i hit_m[i, d] > mean_{i, d} hit_m};  A = top_a - top_v;  V = top_v - top_a
 
-Stage 2 (the remaining epochs; main_CFT_stage2.py:94-118): encoders frozen (eval mode, no
-gradient), only the fusion classifier is trained: ``CE(head([f_a; f_v]), y)``. The model's
-prediction is that classifier's, so best-epoch selection only looks at stage-2 epochs.
+Stage 2 (the remaining epochs; main_CFT_stage2.py:84-120): encoders frozen (eval mode, no
+gradient), only the fusion classifier is trained: ``CE(head([f_a; f_v]), y)``, by a fresh optimiser
+(SGD lr ``stage2_lr`` 1e-3, momentum 0.9, weight decay 1e-4, StepLR 70 / 0.1; lines 284-286), not the
+stage-1 one. Best-epoch selection only looks at stage-2 epochs.
+
+Prediction (``valid_combine_classifier``, main_CFT_stage2.py:176-186), a confidence-weighted mix of
+the stage-1 unimodal classifiers and the fusion classifier, per sample::
+
+    o = (h_a(f_a), h_v(f_v), head([f_a; f_v]))
+    w = softmax_k( max_c softmax(o_k)_c / T2 )              # T2: ``stage2_temperature``
+    pred = sum_k w_k o_k
 
 Defaults: stage 1 150 epochs (main_CFT.py:27), stage 2 20 (stage2 argparse), w = 1
 (``--weight``), contrast from epoch 20, temperature 1 (argparse; the README runs use 50 on
-CREMA-D and ModelNet, 10 on AVE and UCF), SGD lr 1e-3, batch 16.
+CREMA-D and ModelNet, 10 on AVE and UCF), stage-2 temperature 1 (argparse; README stage-2 runs: 1
+on CREMA-D and UCF, 3 on AVE and ModelNet), SGD lr 1e-3, batch 16.
 
 Where this file generalises:
 
 - **One run** instead of two scripts: the stage-2 fusion classifier is the model's own head,
   trained from its initial weights after stage 1 (the code trains a fresh ``fusion_module``).
 - **M modalities**: a modality's "only" dimensions are its top dimensions that no other modality
-  has among its top ones; every other modality is pulled towards it on them (M = 2: the code).
-- ``h_m`` are ``UnimodalHeads`` (the code's Linear); ``g`` needs equal feature sizes.
+  has among its top ones; every other modality is pulled towards it on them (M = 2: the code); the
+  prediction mixes the M unimodal classifiers and the fusion one.
+- ``h_m`` are ``UnimodalHeads`` (the code's one Linear, main_CFT.py ``AClassifier``: the audio-visual
+  ResNet model's ``unimodal_head: linear``; two layers on the other models); ``g`` needs equal
+  feature sizes.
+- Evaluation in stage-1 epochs uses the same mix (the fusion classifier untrained); they are never selected.
 - **Classification only**: the dimension selection uses class means and labels. The stage-2
   classifier reads the concatenated features, so fusions other than concat are refused.
 """
@@ -53,7 +66,7 @@ from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Epochs, Float
 
-__all__ = ["DIMMLParams", "DIMML", "discriminative_dims", "contrast_loss"]
+__all__ = ["DIMMLParams", "DIMML", "discriminative_dims", "confidence_mix", "contrast_loss"]
 
 
 class DIMMLParams(StrictModel):
@@ -63,6 +76,9 @@ class DIMMLParams(StrictModel):
     contrast_epoch: int = Field(
         20, ge=0
     )  # dimensions chosen and L_c on from this epoch (main_CFT.py:93, 302)
+    # T2 of the prediction's confidence weights (main_CFT_stage2.py:48, 184; README stage-2 runs: 1 or 3)
+    stage2_temperature: float = Field(1.0, gt=0)
+    stage2_lr: float = Field(1e-3, gt=0)  # the stage-2 optimiser's (main_CFT_stage2.py:33, 284)
 
     @model_validator(mode="after")
     def _order(self) -> DIMMLParams:
@@ -81,6 +97,14 @@ def discriminative_dims(features: Tensor, labels: Tensor, num_classes: int) -> T
     nearest = (features[:, None, :] - means[None]).abs().argmin(dim=1)  # (N, D)
     hit = (nearest == labels[:, None]).float()
     return hit.mean(0) > hit.mean()
+
+
+def confidence_mix(logits: list[Tensor], temperature: float) -> Tensor:
+    """``sum_k w_k o_k`` with ``w = softmax_k(max_c softmax(o_k)_c / T)`` per sample
+    (main_CFT_stage2.py:180-186)."""
+    confidence = torch.stack([z.softmax(dim=1).amax(dim=1) for z in logits])  # (K, B)
+    w = (confidence / temperature).softmax(dim=0)
+    return sum(w_k[:, None] * z for w_k, z in zip(w, logits, strict=True))
 
 
 def contrast_loss(anchor: Tensor, other: Tensor, dims: Tensor, temperature: float) -> Tensor:
@@ -102,6 +126,11 @@ class DIMML(UnimodalHeadsMethod):
         "temperature": Float(
             1.0, 50.0, log=True, source="argparse 1; README runs 10 (AVE, UCF), 50 (CREMA-D)"
         ),
+        "stage2_temperature": Float(
+            0.5, 5.0, log=True, source="stage-2 argparse 1; README runs 1 (CREMA-D, UCF), 3 (AVE, ModelNet)"
+        ),
+        # the stage-2 optimiser is the method's own, so the shared optim.lr dimension does not reach it
+        "stage2_lr": Float(1e-4, 1e-1, log=True, source="main_CFT_stage2.py:33 lr 1e-3 (no published grid)"),
     }
     tasks = frozenset({"classification"})
     reference = "Fan et al., ACM MM 2024 (DI-MML); fanyunfeng-bit/DI-MML main_CFT.py, main_CFT_stage2.py"
@@ -124,6 +153,11 @@ class DIMML(UnimodalHeadsMethod):
             )
         self.model, self.num_classes = model, task.num_classes
         self.only: dict[str, Tensor] | None = None  # each modality's "only" dimensions (bool masks)
+        # main_CFT_stage2.py:284-286: a fresh optimiser for the fusion classifier (holds no state until stage 2)
+        self.stage2_optimizer = torch.optim.SGD(
+            model.head.parameters(), lr=self.p.stage2_lr, momentum=0.9, weight_decay=1e-4
+        )
+        self.stage2_scheduler = torch.optim.lr_scheduler.StepLR(self.stage2_optimizer, 70, 0.1)
 
     def selectable(self, epoch: int) -> bool:
         return epoch >= self.p.stage1_epochs
@@ -147,8 +181,11 @@ class DIMML(UnimodalHeadsMethod):
         return {m: top[m] & ~torch.stack([top[k] for k in top if k != m]).any(0) for m in top}
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
-        if not ctx.training:
-            return model(batch.inputs)
+        if not ctx.training:  # valid_combine_classifier (main_CFT_stage2.py:176-186)
+            out = super().forward(model, batch, ctx)
+            logits = [out.aux[f"logits/{m}"] for m in ctx.modalities] + [out.pred]
+            out.pred = confidence_mix(logits, self.p.stage2_temperature)
+            return out
         if ctx.epoch >= self.p.stage1_epochs:  # stage 2: frozen encoders (eval mode, no gradient)
             model.encoders.eval()
             with torch.no_grad():
@@ -173,10 +210,26 @@ class DIMML(UnimodalHeadsMethod):
                 loss = loss + sum(contrast_loss(f[m], f[k], dims, self.p.temperature) for k in mods if k != m)
         return loss
 
+    @torch.no_grad()
+    def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
+        if ctx.epoch >= self.p.stage1_epochs:  # the stage-2 optimiser steps; the run's finds no gradient
+            self.stage2_optimizer.step()
+            self.stage2_optimizer.zero_grad(set_to_none=True)
+
+    def on_epoch_end(self, ctx: RunContext) -> None:
+        if ctx.epoch >= self.p.stage1_epochs:
+            self.stage2_scheduler.step()  # main_CFT_stage2.py:120
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "shared": self.shared.state_dict(), "only": self.only}
+        return {
+            **super().state_dict(), "shared": self.shared.state_dict(), "only": self.only,
+            "stage2_optimizer": self.stage2_optimizer.state_dict(),
+            "stage2_scheduler": self.stage2_scheduler.state_dict(),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.shared.load_state_dict(state["shared"])
         self.only = state["only"]
+        self.stage2_optimizer.load_state_dict(state["stage2_optimizer"])
+        self.stage2_scheduler.load_state_dict(state["stage2_scheduler"])

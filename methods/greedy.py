@@ -14,7 +14,7 @@ at the encoder outputs (the official code puts three inside the branches)::
     e_m = sigmoid(W_m z);   f'_m = f_m * e_m            # excitation per modality
     pred = mean_m h_m(f'_m);  loss = sum_m task_loss(h_m(f'_m), y)       # blend_loss
 
-Conditional-utilisation proxy (after each backward, cumulative since the start of training)::
+Conditional-utilisation proxy (after each backward outside a curation window, cumulative)::
 
     M_bypass_m += ||g(bypass_m)||^2 / ||bypass_m||^2      # bypass_m: W_m and the shared W_z
     M_main_m   += ||g(main_m)||^2 / ||main_m||^2          # main_m: encoder m and head h_m
@@ -142,13 +142,13 @@ class Greedy(Method):
         return sum(ctx.task_loss(z, batch.target) for z in out.aux.values())
 
     def after_backward(self, model: MultimodalModel, out: Output, batch: Batch, ctx: RunContext) -> None:
+        if self.left > 0:  # inside a window the code neither measures nor decides (callbacks.py:241-259)
+            self.left -= 1
+            return
         shared = list(self.mmtm.squeeze.parameters())
         for m in ctx.modalities:
             self.m_bypass[m] += _sq_ratio(list(self.mmtm.excite[m].parameters()) + shared)
             self.m_main[m] += _sq_ratio(model.encoder_parameters(m) + list(self.heads[m].parameters()))
-        if self.left > 0:
-            self.left -= 1
-            return
         if ctx.epoch >= self.p.starting_epoch:
             b = bdr(self.m_bypass, self.m_main)
             if max(b.values()) - min(b.values()) > self.p.epsilon:

@@ -4,16 +4,19 @@ logits plus a modality-alignment loss, weighted by an epoch-dependent schedule).
 Reference: "Facilitating Multimodal Classification via Dynamically Learning Modality Gap",
 NeurIPS 2024 (the repository README). Official code: njustkmg/NeurIPS24-LFM @ ad44fa0, ``Crema_epoch.py``
 (the README's entry point): ``Alignment`` lines 38-45, ``getAlpha_Learnable_Fitted`` 47-53,
-``train_audio_video`` 56-73; the model ``model/AudioVideo.py:58-67`` (one linear classifier per
-modality, fused logits = o_a + o_v).
+``train_audio_video`` 56-73, ``val`` 88-139; the model ``model/AudioVideo.py:54-67`` (one linear
+classifier per modality, each with its own bias, fused logits = o_a + o_v).
 
 Per training step in epoch e (0-based, ``Crema_epoch.py:194-197``)::
 
+    o_m      = W_m f_m + b_m                      # AudioVideo.py:54-55, 62-63: cls_a, cls_v
     (a1, a2) = (P1(e), P2(e))                     # the fitted quintics of lines 47-53, a1 + a2 = 1
     L_cls    = CE(mean_m o_m, y)                  # line 70: CE(0.5 o_v + 0.5 o_a)
     L_align  = mean_m KL(pbar || softmax(o_m))    # lines 38-45: pbar = mean_m softmax(o_m),
                                                   #   F.kl_div(p.log(), pbar, 'batchmean') = KL(pbar || p)
     loss     = 2 (a1 L_cls + a2 L_align)          # line 71
+
+The prediction is ``mean_m o_m`` (``val``, lines 113-114: softmax(0.5 o_v + 0.5 o_a)).
 
 The schedule moves the weight from alignment (0.80 at epoch 0) to classification (0.92 at epoch
 199): the curves were fitted to the weights that the bilevel variant (``Crema_epoch_learnable.py``,
@@ -24,10 +27,11 @@ the target first), not the Jensen-Shannon divergence 0.5 (KL(p||m) + KL(q||m)); 
 
 Where this file generalises:
 
-- The unimodal logits o_m are each modality's additive share of a late concat-fusion linear head
-  (``model.unimodal_logits``: W_m f_m + b / M), so the fused logits are their sum exactly as in
-  the code (there each share has its own bias; one bias split in M is the same function), and
-  the model's prediction is the code's ``argmax(0.5 o_v + 0.5 o_a)``. Models without such
+- The classifiers W_m are the modality's columns of a late concat-fusion linear head
+  (``model.unimodal_logits``), so the two Linears of the code are one weight matrix here; each
+  modality has its own bias b_m (a parameter of this method, started at b / M so that the run
+  starts from the model's function; the head's own bias is not used and not trained). One shared
+  bias would be the same fused function but not the same alignment loss. Models without such
   shares (fusion transformers) are refused.
 - **M modalities**: the mean over M shares and the M-way alignment (for M = 2 the code's).
 - **Segmentation**: per-pixel distributions; ``batchmean`` divides the sum over classes and
@@ -39,12 +43,14 @@ Where this file generalises:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
+from mmbalance.data import Batch, StrictModel
 from mmbalance.method import Method, RunContext
 from mmbalance.method_parts import require_additive_shares
 from mmbalance.models.base import MultimodalModel, Output
@@ -103,9 +109,16 @@ class LFM(Method):
         "a regression output has no classes"
     )
 
-    def setup(self, model: MultimodalModel, task: TaskInfo, ctx: RunContext) -> None:
+    def param_groups(self, model: MultimodalModel) -> list[dict[str, Any]]:
         require_additive_shares(model, "lfm")
+        b = model.head.bias
+        # AudioVideo.py:54-55: cls_a and cls_v each have a bias; started at the head's b / M (the same function)
+        self.bias = nn.ParameterDict(
+            {m: nn.Parameter(b.detach() / len(model.modalities)) for m in model.modalities}
+        )
+        params = [p for p in model.parameters() if p.requires_grad and p is not b]
         self.weights = fitted_weights(0)
+        return [{"params": params + list(self.bias.parameters())}]
 
     def on_epoch_start(self, ctx: RunContext) -> None:
         e = ctx.epoch * RELEASED_EPOCHS / ctx.epochs if self.p.stretch else ctx.epoch
@@ -113,13 +126,14 @@ class LFM(Method):
 
     def forward(self, model: MultimodalModel, batch: Batch, ctx: RunContext) -> Output:
         out = model(batch.inputs)
-        if ctx.training:
-            out.aux.update({f"logits/{m}": z for m, z in model.unimodal_logits(out.features).items()})
+        shares = model.unimodal_logits(out.features, self.bias)
+        out.aux.update({f"logits/{m}": z for m, z in shares.items()})
+        out.pred = torch.stack(list(shares.values())).mean(0)  # val(): 0.5 o_v + 0.5 o_a (lines 113-114)
         return out
 
     def loss(self, out: Output, batch: Batch, ctx: RunContext) -> Tensor:
         shares = [out.aux[f"logits/{m}"] for m in ctx.modalities]
-        l_cls = ctx.task_loss(torch.stack(shares).mean(0), batch.target)
+        l_cls = ctx.task_loss(out.pred, batch.target)
         a_cls, a_align = self.weights
         return self.p.scale * (a_cls * l_cls + a_align * alignment(shares))
 
@@ -127,3 +141,9 @@ class LFM(Method):
         return (
             {"alpha/cls": self.weights[0], "alpha/align": self.weights[1]} if hasattr(self, "weights") else {}
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bias": self.bias.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bias.load_state_dict(state["bias"])

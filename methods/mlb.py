@@ -23,7 +23,8 @@ Per training step::
 The weaker modality (r_m > 1) gets its gradients amplified up to 2x (or beta x), the stronger one
 damped down to 0. ``h_m`` is each encoder's own linear classifier in the code (``enc_0`` carries
 it, so its gradient is scaled with the encoder, 403-406); here it is ``UnimodalHeads`` (the
-model's ``unimodal_classifier``), scaled with the encoder. The "fused-head weight slice"
+model's ``unimodal_classifier``: one Linear as the code's, ``OGM_Model.py:229``, with the audio-visual
+ResNet model's ``unimodal_head: linear``; two layers otherwise), scaled with the encoder. The "fused-head weight slice"
 (``fc_0_lin.weight``, one Linear per modality summed into the fused logits, OGM_Model.py:1039-1043)
 is the modality's columns of a late concat-fusion linear head here; a model with another fusion
 has no such slice and only its encoders and unimodal heads are scaled.

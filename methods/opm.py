@@ -17,7 +17,10 @@ Per training step, after the warm-up epochs::
 So only the dominant modality is dropped, harder the more it leads, and the fused head must learn
 to predict from the others. Evaluation uses every feature. Follows the official code; generalised to
 **M modalities** with ``rho_m = s_m / mean_{k != m} s_k`` (the official pairwise ratio for M = 2) and
-to **segmentation** (feature maps dropped per sample; scores summed over pixels). A batch whose
+to **segmentation** (feature maps dropped per sample; scores summed over pixels). As the code, q
+carries the scores' gradient (the head detached, ``Classifier.py:114-115``), and the rescaling's
+backward returns theta itself as theta's gradient (``custom_autograd``, lines 9-21), so a modulated
+step adds ``theta * dtheta/dfeatures`` to the encoders' gradients. A batch whose
 samples all lost every modality (the code skips it) is left unmodulated here instead, since the loop
 takes one step per batch. **Regression is refused** (the score is the true-class probability).
 The model needs late concat fusion and a linear head (the code's single ``fxy`` layer).
@@ -54,16 +57,31 @@ def drop_probabilities(scores: Tensor, q_base: float, lam: float) -> Tensor:
     return torch.where(r > 0, q_base * (1 + lam * r), torch.zeros_like(r)).clamp(0.0, 1.0)
 
 
+class ReleasedRescale(torch.autograd.Function):
+    """``x_m / (1 - theta)`` for every modality, with the released backward (``custom_autograd``,
+    Classifier.py:9-21): the features' gradients divided by ``1 - theta``, and as theta's gradient
+    theta itself, whatever the loss (applied once per step, as the code's one call)."""
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        ctx.save_for_backward(theta)
+        return tuple(x / (1 - theta.item()) for x in xs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        (theta,) = ctx.saved_tensors
+        return (theta, *(None if g is None else g / (1 - theta.item()) for g in grads))
+
+
 def drop_features(features: dict[str, Tensor], q: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     """Masked, rescaled features and the (B,) samples that kept a modality (``Modality_drop``).
     ``mask``: (B, M) of 0/1; the rescaling 1 / (1 - theta) uses the feature-size-weighted mean of q."""
     dims = torch.tensor([f.shape[1] for f in features.values()], dtype=q.dtype, device=q.device)
     theta = (dims * q).sum() / dims.sum()
-    out = {}
-    for i, (m, f) in enumerate(features.items()):
-        keep = mask[:, i].view(-1, *([1] * (f.dim() - 1))).to(f.dtype)
-        out[m] = f * keep / (1 - theta)
-    return out, mask.sum(dim=1) > 0
+    masked = [
+        f * mask[:, i].view(-1, *([1] * (f.dim() - 1))).to(f.dtype) for i, f in enumerate(features.values())
+    ]
+    return dict(zip(features, ReleasedRescale.apply(theta, *masked), strict=True)), mask.sum(dim=1) > 0
 
 
 @METHODS.register
@@ -95,16 +113,22 @@ class OPM(Method):
             self.keep = None
             return model(batch.inputs)
         features = model.encode(batch.inputs)
+        head = [p for p in model.head.parameters() if p.requires_grad]
+        for p in head:  # the scores see the head detached and the features not (Classifier.py:114-143)
+            p.requires_grad_(False)
+        shares = model.unimodal_logits(features)
+        for p in head:
+            p.requires_grad_(True)
+        scores = torch.stack([true_class_score(shares[m], batch.target) for m in features])
+        q = drop_probabilities(scores, self.p.q_base, self.p.lam)  # with the scores' gradient (calcu_q)
+        self.q = q.detach()
         with torch.no_grad():
-            shares = model.unimodal_logits({m: f.detach() for m, f in features.items()})
-            scores = torch.stack([true_class_score(shares[m], batch.target) for m in features])
-            self.q = drop_probabilities(scores, self.p.q_base, self.p.lam)
             self.executed = torch.rand(()).item() < self.p.p_exe
             mask = torch.bernoulli((1 - self.q).expand(len(batch), -1)).to(scores.device)
         self.keep = None
         dropped = features
         if self.executed:
-            dropped, keep = drop_features(features, self.q, mask)
+            dropped, keep = drop_features(features, q, mask)
             if keep.any():
                 self.keep = keep
             else:

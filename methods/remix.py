@@ -30,7 +30,7 @@ Where this file generalises:
   code's video-then-audio for (audio, video)). ``alpha``/``beta`` become one ``warmup_weight``
   and ``gamma1``/``gamma2`` one ``gamma`` (the code's defaults are equal).
 - ``h_m`` are ``UnimodalHeads`` (the model's ``unimodal_classifier``; the code's ``head_audio``
-  is one Linear); the fused prediction zeroes a modality's rows of a concat fusion, so other
+  is one Linear: the audio-visual ResNet model's ``unimodal_head: linear``, two layers otherwise); the fused prediction zeroes a modality's rows of a concat fusion, so other
   fusions are refused.
 - **Classification only**: the assignment compares class distributions with the uniform one.
 - The KL uses the task's number of classes (the code hard-codes 6, CREMA-D's).

@@ -28,6 +28,13 @@ def make_trainer(tmp_path: Path, data_root: Path | None = None, **spec) -> runne
     spec = validate_spec({"dataset": "synthetic", "epochs": 3, "probe_every": 0, **spec})
     adapter = runner.make_adapter(spec, data_root)
     tr = runner.Trainer(spec, adapter, RunDir.of(tmp_path, "t"), torch.device("cpu"), progress=False)
+    return to_float64(tr)
+
+
+def to_float64(tr: runner.Trainer) -> runner.Trainer:
+    """The trainer's model, the method's own modules and the methods' passes in float64, in place
+    (the probes, which fit float32 heads, off)."""
+    tr.probes = None
     tr.model.double()  # keeps the Parameter objects, so the optimiser still holds them
     for module in vars(tr.method).values():  # the method's own modules (CGGM's classifiers)
         if isinstance(module, nn.Module):
@@ -58,10 +65,11 @@ class Ours:
     """Our side: ``train_batch`` with the gradients captured right before ``optimizer.step``."""
 
     tr: runner.Trainer
+    extra: Sequence[nn.Module] = ()  # the method's own trained modules (unimodal heads), after the model's
     grads: list[Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        params = list(self.tr.model.parameters())
+        params = list(self.tr.model.parameters()) + [p for m in self.extra for p in m.parameters()]
         self.tr.optimizer.register_step_pre_hook(lambda *_: setattr(self, "grads", snapshot(params)))
 
     def step(self, epoch: int, i: int, batch: Batch) -> None:
@@ -102,6 +110,51 @@ class MaxDiff:
         )
 
 
+# The two-modality setting of the audio-visual official codes (SGD with momentum 0.9, weight decay 1e-4).
+TWO_MODALITIES = {
+    "dataset_params": {"modalities": 2, "n_train": 128, "n_valid": 32, "n_test": 32},
+    "model_params": {"hidden": 16, "feature_dim": 8},
+    "batch_size": 32,
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1.0e-4},
+}
+
+
+def lockstep(
+    tr: runner.Trainer,
+    ref,
+    epochs: int,
+    coefficients: Callable[[], object] = lambda: [],
+    same_rng: bool = False,
+    extra: Sequence[nn.Module] = (),
+    name: str = "",
+) -> MaxDiff:
+    """Our steps and ``ref``'s on the same float64 batches for ``epochs`` epochs; the max |Δ|s, printed.
+
+    ``ref.step(batch, epoch, i)`` runs the official iteration on its copy and sets ``ref.coeff``
+    (compared with ``coefficients()`` of ours), ``ref.grads`` (right before its optimiser step) and
+    ``ref.model``; ``ref.end_epoch(epoch)``, if it has one, runs after each epoch's last step, as
+    ``method.on_epoch_end`` does on ours. ``same_rng``: both steps start from one random state (methods
+    that sample). ``extra``: the method's own trained modules, compared with ``ref.extra`` (their
+    gradients follow the model's in ``ref.grads``).
+    """
+    ours, diff = Ours(tr, extra), MaxDiff()
+    both = nn.ModuleList([tr.model, *extra]), nn.ModuleList([ref.model, *getattr(ref, "extra", ())])
+    for epoch, i, batch in training_batches(tr, epochs):
+        if same_rng:
+            torch.manual_seed(1000 + diff.steps)
+        ours.step(epoch, i, batch)
+        if same_rng:
+            torch.manual_seed(1000 + diff.steps)
+        ref.step(batch, epoch, i)
+        diff.add(coefficients(), ref.coeff, ours.grads, ref.grads, *both)
+        if i == tr.steps_per_epoch - 1:
+            ours.end_epoch()
+            if hasattr(ref, "end_epoch"):
+                ref.end_epoch(epoch)
+    print(f"{name or tr.spec.method}: {diff}")
+    return diff
+
+
 def _max_abs(a, b) -> float:
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     return (a.detach() - b.detach()).abs().max().item() if a.numel() else 0.0
@@ -113,6 +166,58 @@ def twin(module: nn.Module) -> nn.Module:
 
 
 # --- side by side (the 2024-2025 methods): the runner's steps next to an official step on a copy ---
+def side_by_side_float64(
+    tr: runner.Trainer,
+    official_step: Callable[..., object],
+    steps: int = 4,
+    extra: Sequence[nn.Module] = (),
+    same_rng: bool = False,
+    batches=None,
+    coefficients: Callable[[], object] = lambda: [],
+) -> MaxDiff:
+    """``side_by_side`` in float64, with the max |Δ| of coefficients, gradients and parameters.
+
+    The trainer is made float64 (``to_float64``), and so are the batches. ``official_step`` (as for
+    ``side_by_side``) may return its coefficients, compared with ``coefficients()`` of ours after our
+    step; the gradients are compared right before each side's optimiser step, the parameters (model
+    and ``extra``) after it, on every step.
+    """
+    to_float64(tr)
+    twin_model, twin_extra = copy.deepcopy(tr.model), [copy.deepcopy(m) for m in extra]
+    params = list(twin_model.parameters()) + [p for m in twin_extra for p in m.parameters()]
+    opt = runner.make_optimizer(tr.spec, [{"params": params}])
+    ours, diff = Ours(tr, extra), MaxDiff()
+    both = nn.ModuleList([tr.model, *extra]), nn.ModuleList([twin_model, *twin_extra])
+    start = [p.detach().clone() for p in both[0].parameters()]
+    if batches is None:
+        batches = ((b, None) for b in runner._batches(tr.loader("train", shuffle=True), tr.device))
+    tr.model.train()
+    twin_model.train()
+    tr.method.on_epoch_start(tr.ctx)
+    for i, (batch, tags) in zip(range(steps), batches, strict=False):
+        batch = double(batch)
+        tr.ctx.step = tr.ctx.step_in_epoch = i
+        tr.ctx.tags = tags
+        rng = torch.get_rng_state()
+        tr.train_batch(batch)
+        coeff_ours = coefficients()
+        opt.zero_grad(set_to_none=True)
+        after = torch.get_rng_state()
+        if same_rng:
+            torch.set_rng_state(rng)
+        coeff_ref = official_step(twin_model, twin_extra, batch, tr.ctx)
+        torch.set_rng_state(after)
+        grads_ref = snapshot(params)
+        opt.step()
+        diff.add(coeff_ours, [] if coeff_ref is None else coeff_ref, ours.grads, grads_ref, *both)
+    print(f"{tr.spec.method}: {diff}")
+    assert diff.parameters == diff.parameters, "NaN parameters"
+    assert any(not torch.equal(a, b) for a, b in zip(both[0].parameters(), start, strict=True)), (
+        "nothing trained"
+    )
+    return diff
+
+
 def side_by_side(
     tr: runner.Trainer,
     official_step: Callable[..., None],

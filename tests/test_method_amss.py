@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
-from _equivalence import side_by_side, two_modality_trainer
+from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
 
 from mmbalance.method import MethodNotApplicable
-from mmbalance.methods.amss import AMSSParams, amss_coefficients, filter_mask
+from mmbalance.methods.amss import AMSS, AMSSParams, amss_coefficients, filter_mask
+from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
 
 
 def official_coefficients(a_out, v_out, a, v, label_single, T=0.2):
@@ -69,6 +71,7 @@ def official_amss_step(model, _extra, batch, _ctx, isbias=0):
             else:
                 mask_a[max_p_indices] = 1
             parms.grad *= mask_a.unsqueeze(dim=1).expand_as(parms.grad)
+    return [coeff_a, coeff_v]
 
 
 def test_coefficients_hand_computed():
@@ -135,9 +138,43 @@ def test_equivalent_to_the_official_step(tmp_path, isbias):
     tr = two_modality_trainer(tmp_path, "amss", plus=bool(isbias))
 
     def step(model, extra, batch, ctx):
-        official_amss_step(model, extra, batch, ctx, isbias=isbias)
+        return official_amss_step(model, extra, batch, ctx, isbias=isbias)
 
-    assert side_by_side(tr, step, steps=4, same_rng=True) < 1e-6
+    diff = side_by_side_float64(tr, step, steps=4, same_rng=True, coefficients=lambda: tr.method.coeff)
+    assert diff.steps == 4
+    assert diff.coefficients < 1e-12 and diff.gradients < 1e-12 and diff.parameters < 1e-12
+
+
+def official_names(model, modality):
+    """Our ResNet encoder's parameters under the released backbone's names (``body.4`` is ``layer1``, ...)."""
+    trunk = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    names = {}
+    for n, p in model.encoders[modality].named_parameters():
+        _, index, rest = n.split(".", 2) if n.count(".") > 1 else (*n.split("."), "")
+        names[id(p)] = f"{modality}_net.{trunk[int(index)]}.{rest}".rstrip(".")
+    return names
+
+
+def test_residual_selection_is_the_official_name_filter(tmp_path):
+    model = build_resnet_av(
+        {"audio": 1, "visual": 3}, {"audio": False, "visual": True}, 4, ResNetAVParams(width=8)
+    )
+    method = AMSS()
+    method.setup(model, None, SimpleNamespace(modalities=model.modalities))
+    for m in model.modalities:
+        names = official_names(model, m)
+        # train_test.py:243, 276: 'layer' and 'conv' in the name, a 4-D gradient
+        official = {i for i, n in names.items() if "layer" in n and "conv" in n}
+        official = {id(p) for p in model.encoders[m].parameters() if id(p) in official and p.dim() == 4}
+        chosen = {id(p) for p in method.masked[m]}
+        assert chosen == official and len(chosen) == 16  # 4 layers x 2 blocks x 2 convolutions
+        stem = model.encoders[m].body[0].weight
+        shortcuts = [p for n, p in model.encoders[m].named_parameters() if "downsample" in n and p.dim() == 4]
+        assert id(stem) not in chosen and len(shortcuts) == 3 and not {id(p) for p in shortcuts} & chosen
+    # params: conv takes the stem and the shortcuts too
+    conv = AMSS(AMSSParams(params="conv"))
+    conv.setup(model, None, SimpleNamespace(modalities=model.modalities))
+    assert len(conv.masked["audio"]) == 16 + 1 + 3
 
 
 def test_segmentation_conv_kernels_and_refusals(tmp_path):
@@ -148,6 +185,12 @@ def test_segmentation_conv_kernels_and_refusals(tmp_path):
         trainer(tmp_path, "amss", task="regression")
     with pytest.raises(MethodNotApplicable, match="selects no tensor"):
         trainer(tmp_path, "amss", params="conv")
+    # no residual block in the synthetic MLP encoders: every weight, as params: weights
+    default, weights = trainer(tmp_path, "amss"), trainer(tmp_path, "amss", params="weights")
+    assert [len(v) for v in default.method.masked.values()] == [
+        len(v) for v in weights.method.masked.values()
+    ]
+    assert all(default.method.masked.values())
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

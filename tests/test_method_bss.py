@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _equivalence import side_by_side, two_modality_trainer
+from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, trainer
 from torch import nn
 
@@ -97,10 +97,44 @@ def test_learned_sampler_equals_the_released_draw(tmp_path):
 
 
 def test_equivalent_to_the_official_step(tmp_path):
-    tr = two_modality_trainer(tmp_path, "bss")
+    tr = two_modality_trainer(tmp_path, "bss", scheduler="learned")  # every sample: several batches
     (part,) = tr.method.epoch_samples(tr.ctx)
     batches = tr.planned_batches([part], 0)
-    assert side_by_side(tr, official_bss_step, steps=3, extra=[tr.method.heads], batches=batches) < 1e-6
+    diff = side_by_side_float64(tr, official_bss_step, steps=3, extra=[tr.method.heads], batches=batches)
+    assert diff.steps == 3 and diff.gradients < 1e-12 and diff.parameters < 1e-12  # the order: tests above
+
+
+def official_test_accuracy(model, heads, batches, ks: bool) -> float:
+    """train-CL.py:86-108 (``test``): argmax of softmax(out_m1 + out_m2); KS/train-CL.py:99 adds out_mm."""
+    m0, m1 = model.modalities
+    correct = total = 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])
+            out_mm, out_m1, out_m2 = model.head(torch.cat((a, v), dim=1)), heads[m0](a), heads[m1](v)
+            out = out_m1 + out_m2 + out_mm if ks else out_m1 + out_m2
+            preds = torch.max(torch.nn.functional.softmax(out, dim=1), 1)[1]
+            correct += (preds == batch.target).sum().item()
+            total += len(batch.target)
+    return 100 * correct / total
+
+
+@pytest.mark.parametrize("prediction", ["unimodal", "all"])
+def test_evaluation_is_the_official_test(tmp_path, prediction):
+    tr = two_modality_trainer(tmp_path, "bss", prediction=prediction)
+    for batch in list(tr.iterate("train"))[:3]:  # a few steps, so that the heads disagree with the fused head
+        tr.train_batch(batch)
+    heads = tr.method.heads.heads
+    expected = official_test_accuracy(tr.model, heads, tr.iterate("test"), ks=prediction == "all")
+    assert tr.evaluate("test")["accuracy"] == pytest.approx(expected)
+    tr.ctx.training = False
+    batch = next(iter(tr.iterate("test")))
+    out = tr.method.forward(tr.model, batch, tr.ctx)
+    fused = tr.model(batch.inputs).pred
+    uni = sum(heads[m](out.features[m]) for m in tr.modalities)
+    assert torch.allclose(out.pred, uni + fused if prediction == "all" else uni)
+    assert not torch.allclose(out.pred, fused)
 
 
 def test_segmentation_and_refusal(tmp_path):

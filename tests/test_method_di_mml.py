@@ -2,91 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _equivalence import side_by_side, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
-from torch import nn
+from test_equivalence_di_mml import SupConLoss
 
 from mmbalance.method import MethodNotApplicable
-from mmbalance.methods.di_mml import DIMML, contrast_loss, discriminative_dims
+from mmbalance.methods.di_mml import DIMML, confidence_mix, contrast_loss, discriminative_dims
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
 from mmbalance.spec import SpecError, validate_spec
-
-
-class SupConLoss(nn.Module):
-    """fanyunfeng-bit/DI-MML loss/contrast_loss.py:4-36, verbatim."""
-
-    def __init__(self, temperature=1):
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, a_features, v_features, audio_only_indices, image_only_indices, labels):
-        batch_size = labels.shape[0]
-        a_loss = 0
-        v_loss = 0
-        audio_only_features = a_features[:, audio_only_indices]
-        image_audio_only_features = v_features[:, audio_only_indices]
-        image_only_features = v_features[:, image_only_indices]
-        audio_image_only_features = a_features[:, image_only_indices]
-        T = self.temperature
-        for i in range(batch_size):
-            v_loss += -torch.log(
-                torch.exp(
-                    torch.matmul(image_audio_only_features[i], audio_only_features[i].detach().T) / T
-                ).sum()
-                / torch.exp(
-                    torch.matmul(image_audio_only_features[i], audio_only_features.detach().T) / T
-                ).sum()
-            )
-            a_loss += -torch.log(
-                torch.exp(
-                    torch.matmul(audio_image_only_features[i], image_only_features[i].detach().T) / T
-                ).sum()
-                / torch.exp(
-                    torch.matmul(audio_image_only_features[i], image_only_features.detach().T) / T
-                ).sum()
-            )
-        return v_loss / batch_size + a_loss / batch_size
-
-
-def official_indices(total_audio_features, total_image_features, labels, n_classes):
-    """main_CFT.py:167-208 (get_indices) after the loop over the train split."""
-    D = total_audio_features.shape[1]
-    cnts = torch.bincount(labels, minlength=n_classes).float()
-    h_audio_features = torch.zeros(n_classes, D).index_add_(0, labels, total_audio_features)
-    h_image_features = torch.zeros(n_classes, D).index_add_(0, labels, total_image_features)
-    a_h = (h_audio_features.T / cnts).T
-    v_h = (h_image_features.T / cnts).T
-    dist_a = torch.abs(total_audio_features.unsqueeze(1).repeat(1, n_classes, 1) - a_h)
-    dist_v = torch.abs(total_image_features.unsqueeze(1).repeat(1, n_classes, 1) - v_h)
-    argmin_a = (torch.argmin(dist_a, dim=1) == labels.unsqueeze(1).repeat(1, D)).float()
-    argmin_v = (torch.argmin(dist_v, dim=1) == labels.unsqueeze(1).repeat(1, D)).float()
-    top_audio_indices = torch.nonzero(torch.mean(argmin_a, dim=0) > torch.mean(argmin_a))[:, 0]
-    top_image_indices = torch.nonzero(torch.mean(argmin_v, dim=0) > torch.mean(argmin_v))[:, 0]
-    audio_only_indices = list(set(top_audio_indices.tolist()) - set(top_image_indices.tolist()))
-    image_only_indices = list(set(top_image_indices.tolist()) - set(top_audio_indices.tolist()))
-    return sorted(audio_only_indices), sorted(image_only_indices)
-
-
-def official_stage1_step(model, extra, batch, ctx, A, V, weight=1.0, temperature=1.0, contrast_epoch=1):
-    """main_CFT.py:76-97: own classifiers, the shared classifier, and SupConLoss from epoch 20."""
-    heads, classifier, label = extra[0].heads, extra[1], batch.target
-    criterion, criterion2 = nn.CrossEntropyLoss(), SupConLoss(temperature)
-    m0, m1 = model.modalities
-    a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])
-    out1, out2 = heads[m0](a), heads[m1](v)
-    outa, outv = classifier(a), classifier(v)
-    loss_c = criterion2(a, v, A, V, label) if ctx.epoch >= contrast_epoch else 0
-    loss = criterion(out1, label) + criterion(out2, label) + criterion(outa, label) * weight
-    (loss + criterion(outv, label) * weight + loss_c).backward()
-
-
-def official_stage2_step(model, _extra, batch, _ctx):
-    """main_CFT_stage2.py:94-118: frozen encoders (eval, no_grad), CE on the fusion classifier."""
-    m0, m1 = model.modalities
-    model.encoders.eval()
-    with torch.no_grad():
-        a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])
-    nn.CrossEntropyLoss()(model.head(torch.cat((a, v), 1)), batch.target).backward()
 
 
 @pytest.mark.filterwarnings("ignore:The use of `x.T`")  # the verbatim SupConLoss transposes vectors
@@ -107,6 +29,28 @@ def test_dimension_selection_and_contrast_hand_computed():
     ours = contrast_loss(a, v, A, 0.7) + contrast_loss(v, a, V, 0.7)
     ref = SupConLoss(0.7)(a, v, A.nonzero()[:, 0].tolist(), V.nonzero()[:, 0].tolist(), torch.zeros(5))
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_confidence_mix_hand_computed():
+    # confidences 0.5 (uniform) and 0.75 (softmax(ln 3, 0)); T = 1: w = softmax(0.5, 0.75) = (0.4378235, 0.5621765)
+    o1, o2 = torch.zeros(1, 2), torch.tensor([[torch.log(torch.tensor(3.0)).item(), 0.0]])
+    assert confidence_mix([o1, o2], 1.0).tolist()[0] == pytest.approx([0.5621765 * 1.0986123, 0.0], abs=1e-6)
+    # T -> large: equal weights, the mean of the logits
+    assert confidence_mix([o1, o2], 1e9).tolist()[0] == pytest.approx([1.0986123 / 2, 0.0], abs=1e-6)
+
+
+def test_stage2_steps_its_own_fresh_optimiser(tmp_path):
+    tr = trainer(tmp_path, "di_mml", stage1_epochs=1, contrast_epoch=0, stage2_lr=0.002)
+    tr.ctx.epoch = 1
+    tr.method.on_epoch_start(tr.ctx)
+    before = tr.model.head.weight.detach().clone()
+    tr.train_batch(first_batch(tr))
+    head = list(tr.model.head.parameters())
+    assert not torch.equal(before, tr.model.head.weight)
+    assert all(tr.optimizer.state.get(p) in (None, {}) for p in head)  # the run's optimiser never stepped it
+    group = tr.method.stage2_optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.002, 0.9, 1e-4)
+    assert all("momentum_buffer" in tr.method.stage2_optimizer.state[p] for p in head)
 
 
 def test_stage1_trains_encoders_and_classifiers_stage2_only_the_head(tmp_path):
@@ -139,34 +83,6 @@ def test_contrast_pulls_only_towards_the_detached_anchor(tmp_path):
     contrast_loss(a, v, torch.ones(a.shape[1], dtype=torch.bool), 1.0).backward()
     assert all(p.grad is None for p in tr.model.encoder_parameters("m0"))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.model.encoder_parameters("m1"))
-
-
-def test_equivalent_to_the_official_steps(tmp_path):
-    tr = two_modality_trainer(tmp_path, "di_mml", stage1_epochs=1, contrast_epoch=0)  # 2 epochs
-    tr.ctx.epoch = 0
-    feats, labels = {m: [] for m in tr.modalities}, []
-    tr.model.eval()
-    with torch.no_grad():
-        for batch in tr.iterate("train"):
-            for m, f in tr.model(batch.inputs).features.items():
-                feats[m].append(f)
-            labels.append(batch.target)
-    A, V = official_indices(
-        torch.cat(feats["m0"]), torch.cat(feats["m1"]), torch.cat(labels), tr.task.num_classes
-    )
-    tr.method.on_epoch_start(tr.ctx)
-    assert (
-        tr.method.only["m0"].nonzero()[:, 0].tolist() == A
-        and tr.method.only["m1"].nonzero()[:, 0].tolist() == V
-    )
-
-    def stage1(model, extra, batch, ctx):
-        official_stage1_step(model, extra, batch, ctx, A, V, contrast_epoch=0)
-
-    extra = [tr.method.heads, tr.method.shared]
-    assert side_by_side(tr, stage1, steps=4, extra=extra) < 1e-6
-    tr.ctx.epoch = 1
-    assert side_by_side(tr, official_stage2_step, steps=3, extra=extra) < 1e-6
 
 
 def test_refusals_and_validation(tmp_path):

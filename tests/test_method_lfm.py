@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _equivalence import side_by_side, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 
 from mmbalance.method import MethodNotApplicable
@@ -45,19 +44,6 @@ def getAlpha_Learnable_Fitted(epoch):  # noqa: N802 -- Crema_epoch.py:47-53, ver
     return [alpha1, alpha2]
 
 
-def official_lfm_step(model, _extra, batch, ctx):
-    """Crema_epoch.py:66-72 (o_a, o_v: each modality's linear share of the fused logits)."""
-    cls_k = getAlpha_Learnable_Fitted(ctx.epoch)
-    y = batch.target
-    m0, m1 = model.modalities
-    a, v = model.encoders[m0](batch.inputs[m0]), model.encoders[m1](batch.inputs[m1])
-    d, w, b = a.shape[1], model.head.weight, model.head.bias
-    o_a, o_v = a @ w[:, :d].T + b / 2, v @ w[:, d:].T + b / 2
-    loss_alignment = official_alignment(o_a, o_v)
-    loss_cls = F.cross_entropy(0.5 * o_v + 0.5 * o_a, y, reduction="none").mean()
-    (2 * (cls_k[0] * loss_cls + cls_k[1] * loss_alignment)).backward()
-
-
 def test_schedule_and_alignment_hand_computed():
     assert fitted_weights(0) == pytest.approx((0.204623704, 0.795376296))
     assert fitted_weights(10) == pytest.approx((0.2477589, 0.7522411), abs=1e-6)
@@ -75,11 +61,14 @@ def test_loss_is_built_from_the_head_shares_and_reaches_every_encoder(tmp_path):
     batch = first_batch(tr)
     tr.model.zero_grad(set_to_none=True)
     out = tr.method.forward(tr.model, batch, tr.ctx)
-    shares = tr.model.unimodal_logits(out.features)
+    shares = tr.model.unimodal_logits(out.features, tr.method.bias)
     assert set(shares) == set(tr.modalities)
+    # each share has its own bias, none the head's (AudioVideo.py:54-55), and the prediction is their mean
+    assert all(b.data_ptr() != tr.model.head.bias.data_ptr() for b in tr.method.bias.values())
+    assert torch.allclose(out.pred, sum(shares.values()) / 3)
     a_cls, a_align = fitted_weights(0)
     expected = 2 * (
-        a_cls * F.cross_entropy(out.pred / 3, batch.target) + a_align * alignment(list(shares.values()))
+        a_cls * F.cross_entropy(out.pred, batch.target) + a_align * alignment(list(shares.values()))
     )
     loss = tr.method.loss(out, batch, tr.ctx)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -87,11 +76,10 @@ def test_loss_is_built_from_the_head_shares_and_reaches_every_encoder(tmp_path):
     for m in tr.modalities:
         params = tr.model.encoder_parameters(m)
         assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params if p.dim() > 1)
-
-
-def test_equivalent_to_the_official_step(tmp_path):
-    tr = two_modality_trainer(tmp_path, "lfm")
-    assert side_by_side(tr, official_lfm_step, steps=4) < 1e-6
+        assert tr.method.bias[m].grad.abs().sum() > 0
+    assert tr.model.head.bias.grad is None  # replaced by the per-modality biases
+    trained = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+    assert id(tr.model.head.bias) not in trained and all(id(b) in trained for b in tr.method.bias.values())
 
 
 def test_stretch_covers_the_released_curve(tmp_path):
@@ -108,7 +96,7 @@ def test_segmentation_trains_and_refusals(tmp_path):
         trainer(tmp_path, "lfm", task="regression")
     model = build_msa_model({"a": 4, "b": 4}, 3, MSAModelParams(proj_dim=8, num_heads=2, layers=2))
     with pytest.raises(MethodNotApplicable, match="late concat fusion"):
-        LFM().setup(model, None, None)
+        LFM().param_groups(model)
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _equivalence import side_by_side, two_modality_trainer
+from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 
 from mmbalance.methods.mlb import mlb_coefficients, mlb_scores
@@ -30,6 +30,7 @@ def official_mlb_step(model, extra, batch, _ctx, alpha=0.8):
     ratio_1 = 1 / ratio_0
     coeff_0 = 1 + torch.tanh(alpha * (ratio_0 - 1))
     coeff_1 = 1 + torch.tanh(alpha * (ratio_1 - 1))
+    coefficients = [coeff_0.item(), coeff_1.item()]
     # "enc_0" (encoder with its own classifier) and "fc_0_lin.weight" (modality 0's fused-head weight)
     for p in [*model.encoders[m0].parameters(), *heads[m0].parameters()]:
         p.grad *= coeff_0
@@ -38,6 +39,7 @@ def official_mlb_step(model, extra, batch, _ctx, alpha=0.8):
     d = a.shape[1]
     model.head.weight.grad[:, :d] *= coeff_0
     model.head.weight.grad[:, d:] *= coeff_1
+    return coefficients
 
 
 def test_coefficients_hand_computed():
@@ -91,7 +93,10 @@ def test_scales_encoder_unimodal_head_and_fused_head_columns(tmp_path):
 
 def test_equivalent_to_the_official_step(tmp_path):
     tr = two_modality_trainer(tmp_path, "mlb")
-    assert side_by_side(tr, official_mlb_step, steps=4, extra=[tr.method.heads]) < 1e-6
+    coeff = lambda: list(tr.method.coeff)  # noqa: E731
+    diff = side_by_side_float64(tr, official_mlb_step, steps=4, extra=[tr.method.heads], coefficients=coeff)
+    assert diff.steps == 4
+    assert diff.coefficients < 1e-12 and diff.gradients < 1e-12 and diff.parameters < 1e-12
 
 
 @pytest.mark.parametrize("task", ["regression", "segmentation"])

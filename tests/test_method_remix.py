@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _equivalence import side_by_side, two_modality_trainer
+from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from torch import nn
 
@@ -106,9 +106,13 @@ def test_equivalent_to_the_official_step(tmp_path):
     tr = two_modality_trainer(tmp_path, "remix", warmup=0)
     warm = [(b, None) for b in [first_batch(tr)] * 2]
     parts = tr.method.epoch_samples(tr.ctx)
+    # At this initialisation every sample goes to m0's subset; one batch of m1's subset is added.
+    parts = [*parts, [(i, 1) for i in range(tr.spec.batch_size)]]
     batches = warm + list(tr.planned_batches(parts, 0))
-    assert len(batches) >= 6
-    assert side_by_side(tr, official_remix_step, steps=6, extra=[tr.method.heads], batches=batches) < 1e-6
+    assert len(batches) >= 6 and {int(t[0]) for _, t in batches[2:]} == {0, 1}  # both subsets
+    steps = len(batches)
+    diff = side_by_side_float64(tr, official_remix_step, steps, extra=[tr.method.heads], batches=batches)
+    assert diff.steps == steps and diff.gradients < 1e-12 and diff.parameters < 1e-12  # no coefficients
 
 
 def test_refusals(tmp_path):

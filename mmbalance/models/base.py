@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Output", "ConcatFusion", "MultimodalModel", "resize_logits"]
+__all__ = ["Output", "ConcatFusion", "MultimodalModel", "LinearClassifier", "resize_logits"]
 
 
 @dataclass
@@ -98,12 +98,15 @@ class MultimodalModel(nn.Module):
         d = self.encoders[modality].out_dim
         return TwoLayerClassifier(d, num_outputs, spatial=isinstance(self.out_layer, nn.Conv2d))
 
-    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def unimodal_logits(
+        self, features: Mapping[str, Tensor], biases: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Each modality's additive share of the fused logits (late concat fusion, linear head).
 
         With ``pred = W [f_1; ...; f_M] + b`` the share of modality m is ``W[:, slice_m] f_m + b / M``
         (OGM-GE's ``out_a = a @ W[:, :512]^T + b/2`` for M = 2). Works for a Linear head on (B, D)
-        features and a 1x1 Conv2d head on (B, D, h, w) features.
+        features and a 1x1 Conv2d head on (B, D, h, w) features. ``biases``: each modality's own bias
+        in place of ``b / M`` (LFM's one classifier per modality, each with its bias).
         """
         if not isinstance(self.fusion, ConcatFusion) or not isinstance(self.head, (nn.Linear, nn.Conv2d)):
             raise TypeError(
@@ -116,13 +119,9 @@ class MultimodalModel(nn.Module):
             d = f.shape[1]
             w = weight[:, start : start + d]
             start += d
-            if isinstance(self.head, nn.Linear):
-                share = f @ w.T
-                b = bias.view(1, -1) if bias is not None else None
-            else:
-                share = nn.functional.conv2d(f, w)
-                b = bias.view(1, -1, 1, 1) if bias is not None else None
-            shares[m] = share + b / len(features) if b is not None else share
+            share = f @ w.T if isinstance(self.head, nn.Linear) else nn.functional.conv2d(f, w)
+            b = biases[m] if biases is not None else bias / len(features) if bias is not None else None
+            shares[m] = share + b.view(1, -1, *[1] * (share.dim() - 2)) if b is not None else share
         return shares
 
 
@@ -132,6 +131,17 @@ def resize_logits(logits: Tensor, size: torch.Size | tuple[int, int], align_corn
     if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(size):
         return nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     return logits
+
+
+class LinearClassifier(nn.Module):
+    """One linear layer (the released audio-visual codes' unimodal classifier), as ``out_layer``."""
+
+    def __init__(self, in_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.out_layer = nn.Linear(in_dim, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_layer(x)
 
 
 class TwoLayerClassifier(nn.Module):

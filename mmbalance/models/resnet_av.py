@@ -11,6 +11,11 @@ linear head (GeWu-Lab/OGM-GE_CVPR2022 @ 343dc1d ``models/basic_model.py`` AVClas
   (fusion_modules.py ConcatFusion), so ``unimodal_logits`` gives OGM-GE's ``out_a`` / ``out_v``.
 - Initialisation: ``model.apply(weight_init)`` (main.py l.240, utils/utils.py l.15-23): Xavier-normal
   Linear weights with zero bias, Kaiming-normal (fan_out) convs, BatchNorm 1 / 0. No pretraining.
+- Per-modality classifiers that methods add (``unimodal_classifier``): ``unimodal_head: two_layer``
+  (the suite's default, as every other model) or ``linear``, the released models' one ``nn.Linear(512, C)``
+  with the same ``weight_init`` (BSS ``CREMA-D/models/basic_model.py:15-16``, DI-MML
+  ``models/basic_model.py:22, 51``, Data Remixing ``models/models.py``, MLB ``OGM_Model.py:229``). The
+  synthetic models have no such parameter: their classifiers are two layers.
 
 The encoders are torchvision's ``resnet18`` (the released backbone is a copy of it) without ``fc``.
 """
@@ -18,19 +23,23 @@ The encoders are torchvision's ``resnet18`` (the released backbone is a copy of 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from mmbalance.data import StrictModel
-from mmbalance.models.base import ConcatFusion, MultimodalModel
+from mmbalance.models.base import ConcatFusion, LinearClassifier, MultimodalModel
 
-__all__ = ["ResNetAVParams", "ResNet18Encoder", "build_resnet_av"]
+__all__ = ["ResNetAVParams", "ResNet18Encoder", "ResNetAVModel", "build_resnet_av"]
 
 
 class ResNetAVParams(StrictModel):
     width: int = Field(64, ge=1)  # channels of the first stage (64 = ResNet-18; smaller only for tests)
+    unimodal_head: Literal["two_layer", "linear"] = (
+        "two_layer"  # methods' per-modality classifiers (docstring)
+    )
 
 
 class ResNet18Encoder(nn.Module):
@@ -79,13 +88,31 @@ def weight_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+class ResNetAVModel(MultimodalModel):
+    """The late-fusion model, with the per-modality classifier shape ``unimodal_head`` chooses."""
+
+    def __init__(
+        self, encoders: Mapping[str, nn.Module], fusion: nn.Module, head: nn.Module, unimodal_head: str
+    ) -> None:
+        super().__init__(encoders, fusion, head)
+        self.unimodal_head = unimodal_head
+
+    def unimodal_classifier(self, modality: str, num_outputs: int) -> nn.Module:
+        if self.unimodal_head == "two_layer":
+            return super().unimodal_classifier(modality, num_outputs)
+        classifier = LinearClassifier(self.encoders[modality].out_dim, num_outputs)
+        with torch.no_grad():
+            classifier.apply(weight_init)
+        return classifier
+
+
 def build_resnet_av(
     in_channels: Mapping[str, int], clips: Mapping[str, bool], num_classes: int, params: ResNetAVParams
 ) -> MultimodalModel:
     """One ResNet-18 per modality (``in_channels[m]`` channels; ``clips[m]``: frames with a time axis)."""
     encoders = {m: ResNet18Encoder(c, clips[m], params.width) for m, c in in_channels.items()}
     dim = sum(e.out_dim for e in encoders.values())
-    model = MultimodalModel(encoders, ConcatFusion(), nn.Linear(dim, num_classes))
+    model = ResNetAVModel(encoders, ConcatFusion(), nn.Linear(dim, num_classes), params.unimodal_head)
     with torch.no_grad():
         model.apply(weight_init)
     return model
