@@ -76,7 +76,8 @@ DECIMALS = {"mae": 3, "corr": 3, "loss": 3}  # everything else is a percentage: 
 # Columns per task kind, in the papers' order; segmentation shows every Dice region the record has.
 TASK_METRICS = {
     "classification": ["accuracy", "f1_macro"],
-    "regression": ["acc2_non0", "acc7", "f1_non0", "mae", "corr"],
+    # MOSI/MOSEI (mosi_metrics), then CH-SIMS (sims_metrics): a run has the one set or the other
+    "regression": ["acc2_non0", "acc7", "f1_non0", "acc5", "acc3", "acc2", "f1", "mae", "corr"],
 }
 METRIC_LABELS = {
     "accuracy": "Acc",
@@ -84,6 +85,10 @@ METRIC_LABELS = {
     "f1_weighted": "F1 (weighted)",
     "acc2_non0": "Acc-2",
     "acc7": "Acc-7",
+    "acc5": "Acc-5",
+    "acc3": "Acc-3",
+    "acc2": "Acc-2",
+    "f1": "F1",
     "f1_non0": "F1",
     "mae": "MAE",
     "corr": "Corr",
