@@ -52,6 +52,10 @@ class Sims(Mosi):
     description = (
         "CH-SIMS Chinese sentiment regression (text, audio, vision) with per-modality labels, MMSA pickle"
     )
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "CH-SIMS (Yu et al., ACL 2020): the processed features from thuiar/MMSA (README's download links, "
+        "SIMS/Processed/unaligned_39.pkl); research use under the providers' terms"
+    )
     Params = SimsParams
     files = {("mmsa", False): FILE}
     # thuiar/MMSA README ("SHA-256 for feature files", commit a94e65d) for SIMS/Processed/unaligned_39.pkl.

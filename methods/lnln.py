@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from mmbalance import incomplete
 from mmbalance.core import MethodNotApplicable
 from mmbalance.data import Batch, StrictModel, TaskInfo
 from mmbalance.method import Method, RunContext
@@ -51,9 +52,7 @@ from mmbalance.models.lnln import LNLNModel
 from mmbalance.registry import METHODS
 from mmbalance.search_space import Float
 
-__all__ = ["LNLN", "LNLNParams", "missing_rates", "drop_positions", "lnln_loss", "UNK_ID"]
-
-UNK_ID = 100  # BERT's [UNK] (bert-base-uncased and bert-base-chinese), generate_m l.107
+__all__ = ["LNLN", "LNLNParams", "missing_rates", "drop_positions", "lnln_loss"]
 
 
 class LNLNParams(StrictModel):
@@ -73,17 +72,9 @@ def missing_rates(batch_size: int, device: torch.device) -> Tensor:
 
 def drop_positions(x: Tensor, rates: Tensor) -> Tensor:
     """``generate_m``: (B, 3, L) word ids / mask / segments or (B, T, D) features, each sample losing its
-    valid positions with probability ``rates[i]`` (see the module doc)."""
-    if x.is_floating_point():
-        keep = torch.rand(x.shape[:2], device=x.device) > rates[:, None]
-        return x * keep.unsqueeze(-1).to(x.dtype)
-    ids, mask = x[:, 0], x[:, 1]
-    keep = (torch.rand(ids.shape, device=x.device) > rates[:, None]) & (mask > 0)
-    rows = torch.arange(len(ids), device=x.device)
-    keep[:, 0] = True  # [CLS]
-    keep[rows, mask.argmin(dim=1) - 1] = True  # the last valid token ([SEP]); argmin 0 (no padding): the last
-    dropped = (mask > 0) & ~keep
-    return torch.stack([torch.where(dropped, torch.full_like(ids, UNK_ID), ids), mask, x[:, 2]], dim=1)
+    valid positions with probability ``rates[i]``: the incomplete-data protocol's one rule
+    (``mmbalance.incomplete.drop``), on fresh uniform draws."""
+    return incomplete.drop(x, torch.rand(incomplete.positions(x), device=x.device), rates)
 
 
 def lnln_loss(out: Output, target: Tensor, completeness: Tensor, p: LNLNParams) -> dict[str, Tensor]:

@@ -20,7 +20,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from mmbalance.methods.lnln import UNK_ID, LNLNParams, drop_positions, lnln_loss, missing_rates
+from mmbalance.incomplete import UNK
+from mmbalance.methods.lnln import LNLNParams, drop_positions, lnln_loss, missing_rates
 from mmbalance.models import lnln as ours_module
 from mmbalance.models.lnln import LNLNModelParams, build_lnln_model
 
@@ -243,7 +244,7 @@ def test_drop_positions_is_generate_m(monkeypatch):
     )
     expected = np.concatenate([ids_m[:, None], mask[:, None], text[:, 2:3]], axis=1)
     assert np.array_equal(ours.numpy(), expected)
-    assert (ours[:, 0] == UNK_ID).any() and (ours[:, 0, 0] == 101).all()  # something dropped; [CLS] kept
+    assert (ours[:, 0] == UNK).any() and (ours[:, 0, 0] == 101).all()  # something dropped; [CLS] kept
 
     audio = rng.normal(size=(B, LENGTHS["audio"], DIMS["audio"]))
     np.random.seed(seed)
