@@ -47,6 +47,9 @@ class AveParams(AVParams):
 class Ave(AVAdapter):
     name = "ave"
     description = "AVE audio-visual events (audio spectrogram + RGB frames), PMR's split"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "AVE (Tian et al. ECCV 2018): github.com/YapengTian/AVE-ECCV18 (YouTube-derived videos, research use)"
+    )
     Params = AveParams
     class_names = CLASSES
     raw_splits = {"train": "train", "valid": "valid", "test": "test"}

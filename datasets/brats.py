@@ -300,6 +300,10 @@ class AllSlices(_Volumes):
 class Brats(DatasetAdapter):
     name = "brats"
     description = "BraTS 2021 glioma segmentation: flair/t1ce/t1/t2 slices, Dice ET/TC/WT (per-volume h5)"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "BraTS 2021 (RSNA-ASNR-MICCAI): register for the challenge data on Synapse (syn25829067); use under "
+        "the BraTS terms, cite its papers"
+    )
     Params = BratsParams
     ModelParams = BratsModelParams
 

@@ -54,6 +54,10 @@ class CremadParams(AVParams):
 class Cremad(AVAdapter):
     name = "cremad"
     description = "CREMA-D emotions (audio spectrogram + face frames), OGM-GE layout"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "CREMA-D (Cao et al. 2014): github.com/CheyneyComputerScience/CREMA-D, Open Database License 1.0; "
+        "frames per OGM-GE's preprocessing"
+    )
     Params = CremadParams
     class_names = CLASSES
 

@@ -428,6 +428,10 @@ def extract_features(
 class Food101(DatasetAdapter):
     name = "food101"
     description = "UPMC-Food101: image + text, 101 classes (BERT/ViT features or end-to-end)"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "UPMC Food-101 (Wang et al. 2015): the official host (visiir.lip6.fr) is reported dead; copies on "
+        "Kaggle (titles only) and linked in issues; research use"
+    )
     Params = Food101Params
     ModelParams = FoodModelParams
 
@@ -508,6 +512,12 @@ class Food101(DatasetAdapter):
                     samples, self.class_names, tokenizer, transform, p.max_text_length
                 )
         return self._splits[name]
+
+    def unknown_token(self) -> int:
+        """End-to-end text is word ids of ``text_model``'s tokenizer: its [UNK] (the features mode has none)."""
+        if self.params.mode == "features":
+            return super().unknown_token()
+        return load_processors(self.params.text_model, self.params.image_model)[0].unk_token_id
 
     def reads_items(self) -> bool:
         """Whether items are read from files as they are drawn (so loader workers pay off on a GPU)."""

@@ -146,6 +146,10 @@ class H5Split(Dataset):
 class Iemocap(PreloadedAdapter):
     name = "iemocap"
     description = "IEMOCAP emotions (text, audio, vision): MMIN features (4 classes, 10 folds) or MulT pickle"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "IEMOCAP (Busso et al. 2008, USC SAIL): access on request (release form at sail.usc.edu/iemocap); "
+        "MMIN's features from the MMIN README"
+    )
     Params = IemocapParams
     ModelParams = IemocapModelParams
 

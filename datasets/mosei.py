@@ -37,6 +37,10 @@ class MoseiParams(MosiParams):
 class Mosei(Mosi):
     name = "mosei"
     description = "CMU-MOSEI sentiment (text, audio, vision) from the MulT or MMSA pickle"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "CMU-MOSEI (Zadeh et al. 2018) via the CMU Multimodal SDK; MulT's or MMSA's pickles; research use "
+        "under the providers' terms"
+    )
     Params = MoseiParams
     files = {
         ("mult", True): "mosei_senti_data.pkl",

@@ -16,7 +16,9 @@ release (1284 training samples) is checked against the SHA-256 in MMSA's README.
 serves MMSA's word ids as (3, L) int64 per item; the model then runs a local BERT
 (``model_params.bert``, frozen unless ``finetune``) before the text encoder, as MMSA's ``use_bert``.
 MMSA's ``audio_lengths`` / ``vision_lengths`` are not used: like the CGGM code, the model attends over
-the padded steps.
+the padded steps. ``model_params.arch: lnln`` builds LNLN's network instead (``mmbalance/models/lnln.py``;
+with ``text_bert`` its text encoder holds the BERT, trained unless ``finetune`` is false), which the
+``lnln`` method trains; ``arch`` and ``lnln`` stay out of the MSA model's canonical spec (its run ids).
 Task: regression of the sentiment score in [-3, 3], L1 loss, the MOSI metrics (MAE, Corr, Acc-7,
 Acc-2, F1). Modalities in CGGM's order: text, audio, vision. Pickles are read with the restricted
 unpickler (``mmbalance.safe_pickle``).
@@ -32,10 +34,12 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import model_serializer
 
 from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
 from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, check_labels, read_split_arrays
 from mmbalance.models.food import PretrainedSequenceEncoder, load_pretrained
+from mmbalance.models.lnln import LNLNModel, LNLNModelParams, build_lnln_model
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
 from mmbalance.registry import DATASETS
 from mmbalance.safe_pickle import load_pickle
@@ -71,12 +75,27 @@ class MosiParams(StrictModel):
 class MosiModelParams(MSAModelParams):
     bert: str | None = None  # text='text_bert': a local BERT folder or hub-cache name (no download)
     finetune: bool = False  # train that BERT too (MMSA's use_finetune); frozen, it is a feature extractor
+    arch: Literal["msa", "lnln"] = "msa"  # msa: CGGM's transformer (the fields above); lnln: LNLN's network
+    lnln: LNLNModelParams = LNLNModelParams()  # arch=lnln only
+
+    @model_serializer(mode="wrap")
+    def _msa_as_before(self, handler):
+        # The MSA model's records keep their canonical spec (so their run ids) from before LNLN existed.
+        doc = handler(self)
+        if self.arch == "msa":
+            doc.pop("arch")
+            doc.pop("lnln")
+        return doc
 
 
 @DATASETS.register
 class Mosi(PreloadedAdapter):
     name = "mosi"
     description = "CMU-MOSI sentiment regression (text, audio, vision) from the MulT or MMSA pickle"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "CMU-MOSI (Zadeh et al. 2016) via the CMU Multimodal SDK; MulT's pickles (MulT README) or MMSA's "
+        "(MMSA README); research use under the providers' terms"
+    )
     Params = MosiParams
     ModelParams = MosiModelParams
 
@@ -85,6 +104,7 @@ class Mosi(PreloadedAdapter):
     mmsa_sha256 = MMSA_SHA256
     mmsa_train_samples = MMSA_TRAIN_SAMPLES
     mmsa_folder = "MOSI"  # MMSA's downloads unpack as MOSI/Processed/<file>
+    score_range = SCORE_RANGE  # CH-SIMS: [-1, 1]
 
     def candidates(self) -> list[str]:
         """File names under the root, in the order they are looked for. An MMSA file is also found where
@@ -162,7 +182,7 @@ class Mosi(PreloadedAdapter):
                 raise DataError(
                     f"{path}: {split}/{label_key} must hold one score per sample, got shape {labels.shape}"
                 )
-            check_labels(labels, f"{path}: {split}/{label_key}", *SCORE_RANGE)
+            check_labels(labels, f"{path}: {split}/{label_key}", *self.score_range)
             if text_key == "text_bert" and features["text"].shape[1] != 3:
                 raise DataError(f"{path}: {split}/text_bert must be (N, 3, L) (ids, mask, segments), "
                                 f"got {features['text'].shape}")  # fmt: skip
@@ -172,8 +192,12 @@ class Mosi(PreloadedAdapter):
             splits[split] = ArraySplit(
                 inputs, torch.from_numpy(labels.astype(np.float32).reshape(-1, 1)), ids
             )
+            self.read_extras(data[split], splits[split], f"{path}: {split}")
         self._check_dims(path, splits)
         return splits
+
+    def read_extras(self, part: dict, ds: ArraySplit, where: str) -> None:
+        """What a subclass keeps of a split beyond features and labels (CH-SIMS: the per-modality labels)."""
 
     def _check_release(self, path: Path, n_train: int) -> None:
         expected = self.mmsa_sha256.get(path.name)
@@ -218,18 +242,24 @@ class Mosi(PreloadedAdapter):
     def input_dims(self) -> dict[str, int]:
         return {m: x.shape[-1] for m, x in self.split("train").inputs.items()}
 
-    def build_model(self, model_params: MosiModelParams, modalities: Sequence[str]) -> MSAModel:
+    def build_model(self, model_params: MosiModelParams, modalities: Sequence[str]) -> MSAModel | LNLNModel:
         dims = self.input_dims()
         bert = None
         if "text" in modalities and self.params.text == "text_bert":
             if model_params.bert is None:
                 raise DataError(
-                    "mosi: text='text_bert' serves BERT word ids (3, L); set model_params.bert to a local "
-                    "BERT folder (MMSA uses bert-base-uncased), or use text='text' (MMSA's BERT features)"
+                    f"{self.name}: text='text_bert' serves BERT word ids (3, L); set model_params.bert to a local "
+                    "BERT folder (MMSA uses bert-base-uncased, bert-base-chinese for SIMS), or use text='text' "
+                    "(MMSA's BERT features)"
                 )
             bert = load_pretrained(model_params.bert)
             self._check_vocabulary(bert.config.vocab_size, model_params.bert)
             dims["text"] = bert.config.hidden_size
+        if model_params.arch == "lnln":  # BERT inside LNLN's text encoder, trained unless finetune is false
+            train = self.split("train").inputs
+            lengths = {m: train[m].shape[-1 if m == "text" and bert is not None else 1] for m in modalities}
+            return build_lnln_model({m: dims[m] for m in modalities}, lengths, self.task.num_classes,
+                                    model_params.lnln, bert, model_params.finetune)  # fmt: skip
         model = build_msa_model({m: dims[m] for m in modalities}, self.task.num_classes, model_params)
         if bert is not None:  # BERT's last_hidden_state feeds the text encoder (frozen unless finetune)
             model.encoders["text"] = PretrainedSequenceEncoder(

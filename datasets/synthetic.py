@@ -219,6 +219,9 @@ class Synthetic(DatasetAdapter):
     description = (
         "Generated N-modality data with a controllable imbalance (classification/regression/segmentation)"
     )
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "generated here (datasets/synthetic.py); nothing to download"
+    )
     Params = SyntheticParams
     ModelParams = SyntheticModelParams
     needs_files = False

@@ -111,6 +111,10 @@ class Ucf101Split(Dataset):
 class Ucf101(DatasetAdapter):
     name = "ucf101"
     description = "UCF-101 actions (RGB frames + optical flow u/v), BalanceBenchmark's layout"
+    access = (  # where to get it, its licence or access terms (`datasets`, missing-data message)
+        "UCF101 (Soomro et al. 2012): crcv.ucf.edu/data/UCF101.php (research use); RGB frames and TV-L1 flow "
+        "as BalanceBenchmark extracts them"
+    )
     Params = Ucf101Params
     ModelParams = ResNetAVParams
 

@@ -94,8 +94,8 @@ def check_options(args: argparse.Namespace) -> None:
 
 def _table(title: str, rows: list[dict[str, str]]) -> Table:
     table = Table(title=title)
-    for col in rows[0] if rows else []:
-        table.add_column(col)
+    for i, col in enumerate(rows[0] if rows else []):  # a narrow terminal wraps long text, never cuts it;
+        table.add_column(col, overflow="fold", no_wrap=i == 0)  # the first column (a name) stays whole
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])
     return table
@@ -183,6 +183,14 @@ def _log_to_wandb(
 def run_spec(args: argparse.Namespace) -> RunSpec:
     """The run's spec: code defaults < preset < --spec file < --dataset/--method/--seed < --set; without a
     preset named, the dataset's default one (``spec.DEFAULT_PRESETS``: synthetic -> the suite's settings)."""
+    (spec,) = run_specs(args)
+    return spec
+
+
+def run_specs(args: argparse.Namespace) -> list[RunSpec]:
+    """``run_spec``, one per point of the ``-m KEY=a,b`` grid (``grid.py``; one spec without ``-m``)."""
+    from mmbalance.grid import expand, parse_multirun
+
     doc = load_yaml(args.spec) if args.spec else {}
     preset = {"preset": args.preset} if args.preset else {}
     cli = {
@@ -190,28 +198,40 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         for k, v in (("dataset", args.dataset), ("method", args.method), ("seed", args.seed))
         if v is not None
     }
-    layers = [doc, preset, cli, parse_set(args.set)]
-    return validate_spec(compose(default_preset(*layers), *layers))
+    top = parse_set(args.set + parse_multirun(getattr(args, "multirun", [])))
+    specs = []
+    for names in _name_grid(top):  # -m method=joint,cggm: each method's own parameters make the next grid
+        layers = [doc, preset, cli, {**top, **names}]
+        composed = compose(default_preset(*layers), *layers)
+        specs += [
+            validate_spec(point) for point, _ in (expand(composed) if args.multirun else [(composed, {})])
+        ]
+    return specs
+
+
+def _name_grid(top: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{"method": ["joint", "cggm"]}`` -> ``[{"method": "joint"}, {"method": "cggm"}]`` (method and dataset)."""
+    import itertools
+
+    keys = [k for k in ("method", "dataset") if isinstance(top.get(k), list)]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(top[k] for k in keys))]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = run_spec(args)
+    specs = run_specs(args)
     if args.dry_run:
-        print(yaml.safe_dump(spec.canonical(), sort_keys=False), end="")
+        print("---\n".join(yaml.safe_dump(s.canonical(), sort_keys=False) for s in specs), end="")
         return 0
-    from mmbalance.runner import train
+    return max(_run_one(args, spec) for spec in specs)
 
-    result = train(
-        spec,
-        args.results,
-        args.data_root,
-        device=args.device,
-        progress=not args.quiet,
-        amp=bool(args.amp),
-        workers=args.workers,
-        restart=args.restart,
-        deterministic=bool(args.deterministic),
-    )
+
+def _run_one(args: argparse.Namespace, spec: RunSpec) -> int:
+    from mmbalance.wandb_log import live_train, settings
+
+    cfg = settings(None, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
+    result = live_train(spec, args.results, args.data_root, cfg, None, device=args.device,
+                        progress=not args.quiet, amp=bool(args.amp), workers=args.workers,
+                        restart=args.restart, deterministic=bool(args.deterministic))  # fmt: skip
     if result.status == "running elsewhere":
         console.print(f"run {result.run_id} is running elsewhere ({result.reason}); nothing done")
         return 1
@@ -224,7 +244,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{verb} {result.run_id}: test {key} = {result.final['test'][key]:.4f} "
             f"(best epoch {result.final['best_epoch']}) -> {result.path}"
         )
-    _log_to_wandb(args, None, [result.path], None)
     return 1 if result.status == "failed" else 0
 
 
@@ -241,25 +260,30 @@ def _executor_options(args: argparse.Namespace, section: dict[str, Any]) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mmbalance.sweep import load_suite, plan, run_local, summary_rows, wait_for_elsewhere
+    from mmbalance.sweep import load_suite, run_local, summary_rows, wait_for_elsewhere
 
     suite = load_suite(args.suite)  # before torch is imported: a bad suite is refused at once
     from mmbalance import executors
+    from mmbalance.api import plan_suite
+    from mmbalance.sweep import run_ids
 
     opts = _executor_options(args, suite.executor)
+    everything, planned = plan_suite(suite, args.data_root, args.set, args.only)
+    if args.dry_run:
+        return _dry_run(args, planned)
     if args.executor == "local":  # a device this machine lacks fails once here, not once per run
         from mmbalance.runner import resolve_device
 
         resolve_device(args.device)
-    planned = plan(suite, args.data_root)
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
         console.print(f"skip {p.label}: {p.skip_reason}")
     from mmbalance.provenance import SWEEPS, write_runs
-    from mmbalance.sweep import run_ids
 
     # The suite's run ids, for its report: other runs in the folder (a paper table's ablation) stay out.
-    write_runs(args.results / SWEEPS, suite.name, list(run_ids(planned, args.data_root)))
+    write_runs(args.results / SWEEPS, suite.name, list(run_ids(everything, args.data_root)))
+    if args.executor == "slurm" and _off_cluster(args, planned):
+        return 0
     if args.executor != "local":
         cluster = "slurm" if args.executor == "slurm" else "local"
         jobs = executors.submit(planned, args.results, args.data_root, args.device, opts, suite.name, cluster,
@@ -277,8 +301,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
                                           progress=not args.quiet, restart=args.restart)  # fmt: skip
     else:
+        from mmbalance.wandb_log import settings
+
+        cfg = settings(suite.wandb, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
         outcomes = run_local(planned, args.results, args.data_root,
-                             opts.run_options(args.device, args.restart, progress=not args.quiet))  # fmt: skip
+                             opts.run_options(args.device, args.restart, progress=not args.quiet),
+                             wandb=cfg, group=suite.name)  # fmt: skip
     if args.wait:  # runs another process holds: wait for it, then take over what it left
         outcomes = wait_for_elsewhere(
             outcomes,
@@ -294,6 +322,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     statuses = ["diverged" if r.status == "failed" and r.reason.startswith("diverged") else r.status
                 for _, r in outcomes]  # fmt: skip
     return _sweep_verdict(statuses, len(skipped), args)
+
+
+def _dry_run(args: argparse.Namespace, planned: list) -> int:
+    """``sweep --dry-run``: the runs the sweep would start, with their ids and whether they are finished
+    (run ids from the declared data fingerprints: no dataset is built)."""
+    from mmbalance.planning import dry_run_rows
+    from mmbalance.sweep import run_ids
+
+    rows = dry_run_rows(run_ids(planned, args.data_root, declared=True), args.results)
+    rows += [
+        {"run": p.label, "id": "", "state": f"skipped: {p.skip_reason[:100]}"}
+        for p in planned
+        if p.spec is None
+    ]
+    if rows:
+        console.print(_table(f"sweep {args.suite} --dry-run (nothing runs)", rows))
+    todo = sum(r["state"] != "finished" for r in rows if r["id"])
+    console.print(
+        f"{len(rows)} runs planned: {todo} to run, {sum(r['state'] == 'finished' for r in rows)} finished"
+    )
+    return 0
+
+
+def _off_cluster(args: argparse.Namespace, planned: list) -> bool:
+    """``--executor slurm`` where there is no ``sbatch``: True (nothing to do) when every run is finished,
+    else the one-line error; False on a cluster."""
+    import shutil
+
+    from mmbalance.planning import dry_run_rows
+    from mmbalance.sweep import run_ids
+
+    if shutil.which("sbatch") is not None:
+        return False
+    rows = dry_run_rows(run_ids(planned, args.data_root), args.results)
+    if todo := [r for r in rows if r["state"] != "finished"]:
+        raise UsageError(f"--executor slurm: no `sbatch` here (not a SLURM cluster) and {len(todo)} of "
+                         f"{len(rows)} runs are not finished; run on the cluster's login node, or here "
+                         "with --executor local")  # fmt: skip
+    console.print(f"all {len(rows)} runs are finished; nothing to submit")
+    return True
 
 
 def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace) -> int:
@@ -354,7 +422,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.suite is not None:
         from mmbalance.sweep import load_suite, plan, run_ids
 
-        ids = run_ids(plan(load_suite(args.suite), args.data_root), args.data_root)
+        ids = run_ids(plan(load_suite(args.suite), args.data_root), args.data_root, declared=True)
     report = sweep_status(args.results, ids)
     counts = report.counts()
     console.print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({len(report.runs)} runs)")
@@ -391,11 +459,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         final = rd.final()
         old = final.get("modality_eval")
         old = None if old is not None and "error" in old else old  # a failed measurement is replaced
-        if old is not None and not same_record(old, new):
+        # A record from before the incomplete-data protocol: compared on what it has, and given the protocol.
+        added = old is not None and "incomplete" not in old
+        same = old is not None and same_record(old, {k: v for k, v in new.items() if k in old or not added})
+        if old is not None and not same:
             mismatched += 1
             console.print(f"[red]{rd.run_id}: differs from the record written at the end of training[/red]")
-        verdict = "new" if old is None else "matches final.json" if same_record(old, new) else "differs"
-        if old is None or args.write:
+        verdict = "new" if old is None else "matches final.json" if same else "differs"
+        verdict += ", incomplete-data protocol added" if added and same else ""
+        if old is None or args.write or (added and same):
             atomic_write_json(rd.file("final.json"), {**final, "modality_eval": new})
             verdict += ", written to final.json"
         tidy_finished(rd)
@@ -499,10 +571,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
     if args.wandb:
+        from mmbalance.sweep import load_suite
         from mmbalance.wandb_log import log_report, settings
 
         cfg = settings(None, True, project=args.wandb_project, mode=args.wandb_mode)
-        name = args.table or (args.suite.stem if args.suite else "all-runs")
+        name = args.table or (load_suite(args.suite).name if args.suite else "all-runs")
         console.print(f"W&B: report artifact -> {log_report(paths, cfg, args.results_dir, name)}")
     return 0
 
@@ -545,14 +618,21 @@ def _method_detail(name: str) -> int:
 
     cls = METHODS.get(name)
     console.print(f"{name}: {cls.reference}", highlight=False)
-    rows = [{"parameter": field, "default": json.dumps(info.default),
+    console.print(f"tasks: {', '.join(sorted(cls.tasks))}; modalities: {cls.min_modalities} or more",
+                  highlight=False)  # fmt: skip
+    rows = [{"parameter": field, "type": _type_name(info.annotation), "default": json.dumps(info.default),
              **(searched(cls.search_space[field]) if field in cls.search_space else {"tune searches": "", "source": ""})}
             for field, info in cls.Params.model_fields.items()]  # fmt: skip
-    rows += [
-        {"parameter": path, "default": "(the spec's)", **searched(dim)} for path, dim in OPTIM_SPACE.items()
-    ]
+    rows += [{"parameter": path, "type": type(dim).__name__.lower(), "default": "(the spec's)", **searched(dim)}
+             for path, dim in OPTIM_SPACE.items()]  # fmt: skip
     console.print(_table(f"{name}: parameters and search space (shared optimiser space last)", rows))
     return 0
+
+
+def _type_name(annotation: Any) -> str:
+    """``float``, ``bool``, ``dict[str, float]``, ``Literal['a', 'b']``: a parameter's type as written."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -577,6 +657,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         rows.append({"dataset": name, "task": t.kind, "modalities": ", ".join(t.modalities),
                      "looks in": str(adapter.root) if cls.needs_files else "-", "status": found})  # fmt: skip
     console.print(_table(f"datasets (data root: {root}; set --data-root or $MMBALANCE_DATA)", rows))
+    print("\nWhere to get each dataset (source, licence or access terms):")
+    for row in rows:
+        print(f"  {row['dataset']}: {DATASETS.get(row['dataset']).access or '-'}")
     for text in problems:  # in full, so the expected layout is readable
         print(f"\n{text}")
     return 1 if changed else 0
@@ -639,12 +722,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a spec field, dotted: --set epochs=5 --set method_params.alpha=0.5",
     )
+    p.add_argument("-m", "--multirun", action="append", default=[], metavar="KEY=A,B",
+                   help="one run per value (several: their product), e.g. -m optim.lr=0.01,0.05")  # fmt: skip
     _common(p)
     _wandb_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run every run of a suite YAML (finished runs are reused)")
     p.add_argument("suite", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a spec field over every entry; a list is a grid: --set optim.lr=[0.01,0.05]")  # fmt: skip
+    p.add_argument("--only", action="append", default=[], metavar="KEY=A,B",
+                   help="only the runs with these values (method, dataset, seed, block); repeat to combine: "
+                        "--only method=joint,cggm --only seed=0")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs it would start, with their ids and which are finished; builds no data")  # fmt: skip
     _common(p)
     g = _scaleout_options(p)
     g.add_argument("--wait", action="store_true",
@@ -754,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_options(args)
         return args.func(args)
+    except KeyboardInterrupt:  # the run stays "running" with its checkpoint: the same command resumes it
+        print(f"interrupted; rerun `mmbalance {args.command} ...` to resume from the last epoch's checkpoint",
+              file=sys.stderr)  # fmt: skip
+        return 130
     except Exception as e:
         message = error_message(e)
         if message is None:

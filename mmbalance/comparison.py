@@ -20,6 +20,7 @@ The key is canonical JSON, so it groups in pandas and hashes to a short block id
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -149,6 +150,19 @@ def _without_fixture(key: str) -> tuple[str, bool]:
     return json.dumps(fields, sort_keys=True), fixture
 
 
+def _distinct(blocks: list[KeyBlock], runs: pd.DataFrame) -> list[KeyBlock]:
+    """Keys that share a block's title (a suite block swept over a grid of optim settings) are told apart
+    by what differs between them, in the title and the file name."""
+    titles = [b.title for b in blocks]
+    shared = [b for b in blocks if titles.count(b.title) > 1]
+    labels = differences(_without_fixture(b.key)[0] for b in shared)
+    return [
+        b if b not in shared else dataclasses.replace(b, title=f"{b.title}: {labels[_without_fixture(b.key)[0]]}",
+                                                      slug=f"{b.slug}-{key_id(b.key)}")
+        for b in blocks
+    ]  # fmt: skip
+
+
 def split_blocks(runs: pd.DataFrame) -> list[KeyBlock]:
     """``runs`` (a ``results.load`` frame) split by its ``key`` column, ordered by title. Runs of a suite
     carry the suite's block name (``tuned_report.assign_blocks``): a key of one block is titled and named
@@ -171,6 +185,7 @@ def split_blocks(runs: pd.DataFrame) -> list[KeyBlock]:
                 title = f"{block}: {dataset} ({task_text}), {protocol} protocol"
                 slug = block + ("" if protocol == "tuned" else f"-{protocol}")
             out.append(KeyBlock(key, title, slug.replace(" ", "_"), fixture, own, protocol, block))
+    out = _distinct(out, runs)
     order = (
         dict(zip(runs["block"], runs["block_order"], strict=True)) if "block_order" in runs.columns else {}
     )

@@ -8,6 +8,7 @@ items into a ``Batch``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,19 @@ def collate(items: Sequence[tuple[dict[str, Tensor], Tensor, str]] | Batch) -> B
     )
 
 
+def _noting_access(verify: Callable[[DatasetAdapter], None]) -> Callable[[DatasetAdapter], None]:
+    @functools.wraps(verify)
+    def checked(self: DatasetAdapter) -> None:
+        try:
+            verify(self)
+        except DataMissingError as e:
+            if not self.access or "Where to get it:" in str(e):
+                raise
+            raise type(e)(f"{e}\nWhere to get it: {self.access}") from None
+
+    return checked
+
+
 class DatasetAdapter:
     """Base class of every dataset adapter.
 
@@ -93,6 +107,7 @@ class DatasetAdapter:
     Params: ClassVar[type[StrictModel]] = NoParams
     ModelParams: ClassVar[type[StrictModel]] = NoParams
     needs_files: ClassVar[bool] = True  # False for generated data
+    access: ClassVar[str] = ""  # where to get the data, its licence or access terms (a literal: listings)
     # The Params field (a seed of the data or of its split) that the run's seed fills when it is null, so
     # that seeds vary the data where the data allows (synthetic draws, mfeat's split); None: fixed data.
     seed_param: ClassVar[str | None] = None
@@ -100,6 +115,13 @@ class DatasetAdapter:
     def __init__(self, params: StrictModel, root: Path | None = None) -> None:
         self.params = params
         self.root = Path(root) if root is not None else default_data_root() / self.name
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every adapter's missing-data message ends with where to get the data (``access``), whether it
+        keeps the base ``verify`` or writes its own (most real formats do)."""
+        super().__init_subclass__(**kwargs)
+        if "verify" in cls.__dict__:
+            cls.verify = _noting_access(cls.__dict__["verify"])
 
     @property
     def fixture(self) -> bool:
@@ -123,6 +145,7 @@ class DatasetAdapter:
             raise DataMissingError(
                 f"{self.name}: missing {len(missing)} file(s) under {self.root}:\n  {listing}\n"
                 f"Expected layout: {self.layout_help()} (set --data-root or ${DATA_ROOT_ENV})"
+                + (f"\nWhere to get it: {self.access}" if self.access else "")
             )
 
     def layout_help(self) -> str:
@@ -200,11 +223,17 @@ class DatasetAdapter:
 
     def primary_value(self, pred: Tensor, target: Tensor, ids: list[str]) -> float:
         """The split's primary metric alone, equal to ``evaluate(...)[primary_metric]`` but without the
-        other metrics (``modality_eval`` scores 2^M + 9M variants of the test split per run); an adapter
+        other metrics (``modality_eval`` scores 2^M + 9M + 27 variants of the test split per run); an adapter
         that evaluates its own way (BraTS: Dice per volume) is asked through ``evaluate``."""
         if type(self).evaluate is DatasetAdapter.evaluate:
             return metrics.split_primary(self.task.kind, pred, target, self.task.regions)
         return self.evaluate(pred, target, ids)[self.task.primary_metric]
+
+    def unknown_token(self) -> int:
+        """The word id a removed word becomes in LNLN's incomplete-data protocol (``mmbalance/incomplete.py``),
+        for inputs of BERT word ids: 100, [UNK] of the bert-base vocabularies (LNLN's); an adapter with its
+        own tokenizer returns that tokenizer's."""
+        return 100
 
     def describe(self) -> dict[str, Any]:
         t = self.task

@@ -75,7 +75,10 @@ class Evaluation:
             with self.autocast():
                 return self.method.forward(self.model, batch, self.ctx).pred
 
-        return modality_eval.measure(
+        record = modality_eval.measure(
             self.model, forward, self.task, self.adapter.primary_value, self.adapter.compact_prediction,
-            self.iterate("train"), self.iterate("test"), seed=self.spec.seed,
+            self.iterate("train"), self.iterate("test"), seed=self.spec.seed, unk=self.adapter.unknown_token(),
         )  # fmt: skip
+        if hasattr(self.adapter, "modality_labels"):  # a label per modality (CH-SIMS): the report compares
+            record["own_labels"] = self.adapter.modality_labels("test")
+        return record

@@ -41,6 +41,11 @@ CATALOGUE: dict[str, Metric] = {
         Metric("acc7", "Acc-7"),
         Metric("f1_non0", "F1"),
         Metric("f1_has0", "f1_has0"),
+        # CH-SIMS (``sims_metrics``, MMSA's definitions)
+        Metric("acc5", "Acc-5"),
+        Metric("acc3", "Acc-3"),
+        Metric("acc2", "Acc-2"),
+        Metric("f1", "F1"),
         Metric("mae", "MAE", higher_is_better=False, decimals=3, range=_NONNEGATIVE),
         Metric("corr", "Corr", decimals=3, range=(-1.0, 1.0)),
         Metric("dice_mean", "Dice avg"),

@@ -1,4 +1,4 @@
-"""Task metrics: classification, MOSI-style sentiment regression, Dice per region.
+"""Task metrics: classification, MOSI-style and CH-SIMS sentiment regression, Dice per region.
 
 Each function takes plain tensors/arrays of a whole split and returns ``{name: float}``.
 Accuracy, F1 and Dice are reported in percent (0-100), as the papers print them; MAE and
@@ -17,6 +17,7 @@ __all__ = [
     "f1_score",
     "classification_metrics",
     "mosi_metrics",
+    "sims_metrics",
     "dice_per_region",
     "dice_per_sample",
     "primary_value",
@@ -89,6 +90,41 @@ def mosi_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
             100.0 * f1_score(t[non0] > 0, p[non0] > 0, average="weighted") if non0.any() else float("nan")
         ),
     }
+    return out
+
+
+# MMSA's SIMS classes over [-1, 1] (Haoyu-ha/LNLN @ 80a052c core/metric.py l.78-103, as thuiar/MMSA): a value
+# in (edge[k], edge[k+1]] is class k, so -1 falls in the first class because the first edge is -1.01.
+SIMS_EDGES = {
+    2: (-1.01, 0.0, 1.01),
+    3: (-1.01, -0.1, 0.1, 1.01),
+    5: (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01),
+}
+
+
+def sims_classes(values: np.ndarray, k: int) -> np.ndarray:
+    """Class of each value (already clipped to [-1, 1]) among ``SIMS_EDGES[k]``, compared in float32 as
+    MMSA compares its float32 arrays (a label 0.1f sits on the edge 0.1, not above it)."""
+    edges = np.asarray(SIMS_EDGES[k], dtype=np.float32)
+    return np.searchsorted(edges, values.astype(np.float32), side="left") - 1
+
+
+def sims_metrics(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """The CH-SIMS metrics as MMSA's ``__eval_sims_regression`` (and LNLN's copy, ``core/metric.py``
+    l.72-120) computes them: prediction and truth clipped to [-1, 1] first (MAE and Corr too), then
+
+    - ``acc2`` / ``acc3`` / ``acc5``: accuracy of the classes of ``SIMS_EDGES``;
+    - ``f1``: weighted F1 of the two classes (truth first: LNLN's corrected order, commit f07d9d2);
+    - ``mae``, ``corr``: of the clipped values.
+    """
+    p = np.clip(pred.detach().reshape(-1).cpu().double().numpy(), -1.0, 1.0)
+    t = np.clip(truth.detach().reshape(-1).cpu().double().numpy(), -1.0, 1.0)
+    if p.shape != t.shape:
+        raise ValueError(f"sims_metrics: prediction shape {p.shape} differs from truth shape {t.shape}")
+    out = {f"acc{k}": 100.0 * accuracy_score(sims_classes(t, k), sims_classes(p, k)) for k in (2, 3, 5)}
+    out["f1"] = 100.0 * f1_score(sims_classes(t, 2), sims_classes(p, 2), average="weighted")
+    out["mae"] = float(np.abs(p - t).mean())
+    out["corr"] = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else 0.0
     return out
 
 

@@ -52,10 +52,14 @@ late fusion; ours is joint training on the same data), is computed by the report
 MultiBench's min-max normalisation across methods (L72-88) is a property of a table, not of a run, so
 the record keeps the raw area. Inputs that are not floating point (token ids) get no noise curve.
 
+**Incomplete data** (LNLN, ``incomplete.py``): the metric with a random fraction r in 0, 0.1, ..., 0.9 of
+every modality's positions removed at once, averaged over three seeded draws (``incomplete``: the curve,
+each seed's curve and LNLN's average over the rates).
+
 Line numbers refer to GeWu-Lab/BalanceBenchmark at commit 4c1482fc and pliang279/MultiBench at 49f9be22.
 
-Cost per run: one forward pass over the train split plus ``2^M + 9 M`` forward passes over the test
-split (the coalitions and the noisy copies), in which each encoder runs once per distinct input
+Cost per run: one forward pass over the train split plus ``2^M + 9 M + 27`` forward passes over the test
+split (the coalitions, the noisy copies and the incomplete copies), in which each encoder runs once per distinct input
 (``ReusedEncoders``); the runner records its CPU time in ``env.json``
 (``modality_eval_cpu_seconds``), outside ``final.json``, whose numbers a rerun reproduces exactly.
 """
@@ -72,6 +76,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmbalance import incomplete
 from mmbalance.data import Batch, TaskInfo
 from mmbalance.metrics import dice_per_sample
 from mmbalance.modality_scores import (
@@ -274,16 +279,20 @@ def measure(
     train_batches: Iterable[Batch],
     test_batches: Iterable[Batch],
     seed: int,
+    unk: int = incomplete.UNK,
 ) -> dict:
     """Every measurement of the module doc, as the JSON-ready ``modality_eval`` record.
 
     ``forward(batch) -> prediction`` runs the method's evaluation forward (eval mode, no AMP scaling);
-    ``score``/``compact`` are the dataset adapter's primary metric of a split and prediction compaction."""
+    ``score``/``compact`` are the dataset adapter's primary metric of a split and prediction compaction;
+    ``unk``: its [UNK] word id (``DatasetAdapter.unknown_token``)."""
     model.eval()
     mods = list(model.modalities)
     key, higher = task.primary_metric, task.higher_is_better
     sign = 1.0 if higher else -1.0
-    means, stds = train_statistics(model, forward, train_batches)
+    input_means = incomplete.InputMeans()
+    means, stds = train_statistics(model, forward, input_means.watch(train_batches))
+    in_means, rules = input_means.means, {}
     subsets, orders = coalitions(mods, seed)
     noisy = [m for m in mods if stds[m] is not None]
     variants = [Variant(frozenset(mods) - s) for s in subsets]
@@ -292,6 +301,11 @@ def measure(
     scores: dict[Variant, list[np.ndarray]] = {v: [] for v in variants[: len(subsets)]}
     targets, ids = [], []
     gen = torch.Generator().manual_seed(seed)
+    # LNLN's incomplete-data protocol (``incomplete.py``): its own generators, so the noise draws stay as they were
+    missing_gens = {s: incomplete.eval_generators(s, mods) for s in incomplete.SEEDS}
+    missing_preds: dict[tuple[int, float], list[Tensor]] = {
+        (s, r): [] for s in incomplete.SEEDS for r in incomplete.RATES[1:]
+    }
     with ReusedEncoders(model.encoders[m] for m in mods) as reuse:
         for batch in test_batches:
             reuse.batch(batch.inputs)
@@ -309,10 +323,23 @@ def measure(
                 preds[v].append(compact(pred).cpu())
                 if v in scores:
                     scores[v].append(sample_scores(task, pred.cpu(), batch.target.cpu()))
+            for s, gens in missing_gens.items():
+                u = incomplete.draws({m: batch.inputs[m] for m in mods}, gens)
+                for r in incomplete.RATES[1:]:
+                    inputs = {
+                        **batch.inputs,
+                        **incomplete.incomplete_inputs(u, batch.inputs, r, in_means, unk),
+                    }
+                    pred = forward(Batch(inputs, batch.target, batch.ids)).float()
+                    missing_preds[(s, r)].append(compact(pred).cpu())
+            rules = {m: incomplete.rule(batch.inputs[m]) for m in mods}
             targets.append(batch.target.cpu())
             ids += batch.ids
     target = torch.cat(targets)
     metric = {v: float(score(torch.cat(p), target, ids)) for v, p in preds.items()}
+    full_metric = metric[Variant(frozenset())]
+    per_seed = {s: [full_metric] + [float(score(torch.cat(missing_preds[(s, r)]), target, ids))
+                                    for r in incomplete.RATES[1:]] for s in incomplete.SEEDS}  # fmt: skip
 
     full = frozenset(mods)
     value = {s: sign * metric[Variant(full - s)] for s in subsets}
@@ -343,6 +370,7 @@ def measure(
         "noise_std": {m: stds[m] for m in noisy},
         "noise": noise,
         "relative_robustness": {m: relative_robustness(c) for m, c in noise.items()},
+        "incomplete": incomplete.summary(per_seed, rules),
         "test_samples": len(ids),
     }
 

@@ -7,9 +7,12 @@ nothing else, so it stays beside the main tables without touching them:
   Shapley value of each modality, the sample-level imbalance degree (lower: more even), the equity index
   (higher: more even), the metric with each modality absent and the worst of them, and MultiBench's
   relative robustness (area under the noise curve) and effective robustness against joint training
-  (mean over the modalities' noise curves);
+  (mean over the modalities' noise curves); where the dataset labels each modality (CH-SIMS), how well each
+  modality's own label predicts the target beside its Shapley value, and their rank correlation;
 - figures ``<name>-<dataset>-<task>-contributions`` (Shapley bars per method) and
-  ``<name>-<dataset>-<task>-robustness`` (metric vs noise level per modality, one panel per method).
+  ``<name>-<dataset>-<task>-robustness`` (metric vs noise level per modality, one panel per method);
+- LNLN's incomplete-data protocol: table ``<name>-incomplete`` and figures ``...-incomplete``
+  (``incomplete_report.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def modality_frame(runs: pd.DataFrame) -> pd.DataFrame:
                "me_record": rec, "imbalance_degree": rec["imbalance_degree"], "equity": rec["equity"],
                "worst_missing": rec["worst_missing"]}  # fmt: skip
         row.update({f"shapley/{m}": v for m, v in rec["shapley"].items()})
+        if own := rec.get("own_labels"):  # CH-SIMS: each modality's own label scored against the target
+            quality = {m: v[rec["metric"]] for m, v in own.items()}
+            row.update({f"own_label/{m}": v for m, v in quality.items()})
+            row["label_rank_corr"] = label_rank_corr(rec["shapley"], quality, rec["higher_is_better"])
         row.update({f"missing/{m}": v for m, v in rec["missing"].items()})
         rr = rec["relative_robustness"]
         row["relative_robustness"] = float(np.mean(list(rr.values()))) if rr else None
@@ -51,6 +58,20 @@ def modality_frame(runs: pd.DataFrame) -> pd.DataFrame:
     if not frame.empty:
         frame["effective_robustness"] = _effective(frame)
     return frame
+
+
+def label_rank_corr(shapley: dict[str, float], quality: dict[str, float], higher: bool) -> float | None:
+    """Spearman correlation, over the modalities, between their Shapley values and how well each one's own
+    label predicts the multimodal label (its metric, oriented so that larger is better): 1 when the model
+    leans on the modalities in the order their annotated sentiment agrees with the target, -1 reversed."""
+    mods = [m for m in shapley if m in quality]
+    if len(mods) < 2:
+        return None
+    sign = 1.0 if higher else -1.0
+    phi = pd.Series([shapley[m] for m in mods])
+    own = pd.Series([sign * quality[m] for m in mods])
+    value = phi.corr(own, method="spearman")
+    return None if pd.isna(value) else float(value)
 
 
 def _effective(frame: pd.DataFrame) -> list[float | None]:
@@ -79,7 +100,11 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
         metric, higher = sub["me_metric"].iloc[0], bool(sub["me_higher"].iloc[0])
         mods = list(max(sub["modalities"], key=len))
         label = metric_facts(metric).label
-        cols = [f"shapley/{m}" for m in mods] + ["imbalance_degree", "equity"]
+        own = [
+            f"own_label/{m}" for m in mods if f"own_label/{m}" in sub and sub[f"own_label/{m}"].notna().any()
+        ]
+        own += ["label_rank_corr"] if own else []
+        cols = [f"shapley/{m}" for m in mods] + own + ["imbalance_degree", "equity"]
         cols += [f"missing/{m}" for m in mods] + [
             "worst_missing",
             "relative_robustness",
@@ -88,15 +113,20 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
         direction = {"imbalance_degree": False, "equity": True, "worst_missing": higher,
                      "relative_robustness": higher, "effective_robustness": higher}  # fmt: skip
         direction.update({f"missing/{m}": higher for m in mods})
+        direction.update({c: True for c in own if c == "label_rank_corr"})
         agg = aggregate(sub, cols)
         for row in agg:
             for c in cols:
                 row.cells[c].decimals = (
-                    3 if c in ("imbalance_degree", "equity") else metric_facts(metric).decimals
+                    3
+                    if c in ("imbalance_degree", "equity", "label_rank_corr")
+                    else metric_facts(metric).decimals
                 )
         for c, hi in direction.items():
             rank_marks([r.cells[c] for r in agg], hi, [r.multimodal for r in agg])
-        header = ["Method"] + [f"φ {m}" for m in mods] + ["Imbalance degree ↓", "Equity ↑"]
+        header = ["Method"] + [f"φ {m}" for m in mods]
+        header += [f"{label} of {c.split('/')[1]}'s label" for c in own if c != "label_rank_corr"]
+        header += ["Rank corr φ vs label ↑"] * bool(own) + ["Imbalance degree ↓", "Equity ↑"]
         header += [f"{label} w/o {m}" for m in mods] + [f"Worst missing {label}", "Rel. robustness",
                                                         "Eff. robustness vs joint", "n"]  # fmt: skip
         rows = [[r.label, *(r.cells[c] for c in cols), str(r.seeds)] for r in agg]
@@ -109,6 +139,14 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
             "Robustness: MultiBench's area under the metric vs Gaussian-noise-level curve (levels 0..0.9 of "
             "each input's train std), and its effective robustness against joint training; mean over modalities.",
         ]
+        if own:
+            notes.append(
+                f"{label} of m's label: the dataset's own label of modality m (CH-SIMS' regression_labels_T/A/V) "
+                f"taken as the prediction of the multimodal label, test split: how much of the sentiment the "
+                f"annotators found in m alone (a property of the data). Rank corr: Spearman correlation over the "
+                f"modalities of φ m with that score (oriented larger = better): 1 when the model's reliance follows "
+                f"the modalities' annotated agreement with the target."
+            )
         csv = pd.DataFrame([{"dataset": dataset, "task": task, "block": kb.title, "method": r.label, "metric": c, "mean": cell.mean,
                              "std": cell.std, "n": cell.n, "mark": cell.mark}
                             for r in agg for c, cell in r.cells.items()])  # fmt: skip
@@ -180,7 +218,9 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
 def write_modality_outputs(
     runs: pd.DataFrame, out: Path, name: str, heading: str, figures: bool = True
 ) -> list[Path]:
-    """The table files and (optionally) the figures; nothing when no run has a record."""
+    """The table files and (optionally) the figures; nothing when no run has a record. Records with LNLN's
+    incomplete-data entry also get their own table file and figures (``incomplete_report``)."""
+    from mmbalance.incomplete_report import incomplete_figures, incomplete_tables
     from mmbalance.report import write_tables
 
     tables = modality_tables(runs)
@@ -189,4 +229,8 @@ def write_modality_outputs(
     paths = write_tables(
         tables, out / "tables", f"{name}-modality", f"{heading}: modality contributions and robustness"
     )
-    return paths + (modality_figures(runs, out / "figures", name) if figures else [])
+    paths += modality_figures(runs, out / "figures", name) if figures else []
+    if incomplete := incomplete_tables(runs):
+        paths += write_tables(incomplete, out / "tables", f"{name}-incomplete", f"{heading}: incomplete data")
+        paths += incomplete_figures(runs, out / "figures", name) if figures else []
+    return paths

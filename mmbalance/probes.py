@@ -64,12 +64,17 @@ class Probes(nn.Module):
     ) -> dict[str, float]:
         """cos(g_m^uni, g_m^fused) per modality (see module docstring). Leaves no ``.grad`` behind."""
         fused_loss = task_loss(out.pred, target)
-        params = {m: model.encoder_parameters(m) for m in out.features}
+        # A frozen encoder (a pretrained backbone, ``backbone.py``) has no gradient to compare.
+        trainable = [m for m in out.features if any(p.requires_grad for p in model.encoders[m].parameters())]
+        if not trainable:
+            return {}
+        params = {m: model.encoder_parameters(m) for m in trainable}
         flat_params = [p for ps in params.values() for p in ps]
         # One backward pass for the fused gradient of every encoder, one per modality for its probe.
         g_fused_all = torch.autograd.grad(fused_loss, flat_params, retain_graph=True, allow_unused=True)
         result, start = {}, 0
-        for m, feature in out.features.items():
+        for m in trainable:
+            feature = out.features[m]
             g_fused = g_fused_all[start : start + len(params[m])]
             start += len(params[m])
             uni_loss = task_loss(self.predict(m, feature, target.shape), target)
@@ -82,7 +87,9 @@ class Probes(nn.Module):
     def grad_norms(model: MultimodalModel) -> dict[str, float]:
         out = {}
         for m in model.modalities:
-            grads = [p.grad.detach().pow(2).sum() for p in model.encoder_parameters(m) if p.grad is not None]
+            grads = [
+                p.grad.detach().pow(2).sum() for p in model.encoders[m].parameters() if p.grad is not None
+            ]
             out[f"grad_norm/{m}"] = torch.stack(grads).sum().sqrt().item() if grads else 0.0
         return out
 

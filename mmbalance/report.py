@@ -75,7 +75,8 @@ __all__ = [
 # Columns per task kind, in the papers' order; segmentation shows every Dice region the record has.
 TASK_METRICS = {
     "classification": ["accuracy", "f1_macro"],
-    "regression": ["acc2_non0", "acc7", "f1_non0", "mae", "corr"],
+    # MOSI/MOSEI (mosi_metrics), then CH-SIMS (sims_metrics): a run has the one set or the other
+    "regression": ["acc2_non0", "acc7", "f1_non0", "acc5", "acc3", "acc2", "f1", "mae", "corr"],
 }
 
 
@@ -502,13 +503,16 @@ def default_metrics(runs: pd.DataFrame, task: str) -> list[str]:
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
     """The final-metric columns of a ``results.load`` frame (not the spec's, not the probes)."""
-    # the loader's flattening (an empty method_params stays a column of its own)
     spec_keys = {k for s in runs["spec"] for k in flatten(s)} if "spec" in runs else set()
     meta = {"run_id", "path", "status", "reason", "spec", "config", "task", "modalities", "key", "fixture",
             "data_fingerprint", "block", "block_order", "protocol", "label",  # tuned_report.assign_blocks
             "peak_memory_mb", "method_memory_mb", "extra_memory_mb",  # resources (memory-table), not metrics
             "selection_metric", "best_epoch", "epochs_done", "seconds"}  # fmt: skip
-    return [c for c in runs.columns if c not in meta and c not in spec_keys and not c.startswith("probe/")]
+    return [
+        c
+        for c in runs.columns
+        if c not in meta and c not in spec_keys and not c.startswith(("probe/", "modality/"))
+    ]
 
 
 def weak_modality(runs: pd.DataFrame) -> str | None:
@@ -739,6 +743,8 @@ def rank_table(blocks: Sequence[Block], title: str = "Average rank across tables
     if len(blocks) < 2:
         return None
     titles = [b.name or b.table.title for b in blocks]
+    if len(set(titles)) < len(titles):  # a block swept over a grid: its keys' titles tell them apart
+        titles = [b.table.title for b in blocks]
     scores = pd.DataFrame([pd.Series(b.scores, dtype=float) for b in blocks], index=titles)
     common = [c for c in scores.columns if scores[c].notna().all()]
     if len(common) < 2:

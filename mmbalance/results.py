@@ -3,7 +3,7 @@ frame every report table and figure is built on::
 
     import mmbalance.results
     runs = mmbalance.results.load("results")
-    runs[runs.status == "done"].groupby(["dataset", "method"])["accuracy"].agg(["mean", "std", "count"])
+    runs[runs.status == "done"].groupby(["dataset", "label"])["accuracy"].agg(["mean", "std", "count"])
 
 Columns:
 
@@ -24,7 +24,17 @@ Columns:
   without such a pair) and ``method_memory_mb`` (MB of tensors the method holds beyond the model, on any
   device: CGGM's classifiers, their gradients and optimiser state);
 - one column per final metric under the chosen ``protocol`` (``accuracy``, ``mae``, ``dice_WT``, ...), and
-  ``probe/<modality>`` for the unimodal probes; empty (NaN) for runs that are not done.
+  ``probe/<modality>`` for the unimodal probes; empty (NaN) for runs that are not done;
+- the modality evaluation of the selected model (``modality_eval.py``, test split) under ``modality/``:
+  ``modality/shapley/<m>``, ``modality/missing/<m>`` (the metric with ``m`` alone absent),
+  ``modality/robustness/<m>`` (relative robustness to noise on ``m``), ``modality/imbalance_degree``,
+  ``modality/equity``, ``modality/worst_missing``; NaN where not measured;
+- ``label``: the method and the settings that differ between its runs on the dataset, seed aside
+  (``unimodal(modality=m1)``, ``ogm_ge(alpha=0.5,optim.lr=0.05)``): group by it, not by ``method``.
+
+Booleans are ``bool`` columns; ``config`` is the configuration's canonical JSON (the report's key).
+``curves(results)`` gives the per-epoch metrics of ``metrics.jsonl`` as a long frame (one row per run,
+epoch, split and metric), for training curves in a notebook.
 
 Like the report, this reads records through ``records.py`` and ``status.py`` alone: it imports no
 torch, runner, method or dataset adapter.
@@ -44,7 +54,7 @@ from mmbalance.comparison import comparison_key
 from mmbalance.records import RECORD_ONLY, DamagedRecordError, RunDir, iter_runs
 from mmbalance.status import DAMAGED_FINAL, run_state
 
-__all__ = ["PROTOCOLS", "RecordWarning", "load", "run_values", "config_key", "flatten", "one_line"]
+__all__ = ["PROTOCOLS", "RecordWarning", "load", "curves", "run_values", "config_key", "flatten", "one_line"]
 
 PROTOCOLS = {
     "best-valid-test": "test metrics at the best validation epoch",
@@ -90,10 +100,26 @@ def config_key(spec: dict[str, Any]) -> str:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values."""
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values, an empty section is no column."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+MODALITY_EVAL = {"shapley": "shapley", "missing": "missing", "relative_robustness": "robustness"}
+
+
+def modality_columns(final: dict[str, Any]) -> dict[str, float]:
+    """The ``modality/...`` columns of a run's ``modality_eval`` record (none if absent or failed)."""
+    record = final.get("modality_eval")
+    if not isinstance(record, dict) or "error" in record:
+        return {}
+    out = {f"modality/{name}/{m}": float(v) for key, name in MODALITY_EVAL.items()
+           for m, v in (record.get(key) or {}).items()}  # fmt: skip
+    for key in ("imbalance_degree", "equity", "worst_missing"):
+        value = record.get(key)
+        out[f"modality/{key}"] = float(value) if isinstance(value, int | float) else float("nan")
     return out
 
 
@@ -194,6 +220,7 @@ def _row(rd: RunDir, protocol: str) -> dict[str, Any]:
         "peak_memory_mb": peak,
         "method_memory_mb": _method_memory(rd),
         **values,
+        **modality_columns(final),
     }
 
 
@@ -225,7 +252,57 @@ def load(results: Path | str = "results", protocol: str = "best-valid-test") -> 
                                      "selection_metric", "seconds"])  # fmt: skip
     runs = _fill_fingerprints(_fill_from_done(pd.DataFrame(rows)))
     runs["extra_memory_mb"] = _extra_memory(runs)
+    runs["label"] = labels(runs)
+    for col in runs.columns:  # True/False read as object: bool when complete
+        if pd.api.types.is_object_dtype(runs[col]) and runs[col].map(lambda v: isinstance(v, bool)).all():
+            runs[col] = runs[col].astype(bool)
     return runs
+
+
+LABEL_LEFT_OUT = ("seed", "dataset", "dataset_params.", "method", "tuned")  # the label's method names itself
+
+
+def labels(runs: pd.DataFrame) -> pd.Series:
+    """``method(setting=value,...)``: per dataset and method, the spec settings whose values differ between
+    its runs (seed and data settings aside); a method parameter shows by its own name."""
+    out = pd.Series(runs["method"].astype(str), index=runs.index)
+    flat = pd.DataFrame([flatten(s) for s in runs["spec"]], index=runs.index)
+    keep = [c for c in flat.columns if not c.startswith(LABEL_LEFT_OUT) or c.startswith("method_params.")]
+    flat = flat[keep].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
+    for _, group in flat.groupby([runs["dataset"], runs["method"]], sort=False):
+        varying = [c for c in group.columns if group[c].nunique(dropna=False) > 1]
+        for i, row in group[varying].iterrows():
+            shown = [f"{c.removeprefix('method_params.')}={row[c]}" for c in varying if row[c] == row[c]]
+            out[i] += f"({','.join(shown)})" if shown else ""
+    return out
+
+
+def curves(results: Path | str = "results", runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-epoch metrics of ``metrics.jsonl`` as a long frame: ``run_id``, ``label``, ``dataset``, ``method``,
+    ``seed``, ``epoch``, ``split`` (``train``, ``valid``, ``test``), ``metric`` (``loss``, ``accuracy``,
+    ``probe/m0``, ...) and ``value``, for every run of ``runs`` (a ``load`` frame; default: all of them).
+    A run whose ``metrics.jsonl`` cannot be read is left out with a ``RecordWarning``."""
+    runs = load(results) if runs is None else runs
+    rows = []
+    for run in runs.itertuples(index=False):
+        try:
+            epochs = RunDir(Path(run.path)).epochs()
+        except READ_ERRORS as e:
+            warnings.warn(
+                f"{named(Path(run.path) / 'metrics.jsonl', e)}; run left out", RecordWarning, stacklevel=2
+            )
+            continue
+        who = {"run_id": run.run_id, "label": run.label, "dataset": run.dataset, "method": run.method,
+               "seed": run.seed}  # fmt: skip
+        for e in epochs:
+            values = [("train", "loss", e["train_loss"])]
+            values += [
+                (split, k, v) for split in ("valid", "test") for k, v in flatten(e.get(split, {})).items()
+            ]
+            rows += [{**who, "epoch": e["epoch"], "split": split, "metric": k.replace(".", "/"), "value": float(v)}
+                     for split, k, v in values]  # fmt: skip
+    columns = ["run_id", "label", "dataset", "method", "seed", "epoch", "split", "metric", "value"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _fill_fingerprints(runs: pd.DataFrame) -> pd.DataFrame:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import mmbalance
-from mmbalance import metrics
+from mmbalance import backbone, incomplete, metrics
 from mmbalance.batching import Batching
 from mmbalance.checkpoint import Checkpoints
 from mmbalance.core import DeviceError
@@ -284,7 +284,9 @@ class Trainer(Batching, Checkpoints, Evaluation):
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
         deterministic: bool = False,
         method: Method | None = None,  # checked against the task already (None: built and checked here)
+        encoder: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """``encoder``: the pretrained weights of ``spec.pretrained.modality``'s encoder (``backbone.py``)."""
         self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
         self.spec, self.adapter, self.rd, self.device, self.progress = (
             spec,
@@ -308,6 +310,8 @@ class Trainer(Batching, Checkpoints, Evaluation):
         self.method = method
         self.modalities = self.method.model_modalities(self.task.modalities)
         self.model = adapter.build_model(spec.typed("model_params"), self.modalities).to(device)
+        if encoder is not None:
+            backbone.load_encoder(self.model, spec.pretrained.modality, encoder, spec.pretrained.freeze)
         self.model_parameters = list(self.model.parameters())  # listed once: clipping walks them every step
         self.datasets = {s: adapter.split(s) for s in spec.splits}
         if len(self.datasets["train"]) == 0:
@@ -329,6 +333,9 @@ class Trainer(Batching, Checkpoints, Evaluation):
         self.curves: list[dict[str, Any]] = []  # one row per logged step (curves.csv)
         self.start_epoch = 0
         self.next_step = 0  # global step of the next batch
+        self.missing = incomplete.training_missing(
+            spec, self.modalities, self.iterate("train"), adapter.unknown_token
+        )
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -404,7 +411,11 @@ class Trainer(Batching, Checkpoints, Evaluation):
         parts = self.method.epoch_samples(self.ctx) if isinstance(self.method, Resampling) else None
         self.model.train()  # the method may have evaluated the model to choose the samples
         total, n = 0.0, 0
-        for i, (batch, tags) in enumerate(self.epoch_batches(parts, epoch)):
+        batches = self.epoch_batches(parts, epoch)
+        if self.missing is not None:  # the training steps see incomplete inputs; methods' own passes do not
+            self.missing.start_epoch(epoch)
+            batches = ((self.missing.apply(b), tags) for b, tags in batches)
+        for i, (batch, tags) in enumerate(batches):
             # Counted on from the previous epoch: a re-sampled epoch may have more batches than steps_per_epoch.
             self.ctx.step_in_epoch, self.ctx.step = i, self.next_step
             self.next_step += 1
@@ -508,6 +519,10 @@ def train(
         return RunResult(rd.run_id, rd.path, "skipped", final)
     method = make_method(spec)
     method.check(adapter.task)  # refuse before anything is written; the Trainer takes this method
+    encoder = None
+    if spec.pretrained is not None:  # the backbone's own unimodal run first (reused when recorded)
+        encoder = backbone.pretrained_encoder(spec, adapter.task, lambda pre: train(
+            pre, results, data_root, device, progress, amp, workers, deterministic=deterministic))  # fmt: skip
     try:
         with RunLock(rd.file("lock")) as lock:
             if not lock.acquired:
@@ -523,7 +538,7 @@ def train(
             # the folder as it was.
             workers = auto_workers(adapter, dev) if workers is None else workers
             trainer = Trainer(spec, adapter, rd, dev, progress, amp=amp, workers=workers, on_epoch=on_epoch,
-                              deterministic=deterministic, method=method)  # fmt: skip
+                              deterministic=deterministic, method=method, encoder=encoder)  # fmt: skip
             trainer.try_resume()
             return _train_locked(trainer, fingerprint, amp, workers)
     except BaseException:
@@ -532,12 +547,18 @@ def train(
         raise
 
 
-def run_outcome(spec: RunSpec, results: Path | str, data_root: Path | None, options: RunOptions) -> RunResult:
+def run_outcome(
+    spec: RunSpec, results: Path | str, data_root: Path | None, options: RunOptions,
+    wandb: Any = None, group: str | None = None,
+) -> RunResult:  # fmt: skip
     """``train``, with a refusal or an error as the run's outcome instead of an exception (a sweep goes on
     with its next run): ``not applicable`` (the method refused the model; nothing was written) or
-    ``failed`` (already recorded on disk by ``train``)."""
+    ``failed`` (already recorded on disk by ``train``). ``wandb`` (``wandb_log.WandbSettings``): the run is
+    logged live, in W&B group ``group``."""
+    from mmbalance.wandb_log import live_train
+
     try:
-        return train(spec, results, data_root, **asdict(options))
+        return live_train(spec, Path(results), data_root, wandb, group, **asdict(options))
     except MethodNotApplicable as e:
         return RunResult("-", Path(), "not applicable", reason=str(e))
     except Exception as e:

@@ -8,6 +8,7 @@ so that the canonical form (and hence ``run_id``) does not depend on how a spec 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    BaseModel,
     Field,
     PositiveInt,
     PrivateAttr,
@@ -72,7 +74,17 @@ class TunedSpec(StrictModel):
 
 
 # Fields whose default is left out of the canonical spec, so adding them kept every earlier run id.
-OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True}
+OMITTED_AT_DEFAULT = {"tuned": None, "evaluate_test": True, "train_missing": False, "pretrained": None}
+
+
+class PretrainSpec(StrictModel):
+    """Backbone imbalance (``mmbalance/backbone.py``): ``modality``'s encoder starts from a unimodal run of
+    ``epochs`` epochs with ``optim`` on the same data and seed; frozen or fine-tuned with the rest."""
+
+    modality: str
+    freeze: bool = False
+    epochs: StrictInt = Field(12, ge=1, le=MAX_EPOCHS)
+    optim: OptimSpec = OptimSpec(lr=0.05)  # the synthetic preset's SGD
 
 
 class RunSpec(StrictModel):
@@ -91,6 +103,9 @@ class RunSpec(StrictModel):
     tuned: TunedSpec | None = None  # None: the default protocol (the method's own defaults)
     # False for tuning trials: the test split is never built, read or fingerprinted, only validation.
     evaluate_test: bool = True
+    # LNLN's random missing rates in training (mmbalance/incomplete.py), for any method: off by default.
+    train_missing: bool = False
+    pretrained: PretrainSpec | None = None  # one modality's encoder starts pretrained (backbone imbalance)
     # The three params as their owners' pydantic models, built once here (the factories read them).
     _typed: dict[str, StrictModel] = PrivateAttr(default_factory=dict)
 
@@ -119,7 +134,7 @@ class RunSpec(StrictModel):
             try:
                 typed = model.model_validate(getattr(self, fld))
             except ValidationError as e:
-                raise ValueError(_format_validation(e, prefix=fld)) from None
+                raise ValueError(_format_validation(e, prefix=fld, model=model)) from None
             normalised = typed.model_dump(mode="json")
             if too_big := _too_big(normalised, fld):
                 raise ValueError("\n".join(too_big))
@@ -156,13 +171,14 @@ def _too_big(value: Any, where: str) -> list[str]:
     return []
 
 
-def _format_validation(e: ValidationError, prefix: str = "") -> str:
+def _format_validation(e: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per error; an unknown field lists the valid ones of ``model`` (where given) and the nearest."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field" + _valid_fields(model, err["loc"])
         inp = err.get("input")
         shown = (
             ""
@@ -171,6 +187,21 @@ def _format_validation(e: ValidationError, prefix: str = "") -> str:
         )
         lines.append(f"  {loc or '<spec>'}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _valid_fields(model: type[BaseModel] | None, loc: tuple) -> str:
+    """``; did you mean 'rho'? valid: lam, rho`` for an unknown field at ``loc`` of ``model`` ("" when unknown)."""
+    for part in loc[:-1]:  # down through nested sections (optim.lrr -> OptimSpec)
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    valid = list(model.model_fields)
+    if not valid:
+        return "; this section takes no fields"
+    near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+    return (f"; did you mean {near[0]!r}?" if near else "") + f" valid: {', '.join(valid)}"
 
 
 # A bounded repr: a value that aliases expanded (or a huge list) is shown by its first items only.
@@ -204,7 +235,7 @@ def validate_spec(data: dict[str, Any]) -> RunSpec:
     except UnknownNameError as e:
         raise SpecError(f"invalid run spec:\n  {e}") from None
     except ValidationError as e:
-        body = _format_validation(e)
+        body = _format_validation(e, model=RunSpec)
         for err in e.errors():  # errors raised inside our validator carry their own formatted lines
             if err["type"] == "value_error" and not err["loc"]:
                 body = str(err["ctx"]["error"])
@@ -220,7 +251,7 @@ def check_spec_light(doc: dict[str, Any], where: str = "spec") -> list[str]:
     except UnknownNameError as e:
         return [f"{where}: {e}"]
     except ValidationError as e:
-        lines = _format_validation(e, prefix=where).splitlines()
+        lines = _format_validation(e, prefix=where, model=RunSpec).splitlines()
         lines = [
             str(err["ctx"]["error"]) for err in e.errors() if err["type"] == "value_error" and not err["loc"]
         ] or lines

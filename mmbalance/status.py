@@ -92,6 +92,35 @@ def _why_interrupted(rd: RunDir) -> str:
     return "resumes from its checkpoint on the next sweep"
 
 
+def record_labels(rds: list[RunDir]) -> list[str]:
+    """``dataset/task method(params) seed N`` of runs that no suite names, from their ``spec.yaml`` ("" when
+    it cannot be read); the method parameters shown are those that differ between the runs of that
+    dataset and method (what tells them apart)."""
+    specs = []
+    for rd in rds:
+        try:
+            spec = rd.spec()
+            specs.append((spec["dataset"], spec.get("dataset_params", {}).get("task"), spec["method"],
+                          spec.get("method_params", {}), spec["seed"]))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            specs.append(None)
+    varying: dict[tuple, set[str]] = {}
+    for s in filter(None, specs):
+        seen = [t[3] for t in filter(None, specs) if t[:3] == s[:3]]
+        varying[s[:3]] = {k for params in seen for k in params if any(p.get(k) != params[k] for p in seen)}
+    labels = []
+    for s in specs:
+        if s is None:
+            labels.append("")
+            continue
+        dataset, task, method, params, seed = s
+        shown = ",".join(f"{k}={params[k]}" for k in sorted(varying[s[:3]]) if k in params)
+        labels.append(
+            f"{dataset}{'/' + task if task else ''} {method}{'(' + shown + ')' if shown else ''} seed {seed}"
+        )
+    return labels
+
+
 def sweep_status(results: Path | str, run_ids: dict[str, str] | None = None) -> StatusReport:
     """States of the runs under ``results``; with ``run_ids`` ({run_id: label}, a suite's plan) only
     those runs, and the ones without a record count as pending. Finished runs are tidied on the way
@@ -99,7 +128,10 @@ def sweep_status(results: Path | str, run_ids: dict[str, str] | None = None) -> 
     if run_ids is None:
         root = Path(results) / "runs"
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        report = StatusReport([run_state(RunDir(p)) for p in folders])
+        rds = [RunDir(p) for p in folders]
+        report = StatusReport(
+            [run_state(rd, label) for rd, label in zip(rds, record_labels(rds), strict=True)]
+        )
     else:
         report = StatusReport(
             [run_state(RunDir.of(Path(results), rid), label) for rid, label in run_ids.items()]

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveInt, StrictInt, ValidationError, model_validator
 
 from mmbalance.core import DataMissingError, FileName, MethodNotApplicable, StrictModel
+from mmbalance.grid import expand, grid_label, with_grid
 from mmbalance.registry import METHODS
 from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exported for scripts)
     PRESETS_DIR,
@@ -47,6 +48,7 @@ from mmbalance.spec import (  # noqa: F401 (load_preset, PRESETS_DIR: re-exporte
     SpecError,
     _format_validation,
     compose,
+    deep_merge,
     load_preset,
     load_yaml,
     validate_spec,
@@ -130,6 +132,7 @@ class Cell:
     seeds: list[int]
     with_defaults: bool
     task: TaskInfo
+    grid: str = ""  # the grid point beyond the method's parameters, "optim.lr=0.01" (``grid.grid_label``)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -143,14 +146,14 @@ def suite_from_doc(data: Any, where: str) -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as e:
-        raise SpecError(f"{where}: invalid suite:\n{_format_validation(e)}") from None
+        raise SpecError(f"{where}: invalid suite:\n{_format_validation(e, model=Suite)}") from None
 
 
-def _label(spec: RunSpec, with_seed: bool = True) -> str:
-    """``dataset/task method(non-default params) seed N``."""
+def _label(spec: RunSpec, with_seed: bool = True, grid: str = "") -> str:
+    """``dataset/task method(non-default params,grid point) seed N``."""
     task = spec.dataset_params.get("task")
     seed = f" seed {spec.seed}" if with_seed else ""
-    return f"{spec.dataset}{'/' + task if task else ''} {method_label(spec.method, spec.method_params)}{seed}"
+    return f"{spec.dataset}{'/' + task if task else ''} {with_grid(method_label(spec.method, spec.method_params), grid)}{seed}"
 
 
 def method_label(method: str, params: dict[str, Any]) -> str:
@@ -161,41 +164,84 @@ def method_label(method: str, params: dict[str, Any]) -> str:
     return f"{method}{'(' + shown + ')' if shown else ''}"
 
 
-def cells(suite: Suite, data_root: Path | None = None) -> list[Cell | Planned]:
-    """The suite's (block, method variant) cells in suite order; what cannot run is a skipped ``Planned``."""
-    from mmbalance.runner import make_adapter, make_method  # training code only where a plan is made
+def cells(
+    suite: Suite, data_root: Path | None = None, overrides: dict[str, Any] | None = None
+) -> list[Cell | Planned]:
+    """The suite's (block, method variant) cells in suite order; what cannot run is a skipped ``Planned``.
+    Lists in one-value fields are grids (``grid.py``): a dataset entry expands into one block per point,
+    a method entry into one cell per point. ``overrides`` (``sweep --set``) sit above every entry."""
+    from mmbalance.runner import make_adapter  # training code only where a plan is made, not for reports
 
+    top = overrides or {}
     out: list[Cell | Planned] = []
     for entry in suite.datasets:
-        fragment, block = spec_fragment(entry), block_name(entry)
-        probe = validate_spec(compose(suite.base, fragment))  # validates dataset fields before expanding
-        adapter = make_adapter(probe, data_root)
-        try:
-            adapter.verify()
-        except DataMissingError as e:
-            first = str(e).splitlines()[0]
-            out.append(Planned(None, f"{probe.dataset} (all methods)", f"data missing: {first}", block))
-            continue
-        for method_entry in suite.methods:
-            method_name = method_entry.get("method", "joint")
-            doc = compose(suite.base, fragment, {"method": method_name, **method_entry})
-            method_cls = METHODS.get(method_name)
-            for params in method_cls.variants(doc.get("method_params", {}), adapter.task):
-                spec = validate_spec({**doc, "method_params": params})
-                try:
-                    make_method(spec).check(adapter.task)
-                except MethodNotApplicable as e:
-                    out.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}", block))
-                    continue
-                out.append(Cell(block, method_name, method_label(method_name, spec.method_params),
-                                {**doc, "method_params": params}, params, entry.get("seeds", suite.seeds),
-                                bool(entry.get("with_defaults")), adapter.task))  # fmt: skip
+        names = compose(suite.base, spec_fragment(entry))
+        for fragment, point in expand(deep_merge(spec_fragment(entry), _data_fields(top)), names):
+            block = with_grid(block_name(entry), grid_label(point))
+            probe = validate_spec(compose(suite.base, fragment))  # validates dataset fields before expanding
+            adapter = make_adapter(probe, data_root)
+            try:
+                adapter.verify()
+            except DataMissingError as e:
+                first = str(e).splitlines()[0]
+                out.append(Planned(None, f"{probe.dataset} (all methods)", f"data missing: {first}", block))
+                continue
+            for method_entry in suite.methods:
+                out += _method_cells(suite, entry, fragment, deep_merge(method_entry, _method_fields(top)),
+                                     block, adapter.task)  # fmt: skip
     return out
 
 
-def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
+DATA_FIELDS = ("dataset", "dataset_params", "model_params")  # --set fields that make another block
+
+
+def _data_fields(top: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in top.items() if k in DATA_FIELDS}
+
+
+def _method_fields(top: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in top.items() if k not in DATA_FIELDS}
+
+
+def _method_cells(suite: Suite, entry: dict[str, Any], fragment: dict[str, Any], method_entry: dict[str, Any],
+                  block: str, task: TaskInfo) -> list[Cell | Planned]:  # fmt: skip
+    """The cells of one method entry on one block: one per method named (``method: [joint, cggm]``), grid
+    point and method variant."""
+    names = method_entry.get("method", "joint")
+    out: list[Cell | Planned] = []
+    for method_name in names if isinstance(names, list) else [names]:
+        out += _one_method_cells(suite, entry, fragment, {**method_entry, "method": method_name}, block, task)
+    return out
+
+
+def _one_method_cells(suite: Suite, entry: dict[str, Any], fragment: dict[str, Any], method_entry: dict[str, Any],
+                      block: str, task: TaskInfo) -> list[Cell | Planned]:  # fmt: skip
+    from mmbalance.runner import make_method  # training code only where a plan is made
+
+    method_name = method_entry["method"]
+    method_cls = METHODS.get(method_name)
+    out: list[Cell | Planned] = []
+    for grid_entry, point in expand(method_entry, compose(suite.base, fragment)):
+        doc = compose(suite.base, fragment, grid_entry)
+        for params in method_cls.variants(doc.get("method_params", {}), task):
+            spec = validate_spec({**doc, "method_params": params})
+            try:
+                make_method(spec).check(task)
+            except MethodNotApplicable as e:
+                out.append(Planned(None, _label(spec, with_seed=False), f"not applicable: {e}", block))
+                continue
+            out.append(Cell(block, method_name, with_grid(method_label(method_name, spec.method_params), grid_label(point)),
+                            {**doc, "method_params": params}, params, entry.get("seeds", suite.seeds),
+                            bool(entry.get("with_defaults")), task, grid_label(point)))  # fmt: skip
+    return out
+
+
+def plan(
+    suite: Suite, data_root: Path | None = None, overrides: dict[str, Any] | None = None
+) -> list[Planned]:
     """Expand a suite into run specs; entries that cannot run carry a skip reason instead.
-    Under ``protocol: tuned`` each cell takes its tuned settings (a cell without any is an error)."""
+    Under ``protocol: tuned`` each cell takes its tuned settings (a cell without any is an error).
+    ``overrides``: spec fields above every entry (``sweep --set``; a list is a grid axis)."""
     tuned = None
     if suite.protocol == "tuned":
         try:
@@ -204,7 +250,7 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
             raise SpecError(str(e)) from None
     planned: list[Planned] = []
     seen: set[str] = set()  # a run listed twice (a repeated seed or method) is planned once
-    for cell in cells(suite, data_root):
+    for cell in cells(suite, data_root, overrides):
         if isinstance(cell, Planned):
             planned.append(cell)
             continue
@@ -221,16 +267,21 @@ def plan(suite: Suite, data_root: Path | None = None) -> list[Planned]:
                 spec = validate_spec({**doc, "seed": seed})
                 if (key := json.dumps(spec.canonical(), sort_keys=True)) not in seen:
                     seen.add(key)
-                    planned.append(
-                        Planned(spec, _label(spec) + (" (tuned)" if spec.tuned else ""), block=cell.block)
-                    )
+                    label = _label(spec, grid=cell.grid) + (" (tuned)" if spec.tuned else "")
+                    planned.append(Planned(spec, label, block=cell.block))
     return planned
 
 
 def run_local(
-    planned: list[Planned], results: Path, data_root: Path | None = None, options: RunOptions | None = None
+    planned: list[Planned],
+    results: Path,
+    data_root: Path | None = None,
+    options: RunOptions | None = None,
+    wandb: Any = None,
+    group: str | None = None,
 ) -> list[tuple[Planned, Any]]:
-    """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on."""
+    """Run every planned spec here, one after another. A failed run is recorded and the sweep goes on.
+    ``wandb`` (``wandb_log.WandbSettings``): each run is logged live, in W&B group ``group``."""
     from tqdm.auto import tqdm
 
     from mmbalance.runner import RunOptions, run_outcome
@@ -238,7 +289,7 @@ def run_local(
     options = options or RunOptions()
     runnable = [p for p in planned if p.spec is not None]
     return [
-        (p, run_outcome(p.spec, results, data_root, options))
+        (p, run_outcome(p.spec, results, data_root, options, wandb, group))
         for p in tqdm(runnable, desc="sweep", unit="run", disable=not options.progress)
     ]
 
@@ -262,11 +313,14 @@ def wait_for_elsewhere(
     return outcomes
 
 
-def run_ids(planned: list[Planned], data_root: Path | None = None) -> dict[str, str]:
+def run_ids(planned: list[Planned], data_root: Path | None = None, declared: bool = False) -> dict[str, str]:
     """``{run_id: label}`` of the runnable specs (what ``mmbalance status --suite`` looks for). The data
     fingerprint is computed once per data configuration (dataset, its params, and the seed where the seed
-    draws the data), not once per run: a suite has hundreds of runs and a handful of datasets."""
+    draws the data), not once per run: a suite has hundreds of runs and a handful of datasets.
+    ``declared``: take it from ``benchmarks/fingerprints.yaml`` or the fingerprint cache where known
+    (``planning.py``: status and dry runs build no data); a computed one is cached."""
     from mmbalance.comparison import seed_draws_data
+    from mmbalance.planning import known_fingerprint, remember_fingerprint
     from mmbalance.runner import data_fingerprint, make_adapter
 
     fingerprints: dict[tuple, str] = {}
@@ -280,7 +334,11 @@ def run_ids(planned: list[Planned], data_root: Path | None = None) -> dict[str, 
         if data not in fingerprints:
             adapter = make_adapter(p.spec, data_root)
             adapter.verify()
-            fingerprints[data] = data_fingerprint(adapter)
+            known = known_fingerprint(adapter) if declared else None
+            if known is None:
+                known = data_fingerprint(adapter)
+                remember_fingerprint(adapter, known)
+            fingerprints[data] = known
         out[p.spec.run_id(fingerprints[data])] = p.label
     return out
 

@@ -41,7 +41,9 @@ def main() -> int:
     for old in out_dir.glob("synthetic-classification-*.json"):
         old.unlink()
     failed = 0
-    for (method, _), group in runs.groupby(["method", runs["method_params"].map(json.dumps)]):
+    for (method, _), group in runs.groupby(
+        ["method", runs["spec"].map(lambda s: json.dumps(s["method_params"], sort_keys=True))]
+    ):
         out = out_dir / f"synthetic-classification-{method}.json"
         cmd = [str(Path(sys.executable).parent / "mmbalance"), "submit", *group["path"].astype(str), "--name", "mmbalance maintainers",
                "--out", str(out)]  # fmt: skip

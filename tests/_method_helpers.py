@@ -22,9 +22,27 @@ SHORT_RUN_PARAMS = {"di_mml": {"stage1_epochs": 1, "contrast_epoch": 0}}
 
 
 def trainer(tmp_path: Path, method: str, task: str = "classification", **params) -> runner.Trainer:
-    """A Trainer wired exactly as ``train`` wires it (model, optimiser, context, ``method.setup``)."""
+    """A Trainer wired exactly as ``train`` wires it (model, optimiser, context, ``method.build``)."""
     spec = small_spec(method=method, method_params=params, dataset_params={**TINY, "task": task})
     adapter = runner.make_adapter(spec)
+    return runner.Trainer(spec, adapter, RunDir.of(tmp_path, "t"), torch.device("cpu"), progress=False)
+
+
+# LNLN trains its own network (model_params.arch: lnln) on the MSA regression datasets: the CH-SIMS fixture.
+LNLN_TINY = {"arch": "lnln", "lnln": {"dim": 8, "mlp_dim": 8, "heads": 2, "dim_head": 4, "tokens": 2, "depth": 1,
+             "proxy_depth": 1, "check_depth": 1, "reconstructor_depth": 1, "language_depth": 1, "fusion_depth": 1,
+             "discriminator_hidden": 4}}  # fmt: skip
+
+
+def lnln_trainer(tmp_path: Path, **params) -> runner.Trainer:
+    """A Trainer of the ``lnln`` method on the tiny LNLN network and the CH-SIMS fixture."""
+    from mmbalance.fixtures import sims
+    from mmbalance.spec import validate_spec
+
+    sims.write(tmp_path / "data")
+    spec = validate_spec({"dataset": "sims", "method": "lnln", "method_params": params, "model_params": LNLN_TINY,
+                          "epochs": 2, "batch_size": 8, "probe_every": 2})  # fmt: skip
+    adapter = runner.make_adapter(spec, tmp_path / "data")
     return runner.Trainer(spec, adapter, RunDir.of(tmp_path, "t"), torch.device("cpu"), progress=False)
 
 

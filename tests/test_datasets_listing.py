@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from mmbalance.cli import main
-from mmbalance.fixtures import ave, cremad, kinetics_sounds, mosei, ucf101
+from mmbalance.fixtures import ave, cremad, kinetics_sounds, mosei, sims, ucf101
 from mmbalance.paper import load_table, missing_data, table_suite
 
-NEW = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ave": ave, "mosei": mosei, "ucf101": ucf101}
+NEW = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ave": ave, "mosei": mosei, "ucf101": ucf101,
+       "sims": sims}  # fmt: skip
 
 
 def test_datasets_command_finds_every_fixture(tmp_path, capsys):
@@ -29,7 +30,9 @@ def test_datasets_command_finds_every_fixture(tmp_path, capsys):
         cls(cls.Params(), tmp_path / name).verify()
 
 
-@pytest.mark.parametrize("table", ["balancebenchmark-table", "ogm-ge-table", "pmr-table", "mla-table"])
+@pytest.mark.parametrize(
+    "table", ["balancebenchmark-table", "ogm-ge-table", "pmr-table", "mla-table", "lnln-sims-table"]
+)
 def test_reproduce_on_missing_data_lists_every_file(table, tmp_path):
     spec, path = load_table(table)
     problems = "\n".join(missing_data(table_suite(spec, path), tmp_path))
@@ -46,6 +49,7 @@ def test_reproduce_on_missing_data_lists_every_file(table, tmp_path):
         "ave": ["trainSet.txt", "valSet.txt", "testSet.txt", "Audio-1004-SE", "Image-01-FPS-SE"],
         "ucf101": ["classInd.txt", "trainlist01.txt", "testlist01.txt", "rgb", "flow_u", "flow_v"],
         "mosei": ["mosei_senti_data_noalign.pkl", "MOSEI/Processed/unaligned_50.pkl"],
+        "sims": ["unaligned_39.pkl", "SIMS/Processed/unaligned_39.pkl"],
     }
     datasets = {d["dataset"] for d in table_suite(spec, path).datasets}
     assert datasets and datasets <= set(expected)

@@ -13,7 +13,18 @@ from pathlib import Path
 import pytest
 from _method_helpers import SHORT_RUN_PARAMS
 
-from mmbalance.fixtures import ave, brats, cremad, food101, iemocap, kinetics_sounds, mosei, mosi, ucf101
+from mmbalance.fixtures import (
+    ave,
+    brats,
+    cremad,
+    food101,
+    iemocap,
+    kinetics_sounds,
+    mosei,
+    mosi,
+    sims,
+    ucf101,
+)
 from mmbalance.method import MethodNotApplicable
 from mmbalance.registry import DATASETS, METHODS
 from mmbalance.runner import make_adapter, make_method, train
@@ -21,6 +32,9 @@ from mmbalance.spec import validate_spec
 
 MSA_TINY = {"proj_dim": 8, "num_heads": 2, "layers": 2, "cls_layers": 1}
 SYNTHETIC = {"n_train": 32, "n_valid": 16, "n_test": 16}
+LNLN_TINY = {"arch": "lnln", "lnln": {"dim": 8, "mlp_dim": 8, "heads": 2, "dim_head": 4, "tokens": 2, "depth": 1,
+             "proxy_depth": 1, "check_depth": 1, "reconstructor_depth": 1, "language_depth": 1, "fusion_depth": 1,
+             "discriminator_hidden": 4}}  # fmt: skip
 AV_TINY = {"dataset_params": {"image_size": 32}, "model_params": {"width": 8}}  # ResNet-18, 8 channels wide
 
 # dataset config name -> (spec fields, writer of its fixture files or None)
@@ -59,6 +73,11 @@ CONFIGS = {
         },
         None,
     ),
+    "sims": ({"dataset": "sims", "model_params": MSA_TINY}, sims.write),
+    "sims-lnln": (
+        {"dataset": "sims", "model_params": LNLN_TINY},
+        None,
+    ),  # the LNLN network, every method on it
     # Late concat fusion (the OGM-GE/PMR shape) of the same models: the methods that zero or split a
     # modality's slice of the concatenation (DGL, LFM, AMSS, Data Remixing, ...) run here.
     "mosi-concat": ({"dataset": "mosi", "model_params": {**MSA_TINY, "fusion": "concat"}}, mosi.write),

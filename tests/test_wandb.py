@@ -7,6 +7,7 @@ import csv
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,12 +44,23 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+def finished_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records of a finished offline run: W&B's writer process may still be flushing the file when
+    ``run.finish()`` returns (a report's tables and images take a moment), so wait for its exit record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def read_back(wandb_dir: Path) -> list[dict]:
     """Per offline run: its id, name, group, config, history rows and summary, as Python values."""
     runs = []
     for f in sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb")):
         out = {"history": [], "summary": {}, "artifacts": []}
-        for r in wandb_records(f):
+        for r in finished_records(f):
             kind = r.WhichOneof("record_type")
             if kind == "run":
                 out.update(id=r.run.run_id, name=r.run.display_name, group=r.run.run_group,
@@ -112,7 +124,7 @@ def test_run_logs_its_record_offline_and_report_its_files(tmp_path, wandb_env, m
 
     assert main(["report", str(results), "--no-figures", "--wandb"]) == 0
     report = next(r for r in read_back(wandb_env) if r["name"] == "report-all-runs")
-    (name, kind, files) = report["artifacts"][0]
+    (name, kind, files) = next(a for a in report["artifacts"] if a[1] == "report")  # tables: their own
     assert (name, kind) == ("report-all-runs", "report") and "tables/all-runs.csv" in files
 
 
@@ -140,3 +152,46 @@ def test_a_failed_run_is_logged_with_its_reason(tmp_path, wandb_env):
     (logged,) = read_back(wandb_env)
     assert logged["group"] == "g" and logged["history"][0]["valid/accuracy"] == 40.0
     assert logged["summary"]["status"] == "failed" and logged["summary"]["reason"] == "diverged at epoch 1"
+
+
+def test_a_run_is_logged_live_while_it_trains_and_a_report_as_tables_and_images(tmp_path, wandb_env):
+    import mmbalance
+
+    small = {"epochs": 4, "batch_size": 32, "probe_every": 4,
+             "dataset_params": {"n_train": 512, "n_valid": 128, "n_test": 128}}  # fmt: skip
+    suite = {"name": "live", "seeds": [0], "base": small, "datasets": [{"dataset": "synthetic"}],
+             "methods": [{"method": "cggm"}]}  # fmt: skip
+    rows = mmbalance.sweep(suite, results=tmp_path / "r", wandb=True)
+    assert list(rows["status"]) == ["done"]
+    (logged,) = read_back(wandb_env)
+    (rd,) = iter_runs(tmp_path / "r")
+    assert logged["id"] == rd.run_id and logged["group"] == "live"
+    epochs = [h for h in logged["history"] if "epoch" in h]
+    assert [h["valid/accuracy"] for h in epochs] == [e["valid"]["accuracy"] for e in rd.epochs()]
+    # Sent as each epoch ended, not replayed at the end: the rows are as far apart as the epochs took
+    # (a replay writes them all within a millisecond or two).
+    stamps, took = [h["_timestamp"] for h in epochs], [e["seconds"] for e in rd.epochs()]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 0.5 * sum(took[1:]) > 0.01, (stamps, took)
+    final = rd.final()
+    summary = logged["summary"]
+    for m, phi in final["modality_eval"]["shapley"].items():
+        assert summary[f"final/modality_eval/shapley/{m}"] == phi
+    assert summary["final/modality_eval/imbalance_degree"] == final["modality_eval"]["imbalance_degree"]
+    assert (
+        summary["final/modality_eval/relative_robustness/m0"]
+        == final["modality_eval"]["relative_robustness"]["m0"]
+    )
+    assert any(k.startswith("curves/diag/") for h in logged["history"] for k in h)  # CGGM's coefficients
+
+    # Reused: nothing sent again. The report: tables as W&B tables, figures as images, named after the suite.
+    mmbalance.sweep(suite, results=tmp_path / "r", wandb=True)
+    assert len(read_back(wandb_env)) == 1
+    paths = mmbalance.report(tmp_path / "r", suite="live", wandb=True)
+    report = next(r for r in read_back(wandb_env) if r["name"] == "report-live")
+    (name, kind, files) = next(a for a in report["artifacts"] if a[1] == "report")  # tables: their own
+    assert (name, kind) == ("report-live", "report") and "tables/live.csv" in files
+    media = {k: v for h in report["history"] for k, v in h.items() if not k.startswith("_")}
+    csv_rows = sum(1 for _ in (tmp_path / "r" / "tables" / "live.csv").open()) - 1
+    assert media["tables/live/_type"] == "table-file" and media["tables/live/nrows"] == csv_rows
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert pngs and all(media[f"figures/{p.stem}/_type"] == "image-file" for p in pngs)
