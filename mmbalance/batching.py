@@ -68,10 +68,18 @@ class Batching:
 
     def epoch_batches(self, parts, epoch: int):
         """``(batch, tags)`` of a training epoch: the shuffled train split (``parts`` None, no tags), or a
-        method's re-sampled epoch (``planned_batches``)."""
+        method's re-sampled epoch (``planned_batches``); with ``train_missing``, LNLN's incomplete inputs
+        (the training steps see them; the methods' own passes, ``iterate``, do not)."""
         if parts is not None:
-            return self.planned_batches(parts, epoch)
-        return ((b, None) for b in to_device(self.loader("train", shuffle=True, epoch=epoch), self.device))
+            batches = self.planned_batches(parts, epoch)
+        else:
+            batches = (
+                (b, None) for b in to_device(self.loader("train", shuffle=True, epoch=epoch), self.device)
+            )
+        if self.missing is None:
+            return batches
+        self.missing.start_epoch(epoch)
+        return ((self.missing.apply(b), tags) for b, tags in batches)
 
     def planned_batches(self, parts, epoch: int):
         """Batches of a method's re-sampled epoch (``Resampling.epoch_samples``): each part shuffled by

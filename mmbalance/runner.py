@@ -288,13 +288,8 @@ class Trainer(Batching, Checkpoints, Evaluation):
     ) -> None:
         """``encoder``: the pretrained weights of ``spec.pretrained.modality``'s encoder (``backbone.py``)."""
         self.on_epoch = on_epoch  # called with (epoch, validation metrics) after each epoch's records
-        self.spec, self.adapter, self.rd, self.device, self.progress = (
-            spec,
-            adapter,
-            run_dir,
-            device,
-            progress,
-        )
+        self.spec, self.adapter, self.rd = spec, adapter, run_dir
+        self.device, self.progress = device, progress
         # Mixed precision: fp16 + loss scaling on CUDA, bf16 (no scaling needed) elsewhere. Off: both are
         # no-ops, so CPU runs keep their exact numbers.
         self.amp, self.workers = amp, workers
@@ -411,11 +406,7 @@ class Trainer(Batching, Checkpoints, Evaluation):
         parts = self.method.epoch_samples(self.ctx) if isinstance(self.method, Resampling) else None
         self.model.train()  # the method may have evaluated the model to choose the samples
         total, n = 0.0, 0
-        batches = self.epoch_batches(parts, epoch)
-        if self.missing is not None:  # the training steps see incomplete inputs; methods' own passes do not
-            self.missing.start_epoch(epoch)
-            batches = ((self.missing.apply(b), tags) for b, tags in batches)
-        for i, (batch, tags) in enumerate(batches):
+        for i, (batch, tags) in enumerate(self.epoch_batches(parts, epoch)):
             # Counted on from the previous epoch: a re-sampled epoch may have more batches than steps_per_epoch.
             self.ctx.step_in_epoch, self.ctx.step = i, self.next_step
             self.next_step += 1
