@@ -42,11 +42,20 @@ def read_runs(path: Path) -> set[str]:
     return set(path.read_text().split())
 
 
+# The tables a suite's report writes beside ``<suite>``: the modality evaluation and the incomplete-data protocol.
+COMPANIONS = ("-modality", "-incomplete")
+
+
+def suite_of(name: str) -> str:
+    """The suite a table is named after (``all-incomplete`` -> ``all``)."""
+    return next((name.removesuffix(c) for c in COMPANIONS if name.endswith(c)), name)
+
+
 def source_of(name: str) -> Path | None:
     """The committed spec a table named ``name`` is built from: ``benchmarks/<name>.yaml`` (a suite,
-    whose report also writes ``<name>-modality``) or ``benchmarks/paper/<name>.yaml``."""
+    whose report also writes its ``COMPANIONS``) or ``benchmarks/paper/<name>.yaml``."""
     for candidate in (
-        BENCHMARKS / f"{name.removesuffix('-modality')}.yaml",
+        BENCHMARKS / f"{suite_of(name)}.yaml",
         BENCHMARKS / "paper" / f"{name}.yaml",
     ):
         if candidate.is_file():
@@ -76,7 +85,7 @@ def stale(tables_dir: Path, name: str, data_root: Path | None = None) -> list[st
     source = source_of(name)
     if source is None:
         return [f"{tables_dir / name}.md: no suite or paper table named {name} in {BENCHMARKS}"]
-    runs_file = tables_dir / f"{name.removesuffix('-modality')}{RUNS_SUFFIX}"
+    runs_file = tables_dir / f"{suite_of(name)}{RUNS_SUFFIX}"
     if not runs_file.is_file():
         return [f"{runs_file}: missing; the table's runs are unknown (rebuild with `make results`)"]
     expected, unplanned = expected_run_ids(source, data_root)
