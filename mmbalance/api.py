@@ -73,7 +73,8 @@ def run(
     """Train one run (reused when finished, resumed when interrupted); ``RunResult`` with ``final`` (the
     record of ``final.json``), ``path``, ``status`` and ``run_id``. ``wandb``: True or a settings dict
     (``wandb_log.WandbSettings``) logs it live, offline unless a mode is set."""
-    from mmbalance.wandb_log import live_train, settings
+    from mmbalance.runner import live_train
+    from mmbalance.wandb_log import settings
 
     s = run_spec(method, dataset, seed, preset=preset, spec=spec, set=set, **fields)
     cfg = settings(wandb if isinstance(wandb, dict) else None, bool(wandb) if wandb is not None else None)
@@ -137,8 +138,8 @@ def sweep(
     import pandas as pd
 
     from mmbalance.planning import dry_run_rows
-    from mmbalance.provenance import SWEEPS, write_runs
     from mmbalance.sweep import run_ids, run_local, summary_rows
+    from mmbalance.tables import SWEEPS, write_runs
     from mmbalance.wandb_log import settings
 
     results, root = Path(results), _root(data_root)

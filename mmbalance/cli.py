@@ -226,7 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_one(args: argparse.Namespace, spec: RunSpec) -> int:
-    from mmbalance.wandb_log import live_train, settings
+    from mmbalance.runner import live_train
+    from mmbalance.wandb_log import settings
 
     cfg = settings(None, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
     result = live_train(spec, args.results, args.data_root, cfg, None, device=args.device,
@@ -278,7 +279,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
         console.print(f"skip {p.label}: {p.skip_reason}")
-    from mmbalance.provenance import SWEEPS, write_runs
+    from mmbalance.tables import SWEEPS, write_runs
 
     # The suite's run ids, for its report: other runs in the folder (a paper table's ablation) stay out.
     write_runs(args.results / SWEEPS, suite.name, list(run_ids(everything, args.data_root)))

@@ -48,8 +48,8 @@ from mmbalance.comparison import split_blocks  # noqa: E402
 from mmbalance.metric_catalogue import metric_facts  # noqa: E402
 from mmbalance.quantities import CURVES, quantity  # noqa: E402
 from mmbalance.records import RunDir  # noqa: E402
-from mmbalance.report import config_labels  # noqa: E402
 from mmbalance.results import RecordWarning, one_line  # noqa: E402
+from mmbalance.tables import config_labels  # noqa: E402
 
 __all__ = [
     "training_curves",

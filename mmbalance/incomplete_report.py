@@ -20,9 +20,9 @@ import pandas as pd
 from mmbalance.comparison import split_blocks
 from mmbalance.metric_catalogue import metric_facts
 from mmbalance.modality_report import modality_frame
-from mmbalance.report import Table, aggregate, rank_marks
+from mmbalance.tables import Table, aggregate, rank_marks, write_tables
 
-__all__ = ["incomplete_frame", "incomplete_tables", "incomplete_figures"]
+__all__ = ["incomplete_frame", "incomplete_tables", "incomplete_figures", "write_incomplete_outputs"]
 
 
 def _rate(r: float) -> str:
@@ -114,3 +114,13 @@ def incomplete_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Pat
         prefix = out_dir / f"{name}-{kb.slug}"
         paths += _save(fig, prefix.with_name(prefix.name + "-incomplete"))
     return paths
+
+
+def write_incomplete_outputs(
+    runs: pd.DataFrame, out: Path, name: str, heading: str, figures: bool = True
+) -> list[Path]:
+    """The incomplete-data table file and (optionally) figures; nothing when no record has the entry."""
+    if not (tables := incomplete_tables(runs)):
+        return []
+    paths = write_tables(tables, out / "tables", f"{name}-incomplete", f"{heading}: incomplete data")
+    return paths + (incomplete_figures(runs, out / "figures", name) if figures else [])

@@ -26,7 +26,7 @@ from mmbalance.comparison import split_blocks
 from mmbalance.metric_catalogue import metric_facts
 from mmbalance.modality_scores import effective_robustness
 from mmbalance.records import RunDir
-from mmbalance.report import Table, aggregate, rank_marks
+from mmbalance.tables import Table, aggregate, rank_marks, write_tables
 
 __all__ = ["modality_frame", "modality_tables", "modality_figures", "write_modality_outputs"]
 
@@ -219,10 +219,7 @@ def write_modality_outputs(
     runs: pd.DataFrame, out: Path, name: str, heading: str, figures: bool = True
 ) -> list[Path]:
     """The table files and (optionally) the figures; nothing when no run has a record. Records with LNLN's
-    incomplete-data entry also get their own table file and figures (``incomplete_report``)."""
-    from mmbalance.incomplete_report import incomplete_figures, incomplete_tables
-    from mmbalance.report import write_tables
-
+    incomplete-data entry get their own (``incomplete_report.write_incomplete_outputs``)."""
     tables = modality_tables(runs)
     if not tables:
         return []
@@ -230,7 +227,4 @@ def write_modality_outputs(
         tables, out / "tables", f"{name}-modality", f"{heading}: modality contributions and robustness"
     )
     paths += modality_figures(runs, out / "figures", name) if figures else []
-    if incomplete := incomplete_tables(runs):
-        paths += write_tables(incomplete, out / "tables", f"{name}-incomplete", f"{heading}: incomplete data")
-        paths += incomplete_figures(runs, out / "figures", name) if figures else []
     return paths

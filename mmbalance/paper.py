@@ -32,19 +32,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from mmbalance.core import FileName
 from mmbalance.metric_catalogue import metric_facts
-from mmbalance.provenance import write_runs
-from mmbalance.report import (
-    PROTOCOLS,
+from mmbalance.results import PROTOCOLS, load
+from mmbalance.safe_load import DocumentError, load_yaml_file
+from mmbalance.tables import (
     Cell,
     Table,
     dataset_docs,
     finished,
     is_subset,
     rank_marks,
+    write_runs,
     write_tables,
 )
-from mmbalance.results import load
-from mmbalance.safe_load import DocumentError, load_yaml_file
 
 __all__ = ["PaperTable", "load_table", "resolve_table", "render", "reproduce", "PAPER_DIR"]
 

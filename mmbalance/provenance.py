@@ -14,32 +14,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmbalance.records import atomic_write_text
+from mmbalance.tables import RUNS_SUFFIX, read_runs
 
 __all__ = [
-    "RUNS_SUFFIX",
-    "SWEEPS",
     "BENCHMARKS",
-    "write_runs",
-    "read_runs",
     "source_of",
     "expected_run_ids",
     "stale",
 ]
 
-RUNS_SUFFIX = ".runs"
-SWEEPS = "sweeps"  # <results>/sweeps/<suite>.runs: the run ids the last sweep of a suite planned
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def write_runs(tables_dir: Path, name: str, run_ids: list[str]) -> Path:
-    path = tables_dir / f"{name}{RUNS_SUFFIX}"
-    atomic_write_text(path, "".join(f"{r}\n" for r in sorted(set(run_ids))))
-    return path
-
-
-def read_runs(path: Path) -> set[str]:
-    return set(path.read_text().split())
 
 
 def source_of(name: str) -> Path | None:

@@ -538,6 +538,25 @@ def train(
         raise
 
 
+def live_train(spec: RunSpec, results: Path, data_root: Path | None, cfg: Any, group: str | None,
+               **train_options: Any) -> RunResult:  # fmt: skip
+    """``train`` with the run logged live to W&B (when ``cfg``, a ``wandb_log.WandbSettings``, is set); a run
+    reused or failed before its first epoch is sent from its record (``wandb_log.log_run``), once."""
+    if cfg is None:
+        return train(spec, results, data_root, **train_options)
+    from mmbalance.wandb_log import LiveRun, already_sent, log_run
+
+    _, _, rd = prepare(spec, results, data_root)  # the run's folder, before it trains
+    live = None if rd.finished() is not None or already_sent(rd, cfg) else LiveRun(rd, cfg, results, group)
+    try:
+        result = train(spec, results, data_root, on_epoch=live, **train_options)
+    finally:
+        where = live.close() if live is not None else None
+    if where is None and result.path.is_dir():
+        log_run(result.path, cfg, results, group)
+    return result
+
+
 def run_outcome(
     spec: RunSpec, results: Path | str, data_root: Path | None, options: RunOptions,
     wandb: Any = None, group: str | None = None,
@@ -546,8 +565,6 @@ def run_outcome(
     with its next run): ``not applicable`` (the method refused the model; nothing was written) or
     ``failed`` (already recorded on disk by ``train``). ``wandb`` (``wandb_log.WandbSettings``): the run is
     logged live, in W&B group ``group``."""
-    from mmbalance.wandb_log import live_train
-
     try:
         return live_train(spec, Path(results), data_root, wandb, group, **asdict(options))
     except MethodNotApplicable as e:

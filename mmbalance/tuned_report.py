@@ -17,16 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from mmbalance.comparison import REFERENCES
 from mmbalance.metric_catalogue import metric_facts
-from mmbalance.report import (
-    REFERENCES,
-    Cell,
-    Table,
-    finished,
-    is_subset,
-    primary_metric,
-)
 from mmbalance.stats import interval
+from mmbalance.tables import Cell, Table, finished, is_subset, primary_metric
 
 __all__ = ["assign_blocks", "laziness_table", "tuned_vs_defaults", "gain_frame", "MISSION"]
 

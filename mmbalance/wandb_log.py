@@ -124,7 +124,7 @@ def _close(run, rd: RunDir, cfg: WandbSettings) -> str:
     return where
 
 
-def _sent(rd: RunDir, cfg: WandbSettings) -> bool:
+def already_sent(rd: RunDir, cfg: WandbSettings) -> bool:
     marker = rd.file("wandb.json")
     target = {"project": cfg.project, "entity": cfg.entity, "mode": cfg.mode}
     return marker.exists() and json.loads(marker.read_text()).get("target") == target
@@ -133,7 +133,7 @@ def _sent(rd: RunDir, cfg: WandbSettings) -> bool:
 def log_run(run_dir: Path, cfg: WandbSettings, results: Path, group: str | None = None) -> str | None:
     """Send one run record to W&B; returns where it went (None if it was sent before or has no record)."""
     rd = RunDir(Path(run_dir))
-    if not rd.file("spec.yaml").exists() or _sent(rd, cfg):
+    if not rd.file("spec.yaml").exists() or already_sent(rd, cfg):
         return None
     run = _open(rd, cfg, results, group)
     try:
@@ -173,25 +173,6 @@ class LiveRun:
         if self.run is None or self.failed:
             return None
         return _close(self.run, self.rd, self.cfg)
-
-
-def live_train(spec: Any, results: Path, data_root: Path | None, cfg: WandbSettings | None, group: str | None,
-               **train_options: Any) -> Any:  # fmt: skip
-    """``runner.train`` with the run logged live to W&B (when ``cfg`` is set); a run reused or failed before
-    its first epoch is sent from its record (``log_run``), once."""
-    from mmbalance.runner import prepare, train
-
-    if cfg is None:
-        return train(spec, results, data_root, **train_options)
-    _, _, rd = prepare(spec, results, data_root)  # the run's folder, before it trains
-    live = None if rd.finished() is not None or _sent(rd, cfg) else LiveRun(rd, cfg, results, group)
-    try:
-        result = train(spec, results, data_root, on_epoch=live, **train_options)
-    finally:
-        where = live.close() if live is not None else None
-    if where is None and result.path.is_dir():
-        log_run(result.path, cfg, results, group)
-    return result
 
 
 def log_report(paths: list[Path], cfg: WandbSettings, results: Path, name: str) -> str:

@@ -6,7 +6,7 @@ import math
 
 from mmbalance import leaderboard_page, metrics
 from mmbalance.metric_catalogue import CATALOGUE, PERCENT, metric_facts
-from mmbalance.report import Cell
+from mmbalance.tables import Cell
 
 
 def test_facts_of_catalogued_and_derived_names():

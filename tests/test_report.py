@@ -13,9 +13,10 @@ import yaml
 from _report_records import make_run
 
 from mmbalance.paper import PaperTable, load_table, render, reproduce
-from mmbalance.report import Cell, aggregate, load_runs, rank_marks, report, run_tables
+from mmbalance.report import load_runs, report, run_tables
 from mmbalance.results import RecordWarning, load
 from mmbalance.spec import SpecError
+from mmbalance.tables import Cell, aggregate, rank_marks
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
 # The CGGM paper's tables: their published numbers are exactly those in notes/cggm-paper-tables.md.
@@ -277,8 +278,8 @@ def test_shipped_table_suites_are_valid_run_specs(path):
     there), and every row's method params are fields of that method."""
     from mmbalance.paper import table_suite
     from mmbalance.registry import METHODS
-    from mmbalance.report import dataset_docs
     from mmbalance.spec import deep_merge, validate_spec
+    from mmbalance.tables import dataset_docs
 
     table, _ = load_table(path)
     if table.suite is None:
