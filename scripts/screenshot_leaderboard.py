@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from mmbalance.leaderboard.leaderboard import leaderboard as lb
+from mmbalance.leaderboard import leaderboard as lb
 from mmbalance.leaderboard.leaderboard_page import build
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

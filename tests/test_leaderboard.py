@@ -15,7 +15,7 @@ import yaml
 from conftest import small_spec
 
 from mmbalance.common.records import RunDir
-from mmbalance.leaderboard.leaderboard import leaderboard as lb
+from mmbalance.leaderboard import leaderboard as lb
 from mmbalance.leaderboard.leaderboard_page import SORT_SCRIPT, build, render_html, render_markdown, tracks
 from mmbalance.training.runner import data_fingerprint, make_adapter, train
 

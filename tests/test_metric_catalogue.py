@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from mmbalance.common.metric_catalogue import CATALOGUE, PERCENT, metric_facts
-from mmbalance.leaderboard.leaderboard import leaderboard_page
+from mmbalance.leaderboard import leaderboard_page
 from mmbalance.reporting.tables import Cell
 from mmbalance.training import metrics
 
