@@ -25,10 +25,10 @@ from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
 from mmbalance.models.base import MultimodalModel
 from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
-from mmbalance.safe_pickle import check_finite
+from mmbalance.training.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.training.safe_pickle import check_finite
 
 __all__ = [
     "AVAdapter",
@@ -121,7 +121,7 @@ def read_pickled_spectrogram(path: Path) -> Tensor:
     """A pickled float array (PMR's and OGM-GE's stored spectrograms), through the restricted unpickler."""
     import numpy as np
 
-    from mmbalance.safe_pickle import load_pickle
+    from mmbalance.training.safe_pickle import load_pickle
 
     spec = load_pickle(path)
     if not isinstance(spec, np.ndarray) or spec.dtype.kind != "f":

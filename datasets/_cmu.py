@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, Batch, DataError, DatasetAdapter
+from mmbalance.training.data import SPLITS, Batch, DataError, DatasetAdapter
 
 __all__ = [
     "ArraySplit",

@@ -6,7 +6,7 @@ Files under the dataset root (``$MMBALANCE_DATA/ave`` or ``--data-root``), as fa
 - ``trainSet.txt`` / ``valSet.txt`` / ``testSet.txt``: PMR's ``data/AVE/`` split (3,339 / 402 / 402 rows
   ``Category&VideoID&Quality&Start&End``, e.g. ``Church bell&c---zaDCTaE&good&0&10``);
 - ``Audio-1004-SE/<VideoID>.pkl``: a pickled (257, 1004) float spectrogram per clip, as PMR's
-  ``data/CREMAD/audio_preprocessing.py`` writes it (``mmbalance.audio.pmr_spectrogram``;
+  ``data/CREMAD/audio_preprocessing.py`` writes it (``mmbalance.training.audio.pmr_spectrogram``;
   ``scripts/prepare_av_audio.py --kind ave`` writes it from WAVs);
 - ``Image-01-FPS-SE/<VideoID>/*.jpg``: frames at 1 fps of the annotated event (``Image-{fps:02d}-FPS-SE``).
 
@@ -23,8 +23,8 @@ from pathlib import Path
 from pydantic import Field
 from torch import Tensor
 
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._av import AVAdapter, AVParams, read_list, read_pickled_spectrogram
-from mmbalance.registry import DATASETS
 
 __all__ = ["Ave", "AveParams", "CLASSES"]
 

@@ -43,9 +43,9 @@ from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
-from mmbalance.metrics import dice_per_region
-from mmbalance.registry import DATASETS
+from mmbalance.common.registry import DATASETS
+from mmbalance.training.data import SPLITS, DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.training.metrics import dice_per_region
 
 if TYPE_CHECKING:
     from mmbalance.models.segmentation import DeepLabMultiInput

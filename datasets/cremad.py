@@ -15,7 +15,7 @@ BalanceBenchmark's layout (@ 4c1482f ``balancemm/datasets/cremad_dataset.py`` l.
 list names are ``list_file`` (``{split}.csv``).
 
 Classes in OGM-GE's order NEU, HAP, SAD, FEA, DIS, ANG (l.24). Audio is computed from the WAV at load
-time as the released code does (``mmbalance.audio.ogm_ge_spectrogram``: 22050 Hz, 3 s, STFT 512 / hop
+time as the released code does (``mmbalance.training.audio.ogm_ge_spectrogram``: 22050 Hz, 3 s, STFT 512 / hop
 353, ``log(|X| + 1e-7)``; (1, 257, 188)). Frames: ``num_frames`` per clip (OGM-GE: ``--fps 1`` frame;
 PMR's runs: 3), one per equal segment (see ``_av``). Where this differs from the released loader: it
 draws ``np.random.choice`` frame indices but then reads the first ``fps`` entries of an unsorted
@@ -31,9 +31,9 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import DataError
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._av import AVAdapter, AVParams, read_list
-from mmbalance.registry import DATASETS
+from mmbalance.training.data import DataError
 
 __all__ = ["Cremad", "CremadParams", "CLASSES"]
 
@@ -98,7 +98,7 @@ class Cremad(AVAdapter):
     def read_audio(self, path: Path) -> Tensor:
         if self.params.audio_format == "pt":
             return read_tensor_file(path)
-        from mmbalance.audio import ogm_ge_spectrogram, read_wav
+        from mmbalance.training.audio import ogm_ge_spectrogram, read_wav
 
         # 3 s are used (shorter clips are tiled); one more second covers the resampling filter's reach
         samples, rate = read_wav(path, max_seconds=SECONDS + 1)

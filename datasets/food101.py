@@ -53,10 +53,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mmbalance.data import DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.models.food import FoodModelParams, build_food_model, load_pretrained
 from mmbalance.models.transformer import MSAModel
-from mmbalance.registry import DATASETS
+from mmbalance.training.data import DataError, DataMissingError, DatasetAdapter, StrictModel, TaskInfo
 
 if TYPE_CHECKING:
     from torchvision import transforms as T

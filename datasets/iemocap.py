@@ -47,11 +47,11 @@ from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, check_one_hot, read_split_arrays
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
-from mmbalance.registry import DATASETS
-from mmbalance.safe_pickle import load_npy, load_pickle
+from mmbalance.training.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.training.safe_pickle import load_npy, load_pickle
 
 __all__ = ["Iemocap", "IemocapParams", "IemocapModelParams", "H5Split"]
 

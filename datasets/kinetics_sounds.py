@@ -7,7 +7,7 @@ Files under the dataset root (``$MMBALANCE_DATA/kinetics_sounds`` or ``--data-ro
   ``<clip> ... <label>`` lists read the same (``KS_dataset.py`` l.32-40 takes the first and last field);
 - ``{split}_spec/<clip>.npy``: the (1024, 128) normalised fbank that OGM-GE's
   ``data/KineticSound/process_audio.py`` saves (``save_path = 'train_spec'``, l.9), written from the clips'
-  WAVs by ``scripts/prepare_av_audio.py --kind ks`` (``mmbalance.audio.ks_fbank``: Kaldi fbank, 128 mel
+  WAVs by ``scripts/prepare_av_audio.py --kind ks`` (``mmbalance.training.audio.ks_fbank``: Kaldi fbank, 128 mel
   bins, 10 ms shift, cut / padded to 1024 frames, ``(x + 4.503877) / (2 * 5.141276)``);
 - ``{split}_frames/<clip>/*.jpg``: the clip's frames at 1 fps (BalanceBenchmark names them
   ``frame_00001.jpg`` ...; any sorted names work). ``dataset_params.audio_dir`` / ``frames_dir`` rename
@@ -33,8 +33,8 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._av import AVAdapter, AVParams, read_list, read_pickled_spectrogram
-from mmbalance.registry import DATASETS
 
 __all__ = ["KineticsSounds", "KineticsSoundsParams"]
 
@@ -137,7 +137,7 @@ class KineticsSounds(AVAdapter):
     def read_audio(self, path: Path) -> Tensor:
         import torch
 
-        from mmbalance.safe_pickle import load_npy
+        from mmbalance.training.safe_pickle import load_npy
 
         if path.suffix == ".pkl":
             return read_pickled_spectrogram(path)

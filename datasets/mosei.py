@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mmbalance.data import TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._cmu import ArraySplit
 from mmbalance.datasets.mosi import MODALITIES, Mosi, MosiParams
-from mmbalance.registry import DATASETS
+from mmbalance.training.data import TaskInfo
 
 __all__ = ["Mosei", "MoseiParams"]
 

@@ -21,7 +21,7 @@ with ``text_bert`` its text encoder holds the BERT, trained unless ``finetune`` 
 ``lnln`` method trains; ``arch`` and ``lnln`` stay out of the MSA model's canonical spec (its run ids).
 Task: regression of the sentiment score in [-3, 3], L1 loss, the MOSI metrics (MAE, Corr, Acc-7,
 Acc-2, F1). Modalities in CGGM's order: text, audio, vision. Pickles are read with the restricted
-unpickler (``mmbalance.safe_pickle``).
+unpickler (``mmbalance.training.safe_pickle``).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from pydantic import model_serializer
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._cmu import ArraySplit, PreloadedAdapter, check_labels, read_split_arrays
 from mmbalance.models.food import PretrainedSequenceEncoder, load_pretrained
 from mmbalance.models.lnln import LNLNModel, LNLNModelParams, build_lnln_model
 from mmbalance.models.transformer import MSAModel, MSAModelParams, build_msa_model
-from mmbalance.registry import DATASETS
-from mmbalance.safe_pickle import load_pickle
+from mmbalance.training.data import SPLITS, DataError, DataMissingError, StrictModel, TaskInfo
+from mmbalance.training.safe_pickle import load_pickle
 
 __all__ = ["Mosi", "MosiParams", "MosiModelParams"]
 

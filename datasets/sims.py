@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmbalance import metrics
-from mmbalance.data import DataError, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._cmu import ArraySplit, check_labels
 from mmbalance.datasets.mosi import MODALITIES, Mosi, MosiParams
-from mmbalance.registry import DATASETS
+from mmbalance.training import metrics
+from mmbalance.training.data import DataError, TaskInfo
 
 __all__ = ["Sims", "SimsParams", "MODALITY_LABELS"]
 

@@ -69,11 +69,11 @@ import torch
 from pydantic import Field, model_validator
 from threadpoolctl import threadpool_limits
 
-from mmbalance.data import DatasetAdapter, StrictModel, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._cmu import ArraySplit
 from mmbalance.models.base import MultimodalModel
 from mmbalance.models.small import late_fusion_cnn, late_fusion_mlp
-from mmbalance.registry import DATASETS
+from mmbalance.training.data import DatasetAdapter, StrictModel, TaskInfo
 
 SPLIT_OFFSET = {"train": 0, "valid": 1, "test": 2}
 # Per-modality contrast of labels (0, 1, 2) in the segmentation images; cycled for more modalities.

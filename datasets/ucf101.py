@@ -31,7 +31,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmbalance.data import SPLITS, DataError, DataMissingError, DatasetAdapter, TaskInfo
+from mmbalance.common.registry import DATASETS
 from mmbalance.datasets._av import (
     AVParams,
     holdout,
@@ -43,7 +43,7 @@ from mmbalance.datasets._av import (
 )
 from mmbalance.models.base import MultimodalModel
 from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
-from mmbalance.registry import DATASETS
+from mmbalance.training.data import SPLITS, DataError, DataMissingError, DatasetAdapter, TaskInfo
 
 __all__ = ["Ucf101", "Ucf101Params"]
 

@@ -47,12 +47,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch
-from mmbalance.method import Method, ModulationWindow, RunContext
-from mmbalance.method_parts import masked_inputs, scale_grad, shapley_values
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch
+from mmbalance.training.method import Method, ModulationWindow, RunContext
+from mmbalance.training.method_parts import masked_inputs, scale_grad, shapley_values
 
 __all__ = ["AGMParams", "AGM", "agm_coefficients"]
 

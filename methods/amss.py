@@ -63,12 +63,12 @@ from pydantic import Field
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, MethodNotApplicable, RunContext
-from mmbalance.method_parts import LINEAR, require_concat_fusion
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, MethodNotApplicable, RunContext
+from mmbalance.training.method_parts import LINEAR, require_concat_fusion
 
 __all__ = ["AMSSParams", "AMSS", "amss_coefficients", "filter_mask", "residual_block_kernels"]
 

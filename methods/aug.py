@@ -63,12 +63,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext, Turns
-from mmbalance.method_parts import num_outputs, true_class_score
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext, Turns
+from mmbalance.training.method_parts import num_outputs, true_class_score
 
 __all__ = ["AUGParams", "AUG", "BoostedClassifiers", "boosting_loss", "weakest_to_boost", "merge_weights"]
 

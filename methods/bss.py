@@ -60,12 +60,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Resampling, RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Resampling, RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod
 
 __all__ = ["BSSParams", "BSS", "sample_scores", "pace", "min_max"]
 

@@ -94,11 +94,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, MethodNotApplicable, RunContext
 
 __all__ = ["CGGMParams", "CGGM", "cggm_coefficients", "direction_loss", "batch_scores", "scaled_parameters"]
 

@@ -43,12 +43,12 @@ from pydantic import Field
 from torch import Tensor
 from torch.func import functional_call
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import require_concat_fusion
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import require_concat_fusion
 
 __all__ = ["DGLParams", "DGL", "zero_padded_logits"]
 

@@ -57,12 +57,17 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import MethodNotApplicable, RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod, common_feature_dim, num_outputs, require_concat_fusion
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import MethodNotApplicable, RunContext
+from mmbalance.training.method_parts import (
+    UnimodalHeadsMethod,
+    common_feature_dim,
+    num_outputs,
+    require_concat_fusion,
+)
 
 __all__ = ["DIMMLParams", "DIMML", "discriminative_dims", "confidence_mix", "contrast_loss"]
 

@@ -32,12 +32,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs
 from mmbalance.models.base import Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod
 
 __all__ = ["GBlendingParams", "GBlending", "blend_weights"]
 

@@ -40,12 +40,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import num_outputs
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float, Int
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float, Int
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import num_outputs
 
 __all__ = ["GreedyParams", "Greedy", "MMTM", "bdr"]
 

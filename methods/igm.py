@@ -69,12 +69,12 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output, resize_logits
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod
 
 __all__ = ["IGMParams", "IGM", "stage_at", "flat_matrix", "mixup"]
 

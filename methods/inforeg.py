@@ -39,12 +39,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod, true_class_score
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod, true_class_score
 
 __all__ = ["InfoRegParams", "InfoReg", "window_indicator", "proximal_beta"]
 

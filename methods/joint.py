@@ -3,8 +3,8 @@ compared with; its hooks are the defaults of ``Method``, i.e. it does nothing.""
 
 from __future__ import annotations
 
-from mmbalance.method import Method
-from mmbalance.registry import METHODS
+from mmbalance.common.registry import METHODS
+from mmbalance.training.method import Method
 
 
 @METHODS.register

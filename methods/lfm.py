@@ -50,12 +50,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import LINEAR, require_concat_fusion
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Choice
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Choice
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import LINEAR, require_concat_fusion
 
 __all__ = ["LFMParams", "LFM", "fitted_weights", "alignment"]
 

@@ -43,14 +43,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance import incomplete
-from mmbalance.core import MethodNotApplicable
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
+from mmbalance.common.core import MethodNotApplicable
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
 from mmbalance.models.lnln import LNLNModel
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training import incomplete
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
 
 __all__ = ["LNLN", "LNLNParams", "missing_rates", "drop_positions", "lnln_loss"]
 
@@ -73,7 +73,7 @@ def missing_rates(batch_size: int, device: torch.device) -> Tensor:
 def drop_positions(x: Tensor, rates: Tensor) -> Tensor:
     """``generate_m``: (B, 3, L) word ids / mask / segments or (B, T, D) features, each sample losing its
     valid positions with probability ``rates[i]``: the incomplete-data protocol's one rule
-    (``mmbalance.incomplete.drop``), on fresh uniform draws."""
+    (``mmbalance.training.incomplete.drop``), on fresh uniform draws."""
     return incomplete.drop(x, torch.rand(incomplete.positions(x), device=x.device), rates)
 
 

@@ -48,12 +48,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel, TaskInfo
-from mmbalance.method import MethodNotApplicable, RunContext, Turns
-from mmbalance.method_parts import common_feature_dim, num_outputs
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel, TaskInfo
+from mmbalance.training.method import MethodNotApplicable, RunContext, Turns
+from mmbalance.training.method_parts import common_feature_dim, num_outputs
 
 __all__ = ["MLAParams", "MLA", "gs_update", "entropy_weights"]
 

@@ -46,12 +46,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod, concat_linear
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod, concat_linear
 
 __all__ = ["MLBParams", "MLB", "mlb_scores", "mlb_coefficients"]
 

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod, flat, min_norm_2
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod, flat, min_norm_2
 
 __all__ = ["MMParetoParams", "MMPareto", "pareto_weights", "pareto_grad"]
 

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import UnimodalHeads
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import UnimodalHeads
 
 __all__ = ["MNLParams", "MNL", "negative_learning_loss", "hardest_negative"]
 

@@ -42,12 +42,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import accuracy, masked_inputs, shapley_values
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import accuracy, masked_inputs, shapley_values
 
 __all__ = ["MSAMParams", "MSAM", "dominance_weights"]
 

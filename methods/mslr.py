@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import Field
 
-from mmbalance.data import StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable, RunContext
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Float
 from mmbalance.models.base import MultimodalModel
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Float
+from mmbalance.training.data import StrictModel, TaskInfo
+from mmbalance.training.method import Method, MethodNotApplicable, RunContext
 
 __all__ = ["MSLRParams", "MSLR"]
 

@@ -46,11 +46,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch
-from mmbalance.method import Method, MethodNotApplicable, ModulationWindow, RunContext
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
+from mmbalance.training.data import Batch
+from mmbalance.training.method import Method, MethodNotApplicable, ModulationWindow, RunContext
 
 __all__ = ["OGMGEParams", "OGMGE", "true_class_scores", "ogm_coefficients", "selected_parameters"]
 

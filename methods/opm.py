@@ -32,12 +32,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import LINEAR, require_concat_fusion, true_class_score
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import LINEAR, require_concat_fusion, true_class_score
 
 __all__ = ["OPMParams", "OPM", "drop_probabilities", "drop_features"]
 

@@ -55,11 +55,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch
-from mmbalance.method import Method, ModulationWindow, RunContext
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Choice, Epochs, Float
 from mmbalance.models.base import Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Choice, Epochs, Float
+from mmbalance.training.data import Batch
+from mmbalance.training.method import Method, ModulationWindow, RunContext
 
 __all__ = ["PMRParams", "PMR", "class_prototypes", "prototype_logits", "pmr_coefficients"]
 

@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.method_parts import common_feature_dim, num_outputs
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Method, RunContext
+from mmbalance.training.method_parts import common_feature_dim, num_outputs
 
 __all__ = ["ReconBoostParams", "ReconBoost", "boosting_loss"]
 

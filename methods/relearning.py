@@ -32,10 +32,10 @@ from pydantic import Field
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
 
-from mmbalance.data import StrictModel
-from mmbalance.method import Method, RunContext
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float, Int
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float, Int
+from mmbalance.training.data import StrictModel
+from mmbalance.training.method import Method, RunContext
 
 __all__ = ["ReLearningParams", "ReLearning", "purity", "reinit_weight"]
 

@@ -42,12 +42,16 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Resampling, RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod, logits_with_features_zeroed, require_concat_fusion
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Resampling, RunContext
+from mmbalance.training.method_parts import (
+    UnimodalHeadsMethod,
+    logits_with_features_zeroed,
+    require_concat_fusion,
+)
 
 __all__ = ["RemixParams", "Remix", "kl_to_uniform", "assign"]
 

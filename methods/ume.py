@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmbalance.data import Batch
-from mmbalance.method import RunContext
-from mmbalance.method_parts import UnimodalHeadsMethod
+from mmbalance.common.registry import METHODS
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
+from mmbalance.training.data import Batch
+from mmbalance.training.method import RunContext
+from mmbalance.training.method_parts import UnimodalHeadsMethod
 
 __all__ = ["UME"]
 

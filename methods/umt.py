@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import RunContext
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs, Float
+from mmbalance.methods.ume import UME
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs, Float
-
-from .ume import UME
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import RunContext
 
 __all__ = ["UMTParams", "UMT"]
 

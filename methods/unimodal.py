@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mmbalance.data import StrictModel, TaskInfo
-from mmbalance.method import Method, MethodNotApplicable
-from mmbalance.registry import METHODS
+from mmbalance.common.registry import METHODS
+from mmbalance.training.data import StrictModel, TaskInfo
+from mmbalance.training.method import Method, MethodNotApplicable
 
 
 class UnimodalParams(StrictModel):

@@ -26,11 +26,11 @@ import math
 
 import torch
 
-from mmbalance.data import Batch
-from mmbalance.method import RunContext
+from mmbalance.common.registry import METHODS
 from mmbalance.methods.ume import UME
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
+from mmbalance.training.data import Batch
+from mmbalance.training.method import RunContext
 
 __all__ = ["UnimodalEnsemble"]
 

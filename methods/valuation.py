@@ -43,12 +43,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mmbalance.data import Batch, StrictModel
-from mmbalance.method import Resampling, RunContext
-from mmbalance.method_parts import logits_with_features_zeroed, require_concat_fusion, shapley_values
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Epochs
 from mmbalance.models.base import MultimodalModel, Output
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Epochs
+from mmbalance.training.data import Batch, StrictModel
+from mmbalance.training.method import Resampling, RunContext
+from mmbalance.training.method_parts import logits_with_features_zeroed, require_concat_fusion, shapley_values
 
 __all__ = ["ValuationParams", "Valuation", "copies", "sample_contributions"]
 

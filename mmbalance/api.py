@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mmbalance.spec import compose, default_preset, load_yaml, parse_set, validate_spec
+from mmbalance.common.spec import compose, default_preset, load_yaml, parse_set, validate_spec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mmbalance.runner import RunResult
-    from mmbalance.sweep import Planned, Suite
+    from mmbalance.scaleout.sweep import Planned, Suite
+    from mmbalance.training.runner import RunResult
 
 __all__ = ["run", "sweep", "report", "run_spec", "plan_suite"]
 
@@ -73,7 +73,8 @@ def run(
     """Train one run (reused when finished, resumed when interrupted); ``RunResult`` with ``final`` (the
     record of ``final.json``), ``path``, ``status`` and ``run_id``. ``wandb``: True or a settings dict
     (``wandb_log.WandbSettings``) logs it live, offline unless a mode is set."""
-    from mmbalance.wandb_log import live_train, settings
+    from mmbalance.training.runner import live_train
+    from mmbalance.training.wandb_log import settings
 
     s = run_spec(method, dataset, seed, preset=preset, spec=spec, set=set, **fields)
     cfg = settings(wandb if isinstance(wandb, dict) else None, bool(wandb) if wandb is not None else None)
@@ -86,7 +87,7 @@ def load_suite_any(
 ) -> tuple[Suite, Path | None]:
     """A suite from a YAML path, a dict (copied to ``results/sweeps/<name>.yaml`` when ``results`` is given)
     or the name of one swept before into ``results``; with the file it was read from."""
-    from mmbalance.sweep import load_suite, suite_from_doc
+    from mmbalance.scaleout.sweep import load_suite, suite_from_doc
 
     if isinstance(suite, dict):
         s = suite_from_doc(suite, "suite")
@@ -110,8 +111,8 @@ def plan_suite(
 ) -> tuple[list[Planned], list[Planned]]:
     """``(all planned, selected)``: the suite's runs under ``overrides`` (``--set`` items), and those
     ``only`` keeps (``--only`` items)."""
-    from mmbalance.planning import parse_only, select
-    from mmbalance.sweep import plan
+    from mmbalance.scaleout.planning import parse_only, select
+    from mmbalance.scaleout.sweep import plan
 
     planned = plan(suite, data_root, parse_set(overrides or []))
     return planned, select(planned, parse_only(only or []))
@@ -136,10 +137,10 @@ def sweep(
     is built) ``run``, ``id`` and ``state`` (``finished``, ``not started``, ``interrupted``, ...)."""
     import pandas as pd
 
-    from mmbalance.planning import dry_run_rows
-    from mmbalance.provenance import SWEEPS, write_runs
-    from mmbalance.sweep import run_ids, run_local, summary_rows
-    from mmbalance.wandb_log import settings
+    from mmbalance.reporting.tables import SWEEPS, write_runs
+    from mmbalance.scaleout.planning import dry_run_rows
+    from mmbalance.scaleout.sweep import run_ids, run_local, summary_rows
+    from mmbalance.training.wandb_log import settings
 
     results, root = Path(results), _root(data_root)
     s, _ = load_suite_any(suite, None if dry_run else results)
@@ -148,7 +149,7 @@ def sweep(
         return pd.DataFrame(dry_run_rows(run_ids(chosen, root, declared=True), results))
     write_runs(results / SWEEPS, s.name, list(run_ids(planned, root)))
     cfg = settings(wandb if isinstance(wandb, dict) else s.wandb, bool(wandb) if wandb is not None else None)
-    from mmbalance.runner import RunOptions
+    from mmbalance.training.runner import RunOptions
 
     options = RunOptions(device=device, progress=progress, restart=restart)
     outcomes = run_local(chosen, results, root, options, wandb=cfg, group=s.name)
@@ -168,8 +169,8 @@ def report(
 ) -> list[Path]:
     """Tables (Markdown, LaTeX, CSV) and figures of the records (``mmbalance report``); the paths written.
     ``wandb``: also log them (tables as W&B tables, figures as images) under the suite's name."""
-    from mmbalance.report import report as write_report
-    from mmbalance.wandb_log import log_report, settings
+    from mmbalance.reporting.report import report as write_report
+    from mmbalance.training.wandb_log import log_report, settings
 
     path, name = None, "all-runs"
     if suite is not None:

@@ -25,10 +25,18 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mmbalance.core import DataError, DeviceError, MethodNotApplicable, default_data_root
-from mmbalance.records import DamagedRecordError
-from mmbalance.registry import DATASETS, METHODS, UnknownNameError
-from mmbalance.spec import RunSpec, SpecError, compose, default_preset, load_yaml, parse_set, validate_spec
+from mmbalance.common.core import DataError, DeviceError, MethodNotApplicable, default_data_root
+from mmbalance.common.records import DamagedRecordError
+from mmbalance.common.registry import DATASETS, METHODS, UnknownNameError
+from mmbalance.common.spec import (
+    RunSpec,
+    SpecError,
+    compose,
+    default_preset,
+    load_yaml,
+    parse_set,
+    validate_spec,
+)
 
 console = Console(soft_wrap=True)  # long paths stay on one line (copy-pasteable)
 
@@ -164,7 +172,7 @@ def _log_to_wandb(
     args: argparse.Namespace, section: dict | None, paths: list[Path], group: str | None
 ) -> None:
     """Send finished run records to W&B, if asked; a W&B failure is reported, never fatal."""
-    from mmbalance.wandb_log import log_run, settings
+    from mmbalance.training.wandb_log import log_run, settings
 
     cfg = settings(section, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
     if cfg is None:
@@ -189,7 +197,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
 
 def run_specs(args: argparse.Namespace) -> list[RunSpec]:
     """``run_spec``, one per point of the ``-m KEY=a,b`` grid (``grid.py``; one spec without ``-m``)."""
-    from mmbalance.grid import expand, parse_multirun
+    from mmbalance.scaleout.grid import expand, parse_multirun
 
     doc = load_yaml(args.spec) if args.spec else {}
     preset = {"preset": args.preset} if args.preset else {}
@@ -226,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_one(args: argparse.Namespace, spec: RunSpec) -> int:
-    from mmbalance.wandb_log import live_train, settings
+    from mmbalance.training.runner import live_train
+    from mmbalance.training.wandb_log import settings
 
     cfg = settings(None, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
     result = live_train(spec, args.results, args.data_root, cfg, None, device=args.device,
@@ -249,7 +258,7 @@ def _run_one(args: argparse.Namespace, spec: RunSpec) -> int:
 
 # --- sweep --------------------------------------------------------------------------------------
 def _executor_options(args: argparse.Namespace, section: dict[str, Any]) -> Any:
-    from mmbalance import executors
+    from mmbalance.scaleout import executors
 
     cli = {"jobs": args.jobs, "partition": args.partition, "time_min": args.time, "gpus": args.gpus,
            "cpus": args.cpus, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
@@ -260,25 +269,25 @@ def _executor_options(args: argparse.Namespace, section: dict[str, Any]) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mmbalance.sweep import load_suite, run_local, summary_rows, wait_for_elsewhere
+    from mmbalance.scaleout.sweep import load_suite, run_local, summary_rows, wait_for_elsewhere
 
     suite = load_suite(args.suite)  # before torch is imported: a bad suite is refused at once
-    from mmbalance import executors
     from mmbalance.api import plan_suite
-    from mmbalance.sweep import run_ids
+    from mmbalance.scaleout import executors
+    from mmbalance.scaleout.sweep import run_ids
 
     opts = _executor_options(args, suite.executor)
     everything, planned = plan_suite(suite, args.data_root, args.set, args.only)
     if args.dry_run:
         return _dry_run(args, planned)
     if args.executor == "local":  # a device this machine lacks fails once here, not once per run
-        from mmbalance.runner import resolve_device
+        from mmbalance.training.runner import resolve_device
 
         resolve_device(args.device)
     skipped = [p for p in planned if p.spec is None]
     for p in skipped:
         console.print(f"skip {p.label}: {p.skip_reason}")
-    from mmbalance.provenance import SWEEPS, write_runs
+    from mmbalance.reporting.tables import SWEEPS, write_runs
 
     # The suite's run ids, for its report: other runs in the folder (a paper table's ablation) stay out.
     write_runs(args.results / SWEEPS, suite.name, list(run_ids(everything, args.data_root)))
@@ -301,7 +310,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcomes = executors.run_parallel(planned, args.results, args.data_root, args.device, opts,
                                           progress=not args.quiet, restart=args.restart)  # fmt: skip
     else:
-        from mmbalance.wandb_log import settings
+        from mmbalance.training.wandb_log import settings
 
         cfg = settings(suite.wandb, args.wandb, project=args.wandb_project, mode=args.wandb_mode)
         outcomes = run_local(planned, args.results, args.data_root,
@@ -327,8 +336,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace, planned: list) -> int:
     """``sweep --dry-run``: the runs the sweep would start, with their ids and whether they are finished
     (run ids from the declared data fingerprints: no dataset is built)."""
-    from mmbalance.planning import dry_run_rows
-    from mmbalance.sweep import run_ids
+    from mmbalance.scaleout.planning import dry_run_rows
+    from mmbalance.scaleout.sweep import run_ids
 
     rows = dry_run_rows(run_ids(planned, args.data_root, declared=True), args.results)
     rows += [
@@ -350,8 +359,8 @@ def _off_cluster(args: argparse.Namespace, planned: list) -> bool:
     else the one-line error; False on a cluster."""
     import shutil
 
-    from mmbalance.planning import dry_run_rows
-    from mmbalance.sweep import run_ids
+    from mmbalance.scaleout.planning import dry_run_rows
+    from mmbalance.scaleout.sweep import run_ids
 
     if shutil.which("sbatch") is not None:
         return False
@@ -388,8 +397,8 @@ def _sweep_verdict(statuses: list[str], n_skipped: int, args: argparse.Namespace
 
 # --- tune ---------------------------------------------------------------------------------------
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mmbalance.sweep import load_suite
-    from mmbalance.tune import submit_workers, tune
+    from mmbalance.scaleout.sweep import load_suite
+    from mmbalance.scaleout.tune import submit_workers, tune
 
     suite = load_suite(args.suite)
     opts = _executor_options(args, suite.executor)
@@ -416,11 +425,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 # --- status -------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
-    from mmbalance.status import sweep_status
+    from mmbalance.common.status import sweep_status
 
     ids = None
     if args.suite is not None:
-        from mmbalance.sweep import load_suite, plan, run_ids
+        from mmbalance.scaleout.sweep import load_suite, plan, run_ids
 
         ids = run_ids(plan(load_suite(args.suite), args.data_root), args.data_root, declared=True)
     report = sweep_status(args.results, ids)
@@ -441,10 +450,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- evaluate -------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score finished runs' selected models (modality contributions, robustness) without retraining."""
-    from mmbalance.modality_eval import same_record
-    from mmbalance.records import RunDir, atomic_write_json
-    from mmbalance.runner import evaluate_run
-    from mmbalance.status import tidy_finished
+    from mmbalance.common.records import RunDir, atomic_write_json
+    from mmbalance.common.status import tidy_finished
+    from mmbalance.training.modality_eval import same_record
+    from mmbalance.training.runner import evaluate_run
 
     mismatched = 0
     for path in args.run_dirs:
@@ -485,7 +494,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- leaderboard --------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mmbalance.leaderboard import EntryError, LeaderboardError, submit
+    from mmbalance.leaderboard.leaderboard import EntryError, LeaderboardError, submit
 
     try:
         entry = submit(args.run_dirs, args.name, args.out, url=args.url)
@@ -511,8 +520,8 @@ def _seeds_option(values: list[str] | None) -> list[int] | str | None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from mmbalance.leaderboard import EntryError, LeaderboardError, check
-    from mmbalance.leaderboard_page import build
+    from mmbalance.leaderboard.leaderboard import EntryError, LeaderboardError, check
+    from mmbalance.leaderboard.leaderboard_page import build
 
     try:
         if args.action in ("check", "verify"):
@@ -522,7 +531,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             entry = check(args.file, results=args.results, fingerprints=args.fingerprints)
             console.print(f"{args.file}: valid ({entry.method} on {entry.dataset}, {len(entry.seeds)} seeds)")
             if args.action == "verify":
-                from mmbalance.leaderboard_verify import pick_seeds, verify
+                from mmbalance.leaderboard.leaderboard_verify import pick_seeds, verify
 
                 seeds = pick_seeds(entry, _seeds_option(args.seeds))
                 bad = verify(entry, seeds, args.data_root, device=args.device)
@@ -544,9 +553,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import warnings
 
-    from mmbalance.paper import render_from_records
-    from mmbalance.report import report
-    from mmbalance.results import RecordWarning
+    from mmbalance.reporting.paper import render_from_records
+    from mmbalance.reporting.report import report
+    from mmbalance.reporting.results import RecordWarning
 
     figures, protocol = not args.no_figures, args.protocol
     if unknown := sorted(set(args.method or ()) - set(METHODS.names())):  # they become file names too
@@ -571,8 +580,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"wrote {len(paths)} files:\n  " + "\n  ".join(str(p) for p in paths))
     if args.wandb:
-        from mmbalance.sweep import load_suite
-        from mmbalance.wandb_log import log_report, settings
+        from mmbalance.scaleout.sweep import load_suite
+        from mmbalance.training.wandb_log import log_report, settings
 
         cfg = settings(None, True, project=args.wandb_project, mode=args.wandb_mode)
         name = args.table or (load_suite(args.suite).name if args.suite else "all-runs")
@@ -581,7 +590,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from mmbalance.paper import load_table, missing_data, reproduce, table_suite
+    from mmbalance.reporting.paper import load_table, missing_data, reproduce, table_suite
 
     table, path = load_table(args.table)
     if table.suite is not None:
@@ -610,7 +619,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def _method_detail(name: str) -> int:
     """One method: its reference, each parameter's default and what `mmbalance tune` may search for it."""
-    from mmbalance.search_space import OPTIM_SPACE, describe
+    from mmbalance.common.search_space import OPTIM_SPACE, describe
 
     def searched(dim) -> dict[str, str]:
         ranges = {k: v for k, v in describe(dim).items() if k not in ("kind", "source")}
@@ -669,7 +678,7 @@ def _verify_files(adapter) -> bool:
     """Print which of the adapter's files changed since the last fingerprint recorded for its root."""
     import datetime
 
-    from mmbalance.fingerprint import compare, manifest, recorded_manifests
+    from mmbalance.training.fingerprint import compare, manifest, recorded_manifests
 
     now = manifest(adapter.root, adapter.data_files(), record=False)
     recorded = recorded_manifests(adapter.root)

@@ -31,12 +31,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mmbalance.data import collate
 from mmbalance.datasets.ave import Ave, AveParams
 from mmbalance.datasets.cremad import Cremad, CremadParams
 from mmbalance.datasets.kinetics_sounds import KineticsSounds, KineticsSoundsParams
 from mmbalance.fixtures._media import tone, write_wav
 from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
+from mmbalance.training.data import collate
 
 
 def frames(folder: Path, count: int, size: tuple[int, int], rng: np.random.Generator) -> None:

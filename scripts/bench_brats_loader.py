@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmbalance.data import collate
 from mmbalance.datasets.brats import Brats, BratsModelParams, BratsParams, _write_h5
+from mmbalance.training.data import collate
 
 TINY = {"layers": [1, 1, 1, 1], "width": 8, "aspp_channels": 16, "decoder_channels": 32}
 

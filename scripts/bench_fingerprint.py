@@ -1,4 +1,4 @@
-"""Cost of the content fingerprint (``mmbalance.fingerprint``) on a CREMA-D-sized tree of N clips.
+"""Cost of the content fingerprint (``mmbalance.training.fingerprint``) on a CREMA-D-sized tree of N clips.
 
 Writes ``AudioWAV/<clip>.wav`` (80 KB: CREMA-D's 2.5 s mean at 16 kHz, 16-bit) and
 ``Image-01-FPS/<clip>/000{1,2,3}.jpg`` (20 KB each) of random bytes (hashing does not look at them),
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmbalance import fingerprint
+from mmbalance.training import fingerprint
 
 WAV_BYTES, FRAME_BYTES, FRAMES = 80_000, 20_000, 3
 

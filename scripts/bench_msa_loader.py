@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmbalance.data import collate
 from mmbalance.datasets.iemocap import Iemocap, IemocapParams
 from mmbalance.datasets.mosi import Mosi, MosiParams
 from mmbalance.fixtures import iemocap as iemocap_fixture
 from mmbalance.fixtures import mosi as mosi_fixture
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
+from mmbalance.training.data import collate
 
 
 def loader_rate(ds, batch_size: int, samples: int) -> float:

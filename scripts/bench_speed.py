@@ -18,7 +18,7 @@ run once before timing and are not in the per-step time.
   ``torch.cuda.max_memory_allocated`` minus what was allocated before the trainer was built; CPU the
   growth of the process's peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` after
   ``malloc_trim``; Linux only). Both cover the model, optimiser state, method modules and activations.
-- method state (``mmbalance.memory.method_state``): bytes of tensors the method holds beyond the model
+- method state (``mmbalance.training.memory.method_state``): bytes of tensors the method holds beyond the model
   (its modules' parameters, buffers and gradients, its optimisers' state, prototypes, ...), and the state
   of non-model parameters in the main optimiser. For CGGM: its classifiers (the paper: 8-24 MB extra).
 - shapes and model sizes: ``SHAPES`` below; ``scripts/gpu_check.py`` runs ``bench_shape`` on
@@ -47,13 +47,13 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from mmbalance.data import Batch, DataError, DatasetAdapter, TaskInfo, collate
-from mmbalance.memory import MB, PeakMemory, method_state, tensor_bytes
-from mmbalance.method import MethodNotApplicable
-from mmbalance.records import RunDir
-from mmbalance.registry import DATASETS, METHODS
-from mmbalance.runner import Trainer, resolve_device
-from mmbalance.spec import compose, deep_merge, validate_spec
+from mmbalance.common.records import RunDir
+from mmbalance.common.registry import DATASETS, METHODS
+from mmbalance.common.spec import compose, deep_merge, validate_spec
+from mmbalance.training.data import Batch, DataError, DatasetAdapter, TaskInfo, collate
+from mmbalance.training.memory import MB, PeakMemory, method_state, tensor_bytes
+from mmbalance.training.method import MethodNotApplicable
+from mmbalance.training.runner import Trainer, resolve_device
 
 
 @dataclass

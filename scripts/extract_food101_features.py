@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from mmbalance.data import DataError
 from mmbalance.datasets.food101 import detect_layout, extract_features
+from mmbalance.training.data import DataError
 
 
 def download(loader, name: str) -> None:

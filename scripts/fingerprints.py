@@ -24,12 +24,12 @@ from typing import Any
 
 import yaml
 
-from mmbalance.data import DataMissingError
-from mmbalance.leaderboard import FINGERPRINTS, params_hash
-from mmbalance.registry import DATASETS, UnknownNameError
-from mmbalance.runner import data_fingerprint
-from mmbalance.spec import SpecError, compose, load_yaml
-from mmbalance.sweep import Suite, spec_fragment, suite_from_doc
+from mmbalance.common.registry import DATASETS, UnknownNameError
+from mmbalance.common.spec import SpecError, compose, load_yaml
+from mmbalance.leaderboard.leaderboard import FINGERPRINTS, params_hash
+from mmbalance.scaleout.sweep import Suite, spec_fragment, suite_from_doc
+from mmbalance.training.data import DataMissingError
+from mmbalance.training.runner import data_fingerprint
 
 REGISTERED_SEEDS = range(10)  # where the seed draws the data: the draws of seeds 0-9 are known
 

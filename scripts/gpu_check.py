@@ -19,7 +19,7 @@ pretrained weights are needed. Measured per method:
 
 Then CGGM's extra memory (peak of CGGM minus peak of joint, and the classifiers' parameters, gradients
 and optimiser state) beside the paper's 8-24 MB, and whether AMP keeps the decisions of OGM-GE, PMR and
-CGGM (``mmbalance.amp_check``: on CUDA fp16 with loss scaling). AMP is the runner's ``--amp``: fp16 with
+CGGM (``mmbalance.training.amp_check``: on CUDA fp16 with loss scaling). AMP is the runner's ``--amp``: fp16 with
 loss scaling on CUDA, bf16 on the CPU. cuDNN benchmark mode is on, as in a non-deterministic CUDA run.
 Writes ``results/bench/gpu-<device>.{md,json}`` and prints the summary table. ``--budget`` stops
 before a model that would start after that many seconds; the tables name what was left out.
@@ -42,11 +42,11 @@ from typing import Any
 import torch
 from bench_speed import SHAPES, bench_shape, build_trainer, cpu_name, fmt, shaped_adapter
 
-from mmbalance.amp_check import COEFFICIENT_KEY, AmpComparison, compare, trajectory
-from mmbalance.data import collate
-from mmbalance.memory import MB, method_state, tensor_bytes
-from mmbalance.runner import resolve_device
-from mmbalance.spec import compose
+from mmbalance.common.spec import compose
+from mmbalance.training.amp_check import COEFFICIENT_KEY, AmpComparison, compare, trajectory
+from mmbalance.training.data import collate
+from mmbalance.training.memory import MB, method_state, tensor_bytes
+from mmbalance.training.runner import resolve_device
 
 MODELS = ("mosi", "iemocap", "food101", "cremad", "brats")  # cheapest first: BraTS is most of the time
 METHODS = ("joint", "ogm_ge", "pmr", "cggm")

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmbalance.data import collate
-from mmbalance.probes import Probes
-from mmbalance.records import RECORD_ONLY, RunDir, atomic_write_bytes
-from mmbalance.runner import make_adapter
-from mmbalance.spec import validate_spec
+from mmbalance.common.records import RECORD_ONLY, RunDir, atomic_write_bytes
+from mmbalance.common.spec import validate_spec
+from mmbalance.training.data import collate
+from mmbalance.training.probes import Probes
+from mmbalance.training.runner import make_adapter
 
 
 def load_model(rd: RunDir, data_root: Path | None):

@@ -97,7 +97,7 @@ CASES = [
 
 def plain_wavs(folder: Path) -> None:
     """Rewrite every WAV with its ``fmt `` and ``data`` chunks only."""
-    from mmbalance.audio import wav_header
+    from mmbalance.training.audio import wav_header
 
     for wav in folder.glob("*.wav"):
         h, raw = wav_header(wav), wav.read_bytes()

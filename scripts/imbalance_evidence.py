@@ -19,7 +19,7 @@ import sys
 
 from scipy.stats import friedmanchisquare
 
-from mmbalance.results import load
+from mmbalance.reporting.results import load
 
 
 def main() -> int:

@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmbalance.report import select_suite
-from mmbalance.results import load
-from mmbalance.sweep import load_suite
+from mmbalance.reporting.report import select_suite
+from mmbalance.reporting.results import load
+from mmbalance.scaleout.sweep import load_suite
 
 SUITE = Path(__file__).resolve().parent.parent / "benchmarks" / "all.yaml"
 

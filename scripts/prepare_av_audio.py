@@ -4,8 +4,8 @@
     python scripts/prepare_av_audio.py --kind ave --wav-dir AVE_Dataset/Audios --out DATA/ave/Audio-1004-SE
 
 ``ks``: OGM-GE's ``data/KineticSound/process_audio.py`` (``<clip>.npy``, (1024, 128) normalised fbank,
-``mmbalance.audio.ks_fbank``). ``ave``: PMR's audio preprocessing (``<clip>.pkl``, pickled (257, 1004)
-standardised log spectrogram, ``mmbalance.audio.pmr_spectrogram``). ``--list`` restricts the clips to
+``mmbalance.training.audio.ks_fbank``). ``ave``: PMR's audio preprocessing (``<clip>.pkl``, pickled (257, 1004)
+standardised log spectrogram, ``mmbalance.training.audio.pmr_spectrogram``). ``--list`` restricts the clips to
 those named in a split list (first field before ',' or '&', or the second for AVE's lists). Existing
 outputs are kept, so an interrupted run resumes; each file is written to a temporary name, then renamed.
 CREMA-D needs no preparation: its loader computes the spectrogram from ``AudioWAV/``.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmbalance.audio import ks_fbank, pmr_spectrogram, read_wav
+from mmbalance.training.audio import ks_fbank, pmr_spectrogram, read_wav
 
 
 def clip_names(list_file: Path | None, kind: str) -> set[str] | None:

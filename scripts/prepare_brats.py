@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmbalance.data import DataError
 from mmbalance.datasets.brats import convert_cases
+from mmbalance.training.data import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ from bench_speed import SHAPES, build_trainer, run_steps, shaped_adapter
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmbalance.data import collate
-from mmbalance.runner import resolve_device
+from mmbalance.training.data import collate
+from mmbalance.training.runner import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from mmbalance import leaderboard as lb
-from mmbalance.leaderboard_page import build
+from mmbalance.leaderboard import leaderboard as lb
+from mmbalance.leaderboard.leaderboard_page import build
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]  # fmt: skip
@@ -40,8 +40,8 @@ def demo_board(root: Path) -> tuple[Path, Path]:
     """A results folder with two entries made from real small runs, and its fingerprint registry."""
     import torch
 
-    from mmbalance.runner import data_fingerprint, make_adapter, train
-    from mmbalance.spec import validate_spec
+    from mmbalance.common.spec import validate_spec
+    from mmbalance.training.runner import data_fingerprint, make_adapter, train
 
     torch.set_num_threads(1)
     base = {"dataset_params": {"n_train": 256, "n_valid": 128, "n_test": 128}, "epochs": 3, "batch_size": 32,

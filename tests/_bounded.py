@@ -12,7 +12,7 @@ HEADROOM_MB = 512  # more than any reader needs for the small files of the tests
 
 _PRELUDE = """
 import json, resource
-from mmbalance.core import DataError
+from mmbalance.common.core import DataError
 {imports}
 vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + {headroom} * 2**20,) * 2)

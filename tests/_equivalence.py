@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmbalance import runner
-from mmbalance.batching import to_device
-from mmbalance.data import Batch
-from mmbalance.records import RunDir
-from mmbalance.spec import validate_spec
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import validate_spec
+from mmbalance.training import runner
+from mmbalance.training.batching import to_device
+from mmbalance.training.data import Batch
 
 
 def make_trainer(tmp_path: Path, data_root: Path | None = None, **spec) -> runner.Trainer:
@@ -270,7 +270,7 @@ def two_modality_trainer(tmp_path, method: str, task: str = "classification", **
     """A runner Trainer on two synthetic modalities (the official codes' audio-visual shape)."""
     from conftest import small_spec
 
-    from mmbalance.records import RunDir
+    from mmbalance.common.records import RunDir
 
     data = {"n_train": 128, "n_valid": 32, "n_test": 32, "task": task, "modalities": 2}
     spec = small_spec(method=method, method_params=params, dataset_params=data)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.batching import to_device
-from mmbalance.records import RunDir
+from mmbalance.common.records import RunDir
+from mmbalance.training import runner
+from mmbalance.training.batching import to_device
 
 TINY = {"n_train": 128, "n_valid": 32, "n_test": 32}
 
@@ -36,8 +36,8 @@ LNLN_TINY = {"arch": "lnln", "lnln": {"dim": 8, "mlp_dim": 8, "heads": 2, "dim_h
 
 def lnln_trainer(tmp_path: Path, **params) -> runner.Trainer:
     """A Trainer of the ``lnln`` method on the tiny LNLN network and the CH-SIMS fixture."""
+    from mmbalance.common.spec import validate_spec
     from mmbalance.fixtures import sims
-    from mmbalance.spec import validate_spec
 
     sims.write(tmp_path / "data")
     spec = validate_spec({"dataset": "sims", "method": "lnln", "method_params": params, "model_params": LNLN_TINY,

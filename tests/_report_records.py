@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from mmbalance.records import RunDir, rows_to_csv
-from mmbalance.report import config_key
+from mmbalance.common.records import RunDir, rows_to_csv
+from mmbalance.reporting.report import config_key
 
 MODALITIES = ("m0", "m1", "m2")
 

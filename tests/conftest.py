@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmbalance.spec import RunSpec, validate_spec
+from mmbalance.common.spec import RunSpec, validate_spec
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 gradients: unscaled, and never those of an fp16 overflow step.
 
 The CPU runs bf16 autocast through the same ``Trainer.train_step`` as CUDA's fp16; loss scaling is
-exercised here with a ``GradScaler`` on the CPU. ``mmbalance.amp_check`` states what is compared.
+exercised here with a ``GradScaler`` on the CPU. ``mmbalance.training.amp_check`` states what is compared.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from _method_helpers import first_batch
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.amp_check import COEFFICIENT_KEY, compare, held_back, trajectory
-from mmbalance.batching import to_device
-from mmbalance.records import RunDir
+from mmbalance.common.records import RunDir
+from mmbalance.training import runner
+from mmbalance.training.amp_check import COEFFICIENT_KEY, compare, held_back, trajectory
+from mmbalance.training.batching import to_device
 
 STEPS = 10
 ATOL = 0.05  # largest |coefficient(AMP) - coefficient(fp32)| over the steps; also scripts/gpu_check.py's

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import mmbalance
-from mmbalance.records import RunDir
-from mmbalance.spec import SpecError
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import SpecError
 
 TINY = {
     "epochs": 2,

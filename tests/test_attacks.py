@@ -19,11 +19,11 @@ import pytest
 import yaml
 from conftest import small_spec
 
-from mmbalance import records
 from mmbalance.cli import main
-from mmbalance.records import RunDir
-from mmbalance.runner import prepare, train
-from mmbalance.status import sweep_status
+from mmbalance.common import records
+from mmbalance.common.records import RunDir
+from mmbalance.common.status import sweep_status
+from mmbalance.training.runner import prepare, train
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"epochs": 2, "batch_size": 32, "probe_every": 2,
@@ -264,7 +264,7 @@ def test_bad_suites_exit_2_and_write_nothing(tmp_path, capsys, overrides, needle
 
 
 def test_a_run_listed_twice_is_planned_once(tmp_path):
-    from mmbalance.sweep import load_suite, plan
+    from mmbalance.scaleout.sweep import load_suite, plan
 
     suite = write_suite(tmp_path, seeds=[0, 1, 0], methods=[{"method": "joint"}, {"method": "joint"}])
     planned = plan(load_suite(suite))
@@ -381,8 +381,8 @@ def test_a_forged_lock_is_unreadable_not_a_crash(finished, tmp_path, capsys):
 
 
 def test_a_lock_is_never_seen_empty_and_a_dead_creators_file_is_removed(tmp_path, monkeypatch):
-    from mmbalance import locks
-    from mmbalance.locks import RunLock, read_lock
+    from mmbalance.common import locks
+    from mmbalance.common.locks import RunLock, read_lock
 
     def killed(src: str, dst: str) -> None:  # killed after writing its file, before linking it
         raise KeyboardInterrupt

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmbalance.audio import (
+from mmbalance.fixtures._media import write_wav
+from mmbalance.training.audio import (
     kaldi_fbank,
     kaldi_mel_banks,
     ks_fbank,
@@ -17,7 +18,6 @@ from mmbalance.audio import (
     pmr_spectrogram,
     read_wav,
 )
-from mmbalance.fixtures._media import write_wav
 
 LOG_EPS = math.log(np.finfo(np.float32).eps)  # -15.942385: Kaldi's floor of the mel energies
 

@@ -1,14 +1,14 @@
-"""Backbone imbalance (mmbalance/backbone.py): one modality's encoder starts from a recorded unimodal run."""
+"""Backbone imbalance (mmbalance/training/backbone.py): one modality's encoder starts from a recorded unimodal run."""
 
 from __future__ import annotations
 
 import torch
 from conftest import small_spec
 
-from mmbalance.backbone import encoder_state, pretrain_spec
-from mmbalance.records import RunDir
-from mmbalance.runner import train
-from mmbalance.spec import validate_spec
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import validate_spec
+from mmbalance.training.backbone import encoder_state, pretrain_spec
+from mmbalance.training.runner import train
 
 
 def with_backbone(freeze: bool, **overrides):

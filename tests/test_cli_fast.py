@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mmbalance.data import DatasetAdapter
-from mmbalance.method import Method
-from mmbalance.registry import DATASETS, METHODS, Registry, RegistryError
+from mmbalance.common.registry import DATASETS, METHODS, Registry, RegistryError
+from mmbalance.training.data import DatasetAdapter
+from mmbalance.training.method import Method
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "monai", "transformers", "matplotlib", "torchvision", "sklearn")
@@ -53,7 +53,7 @@ def test_datasets_listing_imports_torch_only(tmp_path):
 
 
 def test_get_imports_only_the_file_it_needs():
-    code = "import sys; from mmbalance.registry import METHODS; METHODS.get('pmr'); " \
+    code = "import sys; from mmbalance.common.registry import METHODS; METHODS.get('pmr'); " \
            "print(sorted(m for m in sys.modules if m.startswith('mmbalance.methods.')))"  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["['mmbalance.methods.pmr']"]
@@ -81,7 +81,7 @@ def fake_package(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (tmp_path / "fakereg.py").write_text(
-        "from mmbalance.registry import Registry\nFAKE = Registry('thing', 'fakepkg', 'FAKE', {'size': 1})\n"
+        "from mmbalance.common.registry import Registry\nFAKE = Registry('thing', 'fakepkg', 'FAKE', {'size': 1})\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield pkg

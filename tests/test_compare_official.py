@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmbalance.spec import validate_spec
+from mmbalance.common.spec import validate_spec
 
 REPO = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location(
@@ -52,7 +52,7 @@ def test_a_missing_patch_target_names_the_file(tmp_path, capsys):
 
 def test_the_generated_pickle_is_read_by_the_mosi_adapter(tmp_path):
     """The pickle the official loader reads is MulT's ``mosi_data.pkl``; our adapter reads the same file."""
-    from mmbalance.runner import make_adapter
+    from mmbalance.training.runner import make_adapter
 
     (tmp_path / "mosi").mkdir()
     compare.write_mosi_pickle(tmp_path / "mosi" / "mosi_data.pkl", seed=0)

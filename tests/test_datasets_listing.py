@@ -9,7 +9,7 @@ import pytest
 
 from mmbalance.cli import main
 from mmbalance.fixtures import ave, cremad, kinetics_sounds, mosei, sims, ucf101
-from mmbalance.paper import load_table, missing_data, table_suite
+from mmbalance.reporting.paper import load_table, missing_data, table_suite
 
 NEW = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ave": ave, "mosei": mosei, "ucf101": ucf101,
        "sims": sims}  # fmt: skip
@@ -23,7 +23,7 @@ def test_datasets_command_finds_every_fixture(tmp_path, capsys):
     assert "mosi: none of" in out  # the datasets without fixtures here are reported missing ...
     for name in NEW:  # ... and each of these is found: no missing-file report names it
         assert f"{name}: missing" not in out and f"{name}: none of" not in out, name
-    from mmbalance.registry import DATASETS
+    from mmbalance.common.registry import DATASETS
 
     for name in NEW:
         cls = DATASETS.get(name)

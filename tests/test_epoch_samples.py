@@ -8,9 +8,9 @@ import torch
 from _method_helpers import TINY
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.method import Resampling
-from mmbalance.records import RunDir
+from mmbalance.common.records import RunDir
+from mmbalance.training import runner
+from mmbalance.training.method import Resampling
 
 
 class Recorder(Resampling):

@@ -20,10 +20,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from mmbalance.incomplete import UNK
 from mmbalance.methods.lnln import LNLNParams, drop_positions, lnln_loss, missing_rates
 from mmbalance.models import lnln as ours_module
 from mmbalance.models.lnln import LNLNModelParams, build_lnln_model
+from mmbalance.training.incomplete import UNK
 
 B, D, H, K = 4, 16, 2, 8
 LENGTHS = {"text": 7, "audio": 9, "vision": 6}

@@ -22,12 +22,12 @@ import pytest
 import yaml
 from conftest import small_spec
 
-from mmbalance import records
 from mmbalance.cli import main
-from mmbalance.locks import RunLock
-from mmbalance.records import DamagedRecordError, RunDir
-from mmbalance.runner import Trainer, prepare, train
-from mmbalance.status import sweep_status
+from mmbalance.common import records
+from mmbalance.common.locks import RunLock
+from mmbalance.common.records import DamagedRecordError, RunDir
+from mmbalance.common.status import sweep_status
+from mmbalance.training.runner import Trainer, prepare, train
 
 SETS = ["epochs=3", "batch_size=32", "probe_every=2", "optim.lr=0.01", "dataset_params.n_train=128",
         "dataset_params.n_valid=32", "dataset_params.n_test=32"]  # fmt: skip
@@ -186,8 +186,8 @@ def test_status_lists_a_run_killed_before_its_status_file(tmp_path, files):
 
 # --- a model that cannot be built leaves nothing -----------------------------------------------------
 def test_error_while_building_the_model_leaves_no_run_folder(tmp_path, monkeypatch):
-    from mmbalance.data import DataError
     from mmbalance.datasets.synthetic import Synthetic
+    from mmbalance.training.data import DataError
 
     def refuse(*_args, **_kwargs):
         raise DataError("x.h5: 3 channels, expected 4")
@@ -244,7 +244,7 @@ def test_unwritable_results_folder_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_full_disk_is_one_line_and_the_run_is_recorded_failed(tmp_path, capsys, monkeypatch):
-    from mmbalance import checkpoint  # writes checkpoint.pt
+    from mmbalance.training import checkpoint  # writes checkpoint.pt
 
     write = checkpoint.atomic_write_bytes
 
@@ -291,7 +291,7 @@ def write_suite(tmp_path: Path, **overrides) -> Path:
 
 
 def test_sweep_with_a_run_held_elsewhere_exits_1_and_says_so(tmp_path, capsys):
-    from mmbalance.sweep import load_suite, plan
+    from mmbalance.scaleout.sweep import load_suite, plan
 
     suite = write_suite(tmp_path)
     results = tmp_path / "res"
@@ -307,7 +307,7 @@ def test_sweep_with_a_run_held_elsewhere_exits_1_and_says_so(tmp_path, capsys):
 def test_sweep_wait_finishes_a_run_another_process_held(tmp_path, capsys, monkeypatch):
     import threading
 
-    from mmbalance import sweep
+    from mmbalance.scaleout import sweep
 
     monkeypatch.setattr(sweep, "WAIT_POLL_S", 0.05)
     suite = write_suite(tmp_path)
@@ -346,7 +346,7 @@ def kill_sweep_at(tmp_path: Path, when) -> tuple[subprocess.Popen, str]:
 
 def mid_run_worker(results: Path, _sweep=None) -> int | None:
     """The pid of a worker whose run has written 1 to 4 of its 6 epochs."""
-    from mmbalance.locks import read_lock
+    from mmbalance.common.locks import read_lock
 
     for rd in (RunDir(p) for p in sorted((results / "runs").glob("*"))):
         lock = read_lock(rd.file("lock"))
@@ -399,7 +399,7 @@ def test_killed_worker_is_reported_and_its_runs_retried(tmp_path):
 # --- SIGKILL at every atomic write --------------------------------------------------------------------
 KILLER = """
 import os, signal, sys
-from mmbalance import records
+from mmbalance.common import records
 n, phase, calls = int(sys.argv[1]), sys.argv[2], [0]
 replace = records.os.replace
 def killing_replace(src, dst):

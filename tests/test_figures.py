@@ -7,7 +7,8 @@ import pytest
 from _report_records import make_run
 from conftest import small_spec
 
-from mmbalance.figures import (
+from mmbalance.common.records import RunDir
+from mmbalance.reporting.figures import (
     CURVE_KINDS,
     balancing_terms,
     curve_frame,
@@ -16,8 +17,7 @@ from mmbalance.figures import (
     training_curves,
     tsne_gradients,
 )
-from mmbalance.records import RunDir
-from mmbalance.report import load_runs
+from mmbalance.reporting.report import load_runs
 
 
 def _written(paths, stem):
@@ -76,7 +76,7 @@ def test_tsne_of_gradient_samples(tmp_path):
 
 def test_suite_figures_from_real_runs(tmp_path):
     """Records written by the runner itself (two 1-second runs) give every figure, with stable names."""
-    from mmbalance.runner import train
+    from mmbalance.training.runner import train
 
     results = tmp_path / "results"
     for method, params in (("joint", {}), ("ogm_ge", {"alpha": 0.5}), ("ogm_ge", {"alpha": 1.0})):

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from mmbalance import fingerprint
 from mmbalance.cli import main
+from mmbalance.common.spec import validate_spec
 from mmbalance.fixtures import kinetics_sounds
-from mmbalance.runner import prepare
-from mmbalance.spec import validate_spec
+from mmbalance.training import fingerprint
+from mmbalance.training.runner import prepare
 
 SPEC = {"dataset": "kinetics_sounds", "dataset_params": {"image_size": 16}, "epochs": 1}
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from mmbalance.cli import main
-from mmbalance.grid import axes, expand, parse_multirun
-from mmbalance.planning import declared_fingerprint, parse_only, select
-from mmbalance.records import RunDir
-from mmbalance.runner import Trainer, data_fingerprint, make_adapter
-from mmbalance.spec import SpecError, validate_spec
-from mmbalance.sweep import plan, run_ids, suite_from_doc
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import SpecError, validate_spec
+from mmbalance.scaleout.grid import axes, expand, parse_multirun
+from mmbalance.scaleout.planning import declared_fingerprint, parse_only, select
+from mmbalance.scaleout.sweep import plan, run_ids, suite_from_doc
+from mmbalance.training.runner import Trainer, data_fingerprint, make_adapter
 
 TINY = {
     "epochs": 2,
@@ -205,7 +205,7 @@ def test_datasets_say_where_to_get_the_data(tmp_path, capsys):
 def test_a_plan_reads_no_data_file_once_a_sweep_has_fingerprinted_it(tmp_path, monkeypatch):
     """Data read from files: the fingerprint a sweep computed is cached under the content digest of the
     files (hashed once, then stat'ed); a later plan builds nothing, and a changed byte misses the cache."""
-    import mmbalance.runner
+    import mmbalance.training.runner
     from mmbalance.fixtures import mosi as fixture
 
     root = fixture.write(tmp_path / "data").parent
@@ -218,7 +218,7 @@ def test_a_plan_reads_no_data_file_once_a_sweep_has_fingerprinted_it(tmp_path, m
         raise AssertionError("planning built the data")
 
     with monkeypatch.context() as m:
-        m.setattr(mmbalance.runner, "data_fingerprint", no_data)
+        m.setattr(mmbalance.training.runner, "data_fingerprint", no_data)
         assert run_ids(planned, root, declared=True) == computed
         adapter = make_adapter(planned[0].spec, root)
         (read,) = [adapter.root / f for f in adapter.data_files()]

@@ -12,10 +12,10 @@ import pytest
 from _bounded import run_bounded
 from scipy.io import wavfile
 
-from mmbalance.audio import WAV_RATES, ogm_ge_spectrogram, read_wav, resample
-from mmbalance.data import DataError
 from mmbalance.fixtures._media import EXTRA_CHUNKS, fmt_chunk, riff, tone
-from mmbalance.safe_pickle import check_finite, load_npy, load_pickle
+from mmbalance.training.audio import WAV_RATES, ogm_ge_spectrogram, read_wav, resample
+from mmbalance.training.data import DataError
+from mmbalance.training.safe_pickle import check_finite, load_npy, load_pickle
 
 
 def pcm16(seconds: float = 0.5, rate: int = 16000) -> tuple[np.ndarray, bytes]:
@@ -106,7 +106,7 @@ def test_wav_rate_bombs_stay_within_the_memory_cap(tmp_path):
     cases = {n: f"ogm_ge_spectrogram(*read_wav(Path({str(tmp_path / n) + '.wav'!r})))"
              for n in ("inconsistent", "int_max")}  # fmt: skip
     got = run_bounded(
-        "from pathlib import Path\nfrom mmbalance.audio import read_wav, ogm_ge_spectrogram", cases
+        "from pathlib import Path\nfrom mmbalance.training.audio import read_wav, ogm_ge_spectrogram", cases
     )
     assert got["inconsistent"]["outcome"] == "DataError", got
     assert "20000003 Hz" in got["inconsistent"]["message"]
@@ -151,7 +151,8 @@ def test_npy_header_claiming_a_huge_shape_is_refused_within_the_memory_cap(tmp_p
     """Before: a 57-line MemoryError traceback out of ``np.load`` for (1e9, 128)."""
     npy_with_shape(tmp_path / "bomb.npy", (10**9, 128))
     got = run_bounded(
-        "from mmbalance.safe_pickle import load_npy", {"bomb": f"load_npy({str(tmp_path / 'bomb.npy')!r})"}
+        "from mmbalance.training.safe_pickle import load_npy",
+        {"bomb": f"load_npy({str(tmp_path / 'bomb.npy')!r})"},
     )
     assert got["bomb"]["outcome"] == "DataError", got
     assert "header claims shape (1000000000, 128) of float32 (512000000000 bytes)" in got["bomb"]["message"]
@@ -204,7 +205,7 @@ def _hostile_pickles(tmp_path) -> dict[str, str]:
 
 
 def test_pickle_size_claims_are_refused_within_the_memory_cap(tmp_path):
-    got = run_bounded("from mmbalance.safe_pickle import load_pickle", _hostile_pickles(tmp_path))
+    got = run_bounded("from mmbalance.training.safe_pickle import load_pickle", _hostile_pickles(tmp_path))
     assert {k: v["outcome"] for k, v in got.items()} == dict.fromkeys(got, "DataError"), got
     assert "claims 1099511627776 bytes where the file has 3 left" in got["binbytes8"]["message"]
     assert "bytearray of 1099511627776 bytes" in got["bytearray8"]["message"]
@@ -250,7 +251,7 @@ def test_unreadable_file_in_training_is_one_line_exit_2_and_leaves_no_run_folder
 def test_a_data_loader_workers_error_keeps_the_adapters_message():
     from torch._utils import ExceptionWrapper
 
-    from mmbalance.runner import _worker_message
+    from mmbalance.training.runner import _worker_message
 
     try:
         raise DataError("x.wav: the WAV data contains NaN at index (3, 0) (1 non-finite value(s) of 9)")

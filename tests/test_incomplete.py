@@ -1,4 +1,4 @@
-"""LNLN's incomplete-data protocol (mmbalance/incomplete.py): the position rule by hand on each input
+"""LNLN's incomplete-data protocol (mmbalance/training/incomplete.py): the position rule by hand on each input
 structure, the seeded draws, the modality_eval record, the training option and the report."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import small_spec
 
-from mmbalance import incomplete, metrics
 from mmbalance.cli import main
-from mmbalance.data import Batch, TaskInfo
-from mmbalance.incomplete import UNK, InputMeans, TrainingMissing, drop, rule
-from mmbalance.modality_eval import measure
-from mmbalance.records import RunDir
-from mmbalance.runner import train
-from mmbalance.spec import validate_spec
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import validate_spec
+from mmbalance.training import incomplete, metrics
+from mmbalance.training.data import Batch, TaskInfo
+from mmbalance.training.incomplete import UNK, InputMeans, TrainingMissing, drop, rule
+from mmbalance.training.modality_eval import measure
+from mmbalance.training.runner import train
 
 
 # --- the rule, by hand ------------------------------------------------------------------------------------
@@ -174,8 +174,8 @@ def test_training_rates_half_zero_redrawn_each_epoch():
 
 # --- the report ----------------------------------------------------------------------------------------------
 def test_report_writes_the_incomplete_table_and_figure(tmp_path):
-    from mmbalance.incomplete_report import incomplete_figures
-    from mmbalance.report import load_runs, report
+    from mmbalance.reporting.incomplete_report import incomplete_figures
+    from mmbalance.reporting.report import load_runs, report
 
     for method, seed in (("joint", 0), ("joint", 1), ("mmcosine", 0)):
         train(small_spec(method=method, seed=seed), tmp_path, progress=False)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from conftest import small_spec
 
-from mmbalance import leaderboard as lb
-from mmbalance.leaderboard_page import SORT_SCRIPT, build, render_html, render_markdown, tracks
-from mmbalance.records import RunDir
-from mmbalance.runner import data_fingerprint, make_adapter, train
+from mmbalance.common.records import RunDir
+from mmbalance.leaderboard import leaderboard as lb
+from mmbalance.leaderboard.leaderboard_page import SORT_SCRIPT, build, render_html, render_markdown, tracks
+from mmbalance.training.runner import data_fingerprint, make_adapter, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -324,7 +324,7 @@ def test_duplicates_are_refused_and_build_lists_every_bad_entry(entry, runs, tmp
 
 
 def test_verify_reproduces_real_numbers_and_catches_a_resealed_forgery(entry, runs):
-    from mmbalance.leaderboard_verify import verify
+    from mmbalance.leaderboard.leaderboard_verify import verify
 
     known = lb.load_fingerprints(runs["fingerprints"])
     exact = {"percent": 0.0, "mae": 0.0, "corr": 0.0}
@@ -389,7 +389,7 @@ def test_control_and_bidirectional_characters_are_refused_anywhere(entry, runs, 
 
 
 def test_verify_draws_a_random_seed_and_catches_a_forged_later_seed(entry, runs):
-    from mmbalance.leaderboard_verify import pick_seeds, verify
+    from mmbalance.leaderboard.leaderboard_verify import pick_seeds, verify
 
     known = lb.load_fingerprints(runs["fingerprints"])
     forged = copy.deepcopy(entry)
@@ -400,7 +400,7 @@ def test_verify_draws_a_random_seed_and_catches_a_forged_later_seed(entry, runs)
 
 
 def test_verify_is_exact_on_cpu_and_compares_the_modality_numbers(entry, runs):
-    from mmbalance.leaderboard_verify import tolerance_for, verify
+    from mmbalance.leaderboard.leaderboard_verify import tolerance_for, verify
 
     known = lb.load_fingerprints(runs["fingerprints"])
     shifted = copy.deepcopy(entry)
@@ -438,7 +438,7 @@ def test_cli_submit_check_and_build(runs, tmp_path, capsys):
 
 # --- the registry and the metric tables stay in step with the code that produces runs -----------------------
 def test_fingerprint_registry_matches_the_adapters():
-    from mmbalance.registry import DATASETS
+    from mmbalance.common.registry import DATASETS
 
     known = lb.load_fingerprints()  # real datasets' entries cannot be checked here: no data in tests
     cls = DATASETS.get("synthetic")
@@ -468,8 +468,8 @@ def test_fingerprint_registry_lists_every_suite_configuration(capsys):
 def test_metric_names_match_the_metric_functions():
     import torch
 
-    from mmbalance import metrics
-    from mmbalance.metric_catalogue import CATALOGUE
+    from mmbalance.common.metric_catalogue import CATALOGUE
+    from mmbalance.training import metrics
 
     for kind, (primary, higher) in metrics.PRIMARY.items():
         assert lb.METRICS[kind][0] == primary and higher == (primary != "mae")
@@ -533,7 +533,7 @@ def test_entry_carries_each_seeds_modality_numbers(entry, runs, tmp_path):
     del bad["seeds"][0]["modality"]
     assert "seeds[0].modality: missing while other seeds have it" in problems(bad, runs, tmp_path)
     e = lb.validate_entry(entry, lb.load_fingerprints(runs["fingerprints"]))
-    from mmbalance.leaderboard_page import render_html, render_markdown
+    from mmbalance.leaderboard.leaderboard_page import render_html, render_markdown
 
     imb = [s["modality"]["imbalance_degree"] for s in entry["seeds"]]
     cell = f"{statistics.mean(imb):.3f} ± {statistics.stdev(imb):.3f}"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from _method_helpers import SHORT_RUN_PARAMS
 
+from mmbalance.common.registry import DATASETS, METHODS
+from mmbalance.common.spec import validate_spec
 from mmbalance.fixtures import (
     ave,
     brats,
@@ -25,10 +27,8 @@ from mmbalance.fixtures import (
     sims,
     ucf101,
 )
-from mmbalance.method import MethodNotApplicable
-from mmbalance.registry import DATASETS, METHODS
-from mmbalance.runner import make_adapter, make_method, train
-from mmbalance.spec import validate_spec
+from mmbalance.training.method import MethodNotApplicable
+from mmbalance.training.runner import make_adapter, make_method, train
 
 MSA_TINY = {"proj_dim": 8, "num_heads": 2, "layers": 2, "cls_layers": 1}
 SYNTHETIC = {"n_train": 32, "n_valid": 16, "n_test": 16}

@@ -11,9 +11,10 @@ import torch
 from _report_records import make_run
 from conftest import small_spec
 
-from mmbalance import results, runner
-from mmbalance.memory import MB, method_state
-from mmbalance.records import RunDir
+from mmbalance.common.records import RunDir
+from mmbalance.reporting import results
+from mmbalance.training import runner
+from mmbalance.training.memory import MB, method_state
 
 
 def test_a_cggm_run_records_its_classifiers_memory(tmp_path):

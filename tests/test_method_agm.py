@@ -7,9 +7,9 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.method_parts import scale_grad, shapley_values
 from mmbalance.methods.agm import agm_coefficients
+from mmbalance.training import runner
+from mmbalance.training.method_parts import scale_grad, shapley_values
 
 
 def test_two_modality_shapley_is_the_official_split():

@@ -9,9 +9,9 @@ import torch.nn as nn
 from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.amss import AMSS, AMSSParams, amss_coefficients, filter_mask
 from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
+from mmbalance.training.method import MethodNotApplicable
 
 
 def official_coefficients(a_out, v_out, a, v, label_single, T=0.2):

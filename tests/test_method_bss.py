@@ -10,8 +10,8 @@ from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, trainer
 from torch import nn
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.bss import min_max, pace, sample_scores
+from mmbalance.training.method import MethodNotApplicable
 
 
 def normalize_min_max(values):

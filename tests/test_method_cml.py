@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.cml import confidence_penalty
+from mmbalance.training import runner
+from mmbalance.training.method import MethodNotApplicable
 
 
 def test_confidence_penalty_hand_computed():

@@ -12,10 +12,10 @@ from _method_helpers import TINY, trainer
 from conftest import small_spec
 from torch import nn
 
-from mmbalance.checkpoint import CHECKPOINT_FORMAT
-from mmbalance.method import Method, ModulationWindow
-from mmbalance.records import DamagedRecordError
-from mmbalance.runner import method_parameters, train
+from mmbalance.common.records import DamagedRecordError
+from mmbalance.training.checkpoint import CHECKPOINT_FORMAT
+from mmbalance.training.method import Method, ModulationWindow
+from mmbalance.training.runner import method_parameters, train
 
 
 def optimised(tr) -> set[int]:

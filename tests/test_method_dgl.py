@@ -9,10 +9,10 @@ from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from torch import nn
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.dgl import DGL, zero_padded_logits
 from mmbalance.models.base import ConcatFusion, MultimodalModel
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
+from mmbalance.training.method import MethodNotApplicable
 
 
 def official_dgl_step(model, _extra, batch, _ctx, alpha=4.0):

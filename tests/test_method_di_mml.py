@@ -7,10 +7,10 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from test_equivalence_di_mml import SupConLoss
 
-from mmbalance.method import MethodNotApplicable
+from mmbalance.common.spec import SpecError, validate_spec
 from mmbalance.methods.di_mml import DIMML, confidence_mix, contrast_loss, discriminative_dims
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
-from mmbalance.spec import SpecError, validate_spec
+from mmbalance.training.method import MethodNotApplicable
 
 
 @pytest.mark.filterwarnings("ignore:The use of `x.T`")  # the verbatim SupConLoss transposes vectors

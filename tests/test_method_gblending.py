@@ -7,8 +7,8 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
 from mmbalance.methods.gblending import FUSED, blend_weights
+from mmbalance.training import runner
 
 
 def test_blend_weights_hand_computed():

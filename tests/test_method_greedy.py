@@ -8,7 +8,7 @@ from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
 from mmbalance.methods.greedy import MMTM, bdr
-from mmbalance.runner import train
+from mmbalance.training.runner import train
 
 
 def test_bdr_by_hand():

@@ -9,7 +9,7 @@ from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
 from mmbalance.methods.igm import flat_matrix, mixup, stage_at
-from mmbalance.runner import train
+from mmbalance.training.runner import train
 
 
 class _Bar:

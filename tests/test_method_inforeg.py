@@ -7,9 +7,9 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.inforeg import fisher_layers, proximal_beta, window_indicator
+from mmbalance.training import runner
+from mmbalance.training.method import MethodNotApplicable
 
 
 def test_window_indicator_hand_computed():

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.lfm import LFM, alignment, fitted_weights
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
+from mmbalance.training.method import MethodNotApplicable
 
 
 def official_alignment(p, q):

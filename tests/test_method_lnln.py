@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from mmbalance.common.spec import validate_spec
 from mmbalance.fixtures import mosi, sims
-from mmbalance.method import MethodNotApplicable
-from mmbalance.runner import Trainer, train
-from mmbalance.spec import validate_spec
+from mmbalance.training.method import MethodNotApplicable
+from mmbalance.training.runner import Trainer, train
 
 TINY = {"arch": "lnln", "lnln": {"dim": 16, "mlp_dim": 16, "heads": 2, "dim_head": 8, "tokens": 2, "depth": 1,
         "proxy_depth": 1, "check_depth": 1, "reconstructor_depth": 1, "language_depth": 1, "fusion_depth": 1,

@@ -6,9 +6,9 @@ import pytest
 from _method_helpers import assert_resume_is_exact, trainer
 from conftest import small_spec
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.miles import lr_scales, utilisation
-from mmbalance.runner import train
+from mmbalance.training.method import MethodNotApplicable
+from mmbalance.training.runner import train
 
 
 def test_utilisation_and_scales_by_hand():

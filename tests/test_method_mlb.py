@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 
+from mmbalance.common.spec import SpecError, validate_spec
 from mmbalance.methods.mlb import mlb_coefficients, mlb_scores
-from mmbalance.spec import SpecError, validate_spec
 
 
 def official_mlb_step(model, extra, batch, _ctx, alpha=0.8):

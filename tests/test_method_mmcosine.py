@@ -7,8 +7,8 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
 from mmbalance.methods.mmcosine import cosine_logits
+from mmbalance.training import runner
 
 
 def test_cosine_logits_hand_computed():

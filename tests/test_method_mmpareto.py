@@ -7,9 +7,9 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.method_parts import flat, min_norm_2
 from mmbalance.methods.mmpareto import pareto_grad, pareto_weights
+from mmbalance.training import runner
+from mmbalance.training.method_parts import flat, min_norm_2
 
 
 def test_min_norm_of_two_vectors_hand_computed():

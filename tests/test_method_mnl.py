@@ -7,9 +7,9 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.mnl import hardest_negative, negative_learning_loss
-from mmbalance.runner import train
+from mmbalance.training.method import MethodNotApplicable
+from mmbalance.training.runner import train
 
 
 def test_hardest_negative_skips_the_target():

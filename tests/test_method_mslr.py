@@ -6,8 +6,8 @@ import pytest
 from _method_helpers import trainer
 from conftest import small_spec
 
-from mmbalance import runner
-from mmbalance.method import MethodNotApplicable
+from mmbalance.training import runner
+from mmbalance.training.method import MethodNotApplicable
 
 
 def test_each_encoder_gets_its_own_learning_rate(tmp_path):

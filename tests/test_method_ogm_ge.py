@@ -6,9 +6,9 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
 
-from mmbalance.method import MethodNotApplicable
+from mmbalance.common.spec import SpecError, validate_spec
 from mmbalance.methods.ogm_ge import ogm_coefficients, selected_parameters, true_class_scores
-from mmbalance.spec import SpecError, validate_spec
+from mmbalance.training.method import MethodNotApplicable
 
 
 def official_two_modality(score_a: float, score_v: float, alpha: float) -> tuple[float, float]:

@@ -7,8 +7,8 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
 from mmbalance.methods.opm import drop_features, drop_probabilities
+from mmbalance.training import runner
 
 
 def test_drop_probabilities_hand_computed():

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, grads_after, trainer
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.pmr import class_prototypes, pmr_coefficients, prototype_logits, stack_padded
+from mmbalance.training.method import MethodNotApplicable
 
 
 def official_two_modality(score_a: float, score_v: float, alpha: float) -> tuple[float, float]:

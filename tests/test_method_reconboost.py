@@ -7,9 +7,9 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.reconboost import boosting_loss
-from mmbalance.runner import train
+from mmbalance.training.method import MethodNotApplicable
+from mmbalance.training.runner import train
 
 
 def test_boosting_loss_by_hand():

@@ -10,9 +10,9 @@ from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from torch import nn
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.remix import Remix, assign, kl_to_uniform
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
+from mmbalance.training.method import MethodNotApplicable
 
 
 def kl_divergence(predictions, num_classes):

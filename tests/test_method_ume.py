@@ -7,7 +7,7 @@ import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
+from mmbalance.training import runner
 
 
 def test_prediction_is_the_mean_of_the_unimodal_heads_and_loss_their_sum(tmp_path):

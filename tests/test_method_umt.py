@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from conftest import small_spec
 
-from mmbalance import runner
+from mmbalance.training import runner
 
 
 def test_stage_switch_freezes_teachers_and_restarts_the_student(tmp_path):

@@ -10,10 +10,10 @@ from _equivalence import side_by_side_float64, two_modality_trainer
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 from torch import nn
 
-from mmbalance.method import MethodNotApplicable
 from mmbalance.methods.valuation import Valuation, copies, sample_contributions
 from mmbalance.models.base import ConcatFusion, MultimodalModel
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
+from mmbalance.training.method import MethodNotApplicable
 
 
 def official_contributions(model, batch):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from mmbalance import leaderboard_page, metrics
-from mmbalance.metric_catalogue import CATALOGUE, PERCENT, metric_facts
-from mmbalance.report import Cell
+from mmbalance.common.metric_catalogue import CATALOGUE, PERCENT, metric_facts
+from mmbalance.leaderboard import leaderboard_page
+from mmbalance.reporting.tables import Cell
+from mmbalance.training import metrics
 
 
 def test_facts_of_catalogued_and_derived_names():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmbalance.metrics import classification_metrics, dice_per_region, mosi_metrics
+from mmbalance.training.metrics import classification_metrics, dice_per_region, mosi_metrics
 
 
 def test_classification_metrics_by_hand():
@@ -67,7 +67,7 @@ def test_f1_and_accuracy_equal_scikit_learn_to_the_last_bit(seed):
     multiclass with classes missing from the truth, the prediction or both, and MOSI's boolean labels."""
     from sklearn import metrics as skm
 
-    from mmbalance.metrics import accuracy_score, f1_score
+    from mmbalance.training.metrics import accuracy_score, f1_score
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 200))

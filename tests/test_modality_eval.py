@@ -13,10 +13,15 @@ from _method_helpers import SHORT_RUN_PARAMS, lnln_trainer, trainer
 from conftest import small_spec
 from torch import nn
 
-from mmbalance import incomplete, metrics, modality_eval
 from mmbalance.cli import main
-from mmbalance.data import Batch, TaskInfo
-from mmbalance.modality_eval import (
+from mmbalance.common.records import RunDir
+from mmbalance.common.registry import METHODS
+from mmbalance.models.base import ConcatFusion, MultimodalModel
+from mmbalance.models.segmentation import deeplab_multi_input
+from mmbalance.models.transformer import MSAModelParams, build_msa_model
+from mmbalance.training import incomplete, metrics, modality_eval
+from mmbalance.training.data import Batch, TaskInfo
+from mmbalance.training.modality_eval import (
     absent,
     effective_robustness,
     equity,
@@ -27,12 +32,7 @@ from mmbalance.modality_eval import (
     shapley_values,
     train_statistics,
 )
-from mmbalance.models.base import ConcatFusion, MultimodalModel
-from mmbalance.models.segmentation import deeplab_multi_input
-from mmbalance.models.transformer import MSAModelParams, build_msa_model
-from mmbalance.records import RunDir
-from mmbalance.registry import METHODS
-from mmbalance.runner import evaluate_run, train
+from mmbalance.training.runner import evaluate_run, train
 
 # v(S) of three modalities; by hand: phi_a = 30/3 + 40/6 + 40/6 + 40/3 = 110/3,
 # phi_b = 10/3 + 20/6 + 20/6 + 20/3 = 50/3, phi_c = 0 + 10/6 + 10/6 + 10/3 = 20/3 (sum 60 = v(abc) - v()).
@@ -275,8 +275,8 @@ def test_a_failed_measurement_keeps_the_trained_run(tmp_path, monkeypatch):
     result = train(small_spec(), tmp_path, progress=False)
     assert result.status == "done" and RunDir(result.path).status() == "done"
     assert result.final["modality_eval"] == {"error": "ValueError: features change shape between batches"}
-    from mmbalance.modality_report import modality_frame
-    from mmbalance.report import load_runs
+    from mmbalance.reporting.modality_report import modality_frame
+    from mmbalance.reporting.report import load_runs
 
     assert modality_frame(load_runs(tmp_path)).empty  # the report leaves it out
 
@@ -302,8 +302,8 @@ def test_evaluate_refuses_what_it_cannot_score(tmp_path, capsys):
 
 
 def test_report_writes_the_modality_table_and_figures(tmp_path):
-    from mmbalance.modality_report import modality_figures
-    from mmbalance.report import load_runs, report
+    from mmbalance.reporting.modality_report import modality_figures
+    from mmbalance.reporting.report import load_runs, report
 
     for method, seed in (("joint", 0), ("joint", 1), ("mmcosine", 0)):
         train(small_spec(method=method, seed=seed), tmp_path, progress=False)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmbalance.method_parts import UnimodalHeads
 from mmbalance.models.base import LinearClassifier, TwoLayerClassifier
 from mmbalance.models.resnet_av import ResNetAVParams, build_resnet_av
+from mmbalance.training.method_parts import UnimodalHeads
 
 
 def model(head: str):

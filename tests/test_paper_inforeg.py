@@ -11,7 +11,7 @@ import yaml
 
 from mmbalance.cli import main
 from mmbalance.fixtures import cremad, kinetics_sounds, mosi
-from mmbalance.paper import PAPER_DIR, load_table, reproduce
+from mmbalance.reporting.paper import PAPER_DIR, load_table, reproduce
 
 COLS = ("cd_acc", "cd_audio", "cd_video", "ks_acc", "ks_audio", "ks_video")
 TABLE2 = {  # published-numbers.md, Table 2

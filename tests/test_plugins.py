@@ -16,8 +16,8 @@ PLUGIN_METHOD = '''
 """Scale every encoder's gradient by one factor (a plug-in's toy method)."""
 from pydantic import Field
 
-from mmbalance.data import StrictModel
-from mmbalance.method import Method
+from mmbalance.training.data import StrictModel
+from mmbalance.training.method import Method
 
 
 class ScaleParams(StrictModel):
@@ -115,7 +115,7 @@ def test_a_plugin_method_and_dataset_are_listed_swept_and_reported(site, tmp_pat
     # The scaled gradients trained another model than joint's: the plug-in's hook ran.
     sys.path.insert(0, str(site))
     try:
-        from mmbalance.results import load
+        from mmbalance.reporting.results import load
 
         runs = load(tmp_path / "r")
     finally:

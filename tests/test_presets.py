@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from mmbalance.cli import main
-from mmbalance.spec import SpecError, compose, validate_spec
-from mmbalance.sweep import Suite, plan
+from mmbalance.common.spec import SpecError, compose, validate_spec
+from mmbalance.scaleout.sweep import Suite, plan
 
 PRESET = {  # a preset of the synthetic data that sets every field the levels above it override
     "dataset": "synthetic",
@@ -104,7 +104,7 @@ def test_bad_presets_are_one_line_errors(capsys):
 
 def test_a_synthetic_run_without_a_preset_gets_the_default_suites_settings(capsys):
     """Issue 24: the first README command trained at the code defaults (lr 0.01) and learned nothing."""
-    from mmbalance.sweep import load_suite
+    from mmbalance.scaleout.sweep import load_suite
 
     assert main(["run", "--dataset", "synthetic", "--method", "cggm", "--dry-run", "--set", "epochs=3"]) == 0
     spec = yaml.safe_load(capsys.readouterr().out)

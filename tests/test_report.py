@@ -12,10 +12,11 @@ import pytest
 import yaml
 from _report_records import make_run
 
-from mmbalance.paper import PaperTable, load_table, render, reproduce
-from mmbalance.report import Cell, aggregate, load_runs, rank_marks, report, run_tables
-from mmbalance.results import RecordWarning, load
-from mmbalance.spec import SpecError
+from mmbalance.common.spec import SpecError
+from mmbalance.reporting.paper import PaperTable, load_table, render, reproduce
+from mmbalance.reporting.report import load_runs, report, run_tables
+from mmbalance.reporting.results import RecordWarning, load
+from mmbalance.reporting.tables import Cell, aggregate, rank_marks
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "paper"
 # The CGGM paper's tables: their published numbers are exactly those in notes/cggm-paper-tables.md.
@@ -148,12 +149,12 @@ def test_report_code_imports_no_runner_method_or_adapter(tmp_path):
     make_run(tmp_path, "joint", 0, diag=True)
     code = textwrap.dedent(f"""
         import sys
-        from mmbalance.report import report
-        from mmbalance.paper import render_from_records
+        from mmbalance.reporting.report import report
+        from mmbalance.reporting.paper import render_from_records
         report({str(tmp_path)!r})
         render_from_records({str(PAPER_DIR / "synthetic-table.yaml")!r}, {str(tmp_path)!r})
         # not even the data contract (and its monai import): a table needs records only
-        bad = [m for m in sys.modules if m in ("mmbalance.runner", "mmbalance.data")
+        bad = [m for m in sys.modules if m in ("mmbalance.training.runner", "mmbalance.training.data")
                or m.startswith(("mmbalance.methods.", "mmbalance.datasets."))]
         assert not bad, bad
     """)
@@ -275,10 +276,10 @@ def test_reproduce_reuses_finished_runs_and_reports_missing_data(tmp_path):
 def test_shipped_table_suites_are_valid_run_specs(path):
     """Every dataset x method entry of a table's suite is a valid run spec (so it plans once the data is
     there), and every row's method params are fields of that method."""
-    from mmbalance.paper import table_suite
-    from mmbalance.registry import METHODS
-    from mmbalance.report import dataset_docs
-    from mmbalance.spec import deep_merge, validate_spec
+    from mmbalance.common.registry import METHODS
+    from mmbalance.common.spec import deep_merge, validate_spec
+    from mmbalance.reporting.paper import table_suite
+    from mmbalance.reporting.tables import dataset_docs
 
     table, _ = load_table(path)
     if table.suite is None:
@@ -389,8 +390,8 @@ def test_reference_rows_shown_not_ranked_and_ensemble_absent_is_fine(tmp_path):
 
 
 def test_average_ranks_friedman_nemenyi_and_cd_figure(tmp_path):
-    from mmbalance.figures import critical_difference
-    from mmbalance.report import rank_table
+    from mmbalance.reporting.figures import critical_difference
+    from mmbalance.reporting.report import rank_table
 
     results = tmp_path / "results"
     order = {"joint": 0.0, "agm": 1.0, "pmr": 2.0, "cggm": 3.0}  # cggm best everywhere, joint worst

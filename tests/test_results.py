@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from _report_records import make_run
 
-from mmbalance.results import RecordWarning, load
+from mmbalance.reporting.results import RecordWarning, load
 
 
 def test_load_one_row_per_run_with_flat_spec_status_metrics_and_seconds(tmp_path):
@@ -62,7 +62,7 @@ def test_loading_results_imports_no_torch(tmp_path):
     make_run(tmp_path, "joint", 0)
     code = textwrap.dedent(f"""
         import sys
-        import mmbalance.results
+        import mmbalance
         assert len(mmbalance.results.load({str(tmp_path)!r})) == 1
         bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "monai", "matplotlib", "scipy")]
         assert not bad, bad

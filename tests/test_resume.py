@@ -17,10 +17,10 @@ import pytest
 from _method_helpers import SHORT_RUN_PARAMS
 from conftest import small_spec
 
-from mmbalance.locks import read_lock
-from mmbalance.records import RunDir
-from mmbalance.registry import METHODS
-from mmbalance.runner import Trainer, prepare, train
+from mmbalance.common.locks import read_lock
+from mmbalance.common.records import RunDir
+from mmbalance.common.registry import METHODS
+from mmbalance.training.runner import Trainer, prepare, train
 
 EPOCHS = 3
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 from conftest import small_spec
 
-from mmbalance.records import RunDir, iter_runs
-from mmbalance.runner import RunOptions, train
-from mmbalance.sweep import load_suite, plan, run_local
+from mmbalance.common.records import RunDir, iter_runs
+from mmbalance.scaleout.sweep import load_suite, plan, run_local
+from mmbalance.training.runner import RunOptions, train
 
 
 def test_a_run_writes_every_record(tmp_path):

@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from mmbalance.data import DataError, DataMissingError
-from mmbalance.safe_pickle import load_npy, load_pickle, loads
+from mmbalance.training.data import DataError, DataMissingError
+from mmbalance.training.safe_pickle import load_npy, load_pickle, loads
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])

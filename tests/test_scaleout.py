@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmbalance import executors
-from mmbalance.locks import RunLock, read_lock
-from mmbalance.records import RunDir
-from mmbalance.runner import RunOptions, prepare, train
-from mmbalance.spec import SpecError
-from mmbalance.status import sweep_status
-from mmbalance.sweep import load_suite, plan, run_ids, run_local
+from mmbalance.common.locks import RunLock, read_lock
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import SpecError
+from mmbalance.common.status import sweep_status
+from mmbalance.scaleout import executors
+from mmbalance.scaleout.sweep import load_suite, plan, run_ids, run_local
+from mmbalance.training.runner import RunOptions, prepare, train
 
 SUITE = {
     "name": "scaleout",
@@ -307,7 +307,7 @@ def test_methods_see_unscaled_gradients_under_loss_scaling(tmp_path, spec_factor
     """With a loss scaler on, ``after_backward`` must see the true gradients (scaled by 2^10 otherwise)."""
     import torch
 
-    from mmbalance.runner import Trainer
+    from mmbalance.training.runner import Trainer
 
     spec = spec_factory(method="ogm_ge")
     adapter, _, _ = prepare(spec)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mmbalance.registry import METHODS
-from mmbalance.search_space import Choice, Epochs, Float, Int, sample, space_hash
-from mmbalance.sweep import compose, load_suite
+from mmbalance.common.registry import METHODS
+from mmbalance.common.search_space import Choice, Epochs, Float, Int, sample, space_hash
+from mmbalance.scaleout.sweep import compose, load_suite
 
 SUITE = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / "all.yaml")
 # The run lengths of the suite's blocks (12 epochs on synthetic classification, 8 or 10 elsewhere).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mmbalance.provenance import source_of, stale
+from mmbalance.reporting.provenance import source_of, stale
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "results" / "tables"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmbalance.cli import main
-from mmbalance.spec import SpecError, parse_set, validate_spec
+from mmbalance.common.spec import SpecError, parse_set, validate_spec
 
 
 def test_defaults_are_filled_in_so_equivalent_specs_share_a_run_id():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
 
-from mmbalance.registry import METHODS
+from mmbalance.common.registry import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def test_the_guide_names_what_exists():
     for path in re.findall(r"`((?:methods|tests|mmbalance)/[\w/.]+\.py)`", guide):
         assert (ROOT / path).is_file(), f"CONTRIBUTING.md names {path}, which is not there"
     for hook in re.findall(r"`(?:Method|ctx)\.(\w+)`", guide):
-        assert hasattr(importlib.import_module("mmbalance.method").Method, hook) or hook in {
+        assert hasattr(importlib.import_module("mmbalance.training.method").Method, hook) or hook in {
             "model",
             "optimizer",
             "modalities",

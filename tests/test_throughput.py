@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import small_spec
 
-from mmbalance import executors, runner
-from mmbalance.records import RunDir
+from mmbalance.common.records import RunDir
+from mmbalance.scaleout import executors
+from mmbalance.training import runner
 
 TINY = {"n_train": 64, "n_valid": 32, "n_test": 32}
 
@@ -79,7 +80,7 @@ def test_sweeps_pass_deterministic_on():
 
 
 def test_workers_default_from_the_cpu_count_for_file_backed_data_on_cuda(monkeypatch):
-    from mmbalance.registry import DATASETS
+    from mmbalance.common.registry import DATASETS
 
     def adapter(name: str, **params):
         cls = DATASETS.get(name)

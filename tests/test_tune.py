@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from mmbalance.cli import main
-from mmbalance.data import DatasetAdapter
+from mmbalance.common.records import RunDir
+from mmbalance.common.spec import SpecError, validate_spec
 from mmbalance.datasets.synthetic import LAZY, Synthetic
-from mmbalance.records import RunDir
-from mmbalance.runner import Pruned, make_adapter, train
-from mmbalance.spec import SpecError, validate_spec
-from mmbalance.sweep import load_suite, plan
-from mmbalance.tune import tune
+from mmbalance.scaleout.sweep import load_suite, plan
+from mmbalance.scaleout.tune import tune
+from mmbalance.training.data import DatasetAdapter
+from mmbalance.training.runner import Pruned, make_adapter, train
 
 TINY = {"task": "classification", "n_train": 96, "n_valid": 48, "n_test": 48}
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mmbalance.cli import main
-from mmbalance.records import RunDir, iter_runs
-from mmbalance.wandb_log import settings
+from mmbalance.common.records import RunDir, iter_runs
+from mmbalance.training.wandb_log import settings
 
 RUN = ["run", "--dataset", "synthetic", "--method", "cggm", "--quiet", "--set", "epochs=2", "--set", "probe_every=2", "--set", "batch_size=16",
        "--set", "dataset_params.n_train=64", "--set", "dataset_params.n_valid=32", "--set", "dataset_params.n_test=32"]  # fmt: skip
@@ -146,7 +146,7 @@ def test_a_failed_run_is_logged_with_its_reason(tmp_path, wandb_env):
         json.dumps({"epoch": 0, "train_loss": 1.5, "valid": {"accuracy": 40.0}}) + "\n"
     )
     rd.set_status("failed", "diverged at epoch 1")
-    from mmbalance.wandb_log import log_run
+    from mmbalance.training.wandb_log import log_run
 
     log_run(rd.path, settings(None, True), tmp_path / "results", group="g")
     (logged,) = read_back(wandb_env)

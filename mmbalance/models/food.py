@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import DataMissingError
+from mmbalance.common.core import DataMissingError
 from mmbalance.models.transformer import MSAModel, MSAModelParams, SequenceEncoder, build_msa_model
 
 __all__ = ["FoodModelParams", "PretrainedSequenceEncoder", "build_food_model", "load_pretrained"]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.core import MethodNotApplicable, StrictModel
+from mmbalance.common.core import MethodNotApplicable, StrictModel
 from mmbalance.models.base import MultimodalModel, Output
 
 __all__ = ["LNLNModelParams", "LNLNModel", "LNLNEncoder", "build_lnln_model"]

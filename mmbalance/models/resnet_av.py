@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmbalance.data import StrictModel
+from mmbalance.common.core import StrictModel
 from mmbalance.models.base import ConcatFusion, LinearClassifier, MultimodalModel
 
 __all__ = ["ResNetAVParams", "ResNet18Encoder", "ResNetAVModel", "build_resnet_av"]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmbalance.data import StrictModel
+from mmbalance.common.core import StrictModel
 from mmbalance.models.base import ConcatFusion, MultimodalModel, Output
 
 __all__ = ["MSAModelParams", "MSAModel", "SequenceEncoder", "SequenceClassifier", "build_msa_model"]

@@ -1,0 +1,3 @@
+"""Many runs: suites and grids, planning, executors (local, Slurm), tuning and its settings files.
+Imports ``common``, ``training`` and ``leaderboard``.
+"""
