@@ -7,42 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _method_helpers import assert_resume_is_exact, first_batch, trainer
+from test_equivalence_lfm import Alignment, getAlpha_Learnable_Fitted  # the official functions, transcribed
 
 from mmbalance.methods.lfm import LFM, alignment, fitted_weights
 from mmbalance.models.transformer import MSAModelParams, build_msa_model
 from mmbalance.training.method import MethodNotApplicable
-
-
-def official_alignment(p, q):
-    """njustkmg/NeurIPS24-LFM Crema_epoch.py:38-45."""
-    p = F.softmax(p, dim=-1)
-    q = F.softmax(q, dim=-1)
-    m = 0.5 * p + 0.5 * q
-    kl_p_m = F.kl_div(p.log(), m, reduction="batchmean")
-    kl_q_m = F.kl_div(q.log(), m, reduction="batchmean")
-    return 0.5 * (kl_p_m + kl_q_m)
-
-
-def getAlpha_Learnable_Fitted(epoch):  # noqa: N802 -- Crema_epoch.py:47-53, verbatim
-    coef_alpha1 = [
-        2.04623704e-01,
-        3.35472727e-03,
-        1.22989557e-04,
-        -2.92947416e-06,
-        2.23835486e-08,
-        -5.39717505e-11,
-    ]
-    coef_alpha2 = [
-        7.95376296e-01,
-        -3.35472727e-03,
-        -1.22989557e-04,
-        2.92947416e-06,
-        -2.23835486e-08,
-        5.39717505e-11,
-    ]
-    alpha1 = sum(c * (epoch**i) for i, c in enumerate(coef_alpha1))
-    alpha2 = sum(c * (epoch**i) for i, c in enumerate(coef_alpha2))
-    return [alpha1, alpha2]
 
 
 def test_schedule_and_alignment_hand_computed():
@@ -53,7 +22,7 @@ def test_schedule_and_alignment_hand_computed():
     # p = (0.5, 0.5), q = (0.25, 0.75), mix (0.375, 0.625): 0.5 (KL(mix||p) + KL(mix||q)) = 0.0348412
     p, q = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
     assert alignment([p, q]).item() == pytest.approx(0.0348412, abs=1e-6)
-    assert alignment([p, q]).item() == pytest.approx(official_alignment(p, q).item(), abs=1e-7)
+    assert alignment([p, q]).item() == pytest.approx(Alignment(p, q).item(), abs=1e-7)
     assert alignment([p, p, p]).item() == pytest.approx(0.0, abs=1e-7)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from mmbalance.common.comparison import split_blocks
 from mmbalance.common.metric_catalogue import metric_facts
 from mmbalance.reporting.modality_report import modality_frame
-from mmbalance.reporting.tables import Table, aggregate, rank_marks, write_tables
+from mmbalance.reporting.tables import Table, aggregate, cells_frame, rank_marks, write_tables
 
 __all__ = ["incomplete_frame", "incomplete_tables", "incomplete_figures", "write_incomplete_outputs"]
 
@@ -70,10 +70,7 @@ def incomplete_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
             "Average: LNLN's robustness score, the mean over the ten rates. Worst w/o one modality: the metric "
             "with the worst single modality absent (modality_eval.py), for comparison.",
         ]
-        csv = pd.DataFrame([{"dataset": kb.runs["dataset"].iloc[0], "task": kb.runs["task"].iloc[0],
-                             "block": kb.title, "method": r.label, "metric": c, "mean": cell.mean,
-                             "std": cell.std, "n": cell.n, "mark": cell.mark}
-                            for r in agg for c, cell in r.cells.items()])  # fmt: skip
+        csv = cells_frame(agg, kb.runs["dataset"].iloc[0], kb.runs["task"].iloc[0], kb.title)
         out.append((Table(f"{kb.title}: incomplete data (LNLN protocol)", header, rows, notes), csv))
     return out
 

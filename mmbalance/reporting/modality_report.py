@@ -25,7 +25,7 @@ import pandas as pd
 from mmbalance.common.comparison import split_blocks
 from mmbalance.common.metric_catalogue import metric_facts
 from mmbalance.common.records import RunDir
-from mmbalance.reporting.tables import Table, aggregate, rank_marks, write_tables
+from mmbalance.reporting.tables import Table, aggregate, cells_frame, rank_marks, write_tables
 from mmbalance.training.modality_scores import effective_robustness
 
 __all__ = ["modality_frame", "modality_tables", "modality_figures", "write_modality_outputs"]
@@ -147,9 +147,7 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
                 f"modalities of φ m with that score (oriented larger = better): 1 when the model's reliance follows "
                 f"the modalities' annotated agreement with the target."
             )
-        csv = pd.DataFrame([{"dataset": dataset, "task": task, "block": kb.title, "method": r.label, "metric": c, "mean": cell.mean,
-                             "std": cell.std, "n": cell.n, "mark": cell.mark}
-                            for r in agg for c, cell in r.cells.items()])  # fmt: skip
+        csv = cells_frame(agg, dataset, task, kb.title)
         out.append((Table(f"{kb.title}: modality contributions and robustness", header, rows, notes), csv))
     return out
 

@@ -330,6 +330,13 @@ def aggregate(
     return sorted(rows, key=lambda r: (order.get(r.method, 3), r.label))
 
 
+def cells_frame(rows: Sequence[Row], dataset: str, task: str, block: str) -> pd.DataFrame:
+    """A table's cells as a long frame (one row per method and column): its CSV beside the Markdown."""
+    return pd.DataFrame([{"dataset": dataset, "task": task, "block": block, "method": r.label, "metric": c,
+                          "mean": cell.mean, "std": cell.std, "n": cell.n, "mark": cell.mark}
+                         for r in rows for c, cell in r.cells.items()])  # fmt: skip
+
+
 def primary_metric(runs: pd.DataFrame, default: str = "") -> str:
     """The metric the runs were selected by (``final.json`` ``selection_metric``): what is compared and ranked."""
     return next((m for m in runs["selection_metric"] if isinstance(m, str)), default)
