@@ -108,10 +108,17 @@ def _fit(text: str, width_in: float, fontsize: float = 11.0) -> str:
 
 
 def _percent_axis(ax: plt.Axes, metric: str) -> None:
-    """An accuracy-like axis (percent) never runs past 100."""
-    if metric not in ("mae", "corr", "loss"):
+    """An accuracy-like axis (a percentage in the metric catalogue) never runs past 100."""
+    if metric_facts(metric).percent:
         bottom, top = ax.get_ylim()
         ax.set_ylim(bottom, min(top, 100.0))
+
+
+def full_runs(sub: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A block's runs with every modality (the unimodal references left out) and their methods, joint first."""
+    full = max(len(m) for m in sub["modalities"])
+    multi = sub[sub["modalities"].map(len) == full]
+    return multi, sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
 
 
 def curve_frame(runs: Sequence[RunDir], kind: str) -> pd.DataFrame:

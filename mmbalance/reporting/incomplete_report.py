@@ -22,6 +22,8 @@ from mmbalance.common.metric_catalogue import metric_facts
 from mmbalance.reporting.modality_report import modality_frame
 from mmbalance.reporting.tables import Table, aggregate, cells_frame, rank_marks, write_tables
 
+LEGEND_COLUMNS = 5
+
 __all__ = ["incomplete_frame", "incomplete_tables", "incomplete_figures", "write_incomplete_outputs"]
 
 
@@ -76,20 +78,18 @@ def incomplete_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
 
 
 def incomplete_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    from mmbalance.reporting.figures import _fit, _percent_axis, _save, plt
+    from mmbalance.reporting.figures import _fit, _percent_axis, _save, full_runs, plt
 
     frame = incomplete_frame(runs)
     paths: list[Path] = []
     if frame.empty:
         return paths
     for kb in split_blocks(frame):
-        sub = kb.runs
-        full = max(len(m) for m in sub["modalities"])
-        multi = sub[sub["modalities"].map(len) == full]
-        methods = sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
-        metric = sub["me_metric"].iloc[0]
+        multi, methods = full_runs(kb.runs)
+        metric = kb.runs["me_metric"].iloc[0]
         cmap = plt.get_cmap("tab10")
-        fig, ax = plt.subplots(figsize=(7.5, 4.4), layout="constrained")
+        legend_rows = -(-len(methods) // LEGEND_COLUMNS)
+        fig, ax = plt.subplots(figsize=(7.5, 4.0 + 0.17 * legend_rows), layout="constrained")
         for i, method in enumerate(methods):
             recs = [r["incomplete"] for r in multi.loc[multi["method"] == method, "me_record"]]
             curves = np.array([r["curve"] for r in recs])
@@ -104,9 +104,9 @@ def incomplete_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Pat
         ax.set_xlabel("missing rate r (fraction of every modality's positions removed)")
         ax.set_ylabel(f"test {metric_facts(metric).label}")
         _percent_axis(ax, metric)
-        # the curves fall to the right: the lower left is free
-        ax.legend(loc="lower left", fontsize=7, ncol=1 + len(methods) // 10, title="method (average over r)",
-                  title_fontsize=7)  # fmt: skip
+        # below the axes: with thirty methods no corner of the plot is free of curves
+        fig.legend(loc="outside lower center", fontsize=7, ncol=LEGEND_COLUMNS, title="method (average over r)",
+                   title_fontsize=7)  # fmt: skip
         ax.set_title(_fit(f"{kb.title}: incomplete data (LNLN protocol), mean ± std over seeds", 7.5))
         prefix = out_dir / f"{name}-{kb.slug}"
         paths += _save(fig, prefix.with_name(prefix.name + "-incomplete"))

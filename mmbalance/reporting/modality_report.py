@@ -153,7 +153,7 @@ def modality_tables(runs: pd.DataFrame) -> list[tuple[Table, pd.DataFrame]]:
 
 
 def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    from mmbalance.reporting.figures import _colors, _fit, _percent_axis, _save, plt
+    from mmbalance.reporting.figures import _colors, _fit, _percent_axis, _save, full_runs, plt
 
     frame = modality_frame(runs)
     paths: list[Path] = []
@@ -162,8 +162,7 @@ def modality_figures(runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
     for kb in split_blocks(frame):
         sub = kb.runs
         mods = list(max(sub["modalities"], key=len))
-        multi = sub[sub["modalities"].map(len) == len(mods)]
-        methods = sorted(multi["method"].unique(), key=lambda m: (m != "joint", m))
+        multi, methods = full_runs(sub)
         colors = _colors(mods)
         metric = metric_facts(sub["me_metric"].iloc[0]).label
         prefix = out_dir / f"{name}-{kb.slug}"
