@@ -125,3 +125,25 @@ def test_joint_training_is_lazy_on_the_default_scenario(tmp_path):
     assert small_spec(**base).dataset_params["scenario"] == "lazy"
     assert alone.final["test"]["accuracy"] > joint.final["test"]["probe"]["m2"] + 10
     assert ensemble.final["test"]["accuracy"] > joint.final["test"]["accuracy"] + 3
+
+
+def test_code_version_is_dirty_for_changed_code_not_for_rewritten_results(tmp_path):
+    """``make results`` deletes and rewrites the committed outputs while it trains: not a code change."""
+    import subprocess
+
+    from mmbalance.training.runner import code_version
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "results" / "tables").mkdir(parents=True)
+    (tmp_path / "results" / "tables" / "all.md").write_text("table\n")
+    (tmp_path / "method.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert not code_version(tmp_path).endswith("-dirty")
+    (tmp_path / "results" / "tables" / "all.md").unlink()
+    assert not code_version(tmp_path).endswith("-dirty")
+    (tmp_path / "method.py").write_text("x = 2\n")
+    assert code_version(tmp_path).endswith("-dirty")

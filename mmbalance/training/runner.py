@@ -189,9 +189,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def code_version() -> str:
-    """``<package version>+<git commit>[-dirty]`` when run from a checkout, else the version."""
-    root = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when run from a checkout
+
+
+def code_version(root: Path = CHECKOUT) -> str:
+    """``<package version>+<git commit>[-dirty]`` when run from a checkout, else the version. Dirty means
+    changed code or specs: the committed outputs under ``results/`` are left out (``make results`` deletes
+    and rewrites them while it trains, which is not a change of the code that ran)."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
@@ -201,7 +205,7 @@ def code_version() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             capture_output=True,
             text=True,
             timeout=5,
